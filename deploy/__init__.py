@@ -1,0 +1,1 @@
+"""Deploy: the spec schema, the embedded model server, and (docker) image and container management."""

@@ -1,0 +1,158 @@
+"""One SavedModel version loaded into a TF1 session, as tensorflow_model_server does.
+
+A session over the MetaGraphDef serves TF1-era and TF2 SavedModels alike, addressed by the
+signature's tensor names. Signatures run through session callables: inputs are handed to the C++
+runtime without Python's static shape checks (TF Serving does not check shapes either), and the
+call overhead is tens of microseconds. Session runs release the GIL, so concurrent requests run
+concurrently.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from deploy.server.errors import InvalidArgument, ServingError, error_for_code
+
+# TF DataType enum values used by the codec and metadata (tensorflow/core/framework/types.proto).
+DT_NAMES = {
+    0: "DT_INVALID", 1: "DT_FLOAT", 2: "DT_DOUBLE", 3: "DT_INT32", 4: "DT_UINT8", 5: "DT_INT16",
+    6: "DT_INT8", 7: "DT_STRING", 8: "DT_COMPLEX64", 9: "DT_INT64", 10: "DT_BOOL", 14: "DT_BFLOAT16",
+    17: "DT_UINT16", 18: "DT_COMPLEX128", 19: "DT_HALF", 22: "DT_UINT32", 23: "DT_UINT64",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One signature input or output: its alias, graph tensor name, TF dtype enum and shape."""
+    alias: str
+    name: str
+    dtype: int
+    shape: Optional[tuple[int, ...]]  # None = unknown rank; -1 = unknown dim
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    method_name: str
+    inputs: dict[str, TensorSpec]   # sorted by alias
+    outputs: dict[str, TensorSpec]  # sorted by alias
+
+
+@dataclass
+class LoadOptions:
+    tags: tuple[str, ...] = ("serve",)
+    intra_op_parallelism: int = 0
+    inter_op_parallelism: int = 0
+    timeout_ms: int = 0  # 0 = no session-run timeout
+
+
+def _spec(alias: str, info) -> TensorSpec:
+    shape = None if info.tensor_shape.unknown_rank else tuple(int(d.size) for d in info.tensor_shape.dim)
+    return TensorSpec(alias=alias, name=info.name, dtype=int(info.dtype), shape=shape)
+
+
+def signatures_of(meta_graph) -> dict[str, Signature]:
+    """The signature map of a MetaGraphDef, with inputs/outputs sorted by alias (TF Serving's order)."""
+    result = {}
+    for key, sig in meta_graph.signature_def.items():
+        result[key] = Signature(
+            name=key, method_name=sig.method_name,
+            inputs={a: _spec(a, sig.inputs[a]) for a in sorted(sig.inputs)},
+            outputs={a: _spec(a, sig.outputs[a]) for a in sorted(sig.outputs)},
+        )
+    return result
+
+
+@dataclass
+class LoadedModel:
+    """A loaded version. `run` is thread-safe."""
+    path: Path
+    meta_graph: object
+    signatures: dict[str, Signature]
+    _session: object = None
+    _options: LoadOptions = field(default_factory=LoadOptions)
+    _callables: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def load(cls, path: str | Path, options: Optional[LoadOptions] = None) -> "LoadedModel":
+        """Load the SavedModel at `path` into a fresh graph and session. Raises ServingError on failure."""
+        import tensorflow as tf  # deferred: seconds to import
+
+        options = options or LoadOptions()
+        path = Path(path)
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=options.intra_op_parallelism,
+            inter_op_parallelism_threads=options.inter_op_parallelism,
+            allow_soft_placement=True,
+        )
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=config)
+        try:
+            with graph.as_default():
+                # SavedModelLoader is what tf.compat.v1.saved_model.loader.load wraps, minus its deprecation log
+                from tensorflow.python.saved_model import loader_impl
+                meta_graph = loader_impl.SavedModelLoader(str(path)).load(session, list(options.tags))
+        except tf.errors.OpError as exc:
+            session.close()
+            raise error_for_code(exc.error_code, f"Failed to load SavedModel at {path}: {exc.message}") from None
+        except (RuntimeError, ValueError, OSError, IOError) as exc:
+            session.close()
+            raise InvalidArgument(f"Failed to load SavedModel at {path}: {exc}") from None
+        return cls(path=path, meta_graph=meta_graph, signatures=signatures_of(meta_graph),
+                   _session=session, _options=options)
+
+    def _callable(self, feed_names: tuple[str, ...], fetch_names: tuple[str, ...]):
+        key = (feed_names, fetch_names)
+        found = self._callables.get(key)
+        if found is not None:
+            return found
+        from tensorflow.core.protobuf import config_pb2
+
+        with self._lock:
+            found = self._callables.get(key)
+            if found is None:
+                options = config_pb2.CallableOptions(feed=list(feed_names), fetch=list(fetch_names))
+                if self._options.timeout_ms > 0:
+                    options.run_options.timeout_in_ms = self._options.timeout_ms
+                found = self._session._make_callable_from_options(options)
+                self._callables[key] = found
+        return found
+
+    def run_tensors(self, feeds: dict[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
+        """Run the graph feeding tensor names -> arrays and fetching tensor names."""
+        import tensorflow as tf
+
+        feed_names = tuple(sorted(feeds))
+        runner = self._callable(feed_names, tuple(fetches))
+        try:
+            return runner(*[feeds[name] for name in feed_names])
+        except tf.errors.OpError as exc:
+            raise error_for_code(exc.error_code, exc.message) from None
+        except (TypeError, ValueError) as exc:  # e.g. an array the runtime cannot convert
+            raise InvalidArgument(str(exc)) from None
+
+    def run(self, signature: Signature, inputs: dict[str, np.ndarray],
+            output_aliases: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run `signature` with inputs keyed by alias, returning the named outputs keyed by alias."""
+        feeds = {signature.inputs[alias].name: value for alias, value in inputs.items()}
+        fetch_names = [signature.outputs[alias].name for alias in output_aliases]
+        values = self.run_tensors(feeds, fetch_names)
+        return dict(zip(output_aliases, values))
+
+    def close(self) -> None:
+        """Release the session (the version is unloaded)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def dtype_name(dtype: int) -> str:
+    return DT_NAMES.get(dtype, f"DT_{dtype}")
+
+
+__all__ = ["LoadedModel", "LoadOptions", "Signature", "TensorSpec", "signatures_of", "dtype_name", "ServingError"]

@@ -1,0 +1,435 @@
+"""The one spec schema for the harness: model, export, serving, benchmark.
+
+Every part of the harness loads a spec through `load_spec` and gets a frozen, validated `Spec`.
+Unknown keys, wrong types, missing files and impossible values are rejected with one line per
+problem naming `file:line`, the key path and what is allowed. Defaults live here and nowhere else.
+Relative paths in a spec are relative to the spec file's directory (like docker compose).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from deploy.yamlsource import YamlDocument, YamlSourceError, load_yaml_with_lines
+
+SIGNATURE_KINDS = ("serving_default", "predict_tensor", "classify")
+PAYLOADS = ("image_b64", "tensor_row", "tensor_columnar")
+
+
+class SpecError(Exception):
+    """A spec problem; str() is one or more lines `file:line: key.path: what is wrong; what is allowed`."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- model
+
+class KerasApplicationSource(_Strict):
+    kind: Literal["keras_application"]
+    application: str = Field(description="Name in keras.applications, e.g. MobileNetV2, ResNet50")
+    weights: Optional[str] = Field(
+        None, description="'imagenet' (needs the internet) or null for random weights with the same latency")
+    classes: int = Field(1000, gt=1, description="Number of classes when weights is null")
+
+    @field_validator("application")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"'{value}' is not a keras.applications name such as MobileNetV2")
+        return value
+
+
+class KerasFileSource(_Strict):
+    kind: Literal["keras_file"]
+    path: Path = Field(description="A .keras or .h5 file")
+
+
+class SavedModelSource(_Strict):
+    kind: Literal["saved_model"]
+    path: Path = Field(description="An existing SavedModel directory (the one holding saved_model.pb)")
+    mode: Literal["as_is", "add_signatures"] = Field(
+        "as_is", description="as_is: served unchanged; add_signatures: wrap `signature` with image signatures")
+    signature: str = Field("serving_default", description="The signature to wrap in add_signatures mode")
+
+
+class BuilderSource(_Strict):
+    kind: Literal["builder"]
+    function: str = Field(description="'package.module:function' returning a Keras model")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the function")
+
+    @field_validator("function")
+    @classmethod
+    def _module_function(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"'{value}' must look like 'package.module:function'")
+        return value
+
+
+Source = Annotated[
+    Union[KerasApplicationSource, KerasFileSource, SavedModelSource, BuilderSource],
+    Field(discriminator="kind"),
+]
+
+
+class Preprocessing(_Strict):
+    mode: Literal["unit", "symmetric", "mean_std", "none"] = Field(
+        "symmetric", description="unit: x/255; symmetric: x/127.5-1; mean_std: (x/255-mean)/std; none: raw 0..255")
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+
+    @model_validator(mode="after")
+    def _mean_std(self) -> "Preprocessing":
+        if self.mode == "mean_std":
+            if self.mean is None or self.std is None:
+                raise ValueError("mode mean_std needs both 'mean' and 'std' (one value per channel)")
+            if any(s <= 0 for s in self.std):
+                raise ValueError("every 'std' value must be > 0")
+        elif self.mean is not None or self.std is not None:
+            raise ValueError(f"'mean' and 'std' are only used with mode mean_std, not {self.mode}")
+        return self
+
+
+class InputSpec(_Strict):
+    height: int = Field(224, ge=8, le=4096)
+    width: int = Field(224, ge=8, le=4096)
+    channels: Literal[1, 3] = 3
+    resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = "bilinear"
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+
+
+class ModelSpec(_Strict):
+    source: Source
+    input: InputSpec = Field(default_factory=InputSpec)
+    outputs: Literal["probabilities", "logits"] = Field(
+        "probabilities", description="What the model returns; logits get a softmax in the exported graph")
+    labels: Union[Path, list[str], None] = Field(
+        None, description="A text file with one label per line, or an inline list; null uses class indices")
+
+
+# -------------------------------------------------------------------------------------- export
+
+class VerifySpec(_Strict):
+    enabled: bool = True
+    images: int = Field(4, ge=1, le=64, description="How many real images to compare")
+    tolerance: float = Field(1e-4, gt=0, description="Max absolute difference allowed")
+
+
+class ExportSpec(_Strict):
+    base_path: Path = Field(Path("../models"), description="Models go to <base_path>/<name>/<version>/")
+    version: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = Field(
+        "auto", description="A positive integer, or auto (one more than the highest present)")
+    overwrite: bool = Field(False, description="Replace an existing version directory")
+    signatures: tuple[Literal["serving_default", "predict_tensor", "classify"], ...] = SIGNATURE_KINDS
+    top_k: int = Field(5, ge=1, description="Classes returned by the classify signature")
+    warmup: bool = Field(True, description="Write assets.extra/tf_serving_warmup_requests")
+    verify: VerifySpec = Field(default_factory=VerifySpec)
+
+    @field_validator("signatures")
+    @classmethod
+    def _non_empty_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(f"at least one signature is needed; allowed: {', '.join(SIGNATURE_KINDS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("signatures are listed more than once")
+        return value
+
+
+# ------------------------------------------------------------------------------------- serving
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class BatchingSpec(_Strict):
+    enabled: bool = False
+    max_batch_size: int = Field(32, ge=1)
+    batch_timeout_micros: int = Field(2000, ge=0)
+    num_batch_threads: int = Field(2, ge=1)
+    max_enqueued_batches: int = Field(64, ge=1)
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+
+    @model_validator(mode="after")
+    def _allowed_sizes(self) -> "BatchingSpec":
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
+                raise ValueError("allowed_batch_sizes must be positive and strictly increasing")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError(f"the last allowed_batch_sizes entry ({sizes[-1]}) must equal "
+                                 f"max_batch_size ({self.max_batch_size})")
+        return self
+
+
+class MonitoringSpec(_Strict):
+    enabled: bool = True
+    path: str = "/monitoring/prometheus/metrics"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+class ServingSpec(_Strict):
+    backend: Literal["embedded", "docker"] = "embedded"
+    image: Literal["cpu", "gpu", "embedded"] = "cpu"
+    host: str = Field("127.0.0.1", description="Address servers and published ports bind to")
+    grpc_port: Port = 8500
+    rest_port: Port = 8501
+    tf_serving_version: Optional[str] = Field(None, description="Defaults to the exporting TensorFlow's version")
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    intra_op_parallelism: int = Field(0, ge=0, description="0 lets TensorFlow decide")
+    inter_op_parallelism: int = Field(0, ge=0, description="0 lets TensorFlow decide")
+    rest_api_timeout_ms: int = Field(30000, ge=1)
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger requests get 413 / RESOURCE_EXHAUSTED")
+    readiness_timeout_s: float = Field(180.0, gt=0)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "ServingSpec":
+        if self.grpc_port == self.rest_port:
+            raise ValueError(f"grpc_port and rest_port must differ (both are {self.grpc_port})")
+        return self
+
+
+# ----------------------------------------------------------------------------------- benchmark
+
+def parse_duration(value: Any) -> float:
+    """'30s', '2m', '1h', '500ms' or a number of seconds, as seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s', '2m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(value))
+        if not match:
+            raise ValueError(f"'{value}' is not a duration; use e.g. 30s, 2m, 500ms")
+        scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+        seconds = float(match.group(1)) * scale
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, Field(description="seconds, or a string like '30s', '2m'")]
+
+
+class ImagesSpec(_Strict):
+    directory: Optional[Path] = Field(None, description="JPEG/PNG files to use; null uses the bundled photos")
+    resolutions: tuple[tuple[int, int], ...] = Field(
+        ((640, 480),), description="[width, height] pairs each image is resized to before encoding")
+    count: int = Field(8, ge=1, description="How many distinct images per resolution")
+    seed: int = 0
+    jpeg_quality: int = Field(90, ge=1, le=100)
+
+    @field_validator("resolutions")
+    @classmethod
+    def _positive(cls, value: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        if not value:
+            raise ValueError("list at least one [width, height]")
+        for width, height in value:
+            if width < 1 or height < 1:
+                raise ValueError(f"[{width}, {height}] is not a valid resolution")
+        return value
+
+
+class BenchmarkSpec(_Strict):
+    users: tuple[Annotated[int, Field(ge=1)], ...] = (1, 4, 16)
+    duration: Duration = 20.0
+    warmup: Duration = 5.0
+    spawn_rate: float = Field(50.0, gt=0)
+    protocols: tuple[Literal["rest", "grpc"], ...] = ("rest", "grpc")
+    payloads: tuple[Literal["image_b64", "tensor_row", "tensor_columnar"], ...] = ("image_b64", "tensor_row")
+    images: ImagesSpec = Field(default_factory=ImagesSpec)
+    failure_threshold: float = Field(0.01, ge=0, le=1, description="Max failure ratio before bench exits non-zero")
+    output_dir: Path = Field(Path("../reports"), description="Reports go to <output_dir>/<name>/<timestamp>/")
+
+    @field_validator("duration", "warmup", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("users", "protocols", "payloads")
+    @classmethod
+    def _non_empty(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not value:
+            raise ValueError("the list cannot be empty")
+        return value
+
+
+# ------------------------------------------------------------------------------------ the spec
+
+class Spec(_Strict):
+    name: str = Field(description="Model name, as clients address it (/v1/models/<name>)")
+    model: ModelSpec
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+
+    _origin: Optional[Path] = PrivateAttr(None)
+    _lines: dict = PrivateAttr(default_factory=dict)
+    _sha256: str = PrivateAttr("")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", value):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return value
+
+    @property
+    def origin(self) -> Optional[Path]:
+        return self._origin
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the spec file's bytes (empty for specs built in code)."""
+        return self._sha256
+
+    def where(self, *key_path: Any) -> str:
+        """'file:line' of a key, for error messages about values that are only checked later."""
+        if self._origin is None:
+            return "<spec>"
+        doc = YamlDocument(self._origin, None, self._lines)
+        return f"{self._origin}:{doc.line_of(tuple(key_path))}"
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the spec, made absolute against the spec file's directory."""
+        path = Path(path).expanduser()
+        if path.is_absolute() or self._origin is None:
+            return path.resolve()
+        return (self._origin.parent / path).resolve()
+
+    @property
+    def model_dir(self) -> Path:
+        """<base_path>/<name>: the directory holding the numeric version directories."""
+        return self.resolve(self.export.base_path) / self.name
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        return f"unknown key '{loc[-1]}'" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return (f"kind '{error['ctx']['tag']}' is not a model source; allowed kinds: "
+                f"{error['ctx']['expected_tags'].replace(chr(39), '')}")
+    if kind == "union_tag_not_found":
+        return "'kind' is missing; allowed kinds: keras_application, keras_file, saved_model, builder"
+    message = error["msg"]
+    return message.removeprefix("Value error, ")
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, Union, tuple and list)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found += _models_in(arg)
+    return found
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Keys allowed at `loc` (pydantic's error location, union tags included)."""
+    candidates: list[type[BaseModel]] = [model]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        tagged = [m for m in candidates if "kind" in m.model_fields
+                  and part in getattr(m.model_fields["kind"].annotation, "__args__", ())]
+        if tagged:
+            candidates = tagged
+            continue
+        fields = [m.model_fields[part] for m in candidates if part in m.model_fields]
+        if not fields:
+            return []
+        candidates = _models_in(fields[0].annotation)
+    return sorted(candidates[0].model_fields) if len(candidates) == 1 else []
+
+
+def _check_files(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    problems = []
+    source = spec.model.source
+    if isinstance(source, KerasFileSource):
+        path = spec.resolve(source.path)
+        if not path.is_file():
+            problems.append((("model", "source", "path"), f"model file {path} does not exist; give a .keras or .h5 file"))
+        elif path.suffix not in (".keras", ".h5"):
+            problems.append((("model", "source", "path"), f"{path.name} is not a .keras or .h5 file"))
+    if isinstance(source, SavedModelSource):
+        path = spec.resolve(source.path)
+        if not (path / "saved_model.pb").is_file() and not (path / "saved_model.pbtxt").is_file():
+            problems.append((("model", "source", "path"),
+                             f"{path} holds no saved_model.pb; point at the SavedModel directory itself"))
+    if isinstance(spec.model.labels, Path):
+        path = spec.resolve(spec.model.labels)
+        if not path.is_file():
+            problems.append((("model", "labels"), f"labels file {path} does not exist"))
+    images_dir = spec.benchmark.images.directory
+    if images_dir is not None and not spec.resolve(images_dir).is_dir():
+        problems.append((("benchmark", "images", "directory"), f"{spec.resolve(images_dir)} is not a directory"))
+    return problems
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part in ("keras_application", "keras_file", "saved_model", "builder"):
+            continue  # pydantic's union-member tag, not a key the user wrote
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts) or "<top level>"
+
+
+def _yaml_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(p for p in loc if p not in ("keras_application", "keras_file", "saved_model", "builder"))
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Load, validate and freeze a spec file. Raises SpecError naming file:line for every problem."""
+    path = Path(path)
+    try:
+        document = load_yaml_with_lines(path)
+    except YamlSourceError as exc:
+        raise SpecError(str(exc)) from None
+    if not isinstance(document.data, dict):
+        raise SpecError(f"{path}:1: a spec is a YAML mapping with keys name, model, export, serving, benchmark")
+    try:
+        spec = Spec.model_validate(document.data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = _yaml_loc(tuple(error["loc"]))
+            if error["type"] == "union_tag_invalid":
+                loc = loc + ("kind",)
+            lines.append(f"{path}:{document.line_of(loc)}: {_dotted(tuple(error['loc']))}: {_describe(error, Spec)}")
+        raise SpecError("\n".join(lines)) from None
+    spec._origin = path.resolve()
+    spec._lines = dict(document.lines)
+    spec._sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    problems = _check_files(spec)
+    if problems:
+        raise SpecError("\n".join(f"{path}:{document.line_of(loc)}: {_dotted(loc)}: {msg}" for loc, msg in problems))
+    return spec
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the spec for editors (generated from the same pydantic models)."""
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tfserve-bench model spec"
+    return schema

@@ -1,0 +1,1 @@
+"""Model source -> versioned SavedModel with serving signatures; verification; inspection."""

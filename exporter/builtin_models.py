@@ -1,0 +1,58 @@
+"""Models the harness can build itself, without downloads: a small CNN trained on scikit-learn's digits.
+
+Digits are 8x8 grey images (0..16). They are scaled to uint8, then resized and preprocessed with
+the very functions the exported serving graph uses, so PNG bytes sent to the server are seen as
+the training images were.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from deploy.spec import InputSpec
+
+
+def digits_uint8(seed: int = 0, test_fraction: float = 0.2):
+    """(train_x, train_y, test_x, test_y): digits as uint8 (N,8,8) images, a fixed seeded split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    order = np.random.default_rng(seed).permutation(len(images))
+    split = int(len(images) * (1 - test_fraction))
+    train, test = order[:split], order[split:]
+    return images[train], digits.target[train], images[test], digits.target[test]
+
+
+def digits_cnn(input_spec: InputSpec, epochs: int = 12, seed: int = 0):
+    """Train a small CNN on the training split of the digits; returns a Keras model on preprocessed input."""
+    import keras
+    import tensorflow as tf
+
+    from exporter.preprocess import preprocess, resize
+
+    keras.utils.set_random_seed(seed)
+    train_x, train_y, test_x, test_y = digits_uint8(seed)
+
+    def pixels(images):
+        batch = tf.constant(images[..., np.newaxis])
+        if input_spec.channels == 3:
+            batch = tf.image.grayscale_to_rgb(batch)
+        return preprocess(resize(batch, input_spec), input_spec).numpy()
+
+    shape = (input_spec.height, input_spec.width, input_spec.channels)
+    model = keras.Sequential([
+        keras.Input(shape),
+        keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name="digits_cnn")
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(pixels(train_x), train_y, epochs=epochs, batch_size=64, verbose=2,
+              validation_data=(pixels(test_x), test_y))
+    return model

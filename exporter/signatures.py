@@ -1,0 +1,100 @@
+"""The serving module: signatures for what clients really send, saved as a SavedModel.
+
+* serving_default: `image_bytes` DT_STRING [N] (JPEG/PNG of any size; REST clients send {"b64": ...})
+  -> `probabilities` float32 [N, classes]. Decoding and resizing happen inside the graph.
+* predict_tensor: `images` float32 [N, H, W, C] already preprocessed -> `probabilities`.
+* classify (method tensorflow/serving/classify): `inputs` serialized tf.Example [N] with the JPEG/PNG
+  in feature `image/encoded` -> top-k `classes` (label strings) and `scores`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from deploy.spec import Spec
+from exporter.sources import SourceModel
+
+IMAGE_FEATURE = "image/encoded"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+
+
+def build_functions(spec: Spec, source: SourceModel, labels: Sequence[str]) -> dict[str, tuple]:
+    """{signature name: (python function, input_signature)} for every signature the spec exports."""
+    import tensorflow as tf
+
+    from exporter.preprocess import decode_batch
+
+    input_spec = spec.model.input
+    logits = spec.model.outputs == "logits"
+    top_k = min(spec.export.top_k, len(labels))
+    label_table = tf.constant(list(labels), dtype=tf.string)
+
+    def probabilities(images):
+        outputs = tf.convert_to_tensor(source.call(images))
+        return tf.nn.softmax(outputs, axis=-1) if logits else outputs
+
+    def serve_bytes(image_bytes):
+        return {"probabilities": probabilities(decode_batch(image_bytes, input_spec))}
+
+    def serve_tensor(images):
+        return {"probabilities": probabilities(images)}
+
+    def classify(inputs):
+        features = tf.io.parse_example(inputs, {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        scores, indices = tf.math.top_k(probabilities(decode_batch(features[IMAGE_FEATURE], input_spec)), k=top_k)
+        return {"classes": tf.gather(label_table, indices), "scores": scores}
+
+    shape = [None, input_spec.height, input_spec.width, input_spec.channels]
+    functions = {
+        "serving_default": (serve_bytes, [tf.TensorSpec([None], tf.string, "image_bytes")]),
+        "predict_tensor": (serve_tensor, [tf.TensorSpec(shape, tf.float32, "images")]),
+        "classify": (classify, [tf.TensorSpec([None], tf.string, "inputs")]),
+    }
+    return {name: functions[name] for name in spec.export.signatures}
+
+
+def save(source: SourceModel, functions: dict[str, tuple], directory: Path) -> None:
+    """Save the signatures and set the classify method name, which the savers cannot set themselves.
+
+    Keras models go through keras.export.ExportArchive, which tracks the backing tf.Variables: a plain
+    tf.saved_model.save of a Keras 3 model writes variable handles a TF1 session (TF Serving) cannot
+    resolve. Other sources (a loaded SavedModel) hold plain tf.Variables and use tf.saved_model.save.
+    """
+    import keras
+    import tensorflow as tf
+
+    if isinstance(source.trackable, keras.Model):
+        archive = keras.export.ExportArchive()
+        archive.track(source.trackable)
+        for name, (function, input_signature) in functions.items():
+            archive.add_endpoint(name, function, input_signature=input_signature)
+        archive.write_out(str(directory), verbose=False)
+    else:
+        module = tf.Module()
+        module.source = source.trackable
+        concrete = {name: tf.function(function, input_signature=signature).get_concrete_function()
+                    for name, (function, signature) in functions.items()}
+        tf.saved_model.save(module, str(directory), signatures=concrete)
+    if "classify" in functions:
+        set_method_name(directory, "classify", CLASSIFY_METHOD)
+
+
+def set_method_name(directory: Path, signature: str, method_name: str) -> None:
+    """Rewrite one signature's method_name in saved_model.pb (and refresh the fingerprint)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = Path(directory) / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString(path.read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        if signature in meta_graph.signature_def:
+            meta_graph.signature_def[signature].method_name = method_name
+    path.write_bytes(saved_model.SerializeToString(deterministic=True))
+    fingerprint = Path(directory) / "fingerprint.pb"
+    if fingerprint.exists():
+        try:
+            from tensorflow.python.saved_model import fingerprinting_utils
+            fingerprint.unlink()
+            fingerprinting_utils.write_fingerprint(str(directory))
+        except (ImportError, AttributeError):
+            pass  # the fingerprint is informational; TF Serving does not require it

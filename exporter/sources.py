@@ -1,0 +1,128 @@
+"""Turn a spec's model source into something callable on preprocessed images.
+
+A `SourceModel` wraps what the exporter needs from any source: a trackable object to save, a
+function images -> outputs, and where it came from. Keras applications, .keras/.h5 files and
+Python builders give Keras models; an existing SavedModel gives its loaded signature.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from deploy.spec import (BuilderSource, KerasApplicationSource, KerasFileSource, SavedModelSource, Spec)
+
+
+class SourceError(Exception):
+    """The model source cannot be loaded; the message is one line naming the spec key and a fix."""
+
+
+@dataclass
+class SourceModel:
+    trackable: Any                  # saved with the serving module so variables come along
+    call: Callable[[Any], Any]      # preprocessed float32 (N,H,W,C) -> outputs (N, classes)
+    description: str
+
+
+def _keras_application(spec: Spec, source: KerasApplicationSource) -> SourceModel:
+    import keras
+
+    builder = getattr(keras.applications, source.application, None)
+    if builder is None or not callable(builder):
+        names = sorted(n for n in dir(keras.applications) if n[:1].isupper())
+        raise SourceError(f"{spec.where('model', 'source', 'application')}: model.source.application: "
+                          f"'{source.application}' is not in keras.applications; choose one of {', '.join(names)}")
+
+    shape = (spec.model.input.height, spec.model.input.width, spec.model.input.channels)
+    kwargs: dict[str, Any] = {"weights": source.weights, "input_shape": shape}
+    if source.weights is None:
+        kwargs["classes"] = source.classes
+    try:
+        model = builder(**kwargs)
+    except Exception as exc:  # keras raises plain Exception subclasses for downloads and shapes
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if source.weights and any(w in text.lower() for w in ("url", "fetch", "download", "connection", "resolve")):
+            raise SourceError(f"{spec.where('model', 'source', 'weights')}: downloading '{source.weights}' weights for "
+                              f"{source.application} failed ({text}); this machine may be offline: set "
+                              "model.source.weights: null for random weights with the same latency") from None
+        raise SourceError(f"{spec.where('model', 'source')}: keras.applications.{source.application}"
+                          f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: {text}") from None
+    return SourceModel(model, lambda images: model(images, training=False),
+                       f"keras.applications.{source.application}(weights={source.weights!r})")
+
+
+def _keras_file(spec: Spec, source: KerasFileSource) -> SourceModel:
+    import keras
+
+    path = spec.resolve(source.path)
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise SourceError(f"{spec.where('model', 'source', 'path')}: cannot load Keras model {path}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return SourceModel(model, lambda images: model(images, training=False), f"keras file {path}")
+
+
+def _builder(spec: Spec, source: BuilderSource) -> SourceModel:
+    module_name, function_name = source.function.split(":")
+    if spec.origin is not None and str(spec.origin.parent) not in sys.path:
+        sys.path.append(str(spec.origin.parent))  # builders may live beside the spec
+    where = spec.where("model", "source", "function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SourceError(f"{where}: model.source.function: cannot import module '{module_name}': {exc}") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise SourceError(f"{where}: model.source.function: module '{module_name}' has no function '{function_name}'")
+    kwargs = dict(source.args)
+    if "input_spec" in inspect.signature(function).parameters:
+        kwargs["input_spec"] = spec.model.input
+    try:
+        model = function(**kwargs)
+    except TypeError as exc:
+        raise SourceError(f"{spec.where('model', 'source', 'args')}: model.source.args do not fit "
+                          f"{source.function}: {exc}") from None
+    if not callable(model):
+        raise SourceError(f"{where}: {source.function} returned {type(model).__name__}, not a Keras model")
+    return SourceModel(model, lambda images: model(images, training=False), f"builder {source.function}")
+
+
+def _saved_model(spec: Spec, source: SavedModelSource) -> SourceModel:
+    import tensorflow as tf
+
+    path = spec.resolve(source.path)
+    loaded = tf.saved_model.load(str(path))
+    function = loaded.signatures.get(source.signature)
+    where = spec.where("model", "source", "signature")
+    if function is None:
+        raise SourceError(f"{where}: model.source.signature: '{source.signature}' is not a signature of {path}; "
+                          f"it has {', '.join(sorted(loaded.signatures)) or 'none'}")
+    inputs = function.structured_input_signature[1]
+    if len(inputs) != 1:
+        raise SourceError(f"{where}: add_signatures needs a signature with exactly one image input; "
+                          f"'{source.signature}' has {', '.join(sorted(inputs)) or 'none'}")
+    (input_name,) = inputs
+    outputs = sorted(function.structured_outputs)
+    if len(outputs) != 1:
+        raise SourceError(f"{where}: add_signatures needs exactly one output; '{source.signature}' has "
+                          f"{', '.join(outputs)}")
+
+    def call(images):
+        return function(**{input_name: images})[outputs[0]]
+
+    return SourceModel(loaded, call, f"SavedModel {path} signature {source.signature}")
+
+
+def load_source(spec: Spec) -> SourceModel:
+    """Build or load the model the spec names (not used for saved_model sources in as_is mode)."""
+    source = spec.model.source
+    if isinstance(source, KerasApplicationSource):
+        return _keras_application(spec, source)
+    if isinstance(source, KerasFileSource):
+        return _keras_file(spec, source)
+    if isinstance(source, BuilderSource):
+        return _builder(spec, source)
+    return _saved_model(spec, source)

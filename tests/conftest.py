@@ -1,0 +1,56 @@
+"""Shared fixtures: repository paths, TF Serving's test models, spec copies, one exported digits model."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TESTDATA = SHARED / "fixtures" / "tfserving_testdata"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    """TF Serving's own test models; CI always has ../shared, elsewhere the test says why it skips."""
+    if not TESTDATA.is_dir():
+        pytest.skip(f"TF Serving test models not found at {TESTDATA}: clone the repository beside ../shared "
+                    "(CI always has it)")
+    return TESTDATA
+
+
+def write_spec(directory: Path, base: str | Path, **overrides) -> Path:
+    """Copy an example spec into `directory` with dotted-key overrides, e.g. {'export.base_path': '/x'}."""
+    data = yaml.safe_load((REPO / base).read_text()) if base else {}
+    for dotted, value in overrides.items():
+        node = data
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    path = Path(directory) / Path(base).name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python <args>` from the repository root; capture text output."""
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def digits_export(tmp_path_factory):
+    """specs/digits_cnn.yaml exported once per test session: (spec path, version dir)."""
+    from deploy.spec import load_spec
+    from exporter.export import export
+
+    directory = tmp_path_factory.mktemp("digits")
+    spec_path = write_spec(directory, "specs/digits_cnn.yaml", **{"export.base_path": str(directory / "models")})
+    result = export(load_spec(spec_path), log=lambda line: None)
+    return spec_path, result.path
