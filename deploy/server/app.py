@@ -1,0 +1,164 @@
+"""Build and run the server from flags: repository -> data plane -> REST + gRPC (ports injectable)."""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Optional
+
+from deploy.server.configs import (ConfigError, ModelConfig, load_batching_parameters, load_model_config_file,
+                                   load_monitoring_config)
+from deploy.server.dataplane import DataPlane, direct_runner
+from deploy.server.errors import ServingError
+from deploy.server.flags import NO_EFFECT, Flags
+from deploy.server.metrics import Metrics
+from deploy.server.model import LoadOptions
+
+log = logging.getLogger("deploy.server")
+
+
+class StartupError(Exception):
+    """The server cannot start; printed as `Failed to start server. Error: ...`."""
+
+
+def _model_configs(flags: Flags) -> list[ModelConfig]:
+    if flags.model_config_file:
+        try:
+            return load_model_config_file(flags.model_config_file)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+    if not flags.model_base_path:
+        raise StartupError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+    if not Path(flags.model_base_path).is_absolute() and "://" not in flags.model_base_path:
+        raise StartupError(f"Expected model {flags.model_name} to have an absolute path or URI; "
+                           f"got base_path()={flags.model_base_path}")
+    return [ModelConfig(name=flags.model_name, base_path=flags.model_base_path)]
+
+
+class Server:
+    def __init__(self, flags: Flags):
+        from deploy.server.repository import Repository
+
+        self.flags = flags
+        if flags.rest_api_port and flags.rest_api_port == flags.port:
+            raise StartupError("server_options.http_port cannot be same as grpc_port. Please use a different "
+                               "port for HTTP/REST API.")
+        if flags.batching_parameters_file and not flags.enable_batching:
+            raise StartupError("server_options.batching_parameters_file is set without setting "
+                               "server_options.enable_batching to true.")
+        if flags.tensorflow_intra_op_parallelism > 0 and flags.tensorflow_inter_op_parallelism > 0 \
+                and flags.tensorflow_session_parallelism > 0:
+            raise StartupError("Either configure server_options.tensorflow_session_parallelism or "
+                               "(server_options.tensorflow_intra_op_parallelism, "
+                               "server_options.tensorflow_inter_op_parallelism) separately. Cannot configure both.")
+        for name in sorted(NO_EFFECT):
+            if getattr(flags, name) != getattr(Flags(), name):
+                log.warning("--%s is accepted for compatibility but has no effect in the embedded server", name)
+        try:
+            self.monitoring = load_monitoring_config(flags.monitoring_config_file)
+            batching = load_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        self.configs = _model_configs(flags)
+        parallel = flags.tensorflow_session_parallelism
+        options = LoadOptions(tags=tuple(t for t in flags.saved_model_tags.split(",") if t),
+                              intra_op_parallelism=flags.tensorflow_intra_op_parallelism or parallel,
+                              inter_op_parallelism=flags.tensorflow_inter_op_parallelism or parallel,
+                              timeout_ms=flags.rest_api_timeout_in_ms)
+        self.metrics = Metrics()
+        self.batcher = None
+        runner = direct_runner
+        if batching is not None:
+            from deploy.server.batching import Batcher
+            self.batcher = runner = Batcher(batching, direct_runner)
+        self.repository = Repository(
+            self.configs, options, poll_seconds=flags.file_system_poll_wait_seconds,
+            warmup=self._warmup if flags.enable_model_warmup else None,
+            max_load_retries=flags.max_num_load_retries, retry_interval_s=flags.load_retry_interval_micros / 1e6,
+            allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models)
+        self.dataplane = DataPlane(self.repository, runner)
+        self.grpc = self.rest = None
+        self._config_poller: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_flags(cls, flags: Flags) -> "Server":
+        return cls(flags)
+
+    def _warmup(self, name: str, version: int, model) -> None:
+        count = self.dataplane.warmup(name, version, model, self.flags.num_request_iterations_for_warmup)
+        if count:
+            log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
+                     model.path, count)
+        else:
+            log.info("No warmup data file found at %s", Path(model.path) / "assets.extra" / "tf_serving_warmup_requests")
+
+    def start(self) -> None:
+        """Load every model (blocking), then start gRPC and REST."""
+        from deploy.server.grpc_api import GrpcServer
+        from deploy.server.rest import RestApi, RestServer
+
+        try:
+            self.repository.start()
+        except ServingError as exc:
+            raise StartupError(exc.message) from None
+        flags = self.flags
+        if flags.port:
+            channel_args = tuple(_channel_args(flags.grpc_channel_arguments))
+            self.grpc = GrpcServer(self.dataplane, self.repository, self.metrics, flags.host, flags.port,
+                                   flags.grpc_max_threads, flags.max_request_bytes,
+                                   flags.enable_serialization_as_tensor_content, channel_args=channel_args)
+            if not self.grpc.port:
+                raise StartupError(f"cannot bind gRPC to {flags.host}:{flags.port} (in use?)")
+            self.grpc.start()
+        if flags.rest_api_port:
+            prometheus = self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None
+            api = RestApi(self.dataplane, self.metrics, flags.rest_api_enable_cors_support, prometheus)
+            try:
+                self.rest = RestServer(api, flags.host, flags.rest_api_port, flags.rest_api_num_threads,
+                                       flags.max_request_bytes)
+            except OSError as exc:
+                raise StartupError(f"cannot bind REST to {flags.host}:{flags.rest_api_port}: {exc.strerror}") \
+                    from None
+            self.rest.start()
+        if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
+            self._config_poller = threading.Thread(target=self._poll_config, name="config-poller", daemon=True)
+            self._config_poller.start()
+
+    def _poll_config(self) -> None:
+        while not self._stop.wait(self.flags.model_config_file_poll_wait_seconds):
+            try:
+                configs = load_model_config_file(self.flags.model_config_file)
+                if configs != self.configs:
+                    self.repository.reload(configs)
+                    self.configs = configs
+            except (ConfigError, ServingError) as exc:
+                log.error("model config reload failed, keeping the current config: %s", exc)
+
+    def startup_lines(self) -> str:
+        lines = []
+        if self.grpc:
+            lines.append(f"Running gRPC ModelServer at {self.flags.host}:{self.grpc.port} ...")
+        if self.rest:
+            lines.append(f"Exporting HTTP/REST API at:{self.flags.host}:{self.rest.port} ...")
+        return "\n".join(lines)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, drain in-flight requests, unload models."""
+        self._stop.set()
+        if self.rest:
+            self.rest.stop()
+        if self.grpc:
+            self.grpc.stop(grace)
+        if self.batcher:
+            self.batcher.stop()
+        self.repository.stop()
+
+
+def _channel_args(text: str):
+    for pair in filter(None, text.split(",")):
+        key, _, value = pair.partition("=")
+        try:
+            yield key, int(value)
+        except ValueError:
+            yield key, value

@@ -1,0 +1,477 @@
+"""TF Serving's JSON tensor rules and TensorProto <-> numpy, in one place.
+
+JSON (REST): row ("instances") and columnar ("inputs") requests, {"b64": ...} for string inputs,
+`_bytes` output aliases written as {"b64": ...}, TF Serving's float formatting (%.6g, else %.9g / %.17g,
+".0" appended to integral values) and bare NaN / Infinity tokens. Messages match
+tensorflow_serving/util/json_tensor.cc so clients see the same errors as from TF Serving.
+
+Large numeric bodies take a fast path: the array's raw bytes are validated by their bracket skeleton
+and parsed by numpy in C, never turned into Python lists.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Optional
+
+import numpy as np
+
+from deploy.server.errors import InvalidArgument, Unimplemented
+
+NUMPY_DTYPES: dict[int, Any] = {
+    1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 7: object,
+    9: np.int64, 10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64,
+}
+TYPE_NAMES = {1: "float", 2: "double", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string", 8: "complex64",
+              9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 18: "complex128", 19: "half", 22: "uint32",
+              23: "uint64"}
+_INT_RANGES = {3: (-2**31, 2**31 - 1), 4: (-2**31, 2**31 - 1), 5: (-2**31, 2**31 - 1), 6: (-2**31, 2**31 - 1),
+               9: (-2**63, 2**63 - 1), 17: (0, 2**32 - 1), 22: (0, 2**32 - 1), 23: (0, 2**64 - 1)}
+FLOAT_TYPES = (1, 2)
+
+
+def dtype_of(tf_dtype: int):
+    """numpy dtype for a TF DataType enum, or UNIMPLEMENTED like TF Serving's JSON conversion."""
+    try:
+        return NUMPY_DTYPES[tf_dtype]
+    except KeyError:
+        raise Unimplemented(f"Conversion of JSON Value to type: {TYPE_NAMES.get(tf_dtype, tf_dtype)} "
+                            "is not supported") from None
+
+
+# ------------------------------------------------------------------------------ JSON parsing
+
+def _nan_inf(token: str) -> float:
+    return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[token]
+
+
+def loads(body: bytes | str) -> Any:
+    """Parse a request body; errors carry rapidjson-like text (`JSON Parse error: ... at offset: N`)."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
+    if not body.strip():
+        raise InvalidArgument("JSON Parse error: The document is empty")
+    try:
+        # raw_decode: trailing bytes after the top-level value are ignored, as TF Serving does
+        value, _ = json.JSONDecoder(parse_constant=_nan_inf).raw_decode(body, len(body) - len(body.lstrip()))
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"JSON Parse error: {exc.msg}. at offset: {exc.pos}") from None
+    except RecursionError:
+        raise InvalidArgument("JSON Parse error: nesting too deep") from None
+    return value
+
+
+def compact(value: Any) -> str:
+    """A JSON value as TF Serving quotes it in messages."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=True)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _type_error(value: Any, tf_dtype: int) -> InvalidArgument:
+    return InvalidArgument(f"JSON Value: {compact(value)} Type: {_json_type(value)} is not of expected type: "
+                           f"{TYPE_NAMES.get(tf_dtype, tf_dtype)}")
+
+
+def _scalar(value: Any, tf_dtype: int) -> Any:
+    """One JSON leaf converted per AddValueToTensor; raises the TF Serving type error."""
+    if tf_dtype == 7:
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if is_b64(value):
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidArgument(f"Unable to base64 decode: {value['b64'][:64]}") from None
+        raise _type_error(value, tf_dtype)
+    if tf_dtype == 10:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(value, tf_dtype)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(value, tf_dtype)
+    if tf_dtype in FLOAT_TYPES or tf_dtype == 19:
+        return value
+    low, high = _INT_RANGES[tf_dtype]
+    if not isinstance(value, int) or not low <= value <= high:
+        raise _type_error(value, tf_dtype)
+    return value
+
+
+def _shape_of(value: Any) -> list[int]:
+    """Nested-list dims, following the first element at each level (TF Serving's rule)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _flatten(value: Any, shape: list[int], level: int, out: list, tf_dtype: int) -> None:
+    if level == len(shape):
+        if isinstance(value, list):
+            raise InvalidArgument(f"Encountered list at unexpected size: {len(value)} at level: {level} "
+                                  f"expected size: 1")
+        out.append(_scalar(value, tf_dtype))
+        return
+    if not isinstance(value, list) or len(value) != shape[level]:
+        size = len(value) if isinstance(value, list) else 1
+        raise InvalidArgument(f"Encountered list at unexpected size: {size} at level: {level} "
+                              f"expected size: {shape[level]}")
+    for item in value:
+        _flatten(item, shape, level + 1, out, tf_dtype)
+
+
+def json_to_array(value: Any, tf_dtype: int) -> np.ndarray:
+    """One JSON value (scalar or nested lists) -> an array of the signature's dtype."""
+    dtype = dtype_of(tf_dtype)
+    shape = _shape_of(value)
+    if tf_dtype != 7 and value and isinstance(value, list):
+        fast = _fast_nested(value, shape, dtype)
+        if fast is not None:
+            return fast
+    flat: list = []
+    _flatten(value, shape, 0, flat, tf_dtype)
+    if dtype is object:
+        array = np.empty(len(flat), dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    return np.array(flat, dtype=dtype).reshape(shape)
+
+
+def _fast_nested(value: list, shape: list[int], dtype) -> Optional[np.ndarray]:
+    """numpy's own conversion when it is provably the same as the element-wise rules (no bools, no ragging)."""
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        return None  # ragged: the slow path names where
+    if list(array.shape) != shape or array.dtype.kind not in "if":
+        return None
+    if array.dtype.kind == "f" and np.dtype(dtype).kind != "f":
+        return None  # 1.0 for an int input is a type error: the slow path says so
+    if np.dtype(dtype).kind in "iu" and (array.min() < _INT_RANGES[_tf_of(dtype)][0]
+                                         or array.max() > _INT_RANGES[_tf_of(dtype)][1]):
+        return None
+    if _has_bool(value, len(shape)):
+        return None
+    return array.astype(dtype, copy=False)
+
+
+def _tf_of(dtype) -> int:
+    return next(k for k, v in NUMPY_DTYPES.items() if v is not object and np.dtype(v) == np.dtype(dtype))
+
+
+def _has_bool(value: list, depth: int) -> bool:
+    # numpy turns True into 1; JSON true is a type error for numbers. Checking the innermost lists is cheap.
+    if depth == 1:
+        return any(v is True or v is False for v in value)
+    return any(_has_bool(v, depth - 1) for v in value)
+
+
+def rows_to_array(rows: list, tf_dtype: int, alias: str) -> np.ndarray:
+    """Stack one value per instance into [len(rows)] + row_shape, checking every row has the same shape."""
+    arrays = [json_to_array(row, tf_dtype) for row in rows]
+    first = arrays[0]
+    for array in arrays[1:]:
+        if array.size != first.size:
+            raise InvalidArgument(f"Expecting tensor size: {first.size} but got: {array.size}")
+        if array.shape != first.shape:
+            raise InvalidArgument(f"Expecting shape {_dims(first.shape)} but got: {_dims(array.shape)}")
+    if first.dtype == object:
+        stacked = np.empty((len(arrays),) + first.shape, dtype=object)
+        for index, array in enumerate(arrays):
+            stacked[index] = array
+        return stacked
+    return np.stack(arrays)
+
+
+def _dims(shape: tuple) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+# ------------------------------------------------------------------ fast path for big numeric bodies
+
+_NOT_SKELETON = bytes(c for c in range(256) if chr(c) not in "[],")
+
+
+@lru_cache(maxsize=64)
+def _skeleton(shape: tuple[int, ...]) -> bytes:
+    """The bracket/comma skeleton of a regular nested array of `shape`: [[,],[,]] for (2, 2)."""
+    text = ""
+    for dim in reversed(shape):
+        text = "[" + ",".join([text] * dim) + "]"
+    return text.encode()
+
+
+def _skeleton_shape(skeleton: bytes, count: int) -> Optional[tuple[int, ...]]:
+    """Dims of a regular array with `count` leaves: inner dims from its first element (a short prefix of
+    the skeleton), dim 0 from the count. The caller then compares the whole skeleton with the expected one."""
+    depth = len(skeleton) - len(skeleton.lstrip(b"["))
+    inner = []
+    for level in range(1, depth):
+        closers = b"]" * (depth - level)
+        end = skeleton.find(closers, level)
+        if end < 0:
+            return None
+        separator = b"]" * (depth - level - 1) + b","
+        inner.append(skeleton[level:end + len(closers)].count(separator) + 1)
+    size = math.prod(inner)
+    if depth == 0 or size == 0 or count % size:
+        return None
+    return (count // size, *inner)
+
+
+_parsers = threading.local()
+
+
+FAST_PATH_MIN_BYTES = 16 * 1024
+
+
+@dataclass
+class FastBody:
+    """A predict body whose one tensor is a big numeric array, parsed by simdjson (C), not Python lists."""
+    signature_name: Optional[str]
+    key: str                # "instances" (row) or "inputs" (columnar)
+    body: bytes
+    value: Any              # simdjson.Array, kept alive with its parser
+    parser: Any
+
+    def array(self, tf_dtype: int) -> Optional[np.ndarray]:
+        """The tensor, or None when only the exact slow path can decide (its errors are TF Serving's)."""
+        if tf_dtype not in (1, 2, 3, 9):
+            return None
+        try:
+            flat = np.frombuffer(self.value.as_buffer(of_type="d" if tf_dtype in (1, 2) else "i"),
+                                 dtype=np.float64 if tf_dtype in (1, 2) else np.int64)
+        except (TypeError, ValueError):
+            return None  # a bool, string, null or object among the leaves
+        # other members (signature_name) add at most one comma; brackets or commas inside them fail the check
+        skeleton = self.body.translate(None, _NOT_SKELETON).strip(b",")
+        shape = _skeleton_shape(skeleton, flat.size)
+        if shape is None or 0 in shape or skeleton != _skeleton(shape):
+            return None
+        if tf_dtype == 3 and (flat.min() < -2**31 or flat.max() > 2**31 - 1):
+            return None
+        return flat.astype(dtype_of(tf_dtype), copy=False).reshape(shape)
+
+
+def fast_body(body: bytes) -> Optional[FastBody]:
+    """Recognise {"instances"|"inputs": <array>, "signature_name"?: str} in big bodies; None otherwise."""
+    if len(body) < FAST_PATH_MIN_BYTES:
+        return None
+    try:
+        import simdjson
+    except ImportError:
+        return None
+    # one parser per thread: a parser cannot re-parse while values of its last document are alive
+    parser = getattr(_parsers, "parser", None)
+    try:
+        if parser is None:
+            raise RuntimeError("no parser yet")
+        doc = parser.parse(body)
+    except RuntimeError:
+        parser = _parsers.parser = simdjson.Parser()
+        try:
+            doc = parser.parse(body)
+        except (ValueError, RuntimeError):
+            return None
+    except ValueError:
+        return None
+    if not isinstance(doc, simdjson.Object):
+        return None
+    keys = set(doc.keys())
+    present = [k for k in ("instances", "inputs") if k in keys]
+    if len(present) != 1 or not keys <= {"instances", "inputs", "signature_name"}:
+        return None
+    signature_name = doc.get("signature_name")
+    value = doc[present[0]]
+    if (signature_name is not None and not isinstance(signature_name, str)) or not isinstance(value, simdjson.Array):
+        return None
+    return FastBody(signature_name, present[0], body, value, parser)
+
+
+# ------------------------------------------------------------------------------- JSON writing
+
+def _format_floats(array: np.ndarray) -> list[str]:
+    """TF Serving's WriteDecimal: %.6g unless it does not round-trip, then max_digits10; '.0' if integral."""
+    flat = array.ravel()
+    if flat.size == 0:
+        return []
+    single = flat.dtype == np.float32
+    short = np.char.mod("%.6g", flat.astype(np.float64))
+    exact = short.astype(np.float32 if single else np.float64) == flat
+    result = short.astype(object)
+    if not exact.all():
+        long = np.char.mod("%.9g" if single else "%.17g", flat[~exact].astype(np.float64))
+        result[~exact] = long
+    out = []
+    for text in result:
+        if text in ("nan", "-nan"):
+            out.append("NaN")
+        elif text == "inf":
+            out.append("Infinity")
+        elif text == "-inf":
+            out.append("-Infinity")
+        elif "." in text or "e" in text:
+            out.append(text)
+        else:
+            out.append(text + ".0")
+    return out
+
+
+def _leaf_texts(array: np.ndarray, as_bytes: bool) -> list[str]:
+    kind = array.dtype.kind
+    flat = array.ravel()
+    if kind == "f":
+        return _format_floats(array)
+    if kind == "b":
+        return ["true" if v else "false" for v in flat]
+    if kind in "iu":
+        return [str(int(v)) for v in flat]
+    texts = []
+    for value in flat:
+        data = value if isinstance(value, bytes) else str(value).encode()
+        if as_bytes:
+            texts.append('{"b64": "' + base64.b64encode(data).decode() + '"}')
+        else:
+            texts.append(json.dumps(data.decode("utf-8", errors="replace")))
+    return texts
+
+
+def _nest(texts: list[str], shape: tuple[int, ...]) -> str:
+    if not shape:
+        return texts[0]
+    if len(shape) == 1:
+        return "[" + ", ".join(texts) + "]"
+    step = len(texts) // shape[0] if shape[0] else 0
+    return "[" + ", ".join(_nest(texts[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])) + "]"
+
+
+def array_json(array: np.ndarray, alias: str) -> str:
+    """A tensor as JSON text (nested lists), string outputs as b64 objects when the alias ends in _bytes."""
+    return _nest(_leaf_texts(array, alias.endswith("_bytes")), array.shape)
+
+
+def predictions_json(outputs: dict[str, np.ndarray]) -> str:
+    """Row-format response {"predictions": [...]}: every output split along dimension 0."""
+    batch = None
+    for alias, array in outputs.items():
+        if array.ndim == 0:
+            raise InvalidArgument(f"Tensor name: {alias} has no shape information ")
+        if batch is not None and array.shape[0] != batch:
+            raise InvalidArgument(f"Tensor name: {alias} has inconsistent batch size: {array.shape[0]} "
+                                  f"expecting: {batch}")
+        batch = array.shape[0]
+    if len(outputs) == 1:
+        ((alias, array),) = outputs.items()
+        return '{"predictions": ' + array_json(array, alias) + "}"
+    rows = []
+    for index in range(batch or 0):
+        parts = [f"{json.dumps(alias)}: {array_json(outputs[alias][index], alias)}" for alias in outputs]
+        rows.append("{" + ", ".join(parts) + "}")
+    return '{"predictions": [' + ", ".join(rows) + "]}"
+
+
+def outputs_json(outputs: dict[str, np.ndarray]) -> str:
+    """Columnar response {"outputs": tensor} or {"outputs": {alias: tensor}}."""
+    if len(outputs) == 1:
+        ((alias, array),) = outputs.items()
+        return '{"outputs": ' + array_json(array, alias) + "}"
+    parts = [f"{json.dumps(alias)}: {array_json(array, alias)}" for alias, array in outputs.items()]
+    return '{"outputs": {' + ", ".join(parts) + "}}"
+
+
+# ------------------------------------------------------------------------------- TensorProto
+
+_TYPED_FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
+                 7: "string_val", 9: "int64_val", 10: "bool_val", 17: "int_val", 19: "half_val",
+                 22: "uint32_val", 23: "uint64_val"}
+
+
+def proto_to_array(proto) -> np.ndarray:
+    """TensorProto -> numpy, as TF's Tensor::FromProto: tensor_content wins; typed fields pad with the last value."""
+    tf_dtype = int(proto.dtype)
+    if tf_dtype not in NUMPY_DTYPES:
+        raise InvalidArgument(f"Unsupported tensor dtype {TYPE_NAMES.get(tf_dtype, tf_dtype)} in request")
+    dtype = NUMPY_DTYPES[tf_dtype]
+    dims = [int(d.size) for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(f"Unable to parse tensor proto: negative dimension in shape {dims}")
+    count = math.prod(dims)
+    if proto.tensor_content and tf_dtype != 7:
+        data = np.frombuffer(proto.tensor_content, dtype=dtype)
+        if data.size != count:
+            raise InvalidArgument(f"Unable to parse tensor proto: tensor_content holds {data.size} values, "
+                                  f"shape {dims} needs {count}")
+        return data.reshape(dims)
+    values = getattr(proto, _TYPED_FIELDS[tf_dtype])
+    if len(values) > count:
+        raise InvalidArgument(f"Unable to parse tensor proto: {len(values)} values for shape {dims}")
+    if tf_dtype == 7:
+        array = np.empty(count, dtype=object)
+        if len(values):
+            array[:len(values)] = list(values)
+            array[len(values):] = values[-1]
+        else:
+            array[:] = b""
+        return array.reshape(dims)
+    if tf_dtype == 19:
+        base = np.array(values, dtype=np.uint16).view(np.float16)
+    else:
+        base = np.array(values, dtype=dtype)
+    if base.size < count:
+        fill = base[-1] if base.size else np.zeros((), dtype=base.dtype if tf_dtype != 19 else np.float16)
+        base = np.concatenate([base, np.full(count - base.size, fill, dtype=base.dtype)])
+    return base.reshape(dims)
+
+
+def array_to_proto(array: np.ndarray, tf_dtype: Optional[int] = None, as_content: bool = False):
+    """numpy -> TensorProto with typed *_val fields (TF Serving's default) or tensor_content."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    array = np.asarray(array)
+    if tf_dtype is None:
+        tf_dtype = 7 if array.dtype.kind in "OSU" else _tf_of(array.dtype)
+    proto = tensor_pb2.TensorProto(dtype=tf_dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape]))
+    if tf_dtype == 7:
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.ravel())
+    elif as_content:
+        proto.tensor_content = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[tf_dtype]).tobytes()
+    elif tf_dtype == 19:
+        proto.half_val.extend(array.astype(np.float16).view(np.uint16).ravel().tolist())
+    else:
+        getattr(proto, _TYPED_FIELDS[tf_dtype]).extend(array.ravel().tolist())
+    return proto
