@@ -125,14 +125,21 @@ _BY_CODE: dict[int, type[ServingError]] = {
 }
 
 
+def _entry(error: ServingError) -> tuple[int, Code]:
+    for cls in type(error).__mro__:  # subclasses (e.g. SignatureNotFound) map as their nearest listed base
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return ERROR_TABLE[Unknown]
+
+
 def http_status(error: ServingError) -> int:
     """The HTTP status a REST client sees for `error`."""
-    return ERROR_TABLE[type(error)][0]
+    return _entry(error)[0]
 
 
 def grpc_code(error: ServingError) -> Code:
     """The gRPC status code a gRPC client sees for `error`."""
-    return ERROR_TABLE[type(error)][1]
+    return _entry(error)[1]
 
 
 def error_for_code(code: int, message: str) -> ServingError:

@@ -212,7 +212,10 @@ def rows_to_array(rows: list, tf_dtype: int, alias: str) -> np.ndarray:
     if first.dtype == object:
         stacked = np.empty((len(arrays),) + first.shape, dtype=object)
         for index, array in enumerate(arrays):
-            stacked[index] = array
+            if array.ndim:
+                stacked[index] = array
+            else:  # a 0-d object array would be stored as the element itself
+                stacked[index] = array.item()
         return stacked
     return np.stack(arrays)
 
@@ -399,7 +402,8 @@ def predictions_json(outputs: dict[str, np.ndarray]) -> str:
         return '{"predictions": ' + array_json(array, alias) + "}"
     rows = []
     for index in range(batch or 0):
-        parts = [f"{json.dumps(alias)}: {array_json(outputs[alias][index], alias)}" for alias in outputs]
+        parts = [f"{json.dumps(alias)}: {array_json(outputs[alias][index:index + 1].reshape(outputs[alias].shape[1:]), alias)}"
+                 for alias in outputs]
         rows.append("{" + ", ".join(parts) + "}")
     return '{"predictions": [' + ", ".join(rows) + "]}"
 

@@ -1,0 +1,119 @@
+"""The tensor codec (TF Serving's JSON rules, TensorProto) and the one error table."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deploy.server import errors, tensors
+from deploy.server.errors import ERROR_TABLE, Code, InvalidArgument, ServingError, Unimplemented
+
+
+def test_every_domain_error_is_in_the_one_table_and_codes_agree():
+    subclasses = set(ServingError.__subclasses__())
+    assert subclasses <= set(ERROR_TABLE)
+    for cls, (http, code) in ERROR_TABLE.items():
+        assert cls.code == code
+    assert errors.http_status(errors.NotFound("x")) == 404 and errors.grpc_code(errors.NotFound("x")) == Code.NOT_FOUND
+    assert errors.http_status(errors.RequestTooLarge("x")) == 413
+    assert errors.grpc_code(errors.RequestTooLarge("x")) == Code.RESOURCE_EXHAUSTED
+    assert errors.http_status(errors.FailedPrecondition("x")) == 400
+    assert errors.http_status(errors.Unavailable("x")) == 503
+
+
+def test_float_formatting_follows_tf_serving():
+    values = np.array([9000000, 999999, 0.5, 0.0003, 0.00003, 555557.5, 3, np.nan, np.inf, -np.inf, 0.1, 1 / 3],
+                      np.float32)
+    assert tensors._format_floats(values) == ["9e+06", "999999.0", "0.5", "0.0003", "3e-05", "555557.5", "3.0",
+                                              "NaN", "Infinity", "-Infinity", "0.1", "0.333333343"]
+
+
+def test_predictions_and_outputs_json():
+    assert json.loads(tensors.predictions_json({"y": np.array([[2.5], [3.0]], np.float32)})) == \
+        {"predictions": [[2.5], [3.0]]}
+    two = tensors.predictions_json({"a": np.array([1, 2], np.int64), "b_bytes": np.array([b"hi", b"yo"], object)})
+    assert json.loads(two) == {"predictions": [{"a": 1, "b_bytes": {"b64": "aGk="}}, {"a": 2, "b_bytes": {"b64": "eW8="}}]}
+    assert json.loads(tensors.outputs_json({"s": np.array([b"x"], object)})) == {"outputs": ["x"]}
+    with pytest.raises(InvalidArgument, match="inconsistent batch size"):
+        tensors.predictions_json({"a": np.zeros(2), "b": np.zeros(3)})
+
+
+@pytest.mark.parametrize("value,dtype,message", [
+    (["x"], 1, 'JSON Value: "x" Type: String is not of expected type: float'),
+    ([1.0], 3, "JSON Value: 1.0 Type: Number is not of expected type: int32"),
+    ([True], 1, "JSON Value: true Type: True is not of expected type: float"),
+    ([[1, 2], [3]], 1, "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
+    ([{"b64": "aGk="}], 1, "Type: Object is not of expected type: float"),
+    ([1], 8, None),
+])
+def test_json_type_rules(value, dtype, message):
+    if message is None:
+        with pytest.raises(Unimplemented):
+            tensors.json_to_array(value, dtype)
+        return
+    with pytest.raises(InvalidArgument) as raised:
+        tensors.json_to_array(value, dtype)
+    assert message in raised.value.message
+
+
+def test_json_accepts_what_tf_serving_accepts():
+    assert tensors.json_to_array([[1, 2.5]], 1).dtype == np.float32
+    assert tensors.json_to_array([{"b64": "aGk="}, "plain"], 7).tolist() == [b"hi", b"plain"]
+    assert tensors.json_to_array(3, 9).shape == ()
+    assert np.isnan(tensors.json_to_array(tensors.loads(b"[NaN]"), 1)[0])
+    assert tensors.loads(b'{"a": 1} trailing') == {"a": 1}
+    with pytest.raises(InvalidArgument, match="The document is empty"):
+        tensors.loads(b"  ")
+    with pytest.raises(InvalidArgument, match="at offset: 0"):
+        tensors.loads(b"nope")
+
+
+def test_rows_must_share_a_shape():
+    with pytest.raises(InvalidArgument, match="Expecting tensor size: 2 but got: 3"):
+        tensors.rows_to_array([[1, 2], [1, 2, 3]], 1, "x")
+    with pytest.raises(InvalidArgument, match=r"Expecting shape \[2,1\] but got: \[1,2\]"):
+        tensors.rows_to_array([[[1], [2]], [[1, 2]]], 1, "x")
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 50, 3), (2, 3000), (5000,), (3, 7, 11, 13)])
+def test_fast_path_equals_exact_path(shape):
+    array = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    body = json.dumps({"instances": array.tolist(), "signature_name": "s"}).encode()
+    fast = tensors.fast_body(body)
+    assert fast is not None and fast.signature_name == "s"
+    np.testing.assert_array_equal(fast.array(1), tensors.rows_to_array(json.loads(body)["instances"], 1, "x"))
+
+
+@pytest.mark.parametrize("instances", [
+    [[1.0] * 3000, [2.0] * 2999 + [[1.0]]],          # nested deeper in one place
+    [[1.0] * 3001, [2.0] * 2999],                     # same total, ragged rows
+    [[1.0] * 3000, [2.0] * 2999 + [True]],            # a bool among numbers
+    [[1.0] * 3000, [2.0] * 2999 + ["x"]],             # a string
+])
+def test_fast_path_refuses_what_only_the_exact_path_may_judge(instances):
+    fast = tensors.fast_body(json.dumps({"instances": instances}).encode())
+    assert fast is None or fast.array(1) is None
+
+
+def test_fast_path_int_dtype_refuses_decimals():
+    body = json.dumps({"instances": [[1.5] * 5000]}).encode()
+    assert tensors.fast_body(body).array(3) is None
+    ints = json.dumps({"instances": [list(range(5000))]}).encode()
+    assert tensors.fast_body(ints).array(3).tolist()[0][:3] == [0, 1, 2]
+
+
+def test_tensor_proto_round_trip_and_last_value_padding():
+    import tensorflow as tf
+
+    for array in [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([b"a", b"bc"], object),
+                  np.array([[1, 2]], np.int64), np.array([True, False])]:
+        proto = tensors.array_to_proto(array)
+        np.testing.assert_array_equal(tensors.proto_to_array(proto), array)
+        np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+    content = tensors.array_to_proto(np.ones((2, 2), np.float32), as_content=True)
+    assert content.tensor_content and tensors.proto_to_array(content).sum() == 4
+    padded = tf.make_tensor_proto([0.0], dtype=tf.float32)
+    padded.float_val[:] = [1.0, 2.0]
+    padded.tensor_shape.dim[0].size = 4
+    assert tensors.proto_to_array(padded).tolist() == [1.0, 2.0, 2.0, 2.0]
