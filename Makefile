@@ -10,7 +10,7 @@ SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema clean
+.PHONY: help venv export inspect test test-fast schema perf serve clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,15 @@ test-fast: $(STAMP) ## run the fast unit tests only
 
 schema: $(STAMP) ## regenerate specs/spec.schema.json from deploy/spec.py
 	$(PY) -m deploy.schema specs/spec.schema.json
+
+perf: $(STAMP) ## server performance targets (overhead, REST decoding, batching); prints measured ratios
+	$(PY) -m benchmarks.perf --spec $(SPEC)
+
+serve: $(STAMP) ## run the embedded server on SPEC's exported versions: make serve SPEC=specs/digits_cnn.yaml
+	@$(PY) -c "from deploy.spec import load_spec; s = load_spec('$(SPEC)'); print(s.name, s.model_dir, s.serving.grpc_port, s.serving.rest_port)" > .serve.args || { rm -f .serve.args; exit 2; }
+	@read name dir grpc rest < .serve.args; rm -f .serve.args; \
+	  test -d "$$dir" || { echo "no export at $$dir: run make export SPEC=$(SPEC) first"; exit 2; }; \
+	  exec $(PY) -m deploy.server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
 
 clean: ## remove exported models, reports and caches (keeps .venv)
 	rm -rf models reports .pytest_cache

@@ -23,7 +23,7 @@ def test_example_specs_load_with_defaults_filled(name):
 
 def test_saved_model_example_spec_loads(testdata):
     spec = load_spec(REPO / "specs" / "half_plus_two.yaml")
-    assert spec.resolve(spec.model.source.path) == testdata / "saved_model_half_plus_two_cpu" / "00000123"
+    assert spec.resolve(spec.model.source.path) == (testdata / "saved_model_half_plus_two_cpu" / "00000123").resolve()
 
 
 def test_spec_is_frozen():

@@ -1,0 +1,1 @@
+"""Benchmark scripts that print ratios measured in one run (never asserted in unit tests)."""

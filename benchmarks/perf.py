@@ -1,0 +1,197 @@
+"""`make perf`: the embedded server's performance targets, each printed as a ratio measured in this run.
+
+1. Serving overhead: p50 of one real JPEG through the served model (gRPC bytes, REST b64) divided by the
+   p50 of calling the same signature in-process. Targets: <= 1.05 gRPC, <= 1.10 REST.
+2. REST decoding: a body with one 224x224x3 float image, our decoder vs json.loads + numpy.asarray.
+   Target: ours takes <= 1/8 of the time.
+3. Batching: 16 concurrent gRPC clients, throughput with --enable_batching divided by without. Target >= 1.25.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _p50(samples):
+    return statistics.median(samples)
+
+
+def _timed(function, count):
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def latest_export(spec):
+    from exporter.export import existing_versions, export
+
+    versions = existing_versions(spec.model_dir)
+    if versions:
+        return spec.model_dir / str(versions[-1])
+    print(f"no export of {spec.name} yet: exporting")
+    return export(spec).path
+
+
+def serving_overhead(version_dir: Path, name: str, jpeg: bytes, rounds: int, per_round: int) -> dict:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from deploy.server.model import LoadedModel
+    from tests.serverproc import ServerProcess
+
+    model = LoadedModel.load(version_dir)
+    signature = model.signatures["serving_default"]
+    batch = np.array([jpeg], dtype=object)
+    in_process = lambda: model.run(signature, {"image_bytes": batch}, ["probabilities"])
+    server = ServerProcess(f"--model_name={name}", f"--model_base_path={version_dir.parent}")
+    channel = grpc.insecure_channel(server.grpc_target, options=[("grpc.max_receive_message_length", 2**31 - 1)])
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([jpeg], dtype=tf.string))
+    via_grpc = lambda: stub.Predict(request, 60)
+    body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()}]}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port)
+
+    def via_rest():
+        connection.request("POST", f"/v1/models/{name}:predict", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        assert response.status == 200, payload[:200]
+
+    samples = {"in_process": [], "grpc": [], "rest": []}
+    try:
+        for call in (in_process, via_grpc, via_rest):
+            _timed(call, 5)  # warm every path
+        for _ in range(rounds):  # interleaved, so drift hits all three alike
+            samples["in_process"] += _timed(in_process, per_round)
+            samples["grpc"] += _timed(via_grpc, per_round)
+            samples["rest"] += _timed(via_rest, per_round)
+    finally:
+        connection.close()
+        channel.close()
+        server.stop()
+        model.close()
+    return {key: _p50(values) * 1000 for key, values in samples.items()}
+
+
+def rest_decoding(repeats: int) -> dict:
+    from deploy.server import tensors
+
+    image = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
+    body = json.dumps({"instances": image.tolist()}).encode()
+    ours = lambda: tensors.fast_body(body).array(1)
+    baseline = lambda: np.asarray(json.loads(body)["instances"], dtype=np.float32)
+    assert np.array_equal(ours(), baseline())
+    ours_t, base_t = [], []
+    for _ in range(repeats):
+        ours_t += _timed(ours, 1)
+        base_t += _timed(baseline, 1)
+    return {"body_bytes": len(body), "ours_ms": _p50(ours_t) * 1000, "json_asarray_ms": _p50(base_t) * 1000}
+
+
+def batching_throughput(version_dir: Path, name: str, jpeg: bytes, seconds: float, clients: int) -> dict:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tests.serverproc import ServerProcess
+
+    def run(*flags):
+        server = ServerProcess(f"--model_name={name}", f"--model_base_path={version_dir.parent}", *flags)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([jpeg], dtype=tf.string))
+        counts = [0] * clients
+        stop = threading.Event()
+
+        def client(index):
+            with grpc.insecure_channel(server.grpc_target) as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                stub.Predict(request, 60)
+                while not stop.is_set():
+                    stub.Predict(request, 60)
+                    counts[index] += 1
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)  # ramp up
+        before, started = sum(counts), time.perf_counter()
+        time.sleep(seconds)
+        done, elapsed = sum(counts) - before, time.perf_counter() - started
+        stop.set()
+        for thread in threads:
+            thread.join()
+        server.stop()
+        return done / elapsed
+
+    with tempfile.TemporaryDirectory() as directory:
+        params = Path(directory) / "batching.txt"
+        params.write_text(f"max_batch_size {{ value: {clients} }}\nbatch_timeout_micros {{ value: 5000 }}\n"
+                          "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n")
+        off = run()
+        on = run("--enable_batching", f"--batching_parameters_file={params}")
+    return {"clients": clients, "rps_off": off, "rps_on": on}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default="specs/mobilenet_v2.yaml")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-round", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured window of each batching run")
+    args = parser.parse_args(argv)
+    from deploy.spec import SpecError, load_spec
+    from exporter.images import bundled_photos, encode, resize
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    version_dir = latest_export(spec)
+    photo = dict(bundled_photos())["chelsea"]
+    jpeg = encode(resize(photo, 640, 480), "jpeg", 90)
+    print(f"model {spec.name} at {version_dir}; one JPEG of {len(jpeg)} bytes; {os.cpu_count()} CPUs")
+
+    overhead = serving_overhead(version_dir, spec.name, jpeg, args.rounds, args.per_round)
+    grpc_ratio, rest_ratio = overhead["grpc"] / overhead["in_process"], overhead["rest"] / overhead["in_process"]
+    print(f"1. serving overhead (p50): in-process {overhead['in_process']:.2f} ms, gRPC {overhead['grpc']:.2f} ms, "
+          f"REST b64 {overhead['rest']:.2f} ms")
+    print(f"   gRPC / in-process = {grpc_ratio:.3f} (target <= 1.05) {'PASS' if grpc_ratio <= 1.05 else 'FAIL'}")
+    print(f"   REST / in-process = {rest_ratio:.3f} (target <= 1.10) {'PASS' if rest_ratio <= 1.10 else 'FAIL'}")
+
+    decoding = rest_decoding(15)
+    speedup = decoding["json_asarray_ms"] / decoding["ours_ms"]
+    print(f"2. REST decoding of one 224x224x3 float image ({decoding['body_bytes']} bytes): ours "
+          f"{decoding['ours_ms']:.2f} ms, json.loads + numpy.asarray {decoding['json_asarray_ms']:.2f} ms")
+    print(f"   ours / baseline = 1/{speedup:.1f} (target <= 1/8) {'PASS' if speedup >= 8 else 'FAIL'}")
+
+    batching = batching_throughput(version_dir, spec.name, jpeg, args.seconds, 16)
+    gain = batching["rps_on"] / batching["rps_off"]
+    print(f"3. batching, {batching['clients']} gRPC clients: off {batching['rps_off']:.1f} req/s, "
+          f"on {batching['rps_on']:.1f} req/s")
+    print(f"   on / off = {gain:.2f} (target >= 1.25) {'PASS' if gain >= 1.25 else 'FAIL'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""TF-style flag parsing and the batcher's merge/split/limits (with a fake model runner)."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from deploy.server.batching import Batcher
+from deploy.server.configs import BatchingParameters, ConfigError, load_batching_parameters
+from deploy.server.errors import InvalidArgument, Unavailable
+from deploy.server.flags import Flags, UsageError, parse
+
+
+def test_flags_follow_tensorflow_rules():
+    flags, unknown = parse(["--port=9000", "--enable_batching", "--enable_model_warmup=false", "--model_name=m",
+                            "--rest_api_port", "8501", "--bogus=1"])
+    assert flags.port == 9000 and flags.enable_batching and not flags.enable_model_warmup and flags.model_name == "m"
+    assert flags.rest_api_port == 0  # `--flag value` is not parsed, as in TF
+    assert unknown == ["--rest_api_port", "8501", "--bogus=1"]
+    assert Flags().host == "127.0.0.1" and Flags().port == 8500 and Flags().model_name == "default"
+
+
+@pytest.mark.parametrize("arg", ["--port=abc", "--enable_batching=maybe", "--help"])
+def test_bad_flag_values_are_usage_errors(arg):
+    with pytest.raises(UsageError):
+        parse([arg])
+
+
+class FakeModel:
+    def __init__(self):
+        self.batches = []
+        self.lock = threading.Lock()
+
+    def __call__(self, model, signature, inputs, outputs):
+        with self.lock:
+            self.batches.append(inputs["x"].shape[0])
+        return {"y": inputs["x"] * 2}
+
+
+class Sig:
+    name = "serving_default"
+
+
+def test_concurrent_requests_are_merged_padded_and_split_exactly():
+    fake = FakeModel()
+    batcher = Batcher(BatchingParameters(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1,
+                                         max_enqueued_batches=10, allowed_batch_sizes=(4, 8)), fake)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(batcher, None, Sig, {"x": np.full((1 + i % 2, 3), i, np.float32)}, ["y"])
+                       for i in range(6)]
+            results = [f.result() for f in futures]
+        for i, result in enumerate(results):
+            np.testing.assert_array_equal(result["y"], np.full((1 + i % 2, 3), 2 * i, np.float32))
+        assert all(size in (4, 8) for size in fake.batches)  # padded to an allowed size
+        assert len(fake.batches) < 6  # some requests shared a run
+    finally:
+        batcher.stop()
+
+
+def test_batcher_limits():
+    batcher = Batcher(BatchingParameters(max_batch_size=4, batch_timeout_micros=10_000_000, num_batch_threads=1,
+                                         max_enqueued_batches=1), FakeModel())
+    try:
+        with pytest.raises(InvalidArgument, match="Task size 5 is larger than maximum input batch size 4"):
+            batcher(None, Sig, {"x": np.zeros((5, 1))}, ["y"])
+        with pytest.raises(InvalidArgument, match="equal 0th-dimension size"):
+            batcher(None, Sig, {"x": np.zeros((2, 1)), "z": np.zeros((3, 1))}, ["y"])
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(batcher, None, Sig, {"x": np.zeros((3, 1))}, ["y"])  # waits for its timeout
+            import time
+            deadline = time.monotonic() + 5
+            while not batcher._queues and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pytest.raises(Unavailable, match="queue to which this task was submitted is full"):
+                batcher(None, Sig, {"x": np.zeros((2, 1))}, ["y"])
+            batcher.stop()  # flushes the queued batch
+            assert waiting.result()["y"].shape == (3, 1)
+    finally:
+        batcher.stop()
+
+
+def test_batching_parameters_file(tmp_path, testdata):
+    params = load_batching_parameters(str(testdata / "batching_config.txt"))
+    assert (params.max_batch_size, params.num_batch_threads, params.max_enqueued_batches) == (128, 8, 1000000)
+    bad = tmp_path / "b.txt"
+    bad.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
+    with pytest.raises(ConfigError, match="Last entry in allowed_batch_sizes must match max_batch_size"):
+        load_batching_parameters(str(bad))
+    bad.write_text("max_batch_size: 8\n")
+    with pytest.raises(ConfigError, match="Invalid protobuf file"):
+        load_batching_parameters(str(bad))
