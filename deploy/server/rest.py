@@ -238,6 +238,8 @@ def _rows(rows: list, dtype: int):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tfserve-bench"
+    # headers and body go out in separate writes: with Nagle on, the body waits for the client's delayed ACK
+    disable_nagle_algorithm = True
     api: RestApi
     max_request_bytes: int
     gate: threading.BoundedSemaphore
