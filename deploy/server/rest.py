@@ -98,13 +98,7 @@ class RestApi:
             doc = None
             signature_name = fast.signature_name or ""
         else:
-            doc = tensors.loads(body)
-            if not isinstance(doc, dict):
-                raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} Is not object")
-            signature_name = doc.get("signature_name", "")
-            if not isinstance(signature_name, str):
-                raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} not formatted correctly. "
-                                      "'signature_name' key must be a string value.")
+            doc, signature_name = _object_and_signature(body)
         target = Target(target.name, target.version, target.label, signature_name)
         row_format = (fast.key == "instances") if fast is not None else None
 
@@ -130,13 +124,7 @@ class RestApi:
     # ---------------------------------------------------------------------- classify/regress
 
     def _examples(self, target: Target, body: bytes, method: str) -> tuple[Target, list[bytes]]:
-        doc = tensors.loads(body)
-        if not isinstance(doc, dict):
-            raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} Is not object")
-        signature_name = doc.get("signature_name", "")
-        if not isinstance(signature_name, str):
-            raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} not formatted correctly. "
-                                  "'signature_name' key must be a string value.")
+        doc, signature_name = _object_and_signature(body)
         return Target(target.name, target.version, target.label, signature_name), examples_from_request(doc, method)
 
     def _classify(self, target: Target, body: bytes) -> str:
@@ -177,6 +165,18 @@ class RestApi:
                                                    always_print_fields_with_no_presence=True)
         spec = json.dumps({"name": resolved.name, "signature_name": "", "version": str(resolved.version)})
         return '{\n"model_spec":' + spec + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n"
+
+
+def _object_and_signature(body: bytes) -> tuple[dict, str]:
+    """Parse a body that must be a JSON object with an optional string signature_name (TF Serving's checks)."""
+    doc = tensors.loads(body)
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} Is not object")
+    signature_name = doc.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} not formatted correctly. "
+                              "'signature_name' key must be a string value.")
+    return doc, signature_name
 
 
 def _f32(value: float):
