@@ -1,0 +1,68 @@
+"""The other model sources: a .keras file, and an existing SavedModel re-exported with image signatures."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploy.server.model import LoadedModel
+from deploy.spec import load_spec
+from exporter.export import export
+from exporter.images import bundled_photos, encode
+
+pytestmark = pytest.mark.slow
+
+SPEC = """name: {name}
+model:
+  source: {source}
+  input: {{height: 24, width: 24, channels: 3, preprocessing: {{mode: unit}}}}
+export:
+  base_path: {base}
+  signatures: [serving_default, predict_tensor, classify]
+  top_k: 2
+"""
+
+
+def _tiny_keras_model():
+    import keras
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((24, 24, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(3, activation="softmax")])
+
+
+def _served_top1(version_dir, jpeg):
+    model = LoadedModel.load(version_dir)
+    try:
+        out = model.run(model.signatures["serving_default"], {"image_bytes": np.array([jpeg], object)},
+                        ["probabilities"])["probabilities"]
+    finally:
+        model.close()
+    return out
+
+
+def test_keras_file_source_exports_and_verifies(tmp_path):
+    model = _tiny_keras_model()
+    model.save(tmp_path / "tiny.keras")
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(SPEC.format(name="tiny", source="{kind: keras_file, path: tiny.keras}", base="models"))
+    result = export(load_spec(spec_path), log=lambda _: None)
+    assert result.provenance["verification"]["max_abs_diff"]["serving_default"] < 1e-4
+    assert _served_top1(result.path, encode(bundled_photos()[1][1], "jpeg")).shape == (1, 3)
+
+
+def test_saved_model_add_signatures_mode(tmp_path):
+    import tensorflow as tf
+
+    model = _tiny_keras_model()
+    archive = __import__("keras").export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", lambda x: {"out": model(x)},
+                         input_signature=[tf.TensorSpec([None, 24, 24, 3], tf.float32, "x")])
+    archive.write_out(str(tmp_path / "plain"), verbose=False)
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(SPEC.format(name="wrapped", base="models",
+                                     source="{kind: saved_model, path: plain, mode: add_signatures}"))
+    result = export(load_spec(spec_path), log=lambda _: None)
+    assert set(result.provenance["verification"]["max_abs_diff"]) == {"serving_default", "predict_tensor", "classify"}
+    jpeg = encode(bundled_photos()[0][1], "jpeg")
+    pixels = tf.image.resize(tf.io.decode_jpeg(jpeg, channels=3)[tf.newaxis], (24, 24)) / 255.0
+    np.testing.assert_allclose(_served_top1(result.path, jpeg), model(pixels).numpy(), atol=1e-5)
