@@ -82,7 +82,7 @@ class Batcher:
                 continue
             total = sum(t.size for t in queue)
             deadline = queue[0].enqueued + self._timeout
-            if total >= self.params.max_batch_size or now >= deadline:
+            if total >= self.params.max_batch_size or now >= deadline or self._stopped:  # stopping flushes
                 batch, filled = [], 0
                 while queue and filled + queue[0].size <= self.params.max_batch_size:
                     task = queue.popleft()
