@@ -18,6 +18,7 @@ from deploy.yamlsource import YamlDocument, YamlSourceError, load_yaml_with_line
 
 SIGNATURE_KINDS = ("serving_default", "predict_tensor", "classify")
 PAYLOADS = ("image_b64", "tensor_row", "tensor_columnar")
+SOURCE_KINDS = ("keras_application", "keras_file", "saved_model", "builder")
 
 
 class SpecError(Exception):
@@ -326,7 +327,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         return (f"kind '{error['ctx']['tag']}' is not a model source; allowed kinds: "
                 f"{error['ctx']['expected_tags'].replace(chr(39), '')}")
     if kind == "union_tag_not_found":
-        return "'kind' is missing; allowed kinds: keras_application, keras_file, saved_model, builder"
+        return f"'kind' is missing; allowed kinds: {', '.join(SOURCE_KINDS)}"
     message = error["msg"]
     return message.removeprefix("Value error, ")
 
@@ -388,7 +389,7 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             parts.append(f"[{part}]")
-        elif part in ("keras_application", "keras_file", "saved_model", "builder"):
+        elif part in SOURCE_KINDS:
             continue  # pydantic's union-member tag, not a key the user wrote
         else:
             parts.append(("." if parts else "") + str(part))
@@ -396,7 +397,7 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 
 
 def _yaml_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(p for p in loc if p not in ("keras_application", "keras_file", "saved_model", "builder"))
+    return tuple(p for p in loc if p not in SOURCE_KINDS)
 
 
 def load_spec(path: str | Path) -> Spec:

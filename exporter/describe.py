@@ -18,10 +18,11 @@ def read_meta_graphs(directory: Path) -> list:
     path = Path(directory) / "saved_model.pb"
     if not path.is_file():
         hint = ""
-        numeric = sorted((p for p in Path(directory).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) \
-            if Path(directory).is_dir() else []
-        if numeric:
-            hint = f"; it has version directories: try {numeric[-1]}"
+        from deploy.server.repository import discover_versions
+
+        versions = discover_versions(str(directory)) or {}
+        if versions:
+            hint = f"; it has version directories: try {versions[max(versions)]}"
         raise InspectError(f"{directory}: no saved_model.pb here{hint}")
     saved_model = saved_model_pb2.SavedModel()
     try:

@@ -31,10 +31,10 @@ class ExportResult:
 
 
 def existing_versions(model_dir: Path) -> list[int]:
-    """Numeric version directories under model_dir (TF Serving's rule: the name parses as an integer)."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    """Numeric version directories under model_dir, found by the server's own rule."""
+    from deploy.server.repository import discover_versions
+
+    return sorted(discover_versions(str(model_dir)) or ())
 
 
 def resolve_version(spec: Spec, requested: Union[int, str, None], overwrite: bool) -> int:

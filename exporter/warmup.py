@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+from deploy.server.dataplane import WARMUP_FILE
 
 
 def write_warmup(version_dir: Path, model_name: str, encoded_images: Sequence[bytes], signatures: Sequence[str]) -> int:

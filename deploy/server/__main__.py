@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _configure_logging()
     from deploy.server.app import Server, StartupError
     try:
-        server = Server.from_flags(flags)
+        server = Server(flags)
         server.start()
     except StartupError as exc:
         return _fail(str(exc))

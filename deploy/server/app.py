@@ -8,7 +8,7 @@ from typing import Optional
 
 from deploy.server.configs import (ConfigError, ModelConfig, load_batching_parameters, load_model_config_file,
                                    load_monitoring_config)
-from deploy.server.dataplane import DataPlane, direct_runner
+from deploy.server.dataplane import WARMUP_FILE, DataPlane, direct_runner
 from deploy.server.errors import ServingError
 from deploy.server.flags import NO_EFFECT, Flags
 from deploy.server.metrics import Metrics
@@ -81,17 +81,13 @@ class Server:
         self._config_poller: Optional[threading.Thread] = None
         self._stop = threading.Event()
 
-    @classmethod
-    def from_flags(cls, flags: Flags) -> "Server":
-        return cls(flags)
-
     def _warmup(self, name: str, version: int, model) -> None:
         count = self.dataplane.warmup(name, version, model, self.flags.num_request_iterations_for_warmup)
         if count:
             log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
                      model.path, count)
         else:
-            log.info("No warmup data file found at %s", Path(model.path) / "assets.extra" / "tf_serving_warmup_requests")
+            log.info("No warmup data file found at %s", Path(model.path) / WARMUP_FILE)
 
     def start(self) -> None:
         """Load every model (blocking), then start gRPC and REST."""

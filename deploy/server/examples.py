@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from deploy.server.errors import InvalidArgument
-from deploy.server.tensors import compact, is_b64
+from deploy.server.tensors import compact, is_b64, json_type
 
 _KIND_NAMES = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}
 
@@ -27,8 +27,7 @@ def _kind_of(value: Any, feature: str) -> str:
         if value >= 2**63 or value < -2**63:
             raise InvalidArgument(f"Only int64 is supported for integer features, feature: {feature} value: {value}")
         return "int64_list"
-    kind = {type(None): "Null", dict: "Object", list: "Array"}.get(type(value), "Unknown")
-    raise InvalidArgument(f"Feature: {feature} has element with unexpected JSON type: {kind}")
+    raise InvalidArgument(f"Feature: {feature} has element with unexpected JSON type: {json_type(value)}")
 
 
 def _add_feature(example, feature: str, value: Any) -> None:

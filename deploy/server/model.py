@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from deploy.server.errors import InvalidArgument, ServingError, error_for_code
+from deploy.server.errors import InvalidArgument, error_for_code
 
 # TF DataType enum values used by the codec and metadata (tensorflow/core/framework/types.proto).
 DT_NAMES = {
@@ -155,4 +155,3 @@ def dtype_name(dtype: int) -> str:
     return DT_NAMES.get(dtype, f"DT_{dtype}")
 
 
-__all__ = ["LoadedModel", "LoadOptions", "Signature", "TensorSpec", "signatures_of", "dtype_name", "ServingError"]

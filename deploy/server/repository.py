@@ -52,9 +52,8 @@ def discover_versions(base_path: str) -> Optional[dict[int, Path]]:
         return None
     found: dict[int, Path] = {}
     for child in sorted(base.iterdir()):
-        name = child.name
-        if child.is_dir() and name.lstrip("-").isdigit() and not name.startswith("-"):
-            found[int(name)] = child  # duplicates like 1 and 001: the last one wins, as in TF Serving
+        if child.is_dir() and child.name.isdigit():
+            found[int(child.name)] = child  # duplicates like 1 and 001: the last one wins, as in TF Serving
     return found
 
 

@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 from urllib.parse import unquote
 
+import numpy as np
+
 from deploy.server.dataplane import DataPlane, SignatureNotFound, Target
 from deploy.server.errors import InvalidArgument, RequestTooLarge, ServingError, http_status
 from deploy.server.examples import examples_from_request
@@ -30,6 +32,12 @@ NOT_FOUND_HTML = (b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<
 
 def error_body(message: str) -> bytes:
     return json.dumps({"error": message}, indent=4, ensure_ascii=False).encode()
+
+
+def _target(match: re.Match) -> Target:
+    """Model name, version and label from a POST_PATH / GET_PATH match (name and label URL-decoded)."""
+    label = unquote(match.group(3)) if match.group(3) else None
+    return Target(unquote(match.group(1)), _version(match.group(2)), label)
 
 
 def _version(text: Optional[str]) -> Optional[int]:
@@ -71,16 +79,14 @@ class RestApi:
         try:
             if method == "POST" and (match := POST_PATH.fullmatch(path)) and match.group(4) in (
                     "classify", "regress", "predict"):
-                model_name, api = unquote(match.group(1)), match.group(4)
-                target = Target(model_name, _version(match.group(2)),
-                                unquote(match.group(3)) if match.group(3) else None)
+                target, api = _target(match), match.group(4)
+                model_name = target.name
                 payload = getattr(self, f"_{api}")(target, body)
             elif method == "GET" and (match := GET_PATH.fullmatch(path)):
                 if not match.group(1):
                     raise InvalidArgument("Missing model name in request.")
-                model_name = unquote(match.group(1))
-                target = Target(model_name, _version(match.group(2)),
-                                unquote(match.group(3)) if match.group(3) else None)
+                target = _target(match)
+                model_name = target.name
                 payload = self._metadata(target) if match.group(4) else self._status(target)
             else:
                 raise InvalidArgument(f"Malformed request: {method} {path}")
@@ -132,7 +138,7 @@ class RestApi:
         _, results = self.dataplane.classify(target, examples)
         if not results:
             raise InvalidArgument("Cannot convert empty ClassificationResults to JSON")
-        rows = ["[" + ", ".join(f"[{json.dumps(label)}, {tensors.array_json(_f32(score), '')}]"
+        rows = ["[" + ", ".join(f"[{json.dumps(label)}, {tensors.array_json(np.array(score, np.float32), '')}]"
                                 for label, score in row) + "]" for row in results]
         return '{"results": [' + ", ".join(rows) + "]}"
 
@@ -141,7 +147,6 @@ class RestApi:
         _, values = self.dataplane.regress(target, examples)
         if not values:
             raise InvalidArgument("Cannot convert empty RegressionResults to JSON")
-        import numpy as np
         return '{"results": ' + tensors.array_json(np.array(values, dtype=np.float32), "") + "}"
 
     # ------------------------------------------------------------------- status and metadata
@@ -177,11 +182,6 @@ def _object_and_signature(body: bytes) -> tuple[dict, str]:
         raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} not formatted correctly. "
                               "'signature_name' key must be a string value.")
     return doc, signature_name
-
-
-def _f32(value: float):
-    import numpy as np
-    return np.array(value, dtype=np.float32)
 
 
 def _decode_predict(doc: dict, signature) -> tuple[bool, dict]:
@@ -227,7 +227,7 @@ def _decode_predict(doc: dict, signature) -> tuple[bool, dict]:
 
 def _rows(rows: list, dtype: int):
     try:
-        return tensors.rows_to_array(rows, dtype, "")
+        return tensors.rows_to_array(rows, dtype)
     except InvalidArgument as exc:
         if exc.message.startswith("Expecting"):
             raise

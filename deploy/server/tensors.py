@@ -5,8 +5,8 @@ JSON (REST): row ("instances") and columnar ("inputs") requests, {"b64": ...} fo
 ".0" appended to integral values) and bare NaN / Infinity tokens. Messages match
 tensorflow_serving/util/json_tensor.cc so clients see the same errors as from TF Serving.
 
-Large numeric bodies take a fast path: the array's raw bytes are validated by their bracket skeleton
-and parsed by numpy in C, never turned into Python lists.
+Large numeric bodies take a fast path: simdjson parses the array into a flat buffer in C and the
+body's bracket skeleton proves the array regular, so it never becomes Python lists.
 """
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ from typing import Any, Optional
 import numpy as np
 
 from deploy.server.errors import InvalidArgument, Unimplemented
+from deploy.server.model import DT_NAMES
 
 NUMPY_DTYPES: dict[int, Any] = {
     1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 7: object,
     9: np.int64, 10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64,
 }
-TYPE_NAMES = {1: "float", 2: "double", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string", 8: "complex64",
-              9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 18: "complex128", 19: "half", 22: "uint32",
-              23: "uint64"}
+# TF's DataTypeString: DT_FLOAT -> float, DT_INT32 -> int32, ...
+TYPE_NAMES = {code: name[3:].lower() for code, name in DT_NAMES.items() if code}
 _INT_RANGES = {3: (-2**31, 2**31 - 1), 4: (-2**31, 2**31 - 1), 5: (-2**31, 2**31 - 1), 6: (-2**31, 2**31 - 1),
                9: (-2**63, 2**63 - 1), 17: (0, 2**32 - 1), 22: (0, 2**32 - 1), 23: (0, 2**64 - 1)}
 FLOAT_TYPES = (1, 2)
@@ -78,7 +78,8 @@ def compact(value: Any) -> str:
         return str(value)
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """rapidjson's name for a JSON value's type, as TF Serving's messages print it."""
     if value is None:
         return "Null"
     if value is True:
@@ -99,7 +100,7 @@ def is_b64(value: Any) -> bool:
 
 
 def _type_error(value: Any, tf_dtype: int) -> InvalidArgument:
-    return InvalidArgument(f"JSON Value: {compact(value)} Type: {_json_type(value)} is not of expected type: "
+    return InvalidArgument(f"JSON Value: {compact(value)} Type: {json_type(value)} is not of expected type: "
                            f"{TYPE_NAMES.get(tf_dtype, tf_dtype)}")
 
 
@@ -159,7 +160,7 @@ def json_to_array(value: Any, tf_dtype: int) -> np.ndarray:
     dtype = dtype_of(tf_dtype)
     shape = _shape_of(value)
     if tf_dtype != 7 and value and isinstance(value, list):
-        fast = _fast_nested(value, shape, dtype)
+        fast = _fast_nested(value, shape, tf_dtype)
         if fast is not None:
             return fast
     flat: list = []
@@ -171,18 +172,18 @@ def json_to_array(value: Any, tf_dtype: int) -> np.ndarray:
     return np.array(flat, dtype=dtype).reshape(shape)
 
 
-def _fast_nested(value: list, shape: list[int], dtype) -> Optional[np.ndarray]:
+def _fast_nested(value: list, shape: list[int], tf_dtype: int) -> Optional[np.ndarray]:
     """numpy's own conversion when it is provably the same as the element-wise rules (no bools, no ragging)."""
+    dtype = np.dtype(NUMPY_DTYPES[tf_dtype])
     try:
         array = np.asarray(value)
     except ValueError:
         return None  # ragged: the slow path names where
     if list(array.shape) != shape or array.dtype.kind not in "if":
         return None
-    if array.dtype.kind == "f" and np.dtype(dtype).kind != "f":
+    if array.dtype.kind == "f" and dtype.kind != "f":
         return None  # 1.0 for an int input is a type error: the slow path says so
-    if np.dtype(dtype).kind in "iu" and (array.min() < _INT_RANGES[_tf_of(dtype)][0]
-                                         or array.max() > _INT_RANGES[_tf_of(dtype)][1]):
+    if dtype.kind in "iu" and (array.min() < _INT_RANGES[tf_dtype][0] or array.max() > _INT_RANGES[tf_dtype][1]):
         return None
     if _has_bool(value, len(shape)):
         return None
@@ -200,7 +201,7 @@ def _has_bool(value: list, depth: int) -> bool:
     return any(_has_bool(v, depth - 1) for v in value)
 
 
-def rows_to_array(rows: list, tf_dtype: int, alias: str) -> np.ndarray:
+def rows_to_array(rows: list, tf_dtype: int) -> np.ndarray:
     """Stack one value per instance into [len(rows)] + row_shape, checking every row has the same shape."""
     arrays = [json_to_array(row, tf_dtype) for row in rows]
     first = arrays[0]
@@ -298,20 +299,17 @@ def fast_body(body: bytes) -> Optional[FastBody]:
         import simdjson
     except ImportError:
         return None
-    # one parser per thread: a parser cannot re-parse while values of its last document are alive
-    parser = getattr(_parsers, "parser", None)
+    # one parser per thread, reused: its buffers are sized for the bodies it has seen
+    parser = getattr(_parsers, "parser", None) or simdjson.Parser()
     try:
-        if parser is None:
-            raise RuntimeError("no parser yet")
-        doc = parser.parse(body)
-    except RuntimeError:
-        parser = _parsers.parser = simdjson.Parser()
         try:
             doc = parser.parse(body)
-        except (ValueError, RuntimeError):
-            return None
+        except RuntimeError:  # values of the parser's last document are still alive: use a fresh parser
+            parser = simdjson.Parser()
+            doc = parser.parse(body)
     except ValueError:
         return None
+    _parsers.parser = parser
     if not isinstance(doc, simdjson.Object):
         return None
     keys = set(doc.keys())
@@ -402,8 +400,8 @@ def predictions_json(outputs: dict[str, np.ndarray]) -> str:
         return '{"predictions": ' + array_json(array, alias) + "}"
     rows = []
     for index in range(batch or 0):
-        parts = [f"{json.dumps(alias)}: {array_json(outputs[alias][index:index + 1].reshape(outputs[alias].shape[1:]), alias)}"
-                 for alias in outputs]
+        # [index, ...] keeps an ndarray even for one string, where [index] would give bare bytes
+        parts = [f"{json.dumps(alias)}: {array_json(outputs[alias][index, ...], alias)}" for alias in outputs]
         rows.append("{" + ", ".join(parts) + "}")
     return '{"predictions": [' + ", ".join(rows) + "]}"
 

@@ -71,9 +71,9 @@ def test_json_accepts_what_tf_serving_accepts():
 
 def test_rows_must_share_a_shape():
     with pytest.raises(InvalidArgument, match="Expecting tensor size: 2 but got: 3"):
-        tensors.rows_to_array([[1, 2], [1, 2, 3]], 1, "x")
+        tensors.rows_to_array([[1, 2], [1, 2, 3]], 1)
     with pytest.raises(InvalidArgument, match=r"Expecting shape \[2,1\] but got: \[1,2\]"):
-        tensors.rows_to_array([[[1], [2]], [[1, 2]]], 1, "x")
+        tensors.rows_to_array([[[1], [2]], [[1, 2]]], 1)
 
 
 @pytest.mark.parametrize("shape", [(1, 40, 50, 3), (2, 3000), (5000,), (3, 7, 11, 13)])
@@ -82,7 +82,7 @@ def test_fast_path_equals_exact_path(shape):
     body = json.dumps({"instances": array.tolist(), "signature_name": "s"}).encode()
     fast = tensors.fast_body(body)
     assert fast is not None and fast.signature_name == "s"
-    np.testing.assert_array_equal(fast.array(1), tensors.rows_to_array(json.loads(body)["instances"], 1, "x"))
+    np.testing.assert_array_equal(fast.array(1), tensors.rows_to_array(json.loads(body)["instances"], 1))
 
 
 @pytest.mark.parametrize("instances", [
