@@ -10,7 +10,7 @@ SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf serve clean
+.PHONY: help venv export inspect test test-fast schema perf perf-harness serve bench deploy down status ui clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,26 @@ serve: $(STAMP) ## run the embedded server on SPEC's exported versions: make ser
 	@read name dir grpc rest < .serve.args; rm -f .serve.args; \
 	  test -d "$$dir" || { echo "no export at $$dir: run make export SPEC=$(SPEC) first"; exit 2; }; \
 	  exec $(PY) -m deploy.server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
+
+bench: $(STAMP) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s WARMUP=5s PROTOCOLS= PAYLOADS=)
+	$(PY) -m loadtests bench --spec $(SPEC) $(if $(USERS),--users $(USERS)) $(if $(DURATION),--duration $(DURATION)) \
+	  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) \
+	  $(if $(PAYLOADS),--payloads $(PAYLOADS)) $(if $(BACKEND),--backend $(BACKEND))
+
+deploy: $(STAMP) ## serve SPEC's model on its backend (exports first if needed) and wait until it is AVAILABLE
+	$(PY) -m deploy up --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
+
+down: $(STAMP) ## stop what make deploy started for SPEC
+	$(PY) -m deploy down --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
+
+status: $(STAMP) ## is SPEC's model running and AVAILABLE?
+	$(PY) -m deploy status --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
+
+ui: deploy ## Locust web UI on http://127.0.0.1:8089 against the deployed model of SPEC
+	$(VENV)/bin/locust -f loadtests/locustfile.py --web-host 127.0.0.1 --web-port 8089 --spec $(SPEC)
+
+perf-harness: $(STAMP) ## show that gRPC users run concurrently (10 users, 50 ms server: >= 150 req/s)
+	$(PY) -m benchmarks.grpc_concurrency
 
 clean: ## remove exported models, reports and caches (keeps .venv)
 	rm -rf models reports .pytest_cache

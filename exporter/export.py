@@ -181,3 +181,18 @@ def read_provenance(version_dir: Path) -> Optional[dict]:
     """The provenance written beside an exported model, or None for models we did not export."""
     path = Path(version_dir) / PROVENANCE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def latest_version_dir(spec: Spec) -> Optional[Path]:
+    """The newest exported version directory of the spec's model, or None."""
+    present = existing_versions(spec.model_dir)
+    return spec.model_dir / str(present[-1]) if present else None
+
+
+def ensure_exported(spec: Spec, log: Callable[[str], None] = print) -> Path:
+    """The newest version directory, exporting version `auto` first when there is none."""
+    latest = latest_version_dir(spec)
+    if latest is not None:
+        return latest
+    log(f"no exported version under {spec.model_dir}: exporting {spec.name} first")
+    return export(spec, version="auto", log=log).path

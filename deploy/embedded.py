@@ -1,0 +1,119 @@
+"""The embedded backend: `python -m deploy.server` started for a spec, with the same config files
+and flags a TF Serving container gets, run in its own session so it can outlive `make deploy`.
+
+State lives in <state_dir>/<model>/: server.pid, server.log and the generated configs, so
+`make down` and `make status` find a server started by an earlier command.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from deploy.serving_config import ServerLayout, server_flags, write_configs
+from deploy.spec import Spec
+from deploy.waiting import Endpoints
+
+REPO = Path(__file__).resolve().parents[1]
+STATE_DIR = REPO / ".run"
+
+
+class DeployError(Exception):
+    """A deployment cannot be started or stopped; the message says what and what to do."""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class EmbeddedDeployment:
+    """One embedded server for one spec: start (detached or owned), find, stop, logs."""
+
+    backend = "embedded"
+
+    def __init__(self, spec: Spec, state_dir: Path = STATE_DIR):
+        self.spec = spec
+        self.dir = state_dir / spec.name
+        self.pid_file = self.dir / "server.pid"
+        self.log_file = self.dir / "server.log"
+        self.endpoints = Endpoints(spec.serving.host, spec.serving.rest_port, spec.serving.grpc_port, spec.name)
+        self._proc: Optional[subprocess.Popen] = None
+
+    @property
+    def image(self) -> str:
+        return "embedded (python -m deploy.server)"
+
+    def pid(self) -> Optional[int]:
+        """The running server's pid from the pid file, or None (a stale pid file is ignored)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if "deploy.server" in _cmdline(pid) else None
+
+    @property
+    def server_pid(self) -> Optional[int]:
+        """The server's pid (for CPU accounting), whether this object started it or an earlier command did."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        return self.pid()
+
+    def start(self) -> None:
+        """Write the configs and start the server; returns once the process runs (not yet ready)."""
+        running = self.pid()
+        if running:
+            raise DeployError(f"an embedded server for '{self.spec.name}' already runs (pid {running}); "
+                              f"use it, or stop it first with make down SPEC={self.spec.origin or '<spec>'}")
+        config_dir = self.dir / "config"
+        layout = ServerLayout(model_base_path=str(self.spec.model_dir), config_dir=str(config_dir))
+        write_configs(self.spec, config_dir, layout)
+        flags = server_flags(self.spec, layout, embedded=True)
+        log = open(self.log_file, "wb")
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "deploy.server", *flags], cwd=REPO,
+                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True)
+        finally:
+            log.close()
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+
+    def alive(self) -> Optional[str]:
+        """None while the server runs, else why it is not running."""
+        if self._proc is not None:
+            code = self._proc.poll()
+            return None if code is None else f"the server exited with status {code}"
+        return None if self.pid() else "no embedded server is running"
+
+    def logs(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM (TF Serving drains in-flight requests), SIGKILL after `timeout_s`. True if one was stopped."""
+        pid = self._proc.pid if self._proc is not None and self._proc.poll() is None else self.pid()
+        if not pid:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                break
+            if self._proc is None and "deploy.server" not in _cmdline(pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait()
+        self.pid_file.unlink(missing_ok=True)
+        return True

@@ -1,0 +1,92 @@
+"""What a spec's `serving:` section becomes on disk and on the command line of a model server.
+
+The same files and flags drive TF Serving in a container and the embedded server, so both
+backends serve a model exactly as configured: a model config (one model, latest version),
+batching parameters when batching is on, and a monitoring config for Prometheus.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.spec import BatchingSpec, MonitoringSpec, Spec
+
+MODEL_CONFIG = "models.config"
+BATCHING_CONFIG = "batching.config"
+MONITORING_CONFIG = "monitoring.config"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def model_config_text(name: str, base_path: str) -> str:
+    """A ModelServerConfig text proto serving the latest version of one model."""
+    return ("model_config_list {\n"
+            "  config {\n"
+            f"    name: {_quote(name)}\n"
+            f"    base_path: {_quote(base_path)}\n"
+            '    model_platform: "tensorflow"\n'
+            "    model_version_policy { latest { num_versions: 1 } }\n"
+            "  }\n"
+            "}\n")
+
+
+def batching_text(batching: BatchingSpec) -> str:
+    """A BatchingParameters text proto (each field is a wrapper message, as TF Serving expects)."""
+    lines = [f"max_batch_size {{ value: {batching.max_batch_size} }}",
+             f"batch_timeout_micros {{ value: {batching.batch_timeout_micros} }}",
+             f"max_enqueued_batches {{ value: {batching.max_enqueued_batches} }}",
+             f"num_batch_threads {{ value: {batching.num_batch_threads} }}"]
+    lines += [f"allowed_batch_sizes: {size}" for size in batching.allowed_batch_sizes]
+    if batching.pad_variable_length_inputs:
+        lines.append("pad_variable_length_inputs: true")
+    return "\n".join(lines) + "\n"
+
+
+def monitoring_text(monitoring: MonitoringSpec) -> str:
+    """A MonitoringConfig text proto enabling (or not) Prometheus at the spec's path."""
+    enabled = "true" if monitoring.enabled else "false"
+    return f"prometheus_config {{\n  enable: {enabled}\n  path: {_quote(monitoring.path)}\n}}\n"
+
+
+@dataclass(frozen=True)
+class ServerLayout:
+    """Where the server finds things: paths as the server process sees them (host or container)."""
+    model_base_path: str      # <base>/<name>, holding the numeric version directories
+    config_dir: str           # holds MODEL_CONFIG, BATCHING_CONFIG, MONITORING_CONFIG
+
+
+def write_configs(spec: Spec, directory: Path, layout: ServerLayout) -> list[Path]:
+    """Write the config files for `spec` into `directory` (created); returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {MODEL_CONFIG: model_config_text(spec.name, layout.model_base_path),
+             MONITORING_CONFIG: monitoring_text(spec.serving.monitoring)}
+    if spec.serving.batching.enabled:
+        files[BATCHING_CONFIG] = batching_text(spec.serving.batching)
+    written = []
+    for name, text in files.items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def server_flags(spec: Spec, layout: ServerLayout, embedded: bool) -> list[str]:
+    """tensorflow_model_server flags for `spec`; `embedded` adds the flags only our server has."""
+    serving = spec.serving
+    flags = [f"--port={serving.grpc_port}",
+             f"--rest_api_port={serving.rest_port}",
+             f"--model_config_file={layout.config_dir}/{MODEL_CONFIG}",
+             f"--monitoring_config_file={layout.config_dir}/{MONITORING_CONFIG}",
+             f"--rest_api_timeout_in_ms={serving.rest_api_timeout_ms}",
+             f"--enable_model_warmup={'true' if spec.export.warmup else 'false'}"]
+    if serving.batching.enabled:
+        flags += ["--enable_batching=true", f"--batching_parameters_file={layout.config_dir}/{BATCHING_CONFIG}"]
+    if serving.intra_op_parallelism:
+        flags.append(f"--tensorflow_intra_op_parallelism={serving.intra_op_parallelism}")
+    if serving.inter_op_parallelism:
+        flags.append(f"--tensorflow_inter_op_parallelism={serving.inter_op_parallelism}")
+    if embedded:
+        flags += [f"--host={serving.host}", f"--max_request_bytes={serving.max_request_bytes}"]
+    return flags

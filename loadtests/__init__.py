@@ -1,0 +1,1 @@
+"""Load tests: Locust users for REST and gRPC, the bench sweep, and its report."""

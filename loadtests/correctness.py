@@ -1,0 +1,73 @@
+"""Before the sweep: every image over every protocol and payload must give the in-process answer.
+
+Top-1 classes must be equal and every score within SCORE_TOLERANCE of the in-process result (so
+also of each other). A benchmark of a deployment that answers differently per protocol would
+compare things that are not the same; it stops here instead.
+"""
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Sequence
+
+import numpy as np
+
+from loadtests.payloads import (SCORE_TOLERANCE, PayloadSet, probabilities_from_grpc, probabilities_from_rest,
+                                wire_name)
+from loadtests.run import PROTOCOL_LABEL
+
+
+class MismatchError(Exception):
+    """A protocol or payload answers differently from the model in-process (or not at all)."""
+
+
+def _rest_answer(rest_url: str, model: str, body: bytes) -> np.ndarray:
+    request = urllib.request.Request(f"{rest_url}/v1/models/{model}:predict", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return np.asarray(probabilities_from_rest(response.read()), dtype=np.float64)
+    except urllib.error.HTTPError as error:
+        raise MismatchError(f"REST :predict answered HTTP {error.code}: {error.read()[:300].decode(errors='replace')}")
+    except (urllib.error.URLError, OSError) as error:
+        raise MismatchError(f"REST :predict at {rest_url} failed: {error}") from None
+
+
+def check(payloads: PayloadSet, rest_url: str, grpc_target: str, model: str,
+          runs: Sequence[tuple[str, str]]) -> list[dict]:
+    """One entry per (protocol, payload): images checked and the largest score difference.
+
+    Raises MismatchError naming the protocol, payload and image at the first disagreement.
+    """
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    results = []
+    with grpc.insecure_channel(grpc_target, options=[("grpc.max_receive_message_length", 64 << 20),
+                                                     ("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for protocol, payload in runs:
+            where = f"{PROTOCOL_LABEL[protocol]} {wire_name(protocol, payload)}"
+            worst = 0.0
+            for i in range(len(payloads)):
+                if protocol == "rest":
+                    answer = _rest_answer(rest_url, model, payloads.rest_body(payload, i))
+                else:
+                    try:
+                        answer = probabilities_from_grpc(stub.Predict(payloads.grpc_request(payload, i, model),
+                                                                      timeout=60)).astype(np.float64)
+                    except grpc.RpcError as error:
+                        raise MismatchError(f"{where}: Predict failed: {error.code().name}: {error.details()}") from None
+                expected = payloads.expected[i:i + 1].astype(np.float64)
+                if answer.shape != expected.shape:
+                    raise MismatchError(f"{where}, image {payloads.names[i]}: answer shape {list(answer.shape)}, "
+                                        f"in-process {list(expected.shape)}")
+                diff = float(np.abs(answer - expected).max())
+                top, want = int(answer[0].argmax()), int(expected[0].argmax())
+                if top != want or diff > SCORE_TOLERANCE:
+                    raise MismatchError(f"{where}, image {payloads.names[i]}: top-1 {top} vs in-process {want}, "
+                                        f"max score difference {diff:.2e} (allowed {SCORE_TOLERANCE:g})")
+                worst = max(worst, diff)
+            results.append({"protocol": protocol, "payload": payload, "wire": wire_name(protocol, payload),
+                            "images": len(payloads), "max_abs_diff": worst, "top1_equal": True})
+    return results

@@ -1,0 +1,126 @@
+"""Locust entry: `locust -f loadtests/locustfile.py` (web UI) or one headless step of `make bench`.
+
+The only module that imports Locust, which monkey-patches the standard library on import; gRPC is
+then made gevent-safe before any channel exists, or every gRPC user would block the others.
+
+Custom arguments (shown in the web UI): --spec, --model-name, --rest-url, --grpc-target, --payload.
+Hidden ones used by the bench runner: --payload-file, --samples-out, --measure, --server-pid.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import locust  # noqa: F401  (monkey-patches first)
+from grpc.experimental import gevent as grpc_gevent
+
+if os.environ.get("LOADTESTS_BLOCKING_GRPC") != "1":  # set only by benchmarks/grpc_concurrency.py, to show the cost
+    grpc_gevent.init_gevent()
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # Locust puts only loadtests/ on sys.path
+    sys.path.insert(0, str(REPO))
+
+import gevent  # noqa: E402
+from locust import events  # noqa: E402
+
+from loadtests.payloads import PAYLOADS, PayloadSet  # noqa: E402
+from loadtests.recorder import Recorder  # noqa: E402
+from loadtests.users import GrpcUser, LoadContext, RestUser  # noqa: E402
+
+__all__ = ["RestUser", "GrpcUser"]
+DEFAULT_SPEC = "specs/mobilenet_v2.yaml"
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser) -> None:
+    parser.add_argument("--spec", default=DEFAULT_SPEC, help="model spec (YAML): model name, ports, images")
+    parser.add_argument("--model-name", default="", help="model to call (default: the spec's name)")
+    parser.add_argument("--rest-url", default="", help="REST base URL (default: http://127.0.0.1:<serving.rest_port>)")
+    parser.add_argument("--grpc-target", default="", help="gRPC host:port (default: 127.0.0.1:<serving.grpc_port>)")
+    parser.add_argument("--payload", default="image_b64", choices=list(PAYLOADS),
+                       help="image_b64: JPEG bytes; tensor_row / tensor_columnar: float tensor JSON (gRPC: tensor_content)")
+    parser.add_argument("--payload-file", default="", include_in_web_ui=False,
+                       help="prepared payloads (.npz); default: built or taken from the spec's cache")
+    parser.add_argument("--samples-out", default="", include_in_web_ui=False,
+                       help="write every measured sample to this .npz when Locust quits")
+    parser.add_argument("--measure", default="", include_in_web_ui=False,
+                       help="WARMUP,DURATION in seconds: reset stats after warm-up, quit after the window")
+    parser.add_argument("--server-pid", type=int, default=0, include_in_web_ui=False,
+                       help="pid of the model server, to report its CPU use over the window")
+
+
+def _load_payloads(options) -> PayloadSet:
+    if options.payload_file:
+        return PayloadSet.load(Path(options.payload_file))
+    from deploy.spec import load_spec
+    from exporter.export import latest_version_dir
+    from loadtests.payloads import load_or_build
+
+    spec = load_spec(Path(options.spec))
+    version_dir = latest_version_dir(spec)
+    if version_dir is None:
+        raise SystemExit(f"no exported version of {spec.name} under {spec.model_dir}: run make export SPEC={options.spec}")
+    return load_or_build(spec, version_dir)[0]
+
+
+def _context(environment) -> LoadContext:
+    options = environment.parsed_options
+    cached = getattr(environment, "_payload_cache", {})
+    key = options.payload_file or options.spec
+    if key not in cached:
+        cached[key] = _load_payloads(options)
+        environment._payload_cache = cached
+    payloads = cached[key]
+    serving = None
+    if not (options.rest_url and options.grpc_target):
+        from deploy.spec import load_spec
+        serving = load_spec(Path(options.spec)).serving
+    return LoadContext(
+        model=options.model_name or payloads.model, payload=options.payload,
+        rest_url=(options.rest_url or f"http://127.0.0.1:{serving.rest_port}").rstrip("/"),
+        grpc_target=options.grpc_target or f"127.0.0.1:{serving.grpc_port}", payloads=payloads)
+
+
+@events.test_start.add_listener
+def _prepare(environment, **_kwargs) -> None:
+    """Render every request before any user starts: nothing is encoded inside the timed loop."""
+    ctx = _context(environment)
+    ctx.rest_bodies = [ctx.payloads.rest_body(ctx.payload, i) for i in range(len(ctx.payloads))]
+    if any(issubclass(cls, GrpcUser) for cls in environment.user_classes):
+        ctx.grpc_requests = [ctx.payloads.grpc_request(ctx.payload, i, ctx.model) for i in range(len(ctx.payloads))]
+    RestUser.host = environment.host or ctx.rest_url
+    environment.loadtest = ctx
+    recorder = getattr(environment, "recorder", None)
+    if recorder is not None:
+        recorder.reset()
+
+
+@events.init.add_listener
+def _init(environment, **_kwargs) -> None:
+    options = environment.parsed_options
+    if options is None:
+        return
+    environment.recorder = Recorder(environment, server_pid=options.server_pid or None)
+    if options.measure:
+        warmup, duration = (float(x) for x in options.measure.split(","))
+
+        @environment.events.spawning_complete.add_listener
+        def _window(user_count, **_kw) -> None:
+            def begin() -> None:
+                environment.runner.stats.reset_all()  # Locust's own CSV/HTML then cover the window only
+                environment.recorder.begin_window()
+
+            def end() -> None:
+                environment.recorder.end_window()
+                environment.runner.quit()
+
+            gevent.spawn_later(warmup, begin)
+            gevent.spawn_later(warmup + duration, end)
+
+    @environment.events.quitting.add_listener
+    def _save(**_kw) -> None:
+        if options.samples_out:
+            environment.recorder.save(Path(options.samples_out), time.time())

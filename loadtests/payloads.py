@@ -1,0 +1,240 @@
+"""The benchmark's requests: the same real images, rendered once for every protocol and encoding.
+
+A PayloadSet holds, for each image (a real photo resized to a spec resolution, in a seeded order):
+its JPEG bytes, the preprocessed float tensor the model sees (computed with the exporter's own
+in-graph preprocessing, so both paths give the same answer), and the probabilities the exported
+model gives in-process. It is built once (TensorFlow needed), cached as an .npz, and loaded by the
+Locust processes (numpy only). Rendering and answer checks live here too, free of Locust.
+
+Encodings (spec `benchmark.payloads`) and what each protocol sends for them:
+  image_b64        REST {"instances": [{"b64": JPEG}]}      gRPC `image_bytes` DT_STRING (raw JPEG bytes)
+  tensor_row       REST {"instances": [float HxWxC]}         gRPC `images` DT_FLOAT in tensor_content
+  tensor_columnar  REST {"inputs": [float HxWxC]}            gRPC as tensor_row (gRPC has one tensor encoding)
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+IMAGE_SIGNATURE, IMAGE_INPUT = "serving_default", "image_bytes"
+TENSOR_SIGNATURE, TENSOR_INPUT = "predict_tensor", "images"
+OUTPUT = "probabilities"
+SIGNATURE_FOR = {"image_b64": IMAGE_SIGNATURE, "tensor_row": TENSOR_SIGNATURE, "tensor_columnar": TENSOR_SIGNATURE}
+GRPC_WIRE = {"image_b64": "image_bytes", "tensor_row": "tensor_content", "tensor_columnar": "tensor_content"}
+PAYLOADS = tuple(SIGNATURE_FOR)
+# answers may differ by float noise (batching, thread counts); a top-1 within this of the max is the same answer
+SCORE_TOLERANCE = 1e-4
+FORMAT = 1  # bump when the cached file layout or the rendering changes
+JSON_DECIMALS = 6  # float tensor JSON: 1e-6 on inputs in [-1, 1] moves no score by 1e-4
+
+
+class PayloadError(Exception):
+    """The payloads cannot be built for this model or spec; the message says why and what to do."""
+
+
+@dataclass
+class PayloadSet:
+    model: str
+    names: list[str]                  # "<photo>@<w>x<h>"
+    sizes: list[tuple[int, int]]      # (width, height) of the encoded image
+    jpegs: list[bytes]
+    tensors: np.ndarray               # float32 [N, H, W, C], the model input after preprocessing
+    expected: np.ndarray              # float32 [N, classes], in-process answer of serving_default
+    source: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.jpegs)
+
+    @property
+    def expected_top1(self) -> np.ndarray:
+        return self.expected.argmax(axis=1)
+
+    def save(self, path: Path) -> None:
+        """Write as one .npz (atomic rename), loadable without TensorFlow."""
+        offsets = np.cumsum([0] + [len(j) for j in self.jpegs]).astype(np.int64)
+        meta = {"model": self.model, "names": self.names, "sizes": self.sizes, "source": self.source,
+                "format": FORMAT}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                 jpegs=np.frombuffer(b"".join(self.jpegs), np.uint8), offsets=offsets,
+                 tensors=self.tensors, expected=self.expected)
+        partial.rename(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "PayloadSet":
+        with np.load(path) as data:
+            meta = json.loads(data["meta"].tobytes())
+            blob, offsets = data["jpegs"].tobytes(), data["offsets"]
+            jpegs = [blob[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+            return cls(model=meta["model"], names=meta["names"], sizes=[tuple(s) for s in meta["sizes"]],
+                       jpegs=jpegs, tensors=data["tensors"], expected=data["expected"], source=meta["source"])
+
+    # ------------------------------------------------------------------------------ rendering
+
+    def rest_body(self, payload: str, index: int) -> bytes:
+        """The REST :predict body for one image in one encoding."""
+        if payload == "image_b64":
+            body = {"signature_name": IMAGE_SIGNATURE,
+                    "instances": [{"b64": base64.b64encode(self.jpegs[index]).decode("ascii")}]}
+        else:
+            values = np.round(self.tensors[index:index + 1].astype(np.float64), JSON_DECIMALS).tolist()
+            key = "instances" if payload == "tensor_row" else "inputs"
+            body = {"signature_name": TENSOR_SIGNATURE, key: values}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def grpc_request(self, payload: str, index: int, model: str):
+        """The PredictRequest for one image (imports the serving protos, hence TensorFlow)."""
+        from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.model_spec.signature_name = SIGNATURE_FOR[payload]
+        request.output_filter.append(OUTPUT)
+        if payload == "image_b64":
+            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[self.jpegs[index]])
+            tensor.tensor_shape.dim.append(tensor_shape_pb2.TensorShapeProto.Dim(size=1))
+            request.inputs[IMAGE_INPUT].CopyFrom(tensor)
+        else:
+            array = np.ascontiguousarray(self.tensors[index:index + 1], dtype=np.float32)
+            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=array.tobytes())
+            tensor.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
+            request.inputs[TENSOR_INPUT].CopyFrom(tensor)
+        return request
+
+    # ------------------------------------------------------------------------------ checking
+
+    def check(self, index: int, probabilities) -> Optional[str]:
+        """None if `probabilities` (the answer for image `index`) is right, else why it is wrong."""
+        classes = self.expected.shape[1]
+        try:
+            probs = np.asarray(probabilities, dtype=np.float64)
+        except (TypeError, ValueError):
+            return f"'{OUTPUT}' is not a numeric array"
+        if probs.shape != (1, classes):
+            return f"'{OUTPUT}' has shape {list(probs.shape)}, expected [1, {classes}] (batch of one)"
+        if not np.isfinite(probs).all():
+            return f"'{OUTPUT}' holds NaN or Inf"
+        want, got = int(self.expected_top1[index]), int(probs[0].argmax())
+        if got != want and probs[0, want] < probs[0, got] - SCORE_TOLERANCE:
+            return (f"{self.names[index]}: top-1 class {got} (p={probs[0, got]:.5f}), but the model in-process "
+                    f"answers {want} (p={self.expected[index, want]:.5f})")
+        return None
+
+
+def probabilities_from_rest(body: bytes) -> object:
+    """The probabilities array from a :predict JSON answer (row or columnar)."""
+    answer = json.loads(body)
+    if "predictions" in answer:
+        return answer["predictions"]
+    outputs = answer.get("outputs")
+    return outputs[OUTPUT] if isinstance(outputs, dict) else outputs
+
+
+def probabilities_from_grpc(response) -> np.ndarray:
+    """The probabilities array from a PredictResponse (tensor_content or float_val)."""
+    tensor = response.outputs[OUTPUT]
+    shape = [d.size for d in tensor.tensor_shape.dim]
+    values = (np.frombuffer(tensor.tensor_content, np.float32) if tensor.tensor_content
+              else np.asarray(tensor.float_val, np.float32))
+    return values.reshape(shape)
+
+
+def request_bytes(payloads: PayloadSet, protocol: str, payload: str, model: str) -> list[int]:
+    """Bytes on the wire per request body, per image (HTTP/2 and HTTP headers not counted)."""
+    if protocol == "rest":
+        return [len(payloads.rest_body(payload, i)) for i in range(len(payloads))]
+    return [payloads.grpc_request(payload, i, model).ByteSize() for i in range(len(payloads))]
+
+
+def cells(protocols: Sequence[str], payloads: Sequence[str]) -> list[tuple[str, str]]:
+    """(protocol, payload) runs of a sweep, protocols interleaved; gRPC's one tensor encoding runs once."""
+    result, grpc_wires = [], set()
+    for payload in payloads:
+        for protocol in protocols:
+            if protocol == "grpc":
+                if GRPC_WIRE[payload] in grpc_wires:
+                    continue
+                grpc_wires.add(GRPC_WIRE[payload])
+            result.append((protocol, payload))
+    return result
+
+
+def wire_name(protocol: str, payload: str) -> str:
+    return payload if protocol == "rest" else GRPC_WIRE[payload]
+
+
+# ---------------------------------------------------------------------------------- building
+
+def _images(spec) -> tuple[list[str], list[tuple[int, int]], list[bytes]]:
+    from exporter.images import encode, load_photos, resize
+
+    images = spec.benchmark.images
+    photos = load_photos(spec.resolve(images.directory) if images.directory else None)
+    order = np.random.default_rng(images.seed).permutation(len(photos))
+    names, sizes, jpegs = [], [], []
+    for width, height in images.resolutions:
+        for k in range(images.count):
+            name, pixels = photos[order[k % len(photos)]]
+            names.append(f"{name}@{width}x{height}")
+            sizes.append((width, height))
+            jpegs.append(encode(resize(pixels, width, height), "jpeg", images.jpeg_quality))
+    return names, sizes, jpegs
+
+
+def cache_path(spec, version_dir: Path) -> Path:
+    """Where the payloads for this spec's images and this exported version are cached."""
+    key = hashlib.sha256()
+    key.update((version_dir / "saved_model.pb").read_bytes())
+    key.update(spec.benchmark.images.model_dump_json().encode())
+    key.update(spec.model.input.model_dump_json().encode())
+    key.update(f"{spec.name}/{FORMAT}".encode())
+    return spec.resolve(spec.benchmark.output_dir) / spec.name / ".payloads" / f"{key.hexdigest()[:16]}.npz"
+
+
+def build(spec, version_dir: Path, payload_names: Sequence[str]) -> PayloadSet:
+    """Encode the spec's images and compute the model's in-process answers (imports TensorFlow)."""
+    import tensorflow as tf
+
+    from deploy.server.model import LoadedModel
+    from exporter.preprocess import decode_batch
+
+    model = LoadedModel.load(version_dir)
+    try:
+        needed = {SIGNATURE_FOR[p]: p for p in payload_names} | {IMAGE_SIGNATURE: "the correctness check"}
+        for signature, user in needed.items():
+            if signature not in model.signatures:
+                raise PayloadError(
+                    f"{version_dir} has no signature '{signature}', which {user} needs (it has "
+                    f"{sorted(model.signatures)}); export with export.signatures including it, or drop the payload "
+                    f"from {spec.where('benchmark', 'payloads')}")
+        names, sizes, jpegs = _images(spec)
+        tensors = np.concatenate([decode_batch(tf.constant([j]), spec.model.input).numpy() for j in jpegs])
+        signature = model.signatures[IMAGE_SIGNATURE]
+        expected = np.concatenate([model.run(signature, {IMAGE_INPUT: np.array([j], dtype=object)}, [OUTPUT])[OUTPUT]
+                                   for j in jpegs]).astype(np.float32)
+    finally:
+        model.close()
+    source = {"version_dir": str(version_dir),
+              "saved_model_sha256": hashlib.sha256((version_dir / "saved_model.pb").read_bytes()).hexdigest()}
+    return PayloadSet(spec.name, names, sizes, jpegs, tensors.astype(np.float32), expected, source)
+
+
+def load_or_build(spec, version_dir: Path, payload_names: Sequence[str] = PAYLOADS,
+                  log=print) -> tuple[PayloadSet, Path]:
+    """The cached PayloadSet for this spec and version, building (and caching) it when absent."""
+    path = cache_path(spec, version_dir)
+    if path.exists():
+        return PayloadSet.load(path), path
+    log(f"encoding {spec.benchmark.images.count * len(spec.benchmark.images.resolutions)} images and computing "
+        f"in-process answers with {version_dir}")
+    payloads = build(spec, version_dir, payload_names)
+    payloads.save(path)
+    return payloads, path

@@ -1,0 +1,87 @@
+"""Every request's latency at full resolution, and the CPU the load generator and server used.
+
+Locust's own statistics round response times into buckets; the report's percentiles come from
+these samples instead. Free of Locust imports: it only subscribes to the environment's events.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU seconds of a process (all its threads) from /proc, or None if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class Recorder:
+    """Collects (completion time, latency ms, ok, image, type) for each request inside the window."""
+
+    def __init__(self, environment, server_pid: Optional[int] = None):
+        self.server_pid = server_pid
+        self.reset()
+        environment.events.request.add_listener(self._on_request)
+
+    def reset(self) -> None:
+        self.recording = True
+        self.samples: list[tuple[float, float, bool, int, str]] = []
+        self.failures: Counter = Counter()
+        self.window: Optional[tuple[float, float]] = None
+        self._start: Optional[tuple[float, float, Optional[float]]] = None
+        self.cpu_percent: Optional[float] = None
+        self.server_cpu_percent: Optional[float] = None
+
+    def _on_request(self, request_type, response_time, exception=None, context=None, **_kwargs) -> None:
+        if not self.recording:
+            return
+        image = (context or {}).get("image", -1)
+        self.samples.append((time.perf_counter(), float(response_time), exception is None, image, request_type))
+        if exception is not None:
+            self.failures[str(exception)[:300]] += 1
+
+    def begin_window(self) -> None:
+        """Forget the warm-up; measure from now."""
+        self.samples.clear()
+        self.failures.clear()
+        server = process_cpu_seconds(self.server_pid) if self.server_pid else None
+        self._start = (time.perf_counter(), time.process_time(), server)
+
+    def end_window(self) -> None:
+        """Stop recording; compute the generator's (and server's) CPU use over the window, in % of one core."""
+        self.recording = False
+        if self._start is None:
+            return
+        wall0, cpu0, server0 = self._start
+        wall = time.perf_counter() - wall0
+        self.window = (wall0, wall0 + wall)
+        self.cpu_percent = 100.0 * (time.process_time() - cpu0) / wall
+        server1 = process_cpu_seconds(self.server_pid) if self.server_pid else None
+        if server0 is not None and server1 is not None:
+            self.server_cpu_percent = 100.0 * (server1 - server0) / wall
+
+    def save(self, path: Path, finished_at: float) -> None:
+        """Write the samples (arrays) and the window's facts (JSON) to one .npz."""
+        if self.window is None and self.samples:  # not windowed (web UI): the whole run is the window
+            self.window = (self.samples[0][0], self.samples[-1][0])
+        times = np.array([s[0] for s in self.samples], dtype=np.float64)
+        start = self.window[0] if self.window else 0.0
+        meta = {"window_s": (self.window[1] - self.window[0]) if self.window else 0.0,
+                "generator_cpu_percent": self.cpu_percent, "server_cpu_percent": self.server_cpu_percent,
+                "failures": dict(self.failures.most_common(20)), "finished_at": finished_at}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, t=times - start, latency_ms=np.array([s[1] for s in self.samples], dtype=np.float64),
+                 ok=np.array([s[2] for s in self.samples], dtype=bool),
+                 image=np.array([s[3] for s in self.samples], dtype=np.int32),
+                 meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))

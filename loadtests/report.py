@@ -1,0 +1,182 @@
+"""The bench report: summary.json, report.html with plots, and a one-screen terminal summary."""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from loadtests.payloads import GRPC_WIRE
+
+PLOTS = ("latency.png", "throughput.png", "latency_vs_size.png")
+
+
+def pairs(runs: Sequence[dict]) -> list[tuple[str, str]]:
+    """(REST payload, gRPC wire) comparisons present in the runs: each REST encoding against gRPC's."""
+    rest = sorted({r["payload"] for r in runs if r["protocol"] == "rest"}, key=list(GRPC_WIRE).index)
+    grpc = {r["wire"] for r in runs if r["protocol"] == "grpc"}
+    found = [(p, GRPC_WIRE[p]) for p in rest if GRPC_WIRE[p] in grpc]
+    found += [(p, None) for p in rest if GRPC_WIRE[p] not in grpc]
+    found += [(None, w) for w in sorted(grpc) if w not in {GRPC_WIRE[p] for p in rest}]
+    return found
+
+
+def _series(runs, protocol: str, key: str) -> list[dict]:
+    field = "payload" if protocol == "rest" else "wire"
+    return sorted((r for r in runs if r["protocol"] == protocol and r[field] == key), key=lambda r: r["users"])
+
+
+def plot(runs: Sequence[dict], out_dir: Path) -> list[str]:
+    """Write the report's PNG plots into out_dir; returns their file names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = pairs(runs)
+    fig_l, axes_l = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
+    fig_t, axes_t = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
+    for column, (rest_payload, grpc_wire) in enumerate(groups):
+        ax_l, ax_t = axes_l[0][column], axes_t[0][column]
+        for protocol, key, colour in (("rest", rest_payload, "tab:blue"), ("grpc", grpc_wire, "tab:orange")):
+            if key is None:
+                continue
+            series = _series(runs, protocol, key)
+            users = [r["users"] for r in series]
+            name = f"{'REST' if protocol == 'rest' else 'gRPC'} {key}"
+            for pct, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
+                ax_l.plot(users, [r[pct] for r in series], style, marker="o", color=colour,
+                          label=f"{name} {pct[:-3]}")
+            ax_t.plot(users, [r["rps"] for r in series], "-", marker="o", color=colour, label=name)
+        title = " vs ".join(filter(None, [rest_payload and f"REST {rest_payload}", grpc_wire and f"gRPC {grpc_wire}"]))
+        for ax, ylabel in ((ax_l, "latency (ms)"), (ax_t, "throughput (requests/s)")):
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("concurrent users")
+            ax.set_xticks(sorted({r["users"] for r in runs}))
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig_l.tight_layout()
+    fig_l.savefig(out_dir / PLOTS[0], dpi=110)
+    fig_t.tight_layout()
+    fig_t.savefig(out_dir / PLOTS[1], dpi=110)
+
+    fig_s, ax = plt.subplots(figsize=(7, 4.2))
+    lowest = min(r["users"] for r in runs)
+    for r in runs:
+        if r["users"] != lowest or not r["by_image"]:
+            continue
+        ax.scatter([b["request_bytes"] / 1024 for b in r["by_image"]], [b["p50_ms"] for b in r["by_image"]],
+                   label=f"{'REST' if r['protocol'] == 'rest' else 'gRPC'} {r['wire']}", s=22)
+    ax.set_xscale("log")
+    ax.set_xlabel("request size (KiB, log scale)")
+    ax.set_ylabel(f"p50 latency per image (ms), {lowest} user(s)")
+    ax.set_title("latency against image/request size", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig_s.tight_layout()
+    fig_s.savefig(out_dir / PLOTS[2], dpi=110)
+    plt.close("all")
+    return list(PLOTS)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def terminal_summary(summary: dict) -> str:
+    """One screen: per comparison and level, p50 and throughput of each protocol and their REST/gRPC ratio."""
+    runs = summary["runs"]
+    lines = [f"{summary['model']}: {len(runs)} runs, report in {summary['report_dir']}"]
+    for rest_payload, grpc_wire in pairs(runs):
+        lines.append(f"\n  REST {rest_payload or '-'}  vs  gRPC {grpc_wire or '-'}")
+        lines.append(f"  {'users':>5} | {'REST p50':>9} {'REST rps':>9} | {'gRPC p50':>9} {'gRPC rps':>9} | "
+                     f"{'p50 REST/gRPC':>13} {'rps REST/gRPC':>13}")
+        rest = {r["users"]: r for r in _series(runs, "rest", rest_payload)} if rest_payload else {}
+        grpc = {r["users"]: r for r in _series(runs, "grpc", grpc_wire)} if grpc_wire else {}
+        for users in sorted(set(rest) | set(grpc)):
+            a, b = rest.get(users), grpc.get(users)
+            p50 = _fmt(a["p50_ms"] / b["p50_ms"]) + "x" if a and b and b["p50_ms"] else "n/a"
+            rps = _fmt(a["rps"] / b["rps"]) + "x" if a and b and b["rps"] else "n/a"
+            bound = " *" if (a and a["generator_bound"]) or (b and b["generator_bound"]) else ""
+            lines.append(f"  {users:>5} | {_fmt(a and a['p50_ms']):>9} {_fmt(a and a['rps'], 1):>9} | "
+                         f"{_fmt(b and b['p50_ms']):>9} {_fmt(b and b['rps'], 1):>9} | {p50:>13} {rps:>13}{bound}")
+    if any(r["generator_bound"] for r in runs):
+        lines.append("\n  * generator-bound: the load generator used more than 80% of a core; the server may be "
+                     "faster than measured")
+    failing = [r for r in runs if r["failure_ratio"] > summary["failure_threshold"]]
+    for r in failing:
+        reason = next(iter(r["failure_reasons"]), "")
+        lines.append(f"  FAILED {r['protocol']} {r['wire']} users={r['users']}: {r['failures']}/{r['requests']} "
+                     f"failed (threshold {summary['failure_threshold']:.2%}); first reason: {reason}")
+    return "\n".join(lines)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_report(summary: dict, plots: Sequence[str]) -> str:
+    """A self-contained page (plots are files beside it) with the runs, correctness and provenance."""
+    esc = html.escape
+    runs = [[esc(r["protocol"]), esc(r["wire"]), str(r["users"]), str(r["requests"]),
+             f"{r['failures']} ({r['failure_ratio']:.2%})", _fmt(r["rps"], 1), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]),
+             _fmt(r["p95_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"]), f"{r['bytes_per_request'] / 1024:.1f}",
+             _fmt(r["generator_cpu_percent"], 0) + ("% <b class=bound>generator-bound</b>" if r["generator_bound"]
+                                                    else "%"),
+             _fmt(r["server_cpu_percent"], 0), f"<a href='{esc(r['locust_html'])}'>Locust</a>"]
+            for r in summary["runs"]]
+    correctness = [[esc(c["protocol"]), esc(c["wire"]), str(c["images"]), f"{c['max_abs_diff']:.2e}",
+                    "yes" if c["top1_equal"] else "no"] for c in summary["correctness"]]
+    provenance = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in summary["provenance"].items())
+    bound = sum(r["generator_bound"] for r in summary["runs"])
+    notes = (f"<p class=bound>{bound} run(s) were generator-bound: the load generator used more than 80% of a core, "
+             "so those numbers understate the server.</p>" if bound else "")
+    verdict = ("<p class=bad>FAILED: a run's failure ratio exceeded the threshold.</p>" if summary["failed"] else "")
+    images = "".join(f"<img src='{esc(p)}' alt='{esc(p)}'>" for p in plots)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(summary['model'])}: REST vs gRPC</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; display: block; margin: 1em 0; }}
+.bound {{ color: #b35900; }} .bad {{ color: #b00020; font-weight: bold; }}
+</style></head><body>
+<h1>{esc(summary['model'])}: REST vs gRPC on {esc(summary['provenance'].get('backend', ''))}</h1>
+<p>{esc(summary['created'])}. Latency percentiles are computed from every successful request of each measured
+window (warm-up excluded), not from Locust's rounded buckets. Throughput counts successful requests.</p>
+{verdict}{notes}
+<h2>Plots</h2>{images}
+<h2>Runs</h2>
+{_table(runs, ["protocol", "payload", "users", "requests", "failures", "req/s", "p50 ms", "p90 ms", "p95 ms",
+               "p99 ms", "max ms", "KiB/request", "generator CPU", "server CPU %", "Locust report"])}
+<h2>Correctness before the sweep</h2>
+{_table(correctness, ["protocol", "payload", "images", "max |score - in-process|", "top-1 equal"])}
+<h2>Provenance</h2><table>{provenance}</table>
+</body></html>
+"""
+
+
+def _plain(value):
+    """NaN/Inf become null: summary.json stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write(summary: dict, out_dir: Path) -> None:
+    """summary.json, the plots and report.html into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n")
+    plots = plot(summary["runs"], out_dir) if summary["runs"] else []
+    (out_dir / "report.html").write_text(html_report(summary, plots))

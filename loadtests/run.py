@@ -1,0 +1,149 @@
+"""The sweep: one headless Locust process per (protocol, payload, users) step, and its measured numbers.
+
+Locust monkey-patches on import, so it never runs in this process: each step is
+`python -m locust -f loadtests/locustfile.py --headless ...`, which writes every sample of its
+measured window to an .npz (full-resolution latencies) plus Locust's own CSV and HTML.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from loadtests.payloads import cells, wire_name
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+REPO = LOCUSTFILE.parents[1]
+USER_CLASS = {"rest": "RestUser", "grpc": "GrpcUser"}
+PROTOCOL_LABEL = {"rest": "REST", "grpc": "gRPC"}
+GENERATOR_BOUND_PERCENT = 80.0
+STARTUP_ALLOWANCE_S = 90.0  # Locust + gRPC stubs (which import TensorFlow) before the first user spawns
+
+
+class StepError(Exception):
+    """A Locust step did not produce measurements; the message carries its last output lines."""
+
+
+@dataclass(frozen=True)
+class Step:
+    protocol: str
+    payload: str
+    users: int
+
+    @property
+    def slug(self) -> str:
+        return f"{self.protocol}-{wire_name(self.protocol, self.payload)}-u{self.users}"
+
+    @property
+    def label(self) -> str:
+        return f"{PROTOCOL_LABEL[self.protocol]:4} {wire_name(self.protocol, self.payload):15} users={self.users}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the Locust processes send to and how long they measure."""
+    model: str
+    rest_url: str
+    grpc_target: str
+    payload_file: Path
+    warmup_s: float
+    duration_s: float
+    spawn_rate: float
+    server_pid: Optional[int] = None
+
+
+def plan(users: Sequence[int], protocols: Sequence[str], payloads: Sequence[str]) -> list[Step]:
+    """Every step of the sweep: by concurrency level, then payload, with protocols alternating."""
+    return [Step(protocol, payload, level) for level in users for protocol, payload in cells(protocols, payloads)]
+
+
+def locust_command(step: Step, target: Target, out_dir: Path) -> list[str]:
+    """The headless Locust command line for one step."""
+    spawn_s = step.users / target.spawn_rate
+    run_time = math.ceil(spawn_s + target.warmup_s + target.duration_s + 30)  # a backstop: --measure quits first
+    prefix = out_dir / "locust" / step.slug
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+               "--users", str(step.users), "--spawn-rate", str(target.spawn_rate), "--run-time", f"{run_time}s",
+               "--stop-timeout", "10", "--exit-code-on-error", "0", "--loglevel", "WARNING",
+               "--csv", str(prefix), "--html", f"{prefix}.html",
+               "--model-name", target.model, "--rest-url", target.rest_url, "--grpc-target", target.grpc_target,
+               "--payload", step.payload, "--payload-file", str(target.payload_file),
+               "--samples-out", str(out_dir / "samples" / f"{step.slug}.npz"),
+               "--measure", f"{target.warmup_s},{target.duration_s}"]
+    if target.server_pid:
+        command += ["--server-pid", str(target.server_pid)]
+    return command + [USER_CLASS[step.protocol]]
+
+
+def run_step(step: Step, target: Target, out_dir: Path) -> Path:
+    """Run one step's Locust process; returns its samples file. Raises StepError if it measured nothing."""
+    (out_dir / "locust").mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "locust" / f"{step.slug}.log"
+    samples = out_dir / "samples" / f"{step.slug}.npz"
+    timeout = STARTUP_ALLOWANCE_S + step.users / target.spawn_rate + target.warmup_s + target.duration_s + 60
+    with open(log_path, "wb") as log:
+        try:
+            code = subprocess.run(locust_command(step, target, out_dir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = f"killed after {timeout:.0f}s"
+    if not samples.exists():
+        tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-12:])
+        raise StepError(f"Locust step {step.slug} exited ({code}) without measurements; its log is {log_path}:\n{tail}")
+    return samples
+
+
+def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes: Sequence[tuple[int, int]]) -> dict:
+    """One summary entry from a step's samples: percentiles from every sample, not Locust's buckets."""
+    import json
+
+    with np.load(samples_path) as data:
+        latency, ok, image = data["latency_ms"], data["ok"], data["image"]
+        meta = json.loads(data["meta"].tobytes())
+    window = meta["window_s"] or float("nan")
+    good = latency[ok]
+    pct = np.percentile(good, [50, 90, 95, 99]) if good.size else [float("nan")] * 4
+    known = image[(image >= 0) & (image < len(request_bytes))]
+    per_image = []
+    for i in range(len(request_bytes)):
+        mine = latency[ok & (image == i)]
+        if mine.size:
+            per_image.append({"image": i, "width": sizes[i][0], "height": sizes[i][1],
+                              "request_bytes": int(request_bytes[i]), "requests": int(mine.size),
+                              "p50_ms": float(np.percentile(mine, 50))})
+    cpu = meta["generator_cpu_percent"]
+    return {
+        "protocol": step.protocol, "payload": step.payload, "wire": wire_name(step.protocol, step.payload),
+        "users": step.users, "requests": int(latency.size), "failures": int((~ok).sum()),
+        "failure_ratio": float((~ok).mean()) if latency.size else 0.0, "failure_reasons": meta["failures"],
+        "window_s": window, "rps": float(ok.sum() / window) if latency.size else 0.0,
+        "p50_ms": float(pct[0]), "p90_ms": float(pct[1]), "p95_ms": float(pct[2]), "p99_ms": float(pct[3]),
+        "max_ms": float(good.max()) if good.size else float("nan"),
+        "mean_ms": float(good.mean()) if good.size else float("nan"),
+        "bytes_per_request": float(np.mean([request_bytes[i] for i in known])) if known.size
+        else float(np.mean(request_bytes)),
+        "generator_cpu_percent": cpu, "generator_bound": bool(cpu is not None and cpu > GENERATOR_BOUND_PERCENT),
+        "server_cpu_percent": meta["server_cpu_percent"], "by_image": per_image,
+        "samples_file": str(samples_path.name), "locust_csv": f"locust/{step.slug}_stats.csv",
+        "locust_html": f"locust/{step.slug}.html",
+    }
+
+
+def sweep(steps: Sequence[Step], target: Target, out_dir: Path, request_bytes: dict, sizes,
+          log: Callable[[str], None] = print) -> list[dict]:
+    """Run every step in order, printing progress; returns one summary entry per step."""
+    results = []
+    for number, step in enumerate(steps, 1):
+        log(f"[{number}/{len(steps)}] {step.label}: warm-up {target.warmup_s:g}s, measuring {target.duration_s:g}s")
+        entry = measure(step, run_step(step, target, out_dir), request_bytes[(step.protocol, step.payload)], sizes)
+        flag = "  GENERATOR-BOUND" if entry["generator_bound"] else ""
+        log(f"        {entry['rps']:8.1f} req/s  p50 {entry['p50_ms']:7.2f} ms  p99 {entry['p99_ms']:7.2f} ms  "
+            f"failures {entry['failures']}/{entry['requests']}  generator CPU {entry['generator_cpu_percent'] or 0:.0f}%"
+            + flag)
+        results.append(entry)
+    return results
