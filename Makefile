@@ -63,7 +63,7 @@ status: $(STAMP) ## is SPEC's model running and AVAILABLE?
 	$(PY) -m deploy status --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
 
 ui: deploy ## Locust web UI on http://127.0.0.1:8089 against the deployed model of SPEC
-	$(VENV)/bin/locust -f loadtests/locustfile.py --web-host 127.0.0.1 --web-port 8089 --spec $(SPEC)
+	$(VENV)/bin/locust -f loadtests/locustfile.py --web-host 127.0.0.1 --web-port 8089 --class-picker --spec $(SPEC)
 
 perf-harness: $(STAMP) ## show that gRPC users run concurrently (10 users, 50 ms server: >= 150 req/s)
 	$(PY) -m benchmarks.grpc_concurrency

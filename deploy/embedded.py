@@ -1,7 +1,7 @@
 """The embedded backend: `python -m deploy.server` started for a spec, with the same config files
 and flags a TF Serving container gets, run in its own session so it can outlive `make deploy`.
 
-State lives in <state_dir>/<model>/: server.pid, server.log and the generated configs, so
+State lives in <state_dir>/<model>-<rest port>/: server.pid, server.log and the generated configs, so
 `make down` and `make status` find a server started by an earlier command.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ class EmbeddedDeployment:
 
     def __init__(self, spec: Spec, state_dir: Path = STATE_DIR):
         self.spec = spec
-        self.dir = state_dir / spec.name
+        self.dir = state_dir / f"{spec.name}-{spec.serving.rest_port}"
         self.pid_file = self.dir / "server.pid"
         self.log_file = self.dir / "server.log"
         self.endpoints = Endpoints(spec.serving.host, spec.serving.rest_port, spec.serving.grpc_port, spec.name)

@@ -66,6 +66,19 @@ def _load_payloads(options) -> PayloadSet:
     return load_or_build(spec, version_dir)[0]
 
 
+def _endpoints(options) -> tuple[str, str]:
+    """(REST URL, gRPC target): the options, or the spec's ports on 127.0.0.1 where they are blank."""
+    if options.rest_url and options.grpc_target:
+        return options.rest_url.rstrip("/"), options.grpc_target
+    from deploy.spec import SpecError, load_spec
+    try:
+        serving = load_spec(Path(options.spec)).serving
+    except SpecError as exc:
+        raise SystemExit(f"--spec: {exc}") from None
+    return ((options.rest_url or f"http://127.0.0.1:{serving.rest_port}").rstrip("/"),
+            options.grpc_target or f"127.0.0.1:{serving.grpc_port}")
+
+
 def _context(environment) -> LoadContext:
     options = environment.parsed_options
     cached = getattr(environment, "_payload_cache", {})
@@ -74,14 +87,9 @@ def _context(environment) -> LoadContext:
         cached[key] = _load_payloads(options)
         environment._payload_cache = cached
     payloads = cached[key]
-    serving = None
-    if not (options.rest_url and options.grpc_target):
-        from deploy.spec import load_spec
-        serving = load_spec(Path(options.spec)).serving
-    return LoadContext(
-        model=options.model_name or payloads.model, payload=options.payload,
-        rest_url=(options.rest_url or f"http://127.0.0.1:{serving.rest_port}").rstrip("/"),
-        grpc_target=options.grpc_target or f"127.0.0.1:{serving.grpc_port}", payloads=payloads)
+    rest_url, grpc_target = _endpoints(options)
+    return LoadContext(model=options.model_name or payloads.model, payload=options.payload, rest_url=rest_url,
+                       grpc_target=grpc_target, payloads=payloads)
 
 
 @events.test_start.add_listener
@@ -104,6 +112,10 @@ def _init(environment, **_kwargs) -> None:
     if options is None:
         return
     environment.recorder = Recorder(environment, server_pid=options.server_pid or None)
+    RestUser.host = _endpoints(options)[0]  # the class picker shows the spec's real REST address
+    if any(issubclass(cls, GrpcUser) for cls in environment.user_classes or ()):
+        # the serving protos import TensorFlow (seconds): pay it at start-up, not when a swarm starts
+        from tensorflow_serving.apis import predict_pb2  # noqa: F401
     if options.measure:
         warmup, duration = (float(x) for x in options.measure.split(","))
 

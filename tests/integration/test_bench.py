@@ -1,0 +1,149 @@
+"""make bench for real: a short sweep against the embedded server, reuse of a deployed server, wrong answers
+counted as failures, Ctrl-C stopping what the run started."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from deploy.spec import load_spec
+from deploy.waiting import Endpoints, rest_status
+from loadtests.payloads import PayloadSet, load_or_build
+from tests.conftest import REPO, run_cli, write_spec
+from tests.serverproc import ServerProcess, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _bench_spec(tmp_path, digits_export, **overrides):
+    spec_path, version_dir = digits_export
+    values = {"export.base_path": str(version_dir.parents[1]), "serving.grpc_port": free_port(),
+              "serving.rest_port": free_port(), "benchmark.output_dir": str(tmp_path / "reports"),
+              "benchmark.duration": "2s", "benchmark.warmup": "1s", "benchmark.users": [1, 2],
+              "benchmark.images.count": 3}
+    values.update(overrides)
+    return write_spec(tmp_path, "specs/digits_cnn.yaml", **values)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
+    spec_path = _bench_spec(tmp_path, digits_export)
+    spec = load_spec(spec_path)
+    result = run_cli("-m", "loadtests", "bench", "--spec", str(spec_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "REST/gRPC" in result.stdout and "correctness: top-1 equal everywhere" in result.stdout
+    latest = tmp_path / "reports" / "digits_cnn" / "latest"
+    assert latest.is_symlink()
+    summary = json.loads((latest / "summary.json").read_text())
+    runs = summary["runs"]
+    assert [(r["users"], r["protocol"], r["wire"]) for r in runs] == [
+        (u, p, w) for u in (1, 2) for p, w in (("rest", "image_b64"), ("grpc", "image_bytes"),
+                                               ("rest", "tensor_row"), ("grpc", "tensor_content"))]
+    for r in runs:
+        assert r["requests"] > 20 and r["failures"] == 0, r
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["rps"] > 0 and r["bytes_per_request"] > 0 and r["generator_cpu_percent"] > 0
+        assert r["server_cpu_percent"] is not None and r["server_cpu_percent"] > 0
+        assert (latest / r["locust_csv"]).exists() and (latest / r["locust_html"]).exists()
+        assert (latest / "samples" / r["samples_file"]).exists()
+    tensor_rest = next(r for r in runs if r["wire"] == "tensor_row")
+    image_rest = next(r for r in runs if r["wire"] == "image_b64")
+    assert tensor_rest["bytes_per_request"] > image_rest["bytes_per_request"]  # floats in JSON outweigh a JPEG
+    assert {c["wire"] for c in summary["correctness"]} == {"image_b64", "image_bytes", "tensor_row", "tensor_content"}
+    assert all(c["max_abs_diff"] <= 1e-4 for c in summary["correctness"])
+    provenance = summary["provenance"]
+    assert provenance["spec_sha256"] == spec.sha256 and provenance["backend"] == "embedded"
+    assert provenance["server_started_by_bench"] and provenance["cpu_count"] == os.cpu_count()
+    assert len(provenance["model_signature_sha256"]) == 64 and provenance["git_commit"]
+    page = (latest / "report.html").read_text()
+    assert "latency.png" in page and "throughput.png" in page and "latency_vs_size.png" in page
+    assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)  # it stopped what it started
+
+
+def test_bench_reuses_a_deployed_model_and_leaves_it_running(tmp_path, digits_export):
+    spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.users": [2]})
+    spec = load_spec(spec_path)
+    up = run_cli("-m", "deploy", "up", "--spec", str(spec_path))
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        assert run_cli("-m", "deploy", "status", "--spec", str(spec_path)).returncode == 0
+        result = run_cli("-m", "loadtests", "bench", "--spec", str(spec_path), "--protocols", "grpc",
+                         "--payloads", "image_b64")
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "already served" in result.stdout
+        endpoints = Endpoints("127.0.0.1", spec.serving.rest_port, spec.serving.grpc_port, spec.name)
+        assert rest_status(endpoints) == "AVAILABLE"
+        summary = json.loads((tmp_path / "reports" / "digits_cnn" / "latest" / "summary.json").read_text())
+        assert [(r["protocol"], r["users"]) for r in summary["runs"]] == [("grpc", 2)]
+        assert summary["provenance"]["server_started_by_bench"] is False
+    finally:
+        down = run_cli("-m", "deploy", "down", "--spec", str(spec_path))
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert run_cli("-m", "deploy", "status", "--spec", str(spec_path)).returncode == 1
+
+
+def test_wrong_answers_fail_with_their_reason(tmp_path, digits_export):
+    from loadtests.correctness import MismatchError, check
+    from loadtests.run import Step, Target, measure, run_step
+
+    spec_path, version_dir = digits_export
+    spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{
+        "export.base_path": str(version_dir.parents[1]), "benchmark.output_dir": str(tmp_path / "reports"),
+        "benchmark.images.count": 4}))
+    right, _ = load_or_build(spec, version_dir, log=lambda line: None)
+    # claim each image's answer is another image's with a different top-1: the server is now "wrong"
+    order = [next(j for j in range(len(right)) if right.expected_top1[j] != right.expected_top1[i])
+             for i in range(len(right))]
+    wrong = PayloadSet(right.model, right.names, right.sizes, right.jpegs, right.tensors, right.expected[order])
+    wrong.save(tmp_path / "wrong.npz")
+    server = ServerProcess("--model_name=digits_cnn", f"--model_base_path={version_dir.parent}")
+    try:
+        with pytest.raises(MismatchError, match="top-1"):
+            check(wrong, server.rest, server.grpc_target, "digits_cnn", [("grpc", "image_b64")])
+        target = Target("digits_cnn", server.rest, server.grpc_target, tmp_path / "wrong.npz", 0.5, 1.5, 10)
+        for protocol in ("rest", "grpc"):
+            step = Step(protocol, "image_b64", 1)
+            entry = measure(step, run_step(step, target, tmp_path / "out"), [1] * 4, right.sizes)
+            assert entry["requests"] > 0 and entry["failures"] == entry["requests"], entry
+            assert any("top-1 class" in reason for reason in entry["failure_reasons"]), entry["failure_reasons"]
+    finally:
+        server.stop()
+
+
+def test_ctrl_c_stops_the_server_the_bench_started(tmp_path, digits_export):
+    spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.duration": "60s", "benchmark.users": [1]})
+    spec = load_spec(spec_path)
+    proc = subprocess.Popen([sys.executable, "-m", "loadtests", "bench", "--spec", str(spec_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "[1/" not in seen and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+    assert "[1/" in seen, seen + proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped" in err and "Traceback" not in err
+    assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)
+
+
+def test_bad_spec_and_bad_override_get_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {source: {kind: keras_application, application: MobileNetV2}}\nbenchmark: {users: [0]}\n")
+    result = run_cli("-m", "loadtests", "bench", "--spec", str(bad))
+    assert result.returncode == 2 and "bad.yaml:3" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("-m", "loadtests", "bench", "--spec", "specs/digits_cnn.yaml", "--users", "two")
+    assert result.returncode == 2 and "users" in result.stderr and "Traceback" not in result.stderr

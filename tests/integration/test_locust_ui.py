@@ -1,0 +1,83 @@
+"""The Locust web UI in a real browser: headless Chromium (Debian's) driven by Playwright starts a swarm with
+both users from the class picker and sees requests counted for REST and for gRPC."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from deploy.spec import load_spec
+from loadtests.payloads import load_or_build
+from tests.conftest import REPO, write_spec
+from tests.serverproc import ServerProcess, free_port
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture()
+def locust_ui(tmp_path, digits_export):
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    spec_path, version_dir = digits_export
+    spec_path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{
+        "export.base_path": str(version_dir.parents[1]), "benchmark.output_dir": str(tmp_path / "reports"),
+        "benchmark.images.count": 3})
+    load_or_build(load_spec(spec_path), version_dir, log=lambda line: None)  # the UI then only loads the cache
+    server = ServerProcess("--model_name=digits_cnn", f"--model_base_path={version_dir.parent}")
+    port = free_port()
+    log = open(tmp_path / "locust.log", "w")
+    ui = subprocess.Popen([sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--web-host", "127.0.0.1",
+                           "--web-port", str(port), "--class-picker", "--spec", str(spec_path),
+                           "--rest-url", server.rest, "--grpc-target", server.grpc_target],
+                          cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            if ui.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                pytest.fail(f"the Locust UI did not come up: {(tmp_path / 'locust.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    ui.terminate()
+    ui.wait(30)
+    log.close()
+    server.stop()
+
+
+def test_swarm_from_the_web_ui_counts_rest_and_grpc(locust_ui):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(locust_ui)
+            page.get_by_text("GrpcUser").wait_for()
+            page.get_by_text("RestUser").wait_for()
+            page.fill("input[name=userCount]", "2")
+            page.fill("input[name=spawnRate]", "2")
+            page.get_by_role("button", name="Start").click()
+            counts = {}
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not (counts.get("REST", 0) > 0 and counts.get("gRPC", 0) > 0):
+                page.wait_for_timeout(1000)
+                rows = page.request.get(f"{locust_ui}/stats/requests").json()["stats"]
+                counts = {row["method"]: row["num_requests"] for row in rows if row["name"] == "digits_cnn"}
+            assert counts.get("REST", 0) > 0 and counts.get("gRPC", 0) > 0, counts
+            failures = {row["method"]: row["num_failures"] for row in
+                        page.request.get(f"{locust_ui}/stats/requests").json()["stats"] if row["name"] == "digits_cnn"}
+            assert failures == {"REST": 0, "gRPC": 0}
+            table = page.locator("table").first.inner_text()  # what the user sees in the statistics tab
+            assert "REST" in table and "gRPC" in table and "digits_cnn" in table
+            page.get_by_role("button", name="Stop").click()
+        finally:
+            browser.close()

@@ -1,0 +1,206 @@
+"""Load-test building blocks without servers: payload rendering and checks, the sweep plan, measurements,
+overrides, the report, and the config files a deployment writes."""
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from deploy.spec import SpecError, load_spec
+from loadtests.payloads import PayloadSet, cells, probabilities_from_grpc, probabilities_from_rest
+from loadtests.run import Step, Target, locust_command, measure, plan
+from tests.conftest import REPO, write_spec
+
+
+@pytest.fixture()
+def payloads():
+    rng = np.random.default_rng(1)
+    expected = rng.dirichlet(np.ones(5), size=3).astype(np.float32)
+    return PayloadSet("m", ["a@4x2", "b@4x2", "c@8x4"], [(4, 2), (4, 2), (8, 4)],
+                      [b"\xff\xd8jpeg-a", b"\xff\xd8jpeg-bb", b"\xff\xd8jpeg-ccc"],
+                      rng.uniform(-1, 1, (3, 2, 2, 3)).astype(np.float32), expected, {"kind": "test"})
+
+
+def test_payloads_round_trip_through_npz(payloads, tmp_path):
+    payloads.save(tmp_path / "p.npz")
+    loaded = PayloadSet.load(tmp_path / "p.npz")
+    assert loaded.jpegs == payloads.jpegs and loaded.names == payloads.names and loaded.sizes == payloads.sizes
+    np.testing.assert_array_equal(loaded.tensors, payloads.tensors)
+    np.testing.assert_array_equal(loaded.expected, payloads.expected)
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_rest_bodies_follow_tf_serving_json(payloads):
+    image = json.loads(payloads.rest_body("image_b64", 1))
+    assert image["signature_name"] == "serving_default"
+    assert base64.b64decode(image["instances"][0]["b64"]) == payloads.jpegs[1]
+    row = json.loads(payloads.rest_body("tensor_row", 2))
+    columnar = json.loads(payloads.rest_body("tensor_columnar", 2))
+    assert row["signature_name"] == columnar["signature_name"] == "predict_tensor"
+    np.testing.assert_allclose(np.array(row["instances"]), payloads.tensors[2:3], atol=1e-6)
+    assert columnar["inputs"] == row["instances"]
+
+
+def test_grpc_requests_carry_bytes_or_tensor_content(payloads):
+    request = payloads.grpc_request("image_b64", 0, "m")
+    assert request.model_spec.signature_name == "serving_default"
+    assert list(request.inputs["image_bytes"].string_val) == [payloads.jpegs[0]]
+    assert list(request.output_filter) == ["probabilities"]
+    tensor = payloads.grpc_request("tensor_columnar", 2, "m").inputs["images"]
+    assert [d.size for d in tensor.tensor_shape.dim] == [1, 2, 2, 3]
+    np.testing.assert_array_equal(np.frombuffer(tensor.tensor_content, np.float32).reshape(1, 2, 2, 3),
+                                  payloads.tensors[2:3])
+
+
+def test_answers_are_read_from_rest_and_grpc(payloads):
+    assert probabilities_from_rest(b'{"predictions": [[0.5, 0.5]]}') == [[0.5, 0.5]]
+    assert probabilities_from_rest(b'{"outputs": [[0.25, 0.75]]}') == [[0.25, 0.75]]
+    assert probabilities_from_rest(b'{"outputs": {"probabilities": [[1.0]]}}') == [[1.0]]
+    from tensorflow_serving.apis import predict_pb2
+    response = predict_pb2.PredictResponse()
+    response.outputs["probabilities"].float_val.extend([0.1, 0.9])
+    response.outputs["probabilities"].tensor_shape.dim.add(size=1)
+    response.outputs["probabilities"].tensor_shape.dim.add(size=2)
+    np.testing.assert_allclose(probabilities_from_grpc(response), [[0.1, 0.9]])
+
+
+def test_check_accepts_the_right_answer_and_explains_wrong_ones(payloads):
+    right = payloads.expected[1:2]
+    assert payloads.check(1, right) is None
+    assert payloads.check(1, right + 5e-5) is None  # float noise is not a wrong answer
+    assert "shape [5]" in payloads.check(1, right[0])
+    assert "NaN or Inf" in payloads.check(1, np.where(right > 0, np.nan, right))
+    wrong = np.roll(right, 1, axis=1)
+    if wrong.argmax() != right.argmax():
+        assert "top-1 class" in payloads.check(1, wrong) and "b@4x2" in payloads.check(1, wrong)
+    assert "not a numeric array" in payloads.check(1, [["x"]])
+
+
+def test_a_near_tie_on_top1_is_the_same_answer(payloads):
+    answer = payloads.expected[0:1].copy()
+    want = answer.argmax()
+    other = (want + 1) % answer.shape[1]
+    answer[0, other] = answer[0, want] + 5e-5
+    assert payloads.check(0, answer) is None
+    answer[0, other] = answer[0, want] + 5e-3
+    assert "top-1 class" in payloads.check(0, answer)
+
+
+def test_sweep_interleaves_protocols_and_runs_grpc_tensor_once():
+    assert cells(["rest", "grpc"], ["image_b64", "tensor_row", "tensor_columnar"]) == [
+        ("rest", "image_b64"), ("grpc", "image_b64"), ("rest", "tensor_row"), ("grpc", "tensor_row"),
+        ("rest", "tensor_columnar")]
+    steps = plan([1, 4], ["rest", "grpc"], ["image_b64"])
+    assert [(s.users, s.protocol) for s in steps] == [(1, "rest"), (1, "grpc"), (4, "rest"), (4, "grpc")]
+    assert steps[1].slug == "grpc-image_bytes-u1"
+
+
+def test_locust_command_selects_the_user_and_measures_a_window(tmp_path):
+    target = Target("m", "http://127.0.0.1:1", "127.0.0.1:2", tmp_path / "p.npz", 5, 20, 10, server_pid=42)
+    command = locust_command(Step("grpc", "tensor_row", 8), target, tmp_path)
+    assert command[-1] == "GrpcUser" and "--headless" in command
+    assert command[command.index("--measure") + 1] == "5,20"
+    assert command[command.index("--users") + 1] == "8" and command[command.index("--server-pid") + 1] == "42"
+    assert command[command.index("--payload") + 1] == "tensor_row"
+
+
+def _samples(path, latency, ok, image, cpu, window=10.0):
+    meta = {"window_s": window, "generator_cpu_percent": cpu, "server_cpu_percent": 150.0,
+            "failures": {"WrongAnswer": int((~ok).sum())}, "finished_at": 0}
+    np.savez(path, t=np.linspace(0, window, len(latency)), latency_ms=latency, ok=ok, image=image,
+             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+
+
+def test_measure_uses_every_sample_not_buckets(tmp_path):
+    rng = np.random.default_rng(0)
+    latency = rng.lognormal(3, 0.5, 5000)
+    ok = np.ones(5000, bool)
+    ok[:50] = False
+    image = np.arange(5000) % 3
+    _samples(tmp_path / "s.npz", latency, ok, image, cpu=35.0)
+    entry = measure(Step("rest", "image_b64", 4), tmp_path / "s.npz", [100, 200, 300], [(4, 2)] * 3)
+    good = latency[ok]
+    assert entry["p99_ms"] == pytest.approx(np.percentile(good, 99))
+    assert entry["p50_ms"] == pytest.approx(np.percentile(good, 50))
+    assert entry["max_ms"] == pytest.approx(good.max())
+    assert (entry["requests"], entry["failures"]) == (5000, 50)
+    assert entry["rps"] == pytest.approx(4950 / 10.0)
+    assert entry["bytes_per_request"] == pytest.approx(np.mean([[100, 200, 300][i] for i in image]))
+    assert not entry["generator_bound"] and [b["requests"] for b in entry["by_image"]] == [
+        int((ok & (image == i)).sum()) for i in range(3)]
+
+
+def test_a_busy_generator_is_flagged(tmp_path):
+    _samples(tmp_path / "s.npz", np.ones(10), np.ones(10, bool), np.zeros(10, int), cpu=91.0)
+    assert measure(Step("grpc", "image_b64", 1), tmp_path / "s.npz", [1], [(1, 1)])["generator_bound"]
+
+
+def test_overrides_are_validated_like_the_spec(tmp_path):
+    from loadtests.bench import Overrides, apply_overrides
+
+    spec = load_spec(REPO / "specs" / "digits_cnn.yaml")
+    changed = apply_overrides(spec, Overrides(users="1, 2,16", duration="1m", protocols="grpc"))
+    assert changed.benchmark.users == (1, 2, 16) and changed.benchmark.duration == 60.0
+    assert changed.benchmark.protocols == ("grpc",) and changed.name == spec.name and changed.origin == spec.origin
+    with pytest.raises(SpecError, match="users"):
+        apply_overrides(spec, Overrides(users="0"))
+    with pytest.raises(SpecError, match="duration"):
+        apply_overrides(spec, Overrides(duration="soon"))
+    with pytest.raises(SpecError, match="payloads"):
+        apply_overrides(spec, Overrides(payloads="png"))
+
+
+def _run(protocol, wire, users, rps, p50, bound=False, failures=0):
+    return {"protocol": protocol, "payload": "image_b64" if "image" in wire else "tensor_row", "wire": wire,
+            "users": users, "requests": 100, "failures": failures, "failure_ratio": failures / 100,
+            "failure_reasons": {"boom": failures} if failures else {}, "rps": rps, "p50_ms": p50, "p90_ms": p50,
+            "p95_ms": p50, "p99_ms": float("nan"), "max_ms": p50, "mean_ms": p50, "bytes_per_request": 2048.0,
+            "generator_cpu_percent": 95.0 if bound else 20.0, "generator_bound": bound, "server_cpu_percent": None,
+            "by_image": [{"image": 0, "width": 4, "height": 2, "request_bytes": 2048, "requests": 100,
+                          "p50_ms": p50}], "locust_html": "locust/x.html"}
+
+
+def test_report_files_and_terminal_ratios(tmp_path):
+    from loadtests import report
+
+    runs = [_run("rest", "image_b64", 1, 100.0, 10.0), _run("grpc", "image_bytes", 1, 125.0, 8.0),
+            _run("rest", "image_b64", 4, 300.0, 13.0, bound=True), _run("grpc", "image_bytes", 4, 200.0, 20.0,
+                                                                      failures=5)]
+    summary = {"model": "m", "created": "now", "report_dir": str(tmp_path), "failure_threshold": 0.01,
+               "failed": True, "provenance": {"backend": "embedded", "git_commit": "abc"},
+               "correctness": [{"protocol": "rest", "wire": "image_b64", "images": 3, "max_abs_diff": 1e-7,
+                                "top1_equal": True}], "runs": runs}
+    report.write(summary, tmp_path)
+    text = report.terminal_summary(summary)
+    assert "1.25x" in text and "0.80x" in text  # p50 10/8 and rps 100/125 at one user
+    assert "generator-bound" in text and "FAILED grpc image_bytes users=4: 5/100" in text
+    saved = json.loads((tmp_path / "summary.json").read_text())  # standard JSON: NaN became null
+    assert saved["runs"][0]["p99_ms"] is None
+    page = (tmp_path / "report.html").read_text()
+    assert "generator-bound" in page and "FAILED" in page and "abc" in page
+    for name in report.PLOTS:
+        assert (tmp_path / name).stat().st_size > 1000 and f"src='{name}'" in page
+
+
+def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):
+    from deploy.server.configs import load_batching_parameters, load_model_config_file, load_monitoring_config
+    from deploy.serving_config import ServerLayout, server_flags, write_configs
+
+    spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{
+        "serving.batching": {"enabled": True, "max_batch_size": 8, "allowed_batch_sizes": [2, 8],
+                             "batch_timeout_micros": 500},
+        "serving.monitoring.path": "/metrics"}))
+    layout = ServerLayout(model_base_path="/models/digits_cnn", config_dir=str(tmp_path / "cfg"))
+    write_configs(spec, tmp_path / "cfg", layout)
+    [model] = load_model_config_file(str(tmp_path / "cfg" / "models.config"))
+    assert (model.name, model.base_path, model.policy) == ("digits_cnn", "/models/digits_cnn", "latest")
+    batching = load_batching_parameters(str(tmp_path / "cfg" / "batching.config"))
+    assert (batching.max_batch_size, batching.allowed_batch_sizes, batching.batch_timeout_micros) == (8, (2, 8), 500)
+    monitoring = load_monitoring_config(str(tmp_path / "cfg" / "monitoring.config"))
+    assert monitoring.prometheus_enabled and monitoring.prometheus_path == "/metrics"
+    flags = server_flags(spec, layout, embedded=False)
+    assert "--enable_batching=true" in flags and not any(f.startswith("--host") for f in flags)
+    assert "--host=127.0.0.1" in server_flags(spec, layout, embedded=True)
+    assert len([f for f in flags if f.startswith("--port=")]) == 1
