@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from deploy.spec import BatchingSpec, MonitoringSpec, Spec
 
@@ -72,11 +73,16 @@ def write_configs(spec: Spec, directory: Path, layout: ServerLayout) -> list[Pat
     return written
 
 
-def server_flags(spec: Spec, layout: ServerLayout, embedded: bool) -> list[str]:
-    """tensorflow_model_server flags for `spec`; `embedded` adds the flags only our server has."""
+def server_flags(spec: Spec, layout: ServerLayout, embedded: bool,
+                 ports: Optional[tuple[int, int]] = None) -> list[str]:
+    """tensorflow_model_server flags for `spec`; `embedded` adds the flags only our server has.
+
+    `ports` (gRPC, REST) replaces the spec's, e.g. TF Serving's 8500/8501 inside a container.
+    """
     serving = spec.serving
-    flags = [f"--port={serving.grpc_port}",
-             f"--rest_api_port={serving.rest_port}",
+    grpc_port, rest_port = ports or (serving.grpc_port, serving.rest_port)
+    flags = [f"--port={grpc_port}",
+             f"--rest_api_port={rest_port}",
              f"--model_config_file={layout.config_dir}/{MODEL_CONFIG}",
              f"--monitoring_config_file={layout.config_dir}/{MONITORING_CONFIG}",
              f"--rest_api_timeout_in_ms={serving.rest_api_timeout_ms}",

@@ -179,9 +179,24 @@ class MonitoringSpec(_Strict):
         return value
 
 
+class KubernetesSpec(_Strict):
+    replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(4, ge=1, description="HorizontalPodAutoscaler upper bound")
+    target_cpu_percent: int = Field(70, ge=1, le=100, description="HPA target average CPU utilisation")
+    cpu: str = Field("2", description="CPU request (and limit) per pod")
+    memory: str = Field("4Gi", description="memory request (and limit) per pod")
+    image: Optional[str] = Field(None, description="image reference in your registry; default: the local tag")
+
+
 class ServingSpec(_Strict):
     backend: Literal["embedded", "docker"] = "embedded"
-    image: Literal["cpu", "gpu", "embedded"] = "cpu"
+    image: Literal["cpu", "gpu", "cpu-optimized", "embedded"] = Field(
+        "cpu", description="docker backend: TF Serving CPU or GPU image, a CPU build for serving.cpu_flags, or ours")
+    network: Literal["published", "host"] = Field(
+        "published", description="docker backend: publish 8500/8501 on serving.host, or share the host's network")
+    cpu_flags: tuple[Literal["avx", "avx2", "fma", "sse4.1", "sse4.2", "avx512f", "native"], ...] = Field(
+        ("avx2", "fma"), description="image cpu-optimized: instruction sets the TF Serving binary is compiled for")
+    kubernetes: "KubernetesSpec" = Field(default_factory=lambda: KubernetesSpec())
     host: str = Field("127.0.0.1", description="Address servers and published ports bind to")
     grpc_port: Port = 8500
     rest_port: Port = 8501

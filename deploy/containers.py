@@ -1,0 +1,138 @@
+"""The docker backend: build the spec's model image, run it, find it by label, stop and remove it.
+
+A container is named tfsb-<model>-<rest port> and labelled (deploy.docker_client), so `make down` finds it
+after a crash of the command that started it, and deploying again replaces an exited one.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from deploy import docker_client
+from deploy.embedded import DeployError
+from deploy.images import CONTAINER_PORTS, FLAVOURS, build, build_options, image_tag, prepare_context, serving_version
+from deploy.spec import Spec
+from deploy.waiting import Endpoints
+
+
+def run_arguments(spec: Spec, tag: str) -> dict:
+    """keyword arguments of engine.containers.run for the spec: ports or host network, GPU, env, labels."""
+    serving = spec.serving
+    arguments = {
+        "image": tag, "name": f"tfsb-{spec.name.lower()}-{serving.rest_port}", "detach": True,
+        "labels": docker_client.labels_for(spec.name, serving.rest_port, str(spec.origin or "")),
+        "environment": {"MODEL_NAME": spec.name}, "command": [],
+    }
+    if serving.network == "host":
+        arguments["network_mode"] = "host"
+        # TF Serving's entrypoint puts 8500/8501 first; later flags win, so the spec's ports apply
+        arguments["command"] = [f"--port={serving.grpc_port}", f"--rest_api_port={serving.rest_port}"]
+        arguments["environment"].update({"REST_PORT": str(serving.rest_port), "SERVER_HOST": serving.host})
+    else:
+        arguments["ports"] = {f"{CONTAINER_PORTS[0]}/tcp": (serving.host, serving.grpc_port),
+                              f"{CONTAINER_PORTS[1]}/tcp": (serving.host, serving.rest_port)}
+    if serving.image == "gpu":
+        arguments["device_requests"] = docker_client.gpu_device_requests()
+    return arguments
+
+
+class DockerDeployment:
+    """The spec's model in a container built from dockerfiles/Dockerfile.<serving.image>."""
+
+    backend = "docker"
+
+    def __init__(self, spec: Spec, log: Callable[[str], None] = print):
+        self.spec = spec
+        self.log = log
+        self.endpoints = Endpoints(spec.serving.host, spec.serving.rest_port, spec.serving.grpc_port, spec.name)
+        self.name = f"tfsb-{spec.name.lower()}-{spec.serving.rest_port}"
+        self.tag: Optional[str] = None
+        self.serving_version: Optional[str] = None
+        self._engine = None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = docker_client.client()
+        return self._engine
+
+    @property
+    def image(self) -> str:
+        return self.tag or f"tfserve-bench/{self.spec.name.lower()}:{self.spec.serving.image}"
+
+    def _container(self):
+        errors = docker_client.errors()
+        try:
+            return self.engine.containers.get(self.name)
+        except errors.NotFound:
+            return None
+
+    @property
+    def server_pid(self) -> Optional[int]:
+        container = self._container()
+        return (container.attrs.get("State", {}).get("Pid") or None) if container else None
+
+    def build_image(self) -> str:
+        """Prepare the context and build the image; returns its tag."""
+        from exporter.export import existing_versions, read_provenance
+
+        spec, flavour = self.spec, self.spec.serving.image
+        versions = existing_versions(spec.model_dir)
+        if not versions:
+            raise DeployError(f"no exported version under {spec.model_dir}: run make export SPEC={spec.origin}")
+        exported_tf = (read_provenance(spec.model_dir / str(versions[-1])) or {}).get("tensorflow")
+        self.serving_version = serving_version(spec, exported_tf, self.log)
+        tag = image_tag(spec, flavour, versions[-1])
+        buildargs = {"TF_SERVING_VERSION": self.serving_version, "MODEL": spec.name,
+                     "MODEL_VERSIONS": ",".join(map(str, versions)), "SPEC_SHA256": spec.sha256,
+                     "SOURCE": str(spec.origin or "tfserve-bench")}
+        if flavour == "cpu-optimized":
+            buildargs["TF_SERVING_BUILD_OPTIONS"] = build_options(spec)
+        labels = docker_client.labels_for(spec.name, spec.serving.rest_port, str(spec.origin or ""))
+        with tempfile.TemporaryDirectory(prefix="tfsb-context-") as tmp:
+            context = prepare_context(spec, flavour, Path(tmp) / "context", versions, self.log)
+            self.tag = build(self.engine, context, tag, buildargs, labels,
+                             target="model" if flavour == "embedded" else None, log=self.log)
+        return self.tag
+
+    def start(self) -> None:
+        """Build, replace an exited container of the same name, and run. Cleans up if run fails."""
+        errors = docker_client.errors()
+        tag = self.build_image()
+        old = self._container()
+        if old is not None:
+            old.remove(force=True)
+        arguments = run_arguments(self.spec, tag)
+        try:
+            container = self.engine.containers.run(**arguments)
+        except errors.APIError as exc:
+            leftover = self._container()
+            if leftover is not None:
+                leftover.remove(force=True)
+            raise DeployError(f"docker run of {tag} failed: {exc.explanation or exc}") from None
+        self.log(f"container {container.name} ({container.short_id}) from {tag} ({FLAVOURS[self.spec.serving.image]})")
+
+    def alive(self) -> Optional[str]:
+        container = self._container()
+        if container is None:
+            return f"no container {self.name}"
+        state = container.attrs.get("State", {})
+        if state.get("Status") in ("exited", "dead"):
+            return f"container {self.name} exited with status {state.get('ExitCode')}"
+        return None
+
+    def logs(self) -> str:
+        container = self._container()
+        return container.logs(tail=200).decode(errors="replace") if container else ""
+
+    def stop(self, timeout_s: int = 30) -> bool:
+        """Stop and remove every container of this model and port, found by label. True if one was removed."""
+        found = self.engine.containers.list(all=True, filters={"label": [
+            f"{docker_client.LABEL_MODEL}={self.spec.name}",
+            f"{docker_client.LABEL_REST_PORT}={self.spec.serving.rest_port}"]})
+        for container in found:
+            if container.status == "running":
+                container.stop(timeout=timeout_s)
+            container.remove(force=True)
+        return bool(found)
