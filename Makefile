@@ -10,7 +10,7 @@ SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf perf-harness serve bench deploy down status ui clean
+.PHONY: help venv export inspect test test-fast schema perf perf-harness serve bench deploy down status ui compose k8s clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,8 +53,8 @@ bench: $(STAMP) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s 
 	  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) \
 	  $(if $(PAYLOADS),--payloads $(PAYLOADS)) $(if $(BACKEND),--backend $(BACKEND))
 
-deploy: $(STAMP) ## serve SPEC's model on its backend (exports first if needed) and wait until it is AVAILABLE
-	$(PY) -m deploy up --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
+deploy: $(STAMP) ## serve SPEC's model (BACKEND=embedded|docker IMAGE=cpu|gpu|cpu-optimized|embedded) until AVAILABLE
+	$(PY) -m deploy up --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND)) $(if $(IMAGE),--image $(IMAGE))
 
 down: $(STAMP) ## stop what make deploy started for SPEC
 	$(PY) -m deploy down --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
@@ -62,12 +62,19 @@ down: $(STAMP) ## stop what make deploy started for SPEC
 status: $(STAMP) ## is SPEC's model running and AVAILABLE?
 	$(PY) -m deploy status --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
 
+compose: $(STAMP) ## render docker-compose.yaml (and its build context) for SPEC into .run/<model>-<port>/compose/
+	$(PY) -m deploy compose --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
+
+k8s: $(STAMP) ## render Kubernetes manifests (Deployment, Service, HPA) for SPEC into .run/<model>-<port>/k8s/
+	$(PY) -m deploy k8s --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
+
 ui: deploy ## Locust web UI on http://127.0.0.1:8089 against the deployed model of SPEC
 	$(VENV)/bin/locust -f loadtests/locustfile.py --web-host 127.0.0.1 --web-port 8089 --class-picker --spec $(SPEC)
 
 perf-harness: $(STAMP) ## show that gRPC users run concurrently (10 users, 50 ms server: >= 150 req/s)
 	$(PY) -m benchmarks.grpc_concurrency
 
-clean: ## remove exported models, reports and caches (keeps .venv)
+clean: ## remove exported models, reports, caches and our docker containers and images (keeps .venv)
+	-@test ! -x $(PY) || $(PY) -m deploy clean --spec $(SPEC) 2>/dev/null || true
 	rm -rf models reports .pytest_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

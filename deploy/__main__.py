@@ -10,11 +10,39 @@ from typing import Optional, Sequence
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy", description="Serve a spec's model over REST and gRPC.")
-    parser.add_argument("command", choices=["up", "down", "status", "logs"],
-                        help="up: export if needed, start, wait until AVAILABLE; down: stop; status; logs")
+    parser.add_argument("command", choices=["up", "down", "status", "logs", "compose", "k8s", "clean"],
+                        help="up: export if needed, start, wait until AVAILABLE; down: stop; status; logs; "
+                             "compose / k8s: render docker-compose.yaml / Kubernetes manifests into --out; "
+                             "clean: remove every container and image this tool created (docker)")
+    parser.add_argument("--out", type=Path, help="compose / k8s: output directory (default .run/<model>-<port>/)")
     parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML)")
     parser.add_argument("--backend", choices=["embedded", "docker"], help="override serving.backend")
+    parser.add_argument("--image", choices=["cpu", "gpu", "cpu-optimized", "embedded"], help="override serving.image")
     return parser
+
+
+def render(spec, kind: str, out: Path) -> Path:
+    """Write docker-compose.yaml (with its build context) or k8s.yaml for the spec into `out`."""
+    import yaml
+
+    from deploy.containers import build_plan
+    from deploy.images import prepare_context
+    from deploy.manifests import compose, kubernetes
+    from exporter.export import ensure_exported
+
+    ensure_exported(spec)
+    plan = build_plan(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "compose":
+        prepare_context(spec, spec.serving.image, out / "context", plan.versions)
+        path = out / "docker-compose.yaml"
+        path.write_text(yaml.safe_dump(compose(spec, plan.tag, "./context", plan.target, plan.buildargs),
+                                       sort_keys=False))
+    else:
+        path = out / "k8s.yaml"
+        image = spec.serving.kubernetes.image or plan.tag
+        path.write_text(yaml.safe_dump_all(kubernetes(spec, image), sort_keys=False))
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -27,6 +55,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         spec = load_spec(args.spec)
+        if args.image:
+            spec = spec.model_copy(update={"serving": spec.serving.model_copy(update={"image": args.image})})
         deployment = deployment_for(spec, args.backend)
         if args.command == "up":
             from exporter.export import ExportError, ensure_exported
@@ -48,6 +78,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{spec.name} ({deployment.backend}): {'running' if running else 'not running'}; "
                   f"{'AVAILABLE' if serving else 'not serving'} at {endpoints.rest_url} / {endpoints.grpc_target}")
             return 0 if serving else 1
+        elif args.command in ("compose", "k8s"):
+            from deploy.embedded import STATE_DIR
+            out = args.out or STATE_DIR / f"{spec.name}-{spec.serving.rest_port}" / args.command
+            print(f"wrote {render(spec, args.command, out)}")
+        elif args.command == "clean":
+            from deploy.containers import remove_everything
+            print(remove_everything())
         else:
             sys.stdout.write(deployment.logs())
     except (SpecError, DeployError, NotReady) as exc:

@@ -6,6 +6,7 @@ after a crash of the command that started it, and deploying again replaces an ex
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -14,6 +15,35 @@ from deploy.embedded import DeployError
 from deploy.images import CONTAINER_PORTS, FLAVOURS, build, build_options, image_tag, prepare_context, serving_version
 from deploy.spec import Spec
 from deploy.waiting import Endpoints
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    tag: str
+    buildargs: dict
+    target: Optional[str]
+    versions: list
+    serving_version: str
+
+
+def build_plan(spec: Spec, log: Callable[[str], None] = print) -> BuildPlan:
+    """Tag, build args and target of the spec's image (DeployError when nothing is exported)."""
+    from exporter.export import existing_versions, read_provenance
+
+    flavour = spec.serving.image
+    versions = existing_versions(spec.model_dir)
+    if not versions:
+        raise DeployError(f"no exported version under {spec.model_dir}: run make export SPEC={spec.origin}")
+    exported_tf = (read_provenance(spec.model_dir / str(versions[-1])) or {}).get("tensorflow")
+    version = serving_version(spec, exported_tf, log)
+    buildargs = {"TF_SERVING_VERSION": version, "MODEL": spec.name, "MODEL_VERSIONS": ",".join(map(str, versions)),
+                 "SPEC_SHA256": spec.sha256, "SOURCE": str(spec.origin or "tfserve-bench")}
+    if flavour == "cpu-optimized":
+        buildargs["TF_SERVING_BUILD_OPTIONS"] = build_options(spec)
+    if flavour == "embedded":
+        buildargs["PYTHON_BASE"] = spec.serving.python_base_image
+    return BuildPlan(image_tag(spec, flavour, versions[-1]), buildargs,
+                     "model" if flavour == "embedded" else None, versions, version)
 
 
 def run_arguments(spec: Spec, tag: str) -> dict:
@@ -59,6 +89,12 @@ class DockerDeployment:
 
     @property
     def image(self) -> str:
+        """The image tag: the one built, else the running container's (deployed by an earlier command)."""
+        if self.tag is None:
+            container = self._container()
+            if container is not None:
+                self.tag = (container.image.tags or [container.image.short_id])[0]
+                self.serving_version = container.image.labels.get("tfserve-bench.tf-serving-version")
         return self.tag or f"tfserve-bench/{self.spec.name.lower()}:{self.spec.serving.image}"
 
     def _container(self):
@@ -75,25 +111,13 @@ class DockerDeployment:
 
     def build_image(self) -> str:
         """Prepare the context and build the image; returns its tag."""
-        from exporter.export import existing_versions, read_provenance
-
-        spec, flavour = self.spec, self.spec.serving.image
-        versions = existing_versions(spec.model_dir)
-        if not versions:
-            raise DeployError(f"no exported version under {spec.model_dir}: run make export SPEC={spec.origin}")
-        exported_tf = (read_provenance(spec.model_dir / str(versions[-1])) or {}).get("tensorflow")
-        self.serving_version = serving_version(spec, exported_tf, self.log)
-        tag = image_tag(spec, flavour, versions[-1])
-        buildargs = {"TF_SERVING_VERSION": self.serving_version, "MODEL": spec.name,
-                     "MODEL_VERSIONS": ",".join(map(str, versions)), "SPEC_SHA256": spec.sha256,
-                     "SOURCE": str(spec.origin or "tfserve-bench")}
-        if flavour == "cpu-optimized":
-            buildargs["TF_SERVING_BUILD_OPTIONS"] = build_options(spec)
-        labels = docker_client.labels_for(spec.name, spec.serving.rest_port, str(spec.origin or ""))
+        plan = build_plan(self.spec, self.log)
+        self.serving_version = plan.serving_version
+        labels = docker_client.labels_for(self.spec.name, self.spec.serving.rest_port, str(self.spec.origin or ""))
         with tempfile.TemporaryDirectory(prefix="tfsb-context-") as tmp:
-            context = prepare_context(spec, flavour, Path(tmp) / "context", versions, self.log)
-            self.tag = build(self.engine, context, tag, buildargs, labels,
-                             target="model" if flavour == "embedded" else None, log=self.log)
+            context = prepare_context(self.spec, self.spec.serving.image, Path(tmp) / "context", plan.versions,
+                                      self.log)
+            self.tag = build(self.engine, context, plan.tag, plan.buildargs, labels, target=plan.target, log=self.log)
         return self.tag
 
     def start(self) -> None:
@@ -136,3 +160,18 @@ class DockerDeployment:
                 container.stop(timeout=timeout_s)
             container.remove(force=True)
         return bool(found)
+
+
+def remove_everything() -> str:
+    """Stop and remove every container, then every image, labelled as ours (what `make clean` calls)."""
+    engine = docker_client.client()
+    label = {"label": f"{docker_client.LABEL_MANAGED}=true"}
+    containers = engine.containers.list(all=True, filters=label)
+    for container in containers:
+        container.remove(force=True)
+    images = [image for image in engine.images.list(filters=label)
+              if not any(tag.startswith(("tensorflow/serving:", "tfserve-bench/python", "tfserve-bench/debian"))
+                         for tag in image.tags)]  # the offline stand-in bases are kept: they took minutes
+    for image in images:
+        engine.images.remove(image.id, force=True)
+    return f"removed {len(containers)} container(s) and {len(images)} image(s) labelled {label['label']}"

@@ -196,6 +196,8 @@ class ServingSpec(_Strict):
         "published", description="docker backend: publish 8500/8501 on serving.host, or share the host's network")
     cpu_flags: tuple[Literal["avx", "avx2", "fma", "sse4.1", "sse4.2", "avx512f", "native"], ...] = Field(
         ("avx2", "fma"), description="image cpu-optimized: instruction sets the TF Serving binary is compiled for")
+    python_base_image: str = Field(
+        "python:3.11-slim-bookworm", description="image embedded: the Python base image (Debian, Python 3.10-3.12)")
     kubernetes: "KubernetesSpec" = Field(default_factory=lambda: KubernetesSpec())
     host: str = Field("127.0.0.1", description="Address servers and published ports bind to")
     grpc_port: Port = 8500

@@ -94,14 +94,15 @@ def provenance(spec: Spec, version_dir: Path, deployment, reused: bool) -> dict:
     """Everything needed to say what was measured, where and with what."""
     from importlib.metadata import version
 
+    image = deployment.image  # (for docker, also learns the serving version of a container found running)
     serving_version = getattr(deployment, "serving_version", None)
-    if serving_version is None:
+    if serving_version is None and deployment.backend == "embedded":
         from deploy.server.version import SERVER_VERSION
         serving_version = SERVER_VERSION
     return {
         "spec": str(spec.origin), "spec_sha256": spec.sha256, "model": spec.name,
         "model_version_dir": str(version_dir), "model_signature_sha256": _signature_hash(version_dir),
-        "tensorflow": version("tensorflow"), "serving_version": serving_version, "image": deployment.image,
+        "tensorflow": version("tensorflow"), "serving_version": serving_version, "image": image,
         "backend": deployment.backend, "server_started_by_bench": not reused,
         "batching": spec.serving.batching.enabled, "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
         "python": platform.python_version(), "locust": version("locust"), "grpcio": version("grpcio"),

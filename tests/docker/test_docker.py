@@ -1,0 +1,139 @@
+"""make deploy BACKEND=docker with a real engine: the real Dockerfile.cpu built unchanged on the offline
+tensorflow/serving stand-in, and Dockerfile.embedded; predictions over REST and gRPC, a short bench, teardown that
+leaves no container, and a failed deploy that leaves nothing running."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import types_pb2
+import pytest
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from deploy.docker_client import LABEL_MANAGED, LABEL_MODEL
+from exporter.builtin_models import digits_uint8
+from exporter.images import encode
+from tests.conftest import run_cli, write_spec
+from tests.serverproc import free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _spec(tmp_path, digits_export, image: str, **overrides):
+    _, version_dir = digits_export
+    values = {"export.base_path": str(version_dir.parents[1]), "serving.backend": "docker",
+              "serving.image": image, "serving.network": "host", "serving.grpc_port": free_port(),
+              "serving.rest_port": free_port(), "benchmark.output_dir": str(tmp_path / "reports"),
+              "benchmark.images.count": 2}
+    values.update(overrides)
+    return write_spec(tmp_path, "specs/digits_cnn.yaml", **values)
+
+
+def _ours(engine, model="digits_cnn"):
+    return engine.containers.list(all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_MODEL}={model}"]})
+
+
+def _predict_both(spec_path):
+    from deploy.spec import load_spec
+
+    serving = load_spec(spec_path).serving
+    _, _, images, labels = digits_uint8(seed=0)
+    png = encode(images[0][..., np.newaxis], "png")
+    body = json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{serving.rest_port}/v1/models/digits_cnn:predict", data=body)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        rest = np.array(json.loads(response.read())["predictions"])
+    grpc_request = predict_pb2.PredictRequest()
+    grpc_request.model_spec.name = "digits_cnn"
+    grpc_request.inputs["image_bytes"].dtype = types_pb2.DT_STRING
+    grpc_request.inputs["image_bytes"].string_val.append(png)
+    grpc_request.inputs["image_bytes"].tensor_shape.dim.add(size=1)
+    with grpc.insecure_channel(f"127.0.0.1:{serving.grpc_port}") as channel:
+        reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(grpc_request, timeout=30)
+    tensor = reply.outputs["probabilities"]
+    values = np.frombuffer(tensor.tensor_content, np.float32) if tensor.tensor_content else np.array(tensor.float_val)
+    np.testing.assert_allclose(values.reshape(rest.shape), rest, atol=1e-6)
+    assert rest.shape == (1, 10) and rest[0].argmax() == labels[0]
+
+
+def _wait_healthy(container, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        container.reload()
+        health = container.attrs["State"].get("Health", {}).get("Status")
+        if health == "healthy":
+            return
+        time.sleep(2)
+    raise AssertionError(f"container not healthy: {container.attrs['State'].get('Health')}")
+
+
+def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits_export, engine, tf_serving_standin):
+    spec_path = _spec(tmp_path, digits_export, "cpu")
+    up = run_cli("-m", "deploy", "up", "--spec", str(spec_path), "--backend", "docker")
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        assert "Step 1/" in up.stdout and "ready in" in up.stdout  # build progress was streamed
+        [container] = _ours(engine)
+        assert container.attrs["Config"]["User"] == "1000:1000"
+        labels = container.image.labels
+        assert labels["tfserve-bench.model"] == "digits_cnn" and len(labels["tfserve-bench.spec-sha256"]) == 64
+        assert labels["org.opencontainers.image.source"] == str(spec_path)
+        _predict_both(spec_path)
+        _wait_healthy(container)
+        again = run_cli("-m", "deploy", "up", "--spec", str(spec_path), "--backend", "docker")
+        assert again.returncode == 0 and "already served" in again.stdout  # idempotent
+        status = run_cli("-m", "deploy", "status", "--spec", str(spec_path), "--backend", "docker")
+        assert status.returncode == 0 and "AVAILABLE" in status.stdout
+        bench = run_cli("-m", "loadtests", "bench", "--spec", str(spec_path), "--users", "1", "--duration", "1s",
+                        "--warmup", "0.5s", "--payloads", "image_b64")
+        assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
+        summary = json.loads((tmp_path / "reports" / "digits_cnn" / "latest" / "summary.json").read_text())
+        assert summary["provenance"]["backend"] == "docker"
+        assert summary["provenance"]["image"].startswith("tfserve-bench/digits_cnn:cpu-v")
+        assert summary["provenance"]["serving_version"] and all(r["failures"] == 0 for r in summary["runs"])
+    finally:
+        down = run_cli("-m", "deploy", "down", "--spec", str(spec_path), "--backend", "docker")
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert _ours(engine) == []
+
+
+def test_embedded_dockerfile_deploys_and_serves(tmp_path, digits_export, engine, tf_serving_standin):
+    from tests.docker.standin import PYTHON
+    spec_path = _spec(tmp_path, digits_export, "embedded", **{"serving.python_base_image": PYTHON})
+    up = run_cli("-m", "deploy", "up", "--spec", str(spec_path), "--backend", "docker")
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        _predict_both(spec_path)
+    finally:
+        run_cli("-m", "deploy", "down", "--spec", str(spec_path), "--backend", "docker")
+    assert _ours(engine) == []
+
+
+def test_a_model_that_cannot_load_fails_with_its_logs_and_leaves_nothing(tmp_path, engine, tf_serving_standin):
+    broken = tmp_path / "models" / "digits_cnn" / "1"
+    broken.mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    spec_path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{
+        "export.base_path": str(tmp_path / "models"), "serving.backend": "docker", "serving.network": "host",
+        "serving.grpc_port": free_port(), "serving.rest_port": free_port(), "serving.readiness_timeout_s": 20})
+    up = run_cli("-m", "deploy", "up", "--spec", str(spec_path))
+    assert up.returncode == 2 and "Traceback" not in up.stderr
+    assert "not AVAILABLE after 20s" in up.stderr and "last server log lines" in up.stderr
+    assert _ours(engine) == []
+
+
+def test_no_engine_is_one_clear_line(tmp_path, digits_export):
+    spec_path = _spec(tmp_path, digits_export, "cpu")
+    env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    result = subprocess.run([sys.executable, "-m", "deploy", "up", "--spec", str(spec_path)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "no Docker engine reachable at unix:///nonexistent/docker.sock" in result.stderr
+    assert "Traceback" not in result.stderr

