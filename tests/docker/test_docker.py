@@ -96,6 +96,7 @@ def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits
         assert summary["provenance"]["backend"] == "docker"
         assert summary["provenance"]["image"].startswith("tfserve-bench/digits_cnn:cpu-v")
         assert summary["provenance"]["serving_version"] and all(r["failures"] == 0 for r in summary["runs"])
+        assert all((r["server_cpu_percent"] or 0) > 0 for r in summary["runs"])  # the container pid is the server
     finally:
         down = run_cli("-m", "deploy", "down", "--spec", str(spec_path), "--backend", "docker")
     assert down.returncode == 0 and "stopped" in down.stdout
