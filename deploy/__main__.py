@@ -52,6 +52,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from deploy.embedded import DeployError
     from deploy.spec import SpecError, load_spec
     from deploy.waiting import NotReady
+    from exporter.export import ExportError
+    from exporter.images import ImageCorpusError
+    from exporter.verify import VerificationError
 
     try:
         spec = load_spec(args.spec)
@@ -59,11 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             spec = spec.model_copy(update={"serving": spec.serving.model_copy(update={"image": args.image})})
         deployment = deployment_for(spec, args.backend)
         if args.command == "up":
-            from exporter.export import ExportError, ensure_exported
-            try:
-                ensure_exported(spec)
-            except ExportError as exc:
-                raise DeployError(str(exc)) from None
+            from exporter.export import ensure_exported
+            ensure_exported(spec)
             bring_up(spec, deployment)
             endpoints = deployment.endpoints
             print(f"try: curl {endpoints.status_url}\nstop: make down SPEC={args.spec}")
@@ -87,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(remove_everything())
         else:
             sys.stdout.write(deployment.logs())
-    except (SpecError, DeployError, NotReady) as exc:
+    except (SpecError, DeployError, NotReady, ExportError, VerificationError, ImageCorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -190,6 +190,7 @@ def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = N
     from deploy.waiting import NotReady
     from exporter.export import ExportError
     from exporter.images import ImageCorpusError
+    from exporter.verify import VerificationError
     from loadtests.correctness import MismatchError
     from loadtests.payloads import PayloadError
     from loadtests.run import StepError
@@ -197,7 +198,8 @@ def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = N
     try:
         spec = apply_overrides(load_spec(spec_path), overrides)
         return bench(spec, log, backend)
-    except (SpecError, DeployError, NotReady, ExportError, ImageCorpusError, PayloadError, StepError) as exc:
+    except (SpecError, DeployError, NotReady, ExportError, VerificationError, ImageCorpusError, PayloadError,
+            StepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except MismatchError as exc:
