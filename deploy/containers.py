@@ -46,11 +46,15 @@ def build_plan(spec: Spec, log: Callable[[str], None] = print) -> BuildPlan:
                      "model" if flavour == "embedded" else None, versions, version)
 
 
+def container_name(spec: Spec) -> str:
+    return f"tfsb-{spec.name.lower()}-{spec.serving.rest_port}"
+
+
 def run_arguments(spec: Spec, tag: str) -> dict:
     """keyword arguments of engine.containers.run for the spec: ports or host network, GPU, env, labels."""
     serving = spec.serving
     arguments = {
-        "image": tag, "name": f"tfsb-{spec.name.lower()}-{serving.rest_port}", "detach": True,
+        "image": tag, "name": container_name(spec), "detach": True,
         "labels": docker_client.labels_for(spec.name, serving.rest_port, str(spec.origin or "")),
         "environment": {"MODEL_NAME": spec.name}, "command": [],
     }
@@ -76,7 +80,7 @@ class DockerDeployment:
         self.spec = spec
         self.log = log
         self.endpoints = Endpoints(spec.serving.host, spec.serving.rest_port, spec.serving.grpc_port, spec.name)
-        self.name = f"tfsb-{spec.name.lower()}-{spec.serving.rest_port}"
+        self.name = container_name(spec)
         self.tag: Optional[str] = None
         self.serving_version: Optional[str] = None
         self._engine = None

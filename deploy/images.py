@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from deploy import docker_client
 from deploy.embedded import REPO, STATE_DIR, DeployError
 from deploy.serving_config import ServerLayout, server_flags, write_configs
 from deploy.spec import Spec
@@ -118,7 +119,7 @@ def build(engine, context: Path, tag: str, buildargs: dict[str, str], labels: di
     """`docker build` with progress (each step is printed); DeployError with the last lines on failure."""
     last: list[str] = []
     log(f"building {tag} from {context / 'Dockerfile'}")
-    errors = __import__("deploy.docker_client", fromlist=["errors"]).errors()
+    errors = docker_client.errors()
     try:
         stream = engine.api.build(path=str(context), dockerfile="Dockerfile", tag=tag, buildargs=buildargs,
                                   labels=labels, target=target, rm=True, forcerm=True, decode=True,

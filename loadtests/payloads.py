@@ -189,10 +189,14 @@ def _images(spec) -> tuple[list[str], list[tuple[int, int]], list[bytes]]:
     return names, sizes, jpegs
 
 
+def _model_sha256(version_dir: Path) -> str:
+    return hashlib.sha256((version_dir / "saved_model.pb").read_bytes()).hexdigest()
+
+
 def cache_path(spec, version_dir: Path) -> Path:
     """Where the payloads for this spec's images and this exported version are cached."""
     key = hashlib.sha256()
-    key.update((version_dir / "saved_model.pb").read_bytes())
+    key.update(_model_sha256(version_dir).encode())
     key.update(spec.benchmark.images.model_dump_json().encode())
     key.update(spec.model.input.model_dump_json().encode())
     key.update(f"{spec.name}/{FORMAT}".encode())
@@ -223,7 +227,7 @@ def build(spec, version_dir: Path, payload_names: Sequence[str]) -> PayloadSet:
     finally:
         model.close()
     source = {"version_dir": str(version_dir),
-              "saved_model_sha256": hashlib.sha256((version_dir / "saved_model.pb").read_bytes()).hexdigest()}
+              "saved_model_sha256": _model_sha256(version_dir)}
     return PayloadSet(spec.name, names, sizes, jpegs, tensors.astype(np.float32), expected, source)
 
 

@@ -6,6 +6,7 @@ measured window to an .npz (full-resolution latencies) plus Locust's own CSV and
 """
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -100,8 +101,6 @@ def run_step(step: Step, target: Target, out_dir: Path) -> Path:
 
 def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes: Sequence[tuple[int, int]]) -> dict:
     """One summary entry from a step's samples: percentiles from every sample, not Locust's buckets."""
-    import json
-
     with np.load(samples_path) as data:
         latency, ok, image = data["latency_ms"], data["ok"], data["image"]
         meta = json.loads(data["meta"].tobytes())

@@ -58,7 +58,7 @@ def python_base(engine, log=print) -> str:
     if _has(engine, PYTHON):
         return PYTHON
     log(f"building {PYTHON} (Debian's python3)")
-    _, stream = engine.images.build(fileobj=io.BytesIO(PYTHON_DOCKERFILE.encode()), tag=PYTHON, network_mode="host",
+    engine.images.build(fileobj=io.BytesIO(PYTHON_DOCKERFILE.encode()), tag=PYTHON, network_mode="host",
                                     rm=True)
     return PYTHON
 
