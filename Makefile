@@ -10,7 +10,7 @@ SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf perf-harness serve bench deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-fast schema perf perf-harness serve bench worker deploy down status ui compose k8s clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,10 +48,17 @@ serve: $(STAMP) ## run the embedded server on SPEC's exported versions: make ser
 	  test -d "$$dir" || { echo "no export at $$dir: run make export SPEC=$(SPEC) first"; exit 2; }; \
 	  exec $(PY) -m deploy.server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
 
-bench: $(STAMP) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s WARMUP=5s PROTOCOLS= PAYLOADS=)
+bench: $(STAMP) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s WARMUP=5s PROTOCOLS= PAYLOADS= WORKERS=)
 	$(PY) -m loadtests bench --spec $(SPEC) $(if $(USERS),--users $(USERS)) $(if $(DURATION),--duration $(DURATION)) \
 	  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) \
-	  $(if $(PAYLOADS),--payloads $(PAYLOADS)) $(if $(BACKEND),--backend $(BACKEND))
+	  $(if $(PAYLOADS),--payloads $(PAYLOADS)) $(if $(BACKEND),--backend $(BACKEND)) \
+	  $(if $(WORKERS),--workers $(WORKERS)) $(if $(REMOTE_WORKERS),--remote-workers $(REMOTE_WORKERS)) \
+	  $(if $(MASTER_BIND),--master-bind $(MASTER_BIND)) $(if $(MASTER_PORT),--master-port $(MASTER_PORT)) \
+	  $(if $(TARGET_HOST),--target-host $(TARGET_HOST))
+
+worker: $(STAMP) ## a load generator for another machine's bench: make worker MASTER=<host> [MASTER_PORT=5557]
+	@test -n "$(MASTER)" || { echo "usage: make worker MASTER=<bench machine address> [MASTER_PORT=5557]"; exit 2; }
+	$(PY) -m loadtests worker --master-host $(MASTER) --master-port $(or $(MASTER_PORT),5557)
 
 deploy: $(STAMP) ## serve SPEC's model (BACKEND=embedded|docker IMAGE=cpu|gpu|cpu-optimized|embedded) until AVAILABLE
 	$(PY) -m deploy up --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND)) $(if $(IMAGE),--image $(IMAGE))

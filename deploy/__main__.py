@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -66,7 +67,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ensure_exported(spec)
             bring_up(spec, deployment)
             endpoints = deployment.endpoints
-            print(f"try: curl {endpoints.status_url}\nstop: make down SPEC={args.spec}")
+            for served in spec.served:
+                print(f"try: curl {endpoints.rest_url}/v1/models/{served.name}")
+            print(f"stop: make down SPEC={args.spec}")
         elif args.command == "down":
             stopped = deployment.stop()
             print(f"stopped {spec.name} ({deployment.backend})" if stopped else
@@ -77,6 +80,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             serving = already_serving(endpoints)
             print(f"{spec.name} ({deployment.backend}): {'running' if running else 'not running'}; "
                   f"{'AVAILABLE' if serving else 'not serving'} at {endpoints.rest_url} / {endpoints.grpc_target}")
+            for served in spec.served[1:]:
+                also = already_serving(dataclasses.replace(endpoints, model=served.name))
+                serving = serving and also
+                print(f"  also serves {served.name}: {'AVAILABLE' if also else 'not serving'}")
             return 0 if serving else 1
         elif args.command in ("compose", "k8s"):
             from deploy.embedded import STATE_DIR

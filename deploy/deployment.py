@@ -1,6 +1,8 @@
 """Pick the backend a spec asks for and bring a model up: the one entry `make deploy` and `make bench` share."""
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Callable, Optional
 
 from deploy.embedded import DeployError, EmbeddedDeployment
@@ -49,12 +51,19 @@ def bring_up(spec: Spec, deployment, log: Callable[[str], None] = print) -> bool
         if port_in_use(endpoints.host, port):
             raise DeployError(f"{spec.where('serving', key)}: serving.{key}: {endpoints.host}:{port} is in use by "
                               f"something that does not serve '{spec.name}'; stop it or choose another port")
-    log(f"starting {spec.name} on the {deployment.backend} backend ({deployment.image})")
+    also = [served.name for served in spec.served[1:]]
+    log(f"starting {spec.name} on the {deployment.backend} backend ({deployment.image})"
+        + (f", also serving {', '.join(also)}" if also else ""))
     deployment.start()
+    started = time.monotonic()
     try:
-        waited = wait_ready(endpoints, spec.serving.readiness_timeout_s, logs=deployment.logs, alive=deployment.alive)
+        for served in spec.served:  # every model of the model config must be AVAILABLE, not just the first
+            left = spec.serving.readiness_timeout_s - (time.monotonic() - started)
+            wait_ready(dataclasses.replace(endpoints, model=served.name), max(left, 1.0), logs=deployment.logs,
+                       alive=deployment.alive)
     except (NotReady, KeyboardInterrupt):
         deployment.stop()
         raise
-    log(f"ready in {waited:.1f}s: REST {endpoints.rest_url}, gRPC {endpoints.grpc_target}")
+    log(f"ready in {time.monotonic() - started:.1f}s: REST {endpoints.rest_url}, gRPC {endpoints.grpc_target}"
+        + (f" (models: {', '.join(served.name for served in spec.served)})" if also else ""))
     return True

@@ -72,7 +72,7 @@ class EmbeddedDeployment:
             raise DeployError(f"an embedded server for '{self.spec.name}' already runs (pid {running}); "
                               f"use it, or stop it first with make down SPEC={self.spec.origin or '<spec>'}")
         config_dir = self.dir / "config"
-        layout = ServerLayout(model_base_path=str(self.spec.model_dir), config_dir=str(config_dir))
+        layout = ServerLayout.on_host(self.spec, config_dir)
         write_configs(self.spec, config_dir, layout)
         flags = server_flags(self.spec, layout, embedded=True)
         log = open(self.log_file, "wb")

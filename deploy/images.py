@@ -89,10 +89,17 @@ def prepare_context(spec: Spec, flavour: str, directory: Path, versions: list[in
     """Fill `directory` with everything `FLAVOURS[flavour]` copies; returns it."""
     if directory.exists():
         shutil.rmtree(directory)
-    (directory / "models" / spec.name).mkdir(parents=True)
-    for version in versions:
-        _link_tree(spec.model_dir / str(version), directory / "models" / spec.name / str(version))
-    layout = ServerLayout(model_base_path=f"/models/{spec.name}", config_dir="/config")
+    from exporter.export import existing_versions
+
+    for served in spec.served:  # the spec's model (the given versions), then serving.also_serve's (all exported)
+        chosen = versions if served is spec else existing_versions(served.model_dir)
+        if not chosen:
+            raise DeployError(f"no exported version of {served.name} (serving.also_serve) under {served.model_dir}: "
+                              f"run make export SPEC={served.origin}")
+        (directory / "models" / served.name).mkdir(parents=True)
+        for version in chosen:
+            _link_tree(served.model_dir / str(version), directory / "models" / served.name / str(version))
+    layout = ServerLayout.in_image(spec)
     write_configs(spec, directory / "config", layout)
     flags = [flag for flag in server_flags(spec, layout, embedded=flavour == "embedded", ports=CONTAINER_PORTS)
              if not flag.startswith("--host=")]  # inside a container the image decides where to listen

@@ -1,14 +1,15 @@
 """What a spec's `serving:` section becomes on disk and on the command line of a model server.
 
 The same files and flags drive TF Serving in a container and the embedded server, so both
-backends serve a model exactly as configured: a model config (one model, latest version),
-batching parameters when batching is on, and a monitoring config for Prometheus.
+backends serve a model exactly as configured: a model config (the spec's model and those of
+serving.also_serve, each at its latest version), batching parameters when batching is on, and a
+monitoring config for Prometheus.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from deploy.spec import BatchingSpec, MonitoringSpec, Spec
 
@@ -21,16 +22,15 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def model_config_text(name: str, base_path: str) -> str:
-    """A ModelServerConfig text proto serving the latest version of one model."""
-    return ("model_config_list {\n"
-            "  config {\n"
-            f"    name: {_quote(name)}\n"
-            f"    base_path: {_quote(base_path)}\n"
-            '    model_platform: "tensorflow"\n'
-            "    model_version_policy { latest { num_versions: 1 } }\n"
-            "  }\n"
-            "}\n")
+def model_config_text(models: Sequence[tuple[str, str]]) -> str:
+    """A ModelServerConfig text proto serving the latest version of each (name, base path)."""
+    entries = "".join("  config {\n"
+                      f"    name: {_quote(name)}\n"
+                      f"    base_path: {_quote(base_path)}\n"
+                      '    model_platform: "tensorflow"\n'
+                      "    model_version_policy { latest { num_versions: 1 } }\n"
+                      "  }\n" for name, base_path in models)
+    return "model_config_list {\n" + entries + "}\n"
 
 
 def batching_text(batching: BatchingSpec) -> str:
@@ -54,14 +54,24 @@ def monitoring_text(monitoring: MonitoringSpec) -> str:
 @dataclass(frozen=True)
 class ServerLayout:
     """Where the server finds things: paths as the server process sees them (host or container)."""
-    model_base_path: str      # <base>/<name>, holding the numeric version directories
-    config_dir: str           # holds MODEL_CONFIG, BATCHING_CONFIG, MONITORING_CONFIG
+    model_base_paths: tuple[tuple[str, str], ...]  # (name, <base>/<name> holding the version directories), served order
+    config_dir: str                                 # holds MODEL_CONFIG, BATCHING_CONFIG, MONITORING_CONFIG
+
+    @classmethod
+    def on_host(cls, spec: Spec, config_dir: Path) -> "ServerLayout":
+        """Every served model where it was exported."""
+        return cls(tuple((served.name, str(served.model_dir)) for served in spec.served), str(config_dir))
+
+    @classmethod
+    def in_image(cls, spec: Spec, models_root: str = "/models", config_dir: str = "/config") -> "ServerLayout":
+        """Every served model under models_root/<name>, as an image lays them out."""
+        return cls(tuple((served.name, f"{models_root}/{served.name}") for served in spec.served), config_dir)
 
 
 def write_configs(spec: Spec, directory: Path, layout: ServerLayout) -> list[Path]:
     """Write the config files for `spec` into `directory` (created); returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    files = {MODEL_CONFIG: model_config_text(spec.name, layout.model_base_path),
+    files = {MODEL_CONFIG: model_config_text(layout.model_base_paths),
              MONITORING_CONFIG: monitoring_text(spec.serving.monitoring)}
     if spec.serving.batching.enabled:
         files[BATCHING_CONFIG] = batching_text(spec.serving.batching)

@@ -210,6 +210,9 @@ class ServingSpec(_Strict):
     rest_api_timeout_ms: int = Field(30000, ge=1)
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger requests get 413 / RESOURCE_EXHAUSTED")
     readiness_timeout_s: float = Field(180.0, gt=0)
+    also_serve: tuple[Path, ...] = Field(
+        (), description="Other spec files (relative to this one) whose models the same server also serves, each an "
+        "entry of one model config file; only their model and export sections are used")
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> "ServingSpec":
@@ -295,6 +298,7 @@ class Spec(_Strict):
     _origin: Optional[Path] = PrivateAttr(None)
     _lines: dict = PrivateAttr(default_factory=dict)
     _sha256: str = PrivateAttr("")
+    _companions: tuple = PrivateAttr(())
 
     @field_validator("name")
     @classmethod
@@ -330,6 +334,11 @@ class Spec(_Strict):
     def model_dir(self) -> Path:
         """<base_path>/<name>: the directory holding the numeric version directories."""
         return self.resolve(self.export.base_path) / self.name
+
+    @property
+    def served(self) -> tuple["Spec", ...]:
+        """Every model the spec's server serves: this one first, then serving.also_serve's (loaded specs)."""
+        return (self, *self._companions)
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
@@ -419,7 +428,10 @@ def _yaml_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def load_spec(path: str | Path) -> Spec:
     """Load, validate and freeze a spec file. Raises SpecError naming file:line for every problem."""
-    path = Path(path)
+    return _load_spec(Path(path), listed_by=None)
+
+
+def _load_spec(path: Path, listed_by: Optional[Path]) -> Spec:
     try:
         document = load_yaml_with_lines(path)
     except YamlSourceError as exc:
@@ -440,9 +452,38 @@ def load_spec(path: str | Path) -> Spec:
     spec._lines = dict(document.lines)
     spec._sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     problems = _check_files(spec)
+    if listed_by is None:
+        problems += _load_companions(spec)
+    elif spec.serving.also_serve:
+        problems.append((("serving", "also_serve"), f"is listed by {listed_by}'s serving.also_serve, so it cannot "
+                                                    "list models itself: list every model in that spec instead"))
     if problems:
         raise SpecError("\n".join(f"{path}:{document.line_of(loc)}: {_dotted(loc)}: {msg}" for loc, msg in problems))
     return spec
+
+
+def _load_companions(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    """Load serving.also_serve's specs into spec._companions; returns the problems found."""
+    problems, companions, names = [], [], {spec.name}
+    for index, listed in enumerate(spec.serving.also_serve):
+        loc = ("serving", "also_serve", index)
+        path = spec.resolve(listed)
+        if not path.is_file():
+            problems.append((loc, f"spec file {path} does not exist"))
+            continue
+        try:
+            companion = _load_spec(path, listed_by=spec.origin)
+        except SpecError as exc:
+            problems.append((loc, f"{path} is not a valid spec: {exc}"))
+            continue
+        if companion.name in names:
+            problems.append((loc, f"{path} names its model '{companion.name}', which this server already serves: "
+                                  "model names must be distinct"))
+            continue
+        names.add(companion.name)
+        companions.append(companion)
+    spec._companions = tuple(companions)
+    return problems
 
 
 def json_schema() -> dict[str, Any]:

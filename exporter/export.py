@@ -190,9 +190,10 @@ def latest_version_dir(spec: Spec) -> Optional[Path]:
 
 
 def ensure_exported(spec: Spec, log: Callable[[str], None] = print) -> Path:
-    """The newest version directory, exporting version `auto` first when there is none."""
-    latest = latest_version_dir(spec)
-    if latest is not None:
-        return latest
-    log(f"no exported version under {spec.model_dir}: exporting {spec.name} first")
-    return export(spec, version="auto", log=log).path
+    """The spec's newest version directory; exports version `auto` first of every served model (the spec's and
+    serving.also_serve's) that has none."""
+    for served in reversed(spec.served):  # the spec's own model last, so its export is the last thing logged
+        if latest_version_dir(served) is None:
+            log(f"no exported version under {served.model_dir}: exporting {served.name} first")
+            export(served, version="auto", log=log)
+    return latest_version_dir(spec)

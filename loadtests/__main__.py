@@ -1,25 +1,35 @@
-"""`python -m loadtests bench --spec FILE [--users 1,4,16] [--duration 30s] ...`: the benchmark (make bench)."""
+"""`python -m loadtests bench --spec FILE [--users 1,4,16] [--duration 30s] ...`: the benchmark (make bench).
+
+`python -m loadtests worker --master-host HOST [--master-port 5557]`: a Locust worker for a bench run on
+another machine; it rejoins the master of every run of the sweep until interrupted.
+"""
 from __future__ import annotations
 
 import os
 import sys
 from typing import Optional, Sequence
 
-USAGE = "usage: python -m loadtests bench --spec FILE [--users 1,4] [--duration 30s] [--warmup 5s] ..."
+USAGE = ("usage: python -m loadtests bench --spec FILE [--users 1,4] [--duration 30s] [--warmup 5s] ...\n"
+         "       python -m loadtests worker --master-host HOST [--master-port 5557]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] != ["bench"]:
+    if argv[:1] not in (["bench"], ["worker"]):
         print(USAGE, file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from loadtests.bench import Overrides, main_bench, parse_args
+    if argv[0] == "worker":
+        from loadtests.worker import main_worker
+        return main_worker(argv[1:])
+    from loadtests.bench import Generators, Overrides, main_bench, parse_args
 
     args = parse_args(argv[1:])
     overrides = Overrides(users=args.users, duration=args.duration, warmup=args.warmup, protocols=args.protocols,
                           payloads=args.payloads, output_dir=args.output_dir)
-    return main_bench(args.spec, overrides, args.backend)
+    generators = Generators(workers=args.workers, remote_workers=args.remote_workers, master_bind=args.master_bind,
+                            master_port=args.master_port, target_host=args.target_host)
+    return main_bench(args.spec, overrides, args.backend, generators=generators)
 
 
 if __name__ == "__main__":

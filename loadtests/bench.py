@@ -27,6 +27,30 @@ class Overrides:
     output_dir: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class Generators:
+    """Where the load comes from: one Locust process (the default), or a master and workers."""
+    workers: int = 0
+    remote_workers: int = 0
+    master_bind: str = "127.0.0.1"
+    master_port: int = 0
+    target_host: Optional[str] = None  # the server's address as the workers must reach it
+
+    def check(self) -> None:
+        if self.workers < 0 or self.remote_workers < 0:
+            raise SpecError(f"WORKERS / REMOTE_WORKERS must be 0 or more (got {self.workers} / {self.remote_workers})")
+        if self.remote_workers and not self.master_port:
+            raise SpecError("REMOTE_WORKERS needs a fixed MASTER_PORT (e.g. 5557) that the remote workers connect to")
+
+    def endpoints(self, rest_url: str, grpc_target: str) -> tuple[str, str]:
+        """The deployment's endpoints with the host replaced by target_host, when given."""
+        if not self.target_host:
+            return rest_url, grpc_target
+        rest_port = rest_url.rsplit(":", 1)[1]
+        grpc_port = grpc_target.rsplit(":", 1)[1]
+        return f"http://{self.target_host}:{rest_port}", f"{self.target_host}:{grpc_port}"
+
+
 def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
     """The spec with its benchmark section overridden, validated by the same rules as the file."""
     from pydantic import ValidationError
@@ -130,7 +154,8 @@ def _point_latest(run_dir: Path) -> None:
     os.replace(temporary, latest)
 
 
-def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str] = None) -> int:
+def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str] = None,
+          generators: Generators = Generators()) -> int:
     """Run the whole benchmark for `spec`; returns the process exit code (see EXIT_*)."""
     from deploy.deployment import bring_up, deployment_for
     from exporter.export import ensure_exported
@@ -152,9 +177,18 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
         steps = run.plan(settings.users, settings.protocols, settings.payloads)
         per_request = {cell: request_bytes(payloads, cell[0], cell[1], spec.name) for cell in runs}
         run_dir = _run_dir(spec)
-        target = run.Target(model=spec.name, rest_url=endpoints.rest_url, grpc_target=endpoints.grpc_target,
+        rest_url, grpc_target = generators.endpoints(endpoints.rest_url, endpoints.grpc_target)
+        target = run.Target(model=spec.name, rest_url=rest_url, grpc_target=grpc_target,
                             payload_file=payload_file, warmup_s=settings.warmup, duration_s=settings.duration,
-                            spawn_rate=settings.spawn_rate, server_pid=getattr(deployment, "server_pid", None))
+                            spawn_rate=settings.spawn_rate, server_pid=getattr(deployment, "server_pid", None),
+                            workers=generators.workers, remote_workers=generators.remote_workers,
+                            master_bind=generators.master_bind, master_port=generators.master_port)
+        if target.distributed:
+            log(f"load generators: a Locust master on {target.master_bind}:{target.master_port or '<free port>'} "
+                f"with {generators.workers} local and {generators.remote_workers} remote workers per run")
+            if generators.remote_workers and target.master_bind in ("127.0.0.1", "localhost"):
+                log("  note: the master listens on loopback, so only workers on this machine can join "
+                    "(MASTER_BIND sets the address; TARGET_HOST the server's address as the workers see it)")
         total = len(steps) * (settings.warmup + settings.duration + 8)
         log(f"sweep: {len(steps)} runs (users {list(settings.users)}), about {total / 60:.1f} minutes; "
             f"writing to {run_dir}")
@@ -169,7 +203,8 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
         "report_dir": str(run_dir), "failure_threshold": settings.failure_threshold, "failed": failed,
         "settings": {"users": list(settings.users), "duration_s": settings.duration, "warmup_s": settings.warmup,
                      "spawn_rate": settings.spawn_rate, "protocols": list(settings.protocols),
-                     "payloads": list(settings.payloads), "images": payloads.names},
+                     "payloads": list(settings.payloads), "images": payloads.names,
+                     "workers": generators.workers, "remote_workers": generators.remote_workers},
         "provenance": provenance(spec, version_dir, deployment, reused=not started),
         "correctness": checked, "runs": results,
     }
@@ -181,7 +216,7 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
 
 
 def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = None,
-               log: Callable[[str], None] = print) -> int:
+               log: Callable[[str], None] = print, generators: Generators = Generators()) -> int:
     """Load and override the spec, run bench, and turn every user-facing failure into one line and an exit code."""
     import sys
 
@@ -196,8 +231,9 @@ def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = N
     from loadtests.run import StepError
 
     try:
+        generators.check()
         spec = apply_overrides(load_spec(spec_path), overrides)
-        return bench(spec, log, backend)
+        return bench(spec, log, backend, generators)
     except (SpecError, DeployError, NotReady, ExportError, VerificationError, ImageCorpusError, PayloadError,
             StepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -223,4 +259,14 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--payloads", help="image_b64,tensor_row,tensor_columnar (default: benchmark.payloads)")
     parser.add_argument("--output-dir", help="reports go to <dir>/<model>/<timestamp>/ (default: benchmark.output_dir)")
     parser.add_argument("--backend", choices=["embedded", "docker"], help="override serving.backend")
+    group = parser.add_argument_group("distributed load (Locust master and workers)")
+    group.add_argument("--workers", type=int, default=0, help="local Locust worker processes per run (default 0: one "
+                       "plain process); use about one per spare core")
+    group.add_argument("--remote-workers", type=int, default=0,
+                       help="workers on other machines (python -m loadtests worker) each run also waits for")
+    group.add_argument("--master-bind", default="127.0.0.1", help="address the master listens on (default 127.0.0.1)")
+    group.add_argument("--master-port", type=int, default=0, help="the master's port (default: free; fix it, e.g. "
+                       "5557, for remote workers)")
+    group.add_argument("--target-host", help="the server's address as the workers reach it (default: the "
+                       "deployment's, 127.0.0.1)")
     return parser.parse_args(argv)

@@ -5,6 +5,7 @@ then made gevent-safe before any channel exists, or every gRPC user would block 
 
 Custom arguments (shown in the web UI): --spec, --model-name, --rest-url, --grpc-target, --payload.
 Hidden ones used by the bench runner: --payload-file, --samples-out, --measure, --server-pid.
+With --master / --worker, loadtests/distributed.py carries payloads, the window and the samples between them.
 """
 from __future__ import annotations
 
@@ -24,10 +25,13 @@ if str(REPO) not in sys.path:  # Locust puts only loadtests/ on sys.path
     sys.path.insert(0, str(REPO))
 
 import gevent  # noqa: E402
+from gevent.event import Event  # noqa: E402
 from locust import events  # noqa: E402
+from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
+from loadtests.distributed import MasterSide, WorkerSide  # noqa: E402
 from loadtests.payloads import PAYLOADS, PayloadSet  # noqa: E402
-from loadtests.recorder import Recorder  # noqa: E402
+from loadtests.recorder import Recorder, write_samples  # noqa: E402
 from loadtests.users import GrpcUser, LoadContext, RestUser  # noqa: E402
 
 __all__ = ["RestUser", "GrpcUser"]
@@ -79,31 +83,46 @@ def _endpoints(options) -> tuple[str, str]:
             options.grpc_target or f"127.0.0.1:{serving.grpc_port}")
 
 
-def _context(environment) -> LoadContext:
+def _cached_payloads(environment) -> PayloadSet:
     options = environment.parsed_options
     cached = getattr(environment, "_payload_cache", {})
     key = options.payload_file or options.spec
     if key not in cached:
         cached[key] = _load_payloads(options)
         environment._payload_cache = cached
-    payloads = cached[key]
-    rest_url, grpc_target = _endpoints(options)
-    return LoadContext(model=options.model_name or payloads.model, payload=options.payload, rest_url=rest_url,
-                       grpc_target=grpc_target, payloads=payloads)
+    return cached[key]
 
 
 @events.test_start.add_listener
 def _prepare(environment, **_kwargs) -> None:
-    """Render every request before any user starts: nothing is encoded inside the timed loop."""
-    ctx = _context(environment)
-    ctx.rest_bodies = [ctx.payloads.rest_body(ctx.payload, i) for i in range(len(ctx.payloads))]
-    if any(issubclass(cls, GrpcUser) for cls in environment.user_classes):
-        ctx.grpc_requests = [ctx.payloads.grpc_request(ctx.payload, i, ctx.model) for i in range(len(ctx.payloads))]
-    RestUser.host = environment.host or ctx.rest_url
-    environment.loadtest = ctx
+    """Render every request before any user starts: nothing is encoded inside the timed loop.
+
+    A master runs no users. A worker renders once the master's payloads are here; its users wait for that.
+    """
     recorder = getattr(environment, "recorder", None)
     if recorder is not None:
         recorder.reset()
+    cluster = getattr(environment, "cluster", None)
+    if isinstance(cluster, MasterSide):
+        return
+    ready = environment.loadtest_ready = Event()
+
+    def render(payloads: PayloadSet) -> None:
+        options = environment.parsed_options
+        rest_url, grpc_target = _endpoints(options)
+        ctx = LoadContext(model=options.model_name or payloads.model, payload=options.payload, rest_url=rest_url,
+                          grpc_target=grpc_target, payloads=payloads)
+        ctx.rest_bodies = [payloads.rest_body(ctx.payload, i) for i in range(len(payloads))]
+        if any(issubclass(cls, GrpcUser) for cls in environment.user_classes):
+            ctx.grpc_requests = [payloads.grpc_request(ctx.payload, i, ctx.model) for i in range(len(payloads))]
+        RestUser.host = environment.host or ctx.rest_url
+        environment.loadtest = ctx
+        ready.set()
+
+    if isinstance(cluster, WorkerSide):
+        cluster.when_payloads(render)
+    else:
+        render(_cached_payloads(environment))
 
 
 @events.init.add_listener
@@ -111,9 +130,18 @@ def _init(environment, **_kwargs) -> None:
     options = environment.parsed_options
     if options is None:
         return
-    environment.recorder = Recorder(environment, server_pid=options.server_pid or None)
-    RestUser.host = _endpoints(options)[0]  # the class picker shows the spec's real REST address
-    if any(issubclass(cls, GrpcUser) for cls in environment.user_classes or ()):
+    runner = environment.runner
+    recorder = environment.recorder = Recorder(environment, server_pid=options.server_pid or None)
+    master = isinstance(runner, MasterRunner)
+    if master:
+        environment.cluster = MasterSide(
+            environment, lambda: Path(options.payload_file).read_bytes() if options.payload_file
+            else _cached_payloads(environment).to_bytes())
+    elif isinstance(runner, WorkerRunner):
+        environment.cluster = WorkerSide(environment, recorder)
+    else:
+        RestUser.host = _endpoints(options)[0]  # the class picker shows the spec's real REST address
+    if not master and any(issubclass(cls, GrpcUser) for cls in environment.user_classes or ()):
         # the serving protos import TensorFlow (seconds): pay it at start-up, not when a swarm starts
         from tensorflow_serving.apis import predict_pb2  # noqa: F401
     if options.measure:
@@ -122,17 +150,28 @@ def _init(environment, **_kwargs) -> None:
         @environment.events.spawning_complete.add_listener
         def _window(user_count, **_kw) -> None:
             def begin() -> None:
-                environment.runner.stats.reset_all()  # Locust's own CSV/HTML then cover the window only
-                environment.recorder.begin_window()
+                runner.stats.reset_all()  # Locust's own CSV/HTML then cover the window only
+                recorder.begin_window()
+                if master:
+                    environment.cluster.begin_window()
 
             def end() -> None:
-                environment.recorder.end_window()
-                environment.runner.quit()
+                recorder.end_window()
+                if master:
+                    environment.worker_samples = environment.cluster.end_window()
+                runner.quit()
 
             gevent.spawn_later(warmup, begin)
             gevent.spawn_later(warmup + duration, end)
 
     @environment.events.quitting.add_listener
     def _save(**_kw) -> None:
-        if options.samples_out:
-            environment.recorder.save(Path(options.samples_out), time.time())
+        if not options.samples_out:
+            return
+        if master:
+            parts = getattr(environment, "worker_samples", None)
+            if parts:  # none at all: no samples file, and the bench reports the step's log
+                window = recorder.window[1] - recorder.window[0] if recorder.window else None
+                write_samples(Path(options.samples_out), parts, recorder.server_cpu_percent, time.time(), window)
+        elif not isinstance(runner, WorkerRunner):
+            recorder.save(Path(options.samples_out), time.time())

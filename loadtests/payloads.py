@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,22 +58,32 @@ class PayloadSet:
 
     def save(self, path: Path) -> None:
         """Write as one .npz (atomic rename), loadable without TensorFlow."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        partial.write_bytes(self.to_bytes())
+        partial.rename(path)
+
+    def to_bytes(self) -> bytes:
+        """The .npz file's bytes: what a Locust master sends its workers, so they need no export or spec."""
         offsets = np.cumsum([0] + [len(j) for j in self.jpegs]).astype(np.int64)
         meta = {"model": self.model, "names": self.names, "sizes": self.sizes, "source": self.source,
                 "format": FORMAT}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
                  jpegs=np.frombuffer(b"".join(self.jpegs), np.uint8), offsets=offsets,
                  tensors=self.tensors, expected=self.expected)
-        partial.rename(path)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: Path) -> "PayloadSet":
-        with np.load(path) as data:
+        return cls.from_bytes(Path(path).read_bytes())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "PayloadSet":
+        with np.load(io.BytesIO(blob)) as data:
             meta = json.loads(data["meta"].tobytes())
-            blob, offsets = data["jpegs"].tobytes(), data["offsets"]
-            jpegs = [blob[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+            jpeg_blob, offsets = data["jpegs"].tobytes(), data["offsets"]
+            jpegs = [jpeg_blob[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
             return cls(model=meta["model"], names=meta["names"], sizes=[tuple(s) for s in meta["sizes"]],
                        jpegs=jpegs, tensors=data["tensors"], expected=data["expected"], source=meta["source"])
 

@@ -71,17 +71,43 @@ class Recorder:
         if server0 is not None and server1 is not None:
             self.server_cpu_percent = 100.0 * (server1 - server0) / wall
 
-    def save(self, path: Path, finished_at: float) -> None:
-        """Write the samples (arrays) and the window's facts (JSON) to one .npz."""
+    def snapshot(self) -> dict:
+        """This process's window as plain data (what a Locust worker sends its master); times from window start."""
         if self.window is None and self.samples:  # not windowed (web UI): the whole run is the window
             self.window = (self.samples[0][0], self.samples[-1][0])
-        times = np.array([s[0] for s in self.samples], dtype=np.float64)
         start = self.window[0] if self.window else 0.0
-        meta = {"window_s": (self.window[1] - self.window[0]) if self.window else 0.0,
-                "generator_cpu_percent": self.cpu_percent, "server_cpu_percent": self.server_cpu_percent,
-                "failures": dict(self.failures.most_common(20)), "finished_at": finished_at}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, t=times - start, latency_ms=np.array([s[1] for s in self.samples], dtype=np.float64),
-                 ok=np.array([s[2] for s in self.samples], dtype=bool),
-                 image=np.array([s[3] for s in self.samples], dtype=np.int32),
-                 meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        return {"t": [s[0] - start for s in self.samples], "latency_ms": [s[1] for s in self.samples],
+                "ok": [s[2] for s in self.samples], "image": [s[3] for s in self.samples],
+                "window_s": (self.window[1] - self.window[0]) if self.window else 0.0,
+                "cpu_percent": self.cpu_percent, "failures": dict(self.failures)}
+
+    def save(self, path: Path, finished_at: float) -> None:
+        """Write this process's samples (a local, single-process run)."""
+        write_samples(path, [self.snapshot()], self.server_cpu_percent, finished_at)
+
+
+def write_samples(path: Path, parts: list[dict], server_cpu_percent: Optional[float], finished_at: float,
+                  window_s: Optional[float] = None) -> None:
+    """Merge the snapshots of every load-generating process into one .npz: arrays plus the window's facts (JSON).
+
+    The generator CPU is the busiest process's (each is one core's worth of gevent loop, so that is the one that
+    saturates first); every process's figure is kept too.
+    """
+    def column(key: str, dtype) -> np.ndarray:
+        return np.concatenate([np.asarray(part[key], dtype=dtype) for part in parts]) if parts else np.array([], dtype)
+
+    times = column("t", np.float64)
+    order = np.argsort(times, kind="stable")
+    cpu = [part["cpu_percent"] for part in parts]
+    known_cpu = [c for c in cpu if c is not None]
+    failures: Counter = Counter()
+    for part in parts:
+        failures.update(part["failures"])
+    meta = {"window_s": window_s if window_s is not None else max((p["window_s"] for p in parts), default=0.0),
+            "generator_cpu_percent": max(known_cpu) if known_cpu else None, "generator_cpu_by_process": cpu,
+            "generator_processes": len(parts), "server_cpu_percent": server_cpu_percent,
+            "failures": dict(failures.most_common(20)), "finished_at": finished_at}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, t=times[order], latency_ms=column("latency_ms", np.float64)[order],
+             ok=column("ok", bool)[order], image=column("image", np.int32)[order],
+             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))

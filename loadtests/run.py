@@ -3,11 +3,15 @@
 Locust monkey-patches on import, so it never runs in this process: each step is
 `python -m locust -f loadtests/locustfile.py --headless ...`, which writes every sample of its
 measured window to an .npz (full-resolution latencies) plus Locust's own CSV and HTML.
+With workers, that process is a Locust master (it measures the window and merges the samples) and
+each worker is one more `locust --worker` process on this machine, or on another one
+(`python -m loadtests worker`, see the README).
 """
 from __future__ import annotations
 
 import json
 import math
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -56,6 +60,14 @@ class Target:
     duration_s: float
     spawn_rate: float
     server_pid: Optional[int] = None
+    workers: int = 0              # local `locust --worker` processes; 0 with no remote ones: one plain process
+    remote_workers: int = 0       # workers started elsewhere (python -m loadtests worker) the master waits for
+    master_bind: str = "127.0.0.1"
+    master_port: int = 0          # 0: a free port per step (only local workers)
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers + self.remote_workers > 0
 
 
 def plan(users: Sequence[int], protocols: Sequence[str], payloads: Sequence[str]) -> list[Step]:
@@ -63,8 +75,14 @@ def plan(users: Sequence[int], protocols: Sequence[str], payloads: Sequence[str]
     return [Step(protocol, payload, level) for level in users for protocol, payload in cells(protocols, payloads)]
 
 
-def locust_command(step: Step, target: Target, out_dir: Path) -> list[str]:
-    """The headless Locust command line for one step."""
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def locust_command(step: Step, target: Target, out_dir: Path, master_port: Optional[int] = None) -> list[str]:
+    """The headless Locust command line for one step (a master when the target has workers)."""
     spawn_s = step.users / target.spawn_rate
     run_time = math.ceil(spawn_s + target.warmup_s + target.duration_s + 30)  # a backstop: --measure quits first
     prefix = out_dir / "locust" / step.slug
@@ -76,27 +94,62 @@ def locust_command(step: Step, target: Target, out_dir: Path) -> list[str]:
                "--payload", step.payload, "--payload-file", str(target.payload_file),
                "--samples-out", str(out_dir / "samples" / f"{step.slug}.npz"),
                "--measure", f"{target.warmup_s},{target.duration_s}"]
+    if target.distributed:
+        command += ["--master", "--master-bind-host", target.master_bind,
+                    "--master-bind-port", str(master_port or target.master_port),
+                    "--expect-workers", str(target.workers + target.remote_workers),
+                    "--expect-workers-max-wait", str(int(STARTUP_ALLOWANCE_S))]
     if target.server_pid:
         command += ["--server-pid", str(target.server_pid)]
     return command + [USER_CLASS[step.protocol]]
 
 
+def worker_command(master_host: str, master_port: int, user_classes: Sequence[str] = ()) -> list[str]:
+    """One Locust worker: it gets the payloads, the window and the endpoints from its master."""
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", master_host,
+            "--master-port", str(master_port), "--loglevel", "WARNING", *user_classes]
+
+
 def run_step(step: Step, target: Target, out_dir: Path) -> Path:
-    """Run one step's Locust process; returns its samples file. Raises StepError if it measured nothing."""
+    """Run one step's Locust process(es); returns its samples file. Raises StepError if it measured nothing."""
     (out_dir / "locust").mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "locust" / f"{step.slug}.log"
     samples = out_dir / "samples" / f"{step.slug}.npz"
     timeout = STARTUP_ALLOWANCE_S + step.users / target.spawn_rate + target.warmup_s + target.duration_s + 60
+    port = (target.master_port or free_port(target.master_bind)) if target.distributed else None
+    workers: list[subprocess.Popen] = []
     with open(log_path, "wb") as log:
+        master = subprocess.Popen(locust_command(step, target, out_dir, port), cwd=REPO, stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            code = subprocess.run(locust_command(step, target, out_dir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            code = f"killed after {timeout:.0f}s"
+            for number in range(target.workers):
+                with open(out_dir / "locust" / f"{step.slug}.worker{number + 1}.log", "wb") as worker_log:
+                    workers.append(subprocess.Popen(worker_command("127.0.0.1", port, [USER_CLASS[step.protocol]]),
+                                                    cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL))
+            try:
+                code = master.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                code = f"killed after {timeout:.0f}s"
+        finally:
+            for process in [master, *workers]:  # workers quit with their master; none outlives the step
+                _stop(process)
     if not samples.exists():
         tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-12:])
         raise StepError(f"Locust step {step.slug} exited ({code}) without measurements; its log is {log_path}:\n{tail}")
     return samples
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes: Sequence[tuple[int, int]]) -> dict:
@@ -127,6 +180,7 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
         "bytes_per_request": float(np.mean([request_bytes[i] for i in known])) if known.size
         else float(np.mean(request_bytes)),
         "generator_cpu_percent": cpu, "generator_bound": bool(cpu is not None and cpu > GENERATOR_BOUND_PERCENT),
+        "generator_processes": meta.get("generator_processes", 1),
         "server_cpu_percent": meta["server_cpu_percent"], "by_image": per_image,
         "samples_file": str(samples_path.name), "locust_csv": f"locust/{step.slug}_stats.csv",
         "locust_html": f"locust/{step.slug}.html",

@@ -18,6 +18,7 @@ from locust import FastHttpUser, User, constant, task
 from loadtests.payloads import PayloadSet, probabilities_from_grpc, probabilities_from_rest
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+CONTEXT_WAIT_S = 150.0
 
 
 class WrongAnswer(Exception):
@@ -45,13 +46,21 @@ class LoadContext:
         return next(self._users) % len(self.payloads)
 
 
+def shared_context(environment) -> LoadContext:
+    """The run's LoadContext, once ready (a Locust worker renders it when its master's payloads arrive)."""
+    ready = getattr(environment, "loadtest_ready", None)
+    if ready is not None and not ready.wait(timeout=CONTEXT_WAIT_S):
+        raise RuntimeError(f"the run's payloads were not ready within {CONTEXT_WAIT_S:.0f}s (no answer from the master)")
+    return environment.loadtest
+
+
 class RestUser(FastHttpUser):
     """POST /v1/models/<model>:predict with the run's JSON bodies, back to back."""
     wait_time = constant(0)
     host = "http://127.0.0.1:8501"  # replaced by --rest-url (or Locust's host field) when a test starts
 
     def on_start(self) -> None:
-        self.ctx: LoadContext = self.environment.loadtest
+        self.ctx: LoadContext = shared_context(self.environment)
         self.index = self.ctx.first_image()
 
     @task
@@ -112,7 +121,7 @@ class GrpcUser(User):
     def on_start(self) -> None:
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        self.ctx: LoadContext = self.environment.loadtest
+        self.ctx: LoadContext = shared_context(self.environment)
         self.index = self.ctx.first_image()
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]

@@ -72,18 +72,29 @@ def _wait_healthy(container, timeout=90):
     raise AssertionError(f"container not healthy: {container.attrs['State'].get('Health')}")
 
 
-def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits_export, engine, tf_serving_standin):
-    spec_path = _spec(tmp_path, digits_export, "cpu")
+def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits_export, engine, tf_serving_standin,
+                                                                 testdata):
+    also = write_spec(tmp_path, "specs/half_plus_two.yaml", **{
+        "model.source.path": str(testdata / "saved_model_half_plus_two_cpu" / "00000123"),
+        "export.base_path": str(tmp_path / "models")})
+    spec_path = _spec(tmp_path, digits_export, "cpu", **{"serving.also_serve": [str(also)]})
     up = run_cli("-m", "deploy", "up", "--spec", str(spec_path), "--backend", "docker")
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert "Step 1/" in up.stdout and "ready in" in up.stdout  # build progress was streamed
+        assert up.stdout.count("try: curl") == 2 and "models: digits_cnn, half_plus_two" in up.stdout
         [container] = _ours(engine)
         assert container.attrs["Config"]["User"] == "1000:1000"
         labels = container.image.labels
         assert labels["tfserve-bench.model"] == "digits_cnn" and len(labels["tfserve-bench.spec-sha256"]) == 64
         assert labels["org.opencontainers.image.source"] == str(spec_path)
         _predict_both(spec_path)
+        from deploy.spec import load_spec
+        half = urllib.request.Request(
+            f"http://127.0.0.1:{load_spec(spec_path).serving.rest_port}/v1/models/half_plus_two:predict",
+            data=b'{"instances": [1.0, 2.0, 5.0]}')
+        with urllib.request.urlopen(half, timeout=30) as response:  # the second model of the same container
+            assert json.loads(response.read()) == {"predictions": [2.5, 3.0, 4.5]}
         _wait_healthy(container)
         again = run_cli("-m", "deploy", "up", "--spec", str(spec_path), "--backend", "docker")
         assert again.returncode == 0 and "already served" in again.stdout  # idempotent

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from deploy.spec import load_spec
@@ -90,6 +91,36 @@ def test_bench_reuses_a_deployed_model_and_leaves_it_running(tmp_path, digits_ex
         down = run_cli("-m", "deploy", "down", "--spec", str(spec_path))
     assert down.returncode == 0 and "stopped" in down.stdout
     assert run_cli("-m", "deploy", "status", "--spec", str(spec_path)).returncode == 1
+
+
+def test_distributed_bench_merges_local_and_remote_workers(tmp_path, digits_export):
+    """WORKERS=1 plus one `python -m loadtests worker` (as on another machine): every run gets both workers'
+    requests, the payloads reach the remote one from the master, and nothing outlives the bench."""
+    spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.users": [2], "benchmark.payloads": ["image_b64"]})
+    master_port = free_port()
+    remote = subprocess.Popen([sys.executable, "-m", "loadtests", "worker", "--master-host", "127.0.0.1",
+                               "--master-port", str(master_port), "--runs", "2"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        result = run_cli("-m", "loadtests", "bench", "--spec", str(spec_path), "--workers", "1",
+                         "--remote-workers", "1", "--master-port", str(master_port))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        out, _ = remote.communicate(timeout=60)
+    finally:
+        remote.kill()
+    assert remote.returncode == 0 and "run 2 finished" in out, out[-2000:]
+    summary = json.loads((tmp_path / "reports" / "digits_cnn" / "latest" / "summary.json").read_text())
+    assert summary["settings"]["workers"] == 1 and summary["settings"]["remote_workers"] == 1
+    assert [r["protocol"] for r in summary["runs"]] == ["rest", "grpc"]
+    latest = tmp_path / "reports" / "digits_cnn" / "latest"
+    for r in summary["runs"]:
+        assert r["generator_processes"] == 2 and r["failures"] == 0 and r["requests"] > 20, r
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["generator_cpu_percent"] > 0
+        with np.load(latest / "samples" / r["samples_file"]) as data:
+            meta = json.loads(data["meta"].tobytes())
+        assert len(meta["generator_cpu_by_process"]) == 2 and all(c > 0 for c in meta["generator_cpu_by_process"])
+    leftover = subprocess.run(["pgrep", "-f", f"--master-port {master_port}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", leftover.stdout
 
 
 def test_wrong_answers_fail_with_their_reason(tmp_path, digits_export):

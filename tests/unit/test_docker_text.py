@@ -89,6 +89,28 @@ def test_build_context_holds_models_configs_and_container_flags(spec_for, tmp_pa
     assert (context / "serve.sh").stat().st_mode & 0o111
 
 
+def test_build_context_holds_every_served_model(tmp_path, digits_export, testdata):
+    from deploy.embedded import DeployError
+    from deploy.server.configs import load_model_config_file
+    from exporter.export import ensure_exported
+
+    _, version_dir = digits_export
+    spec_path = write_spec(tmp_path, "specs/digits_and_half_plus_two.yaml",
+                           **{"export.base_path": str(version_dir.parents[1])})
+    write_spec(tmp_path, "specs/half_plus_two.yaml", **{
+        "model.source.path": str(testdata / "saved_model_half_plus_two_cpu" / "00000123"),
+        "export.base_path": str(tmp_path / "m")})
+    spec = load_spec(spec_path)
+    with pytest.raises(DeployError, match="no exported version of half_plus_two"):
+        prepare_context(spec, "cpu", tmp_path / "ctx", [int(version_dir.name)], log=lambda line: None)
+    assert ensure_exported(spec, log=lambda line: None) == version_dir  # exports what also_serve lists
+    context = prepare_context(spec, "cpu", tmp_path / "ctx", [int(version_dir.name)], log=lambda line: None)
+    assert (context / "models" / "half_plus_two" / "1" / "saved_model.pb").exists()
+    models = load_model_config_file(str(context / "config" / "models.config"))
+    assert [(m.name, m.base_path) for m in models] == [("digits_cnn", "/models/digits_cnn"),
+                                                      ("half_plus_two", "/models/half_plus_two")]
+
+
 def test_compose_file_publishes_on_loopback_and_reserves_gpus(spec_for):
     doc = compose(spec_for(**{"serving.image": "gpu"}), "t:gpu", "./context", None, {"MODEL": "digits_cnn"})
     service = doc["services"]["digits_cnn"]

@@ -10,7 +10,8 @@ import pytest
 
 from deploy.spec import SpecError, load_spec
 from loadtests.payloads import PayloadSet, cells, probabilities_from_grpc, probabilities_from_rest
-from loadtests.run import Step, Target, locust_command, measure, plan
+from loadtests.recorder import write_samples
+from loadtests.run import Step, Target, locust_command, measure, plan, worker_command
 from tests.conftest import REPO, write_spec
 
 
@@ -28,6 +29,9 @@ def test_payloads_round_trip_through_npz(payloads, tmp_path):
     loaded = PayloadSet.load(tmp_path / "p.npz")
     assert loaded.jpegs == payloads.jpegs and loaded.names == payloads.names and loaded.sizes == payloads.sizes
     np.testing.assert_array_equal(loaded.tensors, payloads.tensors)
+    sent = PayloadSet.from_bytes(payloads.to_bytes())  # what a Locust master sends its workers
+    assert sent.jpegs == payloads.jpegs and sent.model == "m"
+    np.testing.assert_array_equal(sent.expected, payloads.expected)
     np.testing.assert_array_equal(loaded.expected, payloads.expected)
     assert not list(tmp_path.glob("*.partial*"))
 
@@ -104,6 +108,52 @@ def test_locust_command_selects_the_user_and_measures_a_window(tmp_path):
     assert command[command.index("--measure") + 1] == "5,20"
     assert command[command.index("--users") + 1] == "8" and command[command.index("--server-pid") + 1] == "42"
     assert command[command.index("--payload") + 1] == "tensor_row"
+
+
+def test_distributed_step_is_a_master_waiting_for_every_worker(tmp_path):
+    target = Target("m", "http://127.0.0.1:1", "127.0.0.1:2", tmp_path / "p.npz", 5, 20, 10, workers=2,
+                    remote_workers=1, master_bind="127.0.0.1", master_port=0)
+    command = locust_command(Step("rest", "image_b64", 8), target, tmp_path, master_port=5601)
+    assert "--master" in command and command[-1] == "RestUser"
+    assert command[command.index("--expect-workers") + 1] == "3"
+    assert command[command.index("--master-bind-host") + 1] == "127.0.0.1"
+    assert command[command.index("--master-bind-port") + 1] == "5601"
+    worker = worker_command("127.0.0.1", 5601, ["RestUser"])
+    assert "--worker" in worker and worker[worker.index("--master-port") + 1] == "5601" and worker[-1] == "RestUser"
+    single = locust_command(Step("rest", "image_b64", 8), Target("m", "u", "g", tmp_path / "p.npz", 5, 20, 10),
+                            tmp_path)
+    assert "--master" not in single and "--expect-workers" not in single
+
+
+def test_worker_samples_merge_into_one_window(tmp_path):
+    parts = [{"t": [0.5, 2.0], "latency_ms": [10.0, 30.0], "ok": [True, False], "image": [0, 1], "window_s": 10.0,
+              "cpu_percent": 40.0, "failures": {"HTTP 503": 1}},
+             {"t": [1.0], "latency_ms": [20.0], "ok": [True], "image": [2], "window_s": 10.1, "cpu_percent": 85.0,
+              "failures": {}},
+             {"t": [], "latency_ms": [], "ok": [], "image": [], "window_s": 10.0, "cpu_percent": None,
+              "failures": {}}]
+    write_samples(tmp_path / "s.npz", parts, server_cpu_percent=120.0, finished_at=0.0, window_s=10.0)
+    with np.load(tmp_path / "s.npz") as data:
+        assert data["t"].tolist() == [0.5, 1.0, 2.0] and data["latency_ms"].tolist() == [10.0, 20.0, 30.0]
+        assert data["ok"].tolist() == [True, True, False] and data["image"].tolist() == [0, 2, 1]
+    entry = measure(Step("rest", "image_b64", 3), tmp_path / "s.npz", [1, 2, 3], [(1, 1)] * 3)
+    assert entry["generator_processes"] == 3 and entry["generator_cpu_percent"] == 85.0 and entry["generator_bound"]
+    assert (entry["requests"], entry["failures"], entry["failure_reasons"]) == (3, 1, {"HTTP 503": 1})
+    assert entry["rps"] == pytest.approx(2 / 10.0) and entry["server_cpu_percent"] == 120.0
+
+
+def test_generators_are_checked_and_retarget_the_workers():
+    from loadtests.bench import Generators
+
+    with pytest.raises(SpecError, match="MASTER_PORT"):
+        Generators(remote_workers=2).check()
+    with pytest.raises(SpecError, match="0 or more"):
+        Generators(workers=-1).check()
+    Generators(workers=2).check()
+    assert Generators().endpoints("http://127.0.0.1:8501", "127.0.0.1:8500") == ("http://127.0.0.1:8501",
+                                                                                 "127.0.0.1:8500")
+    assert Generators(target_host="10.0.0.5").endpoints("http://127.0.0.1:8501", "127.0.0.1:8500") == (
+        "http://10.0.0.5:8501", "10.0.0.5:8500")
 
 
 def _samples(path, latency, ok, image, cpu, window=10.0):
@@ -192,7 +242,7 @@ def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):
         "serving.batching": {"enabled": True, "max_batch_size": 8, "allowed_batch_sizes": [2, 8],
                              "batch_timeout_micros": 500},
         "serving.monitoring.path": "/metrics"}))
-    layout = ServerLayout(model_base_path="/models/digits_cnn", config_dir=str(tmp_path / "cfg"))
+    layout = ServerLayout.in_image(spec, config_dir=str(tmp_path / "cfg"))
     write_configs(spec, tmp_path / "cfg", layout)
     [model] = load_model_config_file(str(tmp_path / "cfg" / "models.config"))
     assert (model.name, model.base_path, model.policy) == ("digits_cnn", "/models/digits_cnn", "latest")
@@ -204,3 +254,15 @@ def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):
     assert "--enable_batching=true" in flags and not any(f.startswith("--host") for f in flags)
     assert "--host=127.0.0.1" in server_flags(spec, layout, embedded=True)
     assert len([f for f in flags if f.startswith("--port=")]) == 1
+
+
+def test_a_model_config_with_every_served_model(tmp_path, testdata):
+    from deploy.server.configs import load_model_config_file
+    from deploy.serving_config import ServerLayout, write_configs
+
+    spec = load_spec(REPO / "specs" / "digits_and_half_plus_two.yaml")
+    write_configs(spec, tmp_path / "cfg", ServerLayout.on_host(spec, tmp_path / "cfg"))
+    models = load_model_config_file(str(tmp_path / "cfg" / "models.config"))
+    assert [(m.name, m.base_path, m.policy) for m in models] == [
+        ("digits_cnn", str(REPO / "models" / "digits_cnn"), "latest"),
+        ("half_plus_two", str(REPO / "models" / "half_plus_two"), "latest")]

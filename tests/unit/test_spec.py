@@ -26,6 +26,36 @@ def test_saved_model_example_spec_loads(testdata):
     assert spec.resolve(spec.model.source.path) == (testdata / "saved_model_half_plus_two_cpu" / "00000123").resolve()
 
 
+def test_a_spec_can_list_more_models_for_its_server(testdata):
+    spec = load_spec(REPO / "specs" / "digits_and_half_plus_two.yaml")
+    assert [served.name for served in spec.served] == ["digits_cnn", "half_plus_two"]
+    assert spec.served[1].model_dir == REPO / "models" / "half_plus_two"
+    assert load_spec(REPO / "specs" / "digits_cnn.yaml").served[0].name == "digits_cnn"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("also, other, message", [
+    ("[nowhere.yaml]", None, r"serving.also_serve\[0\]: spec file .*nowhere.yaml does not exist"),
+    ("[other.yaml]", "name: a\nmodel: {source: {kind: keras_application, application: MobileNetV2}}\n",
+     "names its model 'a', which this server already serves"),
+    ("[other.yaml]", "name: b\nmodel: {source: {kind: keras_application, application: MobileNetV2}}\n"
+                     "serving: {also_serve: [main.yaml]}\n", "cannot list models itself"),
+    ("[other.yaml]", "name: b\nmodel: {source: {kind: nope}}\n", "other.yaml is not a valid spec: .*other.yaml:2"),
+])
+def test_also_serve_problems_name_the_line(tmp_path, also, other, message):
+    main = _write(tmp_path / "main.yaml", "name: a\nmodel: {source: {kind: keras_application, "
+                  "application: MobileNetV2}}\nserving:\n  also_serve: " + also + "\n")
+    if other:
+        _write(tmp_path / "other.yaml", other)
+    with pytest.raises(SpecError, match=message) as raised:
+        load_spec(main)
+    assert str(raised.value).startswith(f"{main}:4:")
+
+
 def test_spec_is_frozen():
     spec = load_spec(REPO / "specs" / "digits_cnn.yaml")
     with pytest.raises(Exception):

@@ -1,0 +1,99 @@
+"""Locust's distributed mode for the bench: one master, N workers, the same measurements as one process.
+
+Imported only by loadtests/locustfile.py (after Locust's monkey-patching). Messages, all small except one:
+
+  worker -> master  need_payloads   sent at worker start-up
+  master -> worker  payloads        the PayloadSet's .npz bytes, so a worker on another machine needs neither
+                                    the exported model nor the spec's images, only this repository and its venv
+  master -> worker  begin_window    the warm-up is over: forget what was recorded, measure from now
+  master -> worker  end_window      the window is over: stop recording and answer with
+  worker -> master  samples         every request of the window (Recorder.snapshot), merged by the master
+
+The master decides the window (as a single process does) and writes the one samples file `run.py` reads.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import gevent
+from gevent.event import Event
+
+from loadtests.payloads import PayloadSet
+
+log = logging.getLogger("loadtests.distributed")
+SAMPLES_WAIT_S = 30.0  # how long the master waits for the workers' samples after end_window
+PAYLOADS_WAIT_S = 120.0  # how long a worker's users wait for the master's payloads
+
+
+class MasterSide:
+    """The master's part: hands out payloads, opens and closes every worker's window, merges their samples."""
+
+    def __init__(self, environment, payload_blob: Callable[[], bytes]):
+        self.runner = environment.runner
+        self._payload_blob = payload_blob
+        self._blob: Optional[bytes] = None
+        self.parts: dict[str, dict] = {}
+        self._expected: set[str] = set()
+        self._all_in = Event()
+        self.runner.register_message("need_payloads", self._on_need_payloads)
+        self.runner.register_message("samples", self._on_samples)
+
+    def _on_need_payloads(self, environment, msg, **_kwargs) -> None:
+        if self._blob is None:
+            self._blob = self._payload_blob()
+        self.runner.send_message("payloads", {"npz": self._blob}, client_id=msg.node_id)
+
+    def _on_samples(self, environment, msg, **_kwargs) -> None:
+        self.parts[msg.node_id] = msg.data
+        if self._expected and self._expected <= set(self.parts):
+            self._all_in.set()
+
+    def begin_window(self) -> None:
+        self.runner.send_message("begin_window")
+
+    def end_window(self, wait_s: float = SAMPLES_WAIT_S) -> list[dict]:
+        """Close every worker's window and collect their samples (those that answer within wait_s)."""
+        self.parts.clear()
+        self._all_in.clear()
+        self._expected = {worker.id for worker in self.runner.clients.all}
+        self.runner.send_message("end_window")
+        if self._expected and not self._all_in.wait(timeout=wait_s):
+            missing = sorted(self._expected - set(self.parts))
+            log.warning("no samples from %d of %d workers within %.0fs: %s", len(missing), len(self._expected),
+                        wait_s, ", ".join(missing))
+        return list(self.parts.values())
+
+
+class WorkerSide:
+    """A worker's part: asks for the payloads, and records its own users' requests inside the master's window."""
+
+    def __init__(self, environment, recorder):
+        self.runner = environment.runner
+        self.recorder = recorder
+        self.payloads: Optional[PayloadSet] = None
+        self.arrived = Event()
+        self.runner.register_message("payloads", self._on_payloads)
+        self.runner.register_message("begin_window", lambda **_kw: recorder.begin_window())
+        self.runner.register_message("end_window", self._on_end_window)
+        self.runner.send_message("need_payloads")
+
+    def _on_payloads(self, environment, msg, **_kwargs) -> None:
+        self.payloads = PayloadSet.from_bytes(msg.data["npz"])
+        self.arrived.set()
+
+    def _on_end_window(self, environment, msg, **_kwargs) -> None:
+        self.recorder.end_window()
+        self.runner.send_message("samples", self.recorder.snapshot())
+
+    def when_payloads(self, then: Callable[[PayloadSet], None]) -> None:
+        """Call `then(payloads)` once they have arrived, without blocking the worker's message loop."""
+        def wait_then() -> None:
+            if not self.arrived.wait(timeout=PAYLOADS_WAIT_S):
+                log.error("no payloads from the master within %.0fs", PAYLOADS_WAIT_S)
+                return
+            then(self.payloads)
+        if self.arrived.is_set():
+            then(self.payloads)
+        else:
+            gevent.spawn(wait_then)
