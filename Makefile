@@ -10,7 +10,7 @@ SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf perf-harness serve bench worker deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-fast schema perf perf-harness serve bench worker demo deploy down status ui compose k8s clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ bench: $(STAMP) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s 
 worker: $(STAMP) ## a load generator for another machine's bench: make worker MASTER=<host> [MASTER_PORT=5557]
 	@test -n "$(MASTER)" || { echo "usage: make worker MASTER=<bench machine address> [MASTER_PORT=5557]"; exit 2; }
 	$(PY) -m loadtests worker --master-host $(MASTER) --master-port $(or $(MASTER_PORT),5557)
+
+demo: $(STAMP) ## a page to try SPEC's model on a photo over REST and gRPC: http://127.0.0.1:8080 (PORT=)
+	$(PY) -m demo --spec $(SPEC) $(if $(PORT),--port $(PORT)) $(if $(BACKEND),--backend $(BACKEND))
 
 deploy: $(STAMP) ## serve SPEC's model (BACKEND=embedded|docker IMAGE=cpu|gpu|cpu-optimized|embedded) until AVAILABLE
 	$(PY) -m deploy up --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND)) $(if $(IMAGE),--image $(IMAGE))

@@ -51,13 +51,19 @@ def resolve_version(spec: Spec, requested: Union[int, str, None], overwrite: boo
     return version
 
 
-def read_labels(spec: Spec, num_classes: int) -> list[str]:
+def spec_labels(spec: Spec) -> Optional[list[str]]:
+    """The spec's class labels (the list, or the file's non-empty lines), or None when it gives none."""
     labels = spec.model.labels
-    if labels is None:
-        return [str(i) for i in range(num_classes)]
     if isinstance(labels, Path):
         lines = [line.strip() for line in spec.resolve(labels).read_text(encoding="utf-8").splitlines()]
-        labels = [line for line in lines if line]
+        return [line for line in lines if line]
+    return None if labels is None else list(labels)
+
+
+def read_labels(spec: Spec, num_classes: int) -> list[str]:
+    labels = spec_labels(spec)
+    if labels is None:
+        return [str(i) for i in range(num_classes)]
     if len(labels) != num_classes:
         raise ExportError(f"{spec.where('model', 'labels')}: model.labels: {len(labels)} labels for a model with "
                           f"{num_classes} outputs; give exactly one label per class")

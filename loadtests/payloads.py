@@ -92,32 +92,22 @@ class PayloadSet:
     def rest_body(self, payload: str, index: int) -> bytes:
         """The REST :predict body for one image in one encoding."""
         if payload == "image_b64":
-            body = {"signature_name": IMAGE_SIGNATURE,
-                    "instances": [{"b64": base64.b64encode(self.jpegs[index]).decode("ascii")}]}
-        else:
-            values = np.round(self.tensors[index:index + 1].astype(np.float64), JSON_DECIMALS).tolist()
-            key = "instances" if payload == "tensor_row" else "inputs"
-            body = {"signature_name": TENSOR_SIGNATURE, key: values}
-        return json.dumps(body, separators=(",", ":")).encode()
+            return image_rest_body(self.jpegs[index])
+        values = np.round(self.tensors[index:index + 1].astype(np.float64), JSON_DECIMALS).tolist()
+        key = "instances" if payload == "tensor_row" else "inputs"
+        return json.dumps({"signature_name": TENSOR_SIGNATURE, key: values}, separators=(",", ":")).encode()
 
     def grpc_request(self, payload: str, index: int, model: str):
         """The PredictRequest for one image (imports the serving protos, hence TensorFlow)."""
         from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-        from tensorflow_serving.apis import predict_pb2
 
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model
-        request.model_spec.signature_name = SIGNATURE_FOR[payload]
-        request.output_filter.append(OUTPUT)
         if payload == "image_b64":
-            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[self.jpegs[index]])
-            tensor.tensor_shape.dim.append(tensor_shape_pb2.TensorShapeProto.Dim(size=1))
-            request.inputs[IMAGE_INPUT].CopyFrom(tensor)
-        else:
-            array = np.ascontiguousarray(self.tensors[index:index + 1], dtype=np.float32)
-            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=array.tobytes())
-            tensor.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
-            request.inputs[TENSOR_INPUT].CopyFrom(tensor)
+            return image_grpc_request(self.jpegs[index], model)
+        request = _predict_request(model, SIGNATURE_FOR[payload])
+        array = np.ascontiguousarray(self.tensors[index:index + 1], dtype=np.float32)
+        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=array.tobytes())
+        tensor.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
+        request.inputs[TENSOR_INPUT].CopyFrom(tensor)
         return request
 
     # ------------------------------------------------------------------------------ checking
@@ -138,6 +128,33 @@ class PayloadSet:
             return (f"{self.names[index]}: top-1 class {got} (p={probs[0, got]:.5f}), but the model in-process "
                     f"answers {want} (p={self.expected[index, want]:.5f})")
         return None
+
+
+def image_rest_body(image: bytes) -> bytes:
+    """The REST :predict body sending one encoded image (JPEG or PNG) as b64 to serving_default."""
+    body = {"signature_name": IMAGE_SIGNATURE, "instances": [{"b64": base64.b64encode(image).decode("ascii")}]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _predict_request(model: str, signature: str):
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    request.output_filter.append(OUTPUT)
+    return request
+
+
+def image_grpc_request(image: bytes, model: str):
+    """The PredictRequest sending one encoded image's raw bytes (DT_STRING) to serving_default."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    request = _predict_request(model, IMAGE_SIGNATURE)
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[image])
+    tensor.tensor_shape.dim.append(tensor_shape_pb2.TensorShapeProto.Dim(size=1))
+    request.inputs[IMAGE_INPUT].CopyFrom(tensor)
+    return request
 
 
 def probabilities_from_rest(body: bytes) -> object:

@@ -21,6 +21,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_page(url: str, proc: subprocess.Popen, log_path: Path, what: str, timeout: float = 120) -> None:
+    """Wait until `url` answers; AssertionError with the log's tail if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not come up at {url}: {log_path.read_text()[-2000:]}") from None
+            time.sleep(0.5)
+
+
 class ServerProcess:
     def __init__(self, *flags: str, startup_timeout: float = 120):
         self.grpc_port, self.rest_port = free_port(), free_port()

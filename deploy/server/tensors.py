@@ -14,7 +14,6 @@ import base64
 import binascii
 import json
 import math
-import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache

@@ -6,14 +6,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from deploy.spec import load_spec
 from loadtests.payloads import load_or_build
 from tests.conftest import REPO, write_spec
-from tests.serverproc import ServerProcess, free_port
+from tests.serverproc import ServerProcess, free_port, wait_for_page
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,16 +35,12 @@ def locust_ui(tmp_path, digits_export):
                            "--rest-url", server.rest, "--grpc-target", server.grpc_target],
                           cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            if ui.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                pytest.fail(f"the Locust UI did not come up: {(tmp_path / 'locust.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    try:
+        wait_for_page(url, ui, tmp_path / "locust.log", "the Locust UI")
+    except AssertionError:
+        ui.kill()
+        server.stop()
+        raise
     yield url
     ui.terminate()
     ui.wait(30)

@@ -12,7 +12,6 @@ import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      inference_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
-from tensorflow_serving.config import model_server_config_pb2
 from tensorflow_serving.apis import model_management_pb2
 
 from tests.serverproc import ServerProcess

@@ -1,0 +1,76 @@
+"""`python -m demo --spec F [--port 8080]` (make demo): the page on http://127.0.0.1:8080.
+
+Uses the spec's deployment when it is already up (make deploy); otherwise starts it on the spec's backend
+and stops it again when the page is stopped (Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m demo", description="Try the deployed model on a photo.")
+    parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the page listens on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="the page's port (default 8080)")
+    parser.add_argument("--backend", choices=["embedded", "docker"], help="override serving.backend")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image accepted (default 10 MB)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from deploy.deployment import bring_up, deployment_for
+    from deploy.embedded import DeployError
+    from deploy.spec import SpecError, load_spec
+    from deploy.waiting import NotReady
+    from exporter.export import ExportError, ensure_exported, spec_labels
+    from exporter.verify import VerificationError
+
+    deployment, started = None, False
+    try:
+        spec = load_spec(args.spec)
+        if args.max_upload_mb <= 0:
+            raise SpecError(f"--max-upload-mb must be positive (got {args.max_upload_mb:g})")
+        ensure_exported(spec)
+        deployment = deployment_for(spec, args.backend)
+        started = bring_up(spec, deployment)
+        from demo.app import DemoConfig, DemoServer
+        from demo.client import ModelClient
+
+        endpoints = deployment.endpoints
+        client = ModelClient(endpoints.rest_url, endpoints.grpc_target, spec.name)
+        config = DemoConfig(model=spec.name, labels=tuple(spec_labels(spec) or ()), top_k=spec.export.top_k,
+                            max_upload_bytes=int(args.max_upload_mb * 1e6),
+                            deploy_hint=f"Start it with: make deploy SPEC={args.spec}")
+        try:
+            server = DemoServer((args.host, args.port), client, config)
+        except OSError as exc:
+            raise DeployError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+                              "choose another port with PORT=...") from None
+        print(f"demo: http://{args.host}:{server.server_address[1]}/  (model {spec.name} at {endpoints.rest_url} "
+              f"and {endpoints.grpc_target}; Ctrl-C stops)", flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+            client.close()
+    except (SpecError, DeployError, NotReady, ExportError, VerificationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("demo: stopped", file=sys.stderr)
+        return 0
+    finally:
+        if started and deployment is not None:
+            deployment.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
