@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from deploy.server.configs import (ConfigError, ModelConfig, load_batching_parameters, load_model_config_file,
-                                   load_monitoring_config)
+                                   load_monitoring_config, load_ssl_config)
 from deploy.server.dataplane import WARMUP_FILE, DataPlane, direct_runner
 from deploy.server.errors import ServingError
 from deploy.server.flags import NO_EFFECT, Flags
@@ -54,7 +54,10 @@ class Server:
         for name in sorted(NO_EFFECT):
             if getattr(flags, name) != getattr(Flags(), name):
                 log.warning("--%s is accepted for compatibility but has no effect in the embedded server", name)
+        if flags.use_alts_credentials and flags.ssl_config_file:
+            raise StartupError("Either use_alts_credentials must be false or ssl_config_file must be empty.")
         try:
+            self.ssl_config = load_ssl_config(flags.ssl_config_file) if flags.ssl_config_file else None
             self.monitoring = load_monitoring_config(flags.monitoring_config_file)
             batching = load_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
         except ConfigError as exc:
@@ -103,7 +106,8 @@ class Server:
             channel_args = tuple(_channel_args(flags.grpc_channel_arguments))
             self.grpc = GrpcServer(self.dataplane, self.repository, self.metrics, flags.host, flags.port,
                                    flags.grpc_max_threads, flags.max_request_bytes,
-                                   flags.enable_serialization_as_tensor_content, channel_args=channel_args)
+                                   flags.enable_serialization_as_tensor_content, credentials=self._credentials(),
+                                   channel_args=channel_args)
             if not self.grpc.port:
                 raise StartupError(f"cannot bind gRPC to {flags.host}:{flags.port} (in use?)")
             self.grpc.start()
@@ -120,6 +124,17 @@ class Server:
         if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
             self._config_poller = threading.Thread(target=self._poll_config, name="config-poller", daemon=True)
             self._config_poller.start()
+
+    def _credentials(self):
+        """gRPC TLS credentials from --ssl_config_file, or None (insecure, TF Serving's default)."""
+        if not self.flags.ssl_config_file:
+            return None
+        import grpc
+
+        ssl = self.ssl_config
+        return grpc.ssl_server_credentials([(ssl.server_key.encode(), ssl.server_cert.encode())],
+                                           root_certificates=ssl.custom_ca.encode() or None,
+                                           require_client_auth=ssl.client_verify)
 
     def _poll_config(self) -> None:
         while not self._stop.wait(self.flags.model_config_file_poll_wait_seconds):

@@ -1,7 +1,7 @@
-"""TF Serving's text-proto config files: model config, batching parameters, monitoring config.
+"""TF Serving's text-proto config files: model config, batching parameters, monitoring config, SSL config.
 
 The model config uses the ModelServerConfig proto shipped in tensorflow-serving-api. The batching
-(BatchingParameters) and monitoring (MonitoringConfig) protos are not in that package, so their
+(BatchingParameters), monitoring (MonitoringConfig) and SSL (SSLConfig) protos are not in that package, so their
 messages are declared here with the same field names and numbers as TF Serving's .proto files,
 which makes `text_format` accept exactly the files TF Serving accepts.
 """
@@ -75,10 +75,15 @@ def _message_classes():
                          type_name=".tensorflow.serving.PrometheusConfig")
     monitoring.field.add(name="sampling_config", number=2, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
                          type_name=".tensorflow.serving.SamplingConfig")
+    ssl = proto.message_type.add(name="SSLConfig")
+    for name, number in (("server_key", 1), ("server_cert", 2), ("custom_ca", 3)):
+        ssl.field.add(name=name, number=number, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    ssl.field.add(name="client_verify", number=4, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL)
     pool.Add(proto)
     get = message_factory.GetMessageClass
     return (get(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")),
-            get(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")))
+            get(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")),
+            get(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig")))
 
 
 def _parse(path: str, message, kind: str):
@@ -138,7 +143,7 @@ def load_batching_parameters(path: Optional[str]) -> BatchingParameters:
     """Read a --batching_parameters_file (None gives TF Serving's defaults)."""
     if not path:
         return BatchingParameters()
-    batching_class, _ = _message_classes()
+    batching_class, _, _ = _message_classes()
     message = _parse(path, batching_class(), "batching parameters")
     defaults = BatchingParameters()
 
@@ -167,7 +172,32 @@ def load_monitoring_config(path: Optional[str]) -> MonitoringConfig:
     """Read a --monitoring_config_file (None: Prometheus off)."""
     if not path:
         return MonitoringConfig()
-    _, monitoring_class = _message_classes()
+    _, monitoring_class, _ = _message_classes()
     message = _parse(path, monitoring_class(), "monitoring config")
     return MonitoringConfig(prometheus_enabled=message.prometheus_config.enable,
                             prometheus_path=message.prometheus_config.path or "/monitoring/prometheus/metrics")
+
+
+@dataclass(frozen=True)
+class SslConfig:
+    """TF Serving's SSLConfig: PEM contents inline; client_verify requires and verifies client certificates."""
+    server_key: str
+    server_cert: str
+    custom_ca: str = ""
+    client_verify: bool = False
+
+
+def load_ssl_config(path: str) -> SslConfig:
+    """Read an --ssl_config_file (SSLConfig text proto) for gRPC TLS; REST has no TLS in TF Serving."""
+    _, _, ssl_class = _message_classes()
+    message = _parse(path, ssl_class(), "SSL config")
+    if not message.server_key or not message.server_cert:
+        raise ConfigError(f"{path}: server_key and server_cert (PEM text) are both required for gRPC TLS")
+    if message.client_verify and not message.custom_ca:
+        raise ConfigError(f"{path}: client_verify needs custom_ca, the PEM of the CA that signs client certificates")
+    for name in ("server_key", "server_cert", "custom_ca"):
+        value = getattr(message, name)
+        if value and "-----BEGIN" not in value:
+            raise ConfigError(f"{path}: {name} is not PEM text (no -----BEGIN line): paste the file's contents, "
+                              "not its path")
+    return SslConfig(message.server_key, message.server_cert, message.custom_ca, message.client_verify)

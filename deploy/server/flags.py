@@ -75,7 +75,7 @@ NO_EFFECT = {"enable_per_model_batching_parameters", "num_load_threads", "num_un
              "num_tflite_pools", "num_tflite_interpreters_per_pool", "enable_signature_method_name_check",
              "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled", "enable_profiler",
              "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
-             "enable_grpc_healthcheck_service", "grpc_socket_path", "use_alts_credentials", "ssl_config_file"}
+             "enable_grpc_healthcheck_service", "grpc_socket_path", "use_alts_credentials"}
 
 HELP = {
     "host": "address both servers bind to (ours; TF Serving binds all interfaces)",
