@@ -70,8 +70,13 @@ def load_yaml_with_lines(path: Path) -> YamlDocument:
         line = mark.line + 1 if mark else 1
         problem = exc.problem or exc.context or "invalid YAML"
         raise YamlSourceError(f"{path}:{line}: YAML does not parse: {problem}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, before any token
+        line = text.count("\n", 0, exc.position) + 1
+        raise YamlSourceError(f"{path}:{line}: YAML does not parse: character {exc.character!r} (position "
+                              f"{exc.position}) is not allowed in YAML; remove it or save the file as text") from None
     except yaml.YAMLError as exc:
-        raise YamlSourceError(f"{path}: YAML does not parse: {exc}") from None
+        detail = " ".join(str(exc).split())
+        raise YamlSourceError(f"{path}:1: YAML does not parse: {detail}") from None
     lines: dict[KeyPath, int] = {}
     if root is not None:
         _walk(root, (), lines, path)

@@ -422,7 +422,18 @@ _TYPED_FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5:
 
 
 def proto_to_array(proto) -> np.ndarray:
-    """TensorProto -> numpy, as TF's Tensor::FromProto: tensor_content wins; typed fields pad with the last value."""
+    """TensorProto -> numpy, as TF's Tensor::FromProto: tensor_content wins; typed fields pad with the last value.
+
+    Anything that does not decode (a content length that is no multiple of the element size, values out of the
+    dtype's range) is InvalidArgument, as TF Serving's "Unable to parse tensor proto".
+    """
+    try:
+        return _proto_to_array(proto)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise InvalidArgument(f"Unable to parse tensor proto: {exc}") from None
+
+
+def _proto_to_array(proto) -> np.ndarray:
     tf_dtype = int(proto.dtype)
     if tf_dtype not in NUMPY_DTYPES:
         raise InvalidArgument(f"Unsupported tensor dtype {TYPE_NAMES.get(tf_dtype, tf_dtype)} in request")
@@ -432,6 +443,10 @@ def proto_to_array(proto) -> np.ndarray:
         raise InvalidArgument(f"Unable to parse tensor proto: negative dimension in shape {dims}")
     count = math.prod(dims)
     if proto.tensor_content and tf_dtype != 7:
+        if len(proto.tensor_content) % np.dtype(dtype).itemsize:
+            raise InvalidArgument(f"Unable to parse tensor proto: tensor_content has {len(proto.tensor_content)} "
+                                  f"bytes, not a multiple of {np.dtype(dtype).itemsize} "
+                                  f"({TYPE_NAMES.get(tf_dtype, tf_dtype)})")
         data = np.frombuffer(proto.tensor_content, dtype=dtype)
         if data.size != count:
             raise InvalidArgument(f"Unable to parse tensor proto: tensor_content holds {data.size} values, "

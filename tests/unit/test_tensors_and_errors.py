@@ -117,3 +117,14 @@ def test_tensor_proto_round_trip_and_last_value_padding():
     padded.float_val[:] = [1.0, 2.0]
     padded.tensor_shape.dim[0].size = 4
     assert tensors.proto_to_array(padded).tolist() == [1.0, 2.0, 2.0, 2.0]
+
+
+def test_tensor_protos_that_do_not_decode_are_invalid_argument():
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    odd = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"\0" * 5)
+    with pytest.raises(InvalidArgument, match="5 bytes, not a multiple of 4"):
+        tensors.proto_to_array(odd)
+    odd.tensor_shape.dim.append(tensor_shape_pb2.TensorShapeProto.Dim(size=1))
+    with pytest.raises(InvalidArgument, match="Unable to parse tensor proto"):
+        tensors.proto_to_array(odd)
