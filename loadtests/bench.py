@@ -158,6 +158,7 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
           generators: Generators = Generators()) -> int:
     """Run the whole benchmark for `spec`; returns the process exit code (see EXIT_*)."""
     from deploy.deployment import bring_up, deployment_for
+    from deploy.waiting import rest_status
     from exporter.export import ensure_exported
     from loadtests import correctness, report, run
     from loadtests.payloads import load_or_build, request_bytes
@@ -192,15 +193,23 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
         total = len(steps) * (settings.warmup + settings.duration + 8)
         log(f"sweep: {len(steps)} runs (users {list(settings.users)}), about {total / 60:.1f} minutes; "
             f"writing to {run_dir}")
-        results = run.sweep(steps, target, run_dir, per_request, payloads.sizes, log)
+        def server_gone() -> Optional[str]:
+            """Why the model is no longer served (None while it is AVAILABLE)."""
+            status = rest_status(endpoints)
+            return None if status == "AVAILABLE" else (deployment.alive() or f"{endpoints.status_url}: {status}")
+
+        results = run.sweep(steps, target, run_dir, per_request, payloads.sizes, log, server_gone=server_gone)
+        server_died = server_gone()
+        server_log = deployment.logs() if server_died else ""
     finally:
         if started:
             log(f"stopping the {deployment.backend} deployment this run started")
             deployment.stop()
-    failed = any(r["failure_ratio"] > settings.failure_threshold for r in results)
+    failed = bool(server_died) or any(r["failure_ratio"] > settings.failure_threshold for r in results)
     summary = {
         "model": spec.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "report_dir": str(run_dir), "failure_threshold": settings.failure_threshold, "failed": failed,
+        "server_died": server_died, "runs_planned": len(steps),
         "settings": {"users": list(settings.users), "duration_s": settings.duration, "warmup_s": settings.warmup,
                      "spawn_rate": settings.spawn_rate, "protocols": list(settings.protocols),
                      "payloads": list(settings.payloads), "images": payloads.names,
@@ -212,6 +221,11 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
     _point_latest(run_dir)
     log(report.terminal_summary(summary))
     log(f"\nreport: {run_dir / 'report.html'}\nsummary: {run_dir / 'summary.json'}")
+    if server_died:
+        import sys
+        tail = "\n".join("    " + line for line in server_log.strip().splitlines()[-8:])
+        print(f"error: the model server stopped during the sweep ({server_died}); {len(results)} of {len(steps)} runs "
+              f"were measured and the report covers them.\n  the server's last log lines:\n{tail}", file=sys.stderr)
     return EXIT_FAILURES if failed else EXIT_OK
 
 

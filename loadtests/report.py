@@ -107,6 +107,9 @@ def terminal_summary(summary: dict) -> str:
         lines.append("\n  * generator-bound: the load generator used more than 80% of a core; the server may be "
                      "faster than measured")
     failing = [r for r in runs if r["failure_ratio"] > summary["failure_threshold"]]
+    if summary.get("server_died"):
+        lines.append(f"  SERVER STOPPED during the sweep: {summary['server_died']}; "
+                     f"{len(runs)} of {summary['runs_planned']} runs measured")
     for r in failing:
         reason = next(iter(r["failure_reasons"]), "")
         lines.append(f"  FAILED {r['protocol']} {r['wire']} users={r['users']}: {r['failures']}/{r['requests']} "
@@ -137,6 +140,9 @@ def html_report(summary: dict, plots: Sequence[str]) -> str:
     notes = (f"<p class=bound>{bound} run(s) were generator-bound: the load generator used more than 80% of a core, "
              "so those numbers understate the server.</p>" if bound else "")
     verdict = ("<p class=bad>FAILED: a run's failure ratio exceeded the threshold.</p>" if summary["failed"] else "")
+    if summary.get("server_died"):
+        verdict += (f"<p class=bad>The model server stopped during the sweep ({esc(summary['server_died'])}): "
+                    f"{len(summary['runs'])} of {summary['runs_planned']} runs were measured.</p>")
     images = "".join(f"<img src='{esc(p)}' alt='{esc(p)}'>" for p in plots)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(summary['model'])}: REST vs gRPC</title>

@@ -188,8 +188,12 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
 
 
 def sweep(steps: Sequence[Step], target: Target, out_dir: Path, request_bytes: dict, sizes,
-          log: Callable[[str], None] = print) -> list[dict]:
-    """Run every step in order, printing progress; returns one summary entry per step."""
+          log: Callable[[str], None] = print, server_gone: Callable[[], Optional[str]] = lambda: None) -> list[dict]:
+    """Run every step in order, printing progress; returns one summary entry per step.
+
+    After each step `server_gone()` is asked why the server is not running (None: it is): a dead server ends the
+    sweep there, since every further run would only measure connection errors.
+    """
     results = []
     for number, step in enumerate(steps, 1):
         log(f"[{number}/{len(steps)}] {step.label}: warm-up {target.warmup_s:g}s, measuring {target.duration_s:g}s")
@@ -199,4 +203,9 @@ def sweep(steps: Sequence[Step], target: Target, out_dir: Path, request_bytes: d
             f"failures {entry['failures']}/{entry['requests']}  generator CPU {entry['generator_cpu_percent'] or 0:.0f}%"
             + flag)
         results.append(entry)
+        gone = server_gone()
+        if gone:
+            log(f"the server stopped during run {number} ({gone}); the remaining {len(steps) - number} runs are "
+                "skipped")
+            break
     return results

@@ -171,6 +171,35 @@ def test_ctrl_c_stops_the_server_the_bench_started(tmp_path, digits_export):
     assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)
 
 
+def test_a_server_that_dies_mid_sweep_ends_it_with_a_report_and_a_clear_error(tmp_path, digits_export):
+    from deploy.embedded import EmbeddedDeployment
+
+    spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.duration": "3s", "benchmark.users": [1, 2],
+                                                         "benchmark.payloads": ["image_b64"]})
+    spec = load_spec(spec_path)
+    proc = subprocess.Popen([sys.executable, "-m", "loadtests", "bench", "--spec", str(spec_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "[1/" not in seen:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+    assert "[1/" in seen, seen + proc.stderr.read()
+    time.sleep(1.5)  # inside the first run's window
+    os.kill(EmbeddedDeployment(spec).pid(), signal.SIGKILL)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, out[-2000:] + err[-2000:]
+    assert "the server stopped during run 1" in out and "the remaining 3 runs are skipped" in out
+    assert "error: the model server stopped during the sweep" in err and "1 of 4 runs were measured" in err
+    assert "Traceback" not in err
+    summary = json.loads((tmp_path / "reports" / "digits_cnn" / "latest" / "summary.json").read_text())
+    assert summary["failed"] and summary["server_died"] and len(summary["runs"]) == 1
+    assert summary["runs"][0]["failures"] > 0  # the requests after the crash are counted, with their reason
+    assert "stopped during the sweep" in (tmp_path / "reports" / "digits_cnn" / "latest" / "report.html").read_text()
+    assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)
+
+
 def test_bad_spec_and_bad_override_get_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: {source: {kind: keras_application, application: MobileNetV2}}\nbenchmark: {users: [0]}\n")
