@@ -10,7 +10,7 @@ SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf perf-harness serve bench worker demo deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-fast schema perf perf-harness reliability serve bench worker demo deploy down status ui compose k8s clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ k8s: $(STAMP) ## render Kubernetes manifests (Deployment, Service, HPA) for SPEC
 
 ui: deploy ## Locust web UI on http://127.0.0.1:8089 against the deployed model of SPEC
 	$(VENV)/bin/locust -f loadtests/locustfile.py --web-host 127.0.0.1 --web-port 8089 --class-picker --spec $(SPEC)
+
+reliability: $(STAMP) ## the server under load and faults (hot swap, corrupt version, SIGTERM, overload, soak SOAK=600)
+	$(PY) -m benchmarks.reliability $(if $(SOAK),--soak $(SOAK))
 
 perf-harness: $(STAMP) ## show that gRPC users run concurrently (10 users, 50 ms server: >= 150 req/s)
 	$(PY) -m benchmarks.grpc_concurrency
