@@ -1,4 +1,5 @@
-"""Several models behind one server, from a spec that lists them (serving.also_serve), on the embedded backend."""
+"""Several models behind one server, from a spec that lists them (serving.also_serve), on the embedded backend;
+and Ctrl-C during make deploy leaving no server behind."""
 from __future__ import annotations
 
 import json
@@ -56,3 +57,38 @@ def test_deploy_serves_every_listed_model_over_rest_and_grpc(tmp_path, digits_ex
     finally:
         down = run_cli("-m", "deploy", "down", "--spec", str(spec_path))
     assert down.returncode == 0 and "stopped" in down.stdout
+
+
+def test_ctrl_c_during_deploy_leaves_no_server_behind(tmp_path, digits_export):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from deploy.embedded import EmbeddedDeployment
+    from deploy.spec import load_spec
+    from tests.conftest import REPO
+
+    _, version_dir = digits_export
+    spec_path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{
+        "export.base_path": str(version_dir.parents[1]), "serving.grpc_port": free_port(),
+        "serving.rest_port": free_port()})
+    proc = subprocess.Popen([sys.executable, "-m", "deploy", "up", "--spec", str(spec_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = ""
+    while "starting digits_cnn" not in line:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+    deployment = EmbeddedDeployment(load_spec(spec_path))
+    deadline = time.monotonic() + 30
+    while deployment.pid() is None and time.monotonic() < deadline:  # the server process exists, not yet ready
+        time.sleep(0.05)
+    server_pid = deployment.pid()
+    assert server_pid
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert deployment.pid() is None
+    status = Path(f"/proc/{server_pid}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text()  # gone (or a zombie awaiting its reaper)
