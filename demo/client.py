@@ -84,7 +84,6 @@ class ModelClient:
                     self._connection = None
                     if attempt == 2 or isinstance(exc, (ConnectionRefusedError, TimeoutError)):
                         raise ModelDown(f"the model server does not answer at {self.rest_url} ({exc})") from None
-        raise AssertionError("unreachable")
 
     def metadata(self) -> dict:
         """Name, version, state and the image signature's inputs and outputs, from the server itself."""

@@ -4,34 +4,47 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+
+from loadtests.run import free_port  # noqa: F401  (the tests' free loopback ports)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@contextmanager
+def page_process(command: list[str], port: int, log_path: Path, what: str, timeout: float = 120):
+    """Run `command` (a web page on 127.0.0.1:port) until the block ends; yields its URL once it answers.
 
-
-def wait_for_page(url: str, proc: subprocess.Popen, log_path: Path, what: str, timeout: float = 120) -> None:
-    """Wait until `url` answers; AssertionError with the log's tail if `proc` exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
+    AssertionError with the log's tail if it exits or does not answer in time; always terminated at the end.
+    """
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{what} did not come up at {url}: {log_path.read_text()[-2000:]}") from None
-            time.sleep(0.5)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(url, timeout=2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(f"{what} did not come up at {url}: "
+                                             f"{log_path.read_text()[-2000:]}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 class ServerProcess:

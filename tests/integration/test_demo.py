@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -15,7 +14,7 @@ import pytest
 
 from exporter.images import bundled_photos, encode
 from tests.conftest import REPO, write_spec
-from tests.serverproc import ServerProcess, free_port, wait_for_page
+from tests.serverproc import ServerProcess, free_port, page_process
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,21 +30,12 @@ def demo(tmp_path, digits_export):
         "export.base_path": str(version_dir.parents[1]), "serving.grpc_port": server.grpc_port,
         "serving.rest_port": server.rest_port})
     port = free_port()
-    log = open(tmp_path / "demo.log", "w")
-    page_server = subprocess.Popen([sys.executable, "-m", "demo", "--spec", str(spec_path), "--port", str(port),
-                                    "--max-upload-mb", "0.5"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "demo", "--spec", str(spec_path), "--port", str(port), "--max-upload-mb", "0.5"]
     try:
-        wait_for_page(url, page_server, tmp_path / "demo.log", "the demo page")
-    except AssertionError:
-        page_server.kill()
+        with page_process(command, port, tmp_path / "demo.log", "the demo page") as url:
+            yield url, server, tmp_path
+    finally:
         server.stop()
-        raise
-    yield url, server, tmp_path
-    page_server.terminate()
-    page_server.wait(30)
-    log.close()
-    server.stop()
 
 
 def _photo(tmp_path, name: str = "chelsea", fmt: str = "jpeg"):

@@ -3,7 +3,6 @@ both users from the class picker and sees requests counted for REST and for gRPC
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
 
@@ -11,8 +10,8 @@ import pytest
 
 from deploy.spec import load_spec
 from loadtests.payloads import load_or_build
-from tests.conftest import REPO, write_spec
-from tests.serverproc import ServerProcess, free_port, wait_for_page
+from tests.conftest import write_spec
+from tests.serverproc import ServerProcess, free_port, page_process
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,23 +28,14 @@ def locust_ui(tmp_path, digits_export):
     load_or_build(load_spec(spec_path), version_dir, log=lambda line: None)  # the UI then only loads the cache
     server = ServerProcess("--model_name=digits_cnn", f"--model_base_path={version_dir.parent}")
     port = free_port()
-    log = open(tmp_path / "locust.log", "w")
-    ui = subprocess.Popen([sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--web-host", "127.0.0.1",
-                           "--web-port", str(port), "--class-picker", "--spec", str(spec_path),
-                           "--rest-url", server.rest, "--grpc-target", server.grpc_target],
-                          cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--web-host", "127.0.0.1",
+               "--web-port", str(port), "--class-picker", "--spec", str(spec_path),
+               "--rest-url", server.rest, "--grpc-target", server.grpc_target]
     try:
-        wait_for_page(url, ui, tmp_path / "locust.log", "the Locust UI")
-    except AssertionError:
-        ui.kill()
+        with page_process(command, port, tmp_path / "locust.log", "the Locust UI") as url:
+            yield url
+    finally:
         server.stop()
-        raise
-    yield url
-    ui.terminate()
-    ui.wait(30)
-    log.close()
-    server.stop()
 
 
 def test_swarm_from_the_web_ui_counts_rest_and_grpc(locust_ui):
