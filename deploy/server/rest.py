@@ -292,7 +292,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         try:
-            body = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
+            # any method may carry a body (GET, DELETE, OPTIONS too): it is always consumed, or its bytes
+            # would be read as the next request on this keep-alive connection
+            body = self._read_body()
         except RequestTooLarge as error:
             self.close_connection = True  # the unread body makes this connection unusable
             self._send(http_status(error), {"Content-Type": "application/json"}, error_body(error.message))

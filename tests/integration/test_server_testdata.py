@@ -1,6 +1,7 @@
 """The embedded server on TF Serving's own test models, called over plain HTTP and the official gRPC stubs."""
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import time
@@ -170,6 +171,23 @@ def test_rest_errors_match_tf_serving_and_leave_the_server_healthy(server, metho
 def test_rest_non_v1_path_is_html_404(server):
     status, text = server.http("GET", "/nothing")
     assert status == 404 and "404 Not Found" in text
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "OPTIONS", "PUT", "HEAD"])
+def test_a_body_on_any_method_is_consumed_so_the_next_request_on_the_connection_is_intact(server, method):
+    """Found by schemathesis: a GET with a body left the body unread and it became the next request line."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+    try:
+        connection.request(method, "/v1/models/half_plus_two", body=b'{"instances": [1.0]}',
+                           headers={"Content-Type": "application/json"})
+        first = connection.getresponse()
+        first.read()
+        assert first.status in (200, 400), first.status
+        connection.request("POST", "/v1/models/half_plus_two:predict", body=b'{"instances": [1.0, 2.0]}')
+        second = connection.getresponse()
+        assert (second.status, json.loads(second.read())) == (200, {"predictions": [2.5, 3.0]})
+    finally:
+        connection.close()
 
 
 GRPC_ERRORS = [
