@@ -50,13 +50,22 @@ def container_name(spec: Spec) -> str:
     return f"tfsb-{spec.name.lower()}-{spec.serving.rest_port}"
 
 
+# TF Serving writes nothing at run time (models, configs and its entrypoint are read, logs go to stdout), so the
+# root filesystem is read-only; /tmp is a small tmpfs for anything a filesystem plugin or bash may need. No
+# capabilities (the ports are above 1024, the user is uid 1000) and no privilege gain through setuid binaries.
+HARDENING = {"read_only": True, "tmpfs": {"/tmp": "rw,noexec,nosuid,size=64m"}, "cap_drop": ["ALL"],
+             "security_opt": ["no-new-privileges"]}
+
+
 def run_arguments(spec: Spec, tag: str) -> dict:
-    """keyword arguments of engine.containers.run for the spec: ports or host network, GPU, env, labels."""
+    """keyword arguments of engine.containers.run for the spec: ports or host network, GPU, env, labels, and the
+    hardening (read-only root filesystem, tmpfs /tmp, no capabilities, no-new-privileges)."""
     serving = spec.serving
     arguments = {
         "image": tag, "name": container_name(spec), "detach": True,
         "labels": docker_client.labels_for(spec.name, serving.rest_port, str(spec.origin or "")),
         "environment": {"MODEL_NAME": spec.name}, "command": [],
+        **HARDENING,
     }
     if serving.network == "host":
         arguments["network_mode"] = "host"

@@ -25,6 +25,11 @@ def compose(spec: Spec, tag: str, context: str, target: str | None, buildargs: d
         "labels": {"tfserve-bench.managed": "true", "tfserve-bench.model": spec.name},
         "restart": "unless-stopped",
         "stop_grace_period": "30s",
+        # the same hardening as `make deploy BACKEND=docker` (deploy/containers.py HARDENING)
+        "read_only": True,
+        "tmpfs": ["/tmp:rw,noexec,nosuid,size=64m"],
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
     }
     if target:
         service["build"]["target"] = target
@@ -65,14 +70,18 @@ def kubernetes(spec: Spec, image: str) -> list[dict[str, Any]]:
         "startupProbe": {"exec": {"command": probe_command()}, "periodSeconds": 5,
                          "failureThreshold": max(1, int(spec.serving.readiness_timeout_s // 5))},
         "resources": {"requests": {"cpu": k8s.cpu, "memory": k8s.memory}, "limits": limits},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": dict(labels)},
         "spec": {"replicas": k8s.replicas, "selector": {"matchLabels": dict(labels)},
                  "template": {"metadata": {"labels": dict(labels)},
-                              "spec": {"containers": [container], "terminationGracePeriodSeconds": 30}}},
+                              "spec": {"containers": [container], "terminationGracePeriodSeconds": 30,
+                                       "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory",
+                                                                                "sizeLimit": "64Mi"}}]}}},
     }
     service = {
         "apiVersion": "v1", "kind": "Service",

@@ -72,6 +72,20 @@ def _wait_healthy(container, timeout=90):
     raise AssertionError(f"container not healthy: {container.attrs['State'].get('Health')}")
 
 
+def _assert_hardened(container) -> None:
+    """Read-only root filesystem (the model and configs cannot be changed from inside), a writable tmpfs /tmp,
+    no capabilities, no-new-privileges: as the engine reports it and as seen from inside the container."""
+    host = container.attrs["HostConfig"]
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"], host
+    assert "no-new-privileges" in host["SecurityOpt"] and "/tmp" in host["Tmpfs"]
+    denied = container.exec_run(["/bin/sh", "-c", "touch /models/intruder"])
+    assert denied.exit_code != 0 and b"Read-only file system" in denied.output, denied
+    allowed = container.exec_run(["/bin/sh", "-c", "touch /tmp/scratch && rm /tmp/scratch"])
+    assert allowed.exit_code == 0, allowed
+    identity = container.exec_run(["/bin/sh", "-c", "id -u; grep CapEff /proc/1/status"]).output.decode()
+    assert identity.split()[0] == "1000" and "0000000000000000" in identity, identity
+
+
 def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits_export, engine, tf_serving_standin,
                                                                  testdata):
     also = write_spec(tmp_path, "specs/half_plus_two.yaml", **{
@@ -85,6 +99,7 @@ def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits
         assert up.stdout.count("try: curl") == 2 and "models: digits_cnn, half_plus_two" in up.stdout
         [container] = _ours(engine)
         assert container.attrs["Config"]["User"] == "1000:1000"
+        _assert_hardened(container)
         labels = container.image.labels
         assert labels["tfserve-bench.model"] == "digits_cnn" and len(labels["tfserve-bench.spec-sha256"]) == 64
         assert labels["org.opencontainers.image.source"] == str(spec_path)
@@ -121,6 +136,8 @@ def test_embedded_dockerfile_deploys_and_serves(tmp_path, digits_export, engine,
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         _predict_both(spec_path)
+        [container] = _ours(engine)
+        _assert_hardened(container)  # Python (the embedded server) runs on a read-only root too
     finally:
         run_cli("-m", "deploy", "down", "--spec", str(spec_path), "--backend", "docker")
     assert _ours(engine) == []

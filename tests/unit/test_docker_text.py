@@ -62,6 +62,10 @@ def test_gpu_runs_get_a_device_request_and_host_network_gets_the_spec_ports(spec
     assert host["command"] == ["--port=8510", "--rest_api_port=8511"]
     assert host["environment"] == {"MODEL_NAME": "digits_cnn", "REST_PORT": "8511", "SERVER_HOST": "127.0.0.1"}
     assert host["labels"]["tfserve-bench.managed"] == "true" and host["name"] == "tfsb-digits_cnn-8511"
+    for arguments in (gpu, host):  # hardened whatever the image and network
+        assert arguments["read_only"] is True and arguments["cap_drop"] == ["ALL"]
+        assert arguments["tmpfs"] == {"/tmp": "rw,noexec,nosuid,size=64m"}
+        assert arguments["security_opt"] == ["no-new-privileges"]
 
 
 def test_serving_version_follows_the_export_and_warns_when_older(spec_for):
@@ -116,6 +120,8 @@ def test_compose_file_publishes_on_loopback_and_reserves_gpus(spec_for):
     assert service["ports"] == ["127.0.0.1:8510:8500", "127.0.0.1:8511:8501"]
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert service["build"] == {"context": "./context", "dockerfile": "Dockerfile", "args": {"MODEL": "digits_cnn"}}
+    assert service["read_only"] is True and service["tmpfs"] == ["/tmp:rw,noexec,nosuid,size=64m"]
+    assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"]
 
 
 def _validated(api, doc: dict, kind: str):
@@ -138,6 +144,12 @@ def test_kubernetes_manifests_are_valid_api_objects(spec_for):
     assert container.resources.limits["nvidia.com/gpu"] == "1" and container.resources.requests["cpu"] == "2"
     assert "AVAILABLE" in container.readiness_probe._exec.command[-1]
     assert "/v1/models/digits_cnn" in container.readiness_probe._exec.command[-1]
+    security = container.security_context
+    assert security.read_only_root_filesystem is True and security.run_as_non_root is True
+    assert security.capabilities.drop == ["ALL"] and security.allow_privilege_escalation is False
+    [mount] = container.volume_mounts
+    [volume] = deployment.spec.template.spec.volumes
+    assert (mount.mount_path, mount.name) == ("/tmp", volume.name) and volume.empty_dir.medium == "Memory"
     assert sorted(p.port for p in service.spec.ports) == [8500, 8501]
     assert hpa.spec.scale_target_ref.name == deployment.metadata.name == "digits-cnn"
     assert hpa.spec.max_replicas == 4 and hpa.spec.metrics[0].resource.target.average_utilization == 70
