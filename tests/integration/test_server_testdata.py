@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import urllib.request
 import shutil
 import time
 
@@ -166,6 +168,16 @@ def test_rest_errors_match_tf_serving_and_leave_the_server_healthy(server, metho
     assert got_status == status, got
     assert message in got["error"], got
     assert server.http("POST", "/v1/models/half_plus_two:predict", {"instances": [1.0]})[1] == {"predictions": [2.5]}
+
+
+def test_rest_takes_and_writes_tf_servings_non_finite_tokens(server):
+    body = b'{"instances": [NaN, Infinity, -Infinity, Inf, -Inf]}'
+    # the raw text: bare NaN / Infinity tokens, as TF Serving writes them (half_plus_two keeps them non-finite)
+    with urllib.request.urlopen(urllib.request.Request(server.rest + "/v1/models/half_plus_two:predict",
+                                                       data=body), timeout=30) as response:
+        assert response.status == 200
+        raw = response.read().decode()
+    assert re.sub(r"\s", "", raw) == '{"predictions":[NaN,Infinity,-Infinity,Infinity,-Infinity]}'
 
 
 def test_rest_non_v1_path_is_html_404(server):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -27,6 +28,29 @@ def test_float_formatting_follows_tf_serving():
                       np.float32)
     assert tensors._format_floats(values) == ["9e+06", "999999.0", "0.5", "0.0003", "3e-05", "555557.5", "3.0",
                                               "NaN", "Infinity", "-Infinity", "0.1", "0.333333343"]
+
+
+def _reference_decimal(value, single: bool) -> str:
+    """TF Serving's WriteDecimal, value by value, as the compatibility notes state it."""
+    if np.isnan(value):
+        return "NaN"
+    if np.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    text = "%.6g" % value
+    if (np.float32(float(text)) if single else float(text)) != value:
+        text = ("%.9g" if single else "%.17g") % value
+    return text if ("." in text or "e" in text) else text + ".0"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectorised_float_formatting_equals_the_value_by_value_rule(dtype):
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.random(500), rng.standard_normal(500) * 10.0 ** rng.integers(-40, 40, 500),
+                             rng.integers(-10**6, 10**6, 200), [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, 5e-324]])
+    with np.errstate(over="ignore"):
+        values = values.astype(dtype)
+    single = dtype == np.float32
+    assert tensors._format_floats(values) == [_reference_decimal(v, single) for v in values.tolist()]
 
 
 def test_predictions_and_outputs_json():
@@ -67,6 +91,17 @@ def test_json_accepts_what_tf_serving_accepts():
         tensors.loads(b"  ")
     with pytest.raises(InvalidArgument, match="at offset: 0"):
         tensors.loads(b"nope")
+
+
+def test_json_takes_the_short_infinity_tokens_outside_strings_only():
+    parsed = tensors.loads(b'{"instances": [Inf, -Inf, Infinity, -Infinity, 1.5], "note": "Inf, -Inf \\" Inf"}')
+    assert parsed["instances"][:4] == [math.inf, -math.inf, math.inf, -math.inf]
+    assert parsed["note"] == 'Inf, -Inf " Inf'
+    # errors after an Inf still point into the body as sent
+    for body, offset in [(b'{"instances": [Inf, -Inf, xx]}', 26), (b'[Inff]', 4), (b'["Inf", Inf,]', 12),
+                         (b"[1, inf]", 4)]:
+        with pytest.raises(InvalidArgument, match=f"at offset: {offset}$"):
+            tensors.loads(body)
 
 
 def test_rows_must_share_a_shape():
