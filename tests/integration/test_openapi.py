@@ -48,7 +48,7 @@ def schemathesis_run(schema: Path, url: str, report_dir: Path, max_examples: int
         [str(ST), "--no-color", "--config-file", str(REPO / "docs" / "schemathesis.toml"), "run", str(schema),
          "--url", url, "--checks", CHECKS, "--max-examples", str(max_examples), "--seed", "20261121",
          "--report", "json", "--report-dir", str(report_dir), "--request-timeout", "30"],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        cwd=report_dir.parent, capture_output=True, text=True, timeout=900)  # its .schemathesis cache goes there
     reports = sorted(report_dir.glob("*.json"))
     assert reports, result.stdout[-4000:] + result.stderr[-2000:]
     report = json.loads(reports[-1].read_text())
