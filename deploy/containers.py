@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from deploy import docker_client
 from deploy.embedded import DeployError
-from deploy.images import CONTAINER_PORTS, FLAVOURS, build, build_options, image_tag, prepare_context, serving_version
+from deploy.images import CONTAINER_PORTS, FLAVOURS, HARDENING, build, build_options, image_tag, prepare_context, serving_version
 from deploy.spec import Spec
 from deploy.waiting import Endpoints
 
@@ -48,13 +48,6 @@ def build_plan(spec: Spec, log: Callable[[str], None] = print) -> BuildPlan:
 
 def container_name(spec: Spec) -> str:
     return f"tfsb-{spec.name.lower()}-{spec.serving.rest_port}"
-
-
-# TF Serving writes nothing at run time (models, configs and its entrypoint are read, logs go to stdout), so the
-# root filesystem is read-only; /tmp is a small tmpfs for anything a filesystem plugin or bash may need. No
-# capabilities (the ports are above 1024, the user is uid 1000) and no privilege gain through setuid binaries.
-HARDENING = {"read_only": True, "tmpfs": {"/tmp": "rw,noexec,nosuid,size=64m"}, "cap_drop": ["ALL"],
-             "security_opt": ["no-new-privileges"]}
 
 
 def run_arguments(spec: Spec, tag: str) -> dict:

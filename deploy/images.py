@@ -24,6 +24,13 @@ DOCKERFILES = REPO / "dockerfiles"
 FLAVOURS = {"cpu": "Dockerfile.cpu", "gpu": "Dockerfile.gpu", "cpu-optimized": "Dockerfile.cpu-optimized",
             "embedded": "Dockerfile.embedded"}
 CONTAINER_PORTS = (8500, 8501)  # gRPC, REST: TF Serving's, inside the container
+# TF Serving writes nothing at run time (models, configs and its entrypoint are read, logs go to stdout), so the
+# root filesystem is read-only; /tmp is a small tmpfs for anything a filesystem plugin or bash may need. No
+# capabilities (the ports are above 1024, the user is uid 1000) and no privilege gain through setuid binaries.
+# `docker run` keyword arguments; deploy/manifests.py writes the same settings for compose and Kubernetes.
+TMP_SIZE_MB = 64
+HARDENING = {"read_only": True, "tmpfs": {"/tmp": f"rw,noexec,nosuid,size={TMP_SIZE_MB}m"}, "cap_drop": ["ALL"],
+             "security_opt": ["no-new-privileges"]}
 CPU_FLAG_OPTIONS = {"avx": "--copt=-mavx", "avx2": "--copt=-mavx2", "fma": "--copt=-mfma",
                     "sse4.1": "--copt=-msse4.1", "sse4.2": "--copt=-msse4.2", "avx512f": "--copt=-mavx512f",
                     "native": "--copt=-march=native"}

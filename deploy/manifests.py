@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.images import CONTAINER_PORTS
+from deploy.images import CONTAINER_PORTS, HARDENING, TMP_SIZE_MB
 from deploy.spec import Spec
 
 # the same readiness test as the images' HEALTHCHECK: REST model status lists an AVAILABLE version
@@ -25,11 +25,11 @@ def compose(spec: Spec, tag: str, context: str, target: str | None, buildargs: d
         "labels": {"tfserve-bench.managed": "true", "tfserve-bench.model": spec.name},
         "restart": "unless-stopped",
         "stop_grace_period": "30s",
-        # the same hardening as `make deploy BACKEND=docker` (deploy/containers.py HARDENING)
-        "read_only": True,
-        "tmpfs": ["/tmp:rw,noexec,nosuid,size=64m"],
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges:true"],
+        # the same hardening as `make deploy BACKEND=docker` (deploy.images.HARDENING)
+        "read_only": HARDENING["read_only"],
+        "tmpfs": [f"{path}:{options}" for path, options in HARDENING["tmpfs"].items()],
+        "cap_drop": list(HARDENING["cap_drop"]),
+        "security_opt": [f"{option}:true" for option in HARDENING["security_opt"]],
     }
     if target:
         service["build"]["target"] = target
@@ -81,7 +81,7 @@ def kubernetes(spec: Spec, image: str) -> list[dict[str, Any]]:
                  "template": {"metadata": {"labels": dict(labels)},
                               "spec": {"containers": [container], "terminationGracePeriodSeconds": 30,
                                        "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory",
-                                                                                "sizeLimit": "64Mi"}}]}}},
+                                                                                "sizeLimit": f"{TMP_SIZE_MB}Mi"}}]}}},
     }
     service = {
         "apiVersion": "v1", "kind": "Service",

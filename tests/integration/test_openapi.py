@@ -6,7 +6,6 @@ requests must be refused; and the server must stay up, answer the next request a
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 
@@ -109,4 +108,4 @@ def test_schemathesis_generated_requests_get_documented_answers_and_never_a_5xx(
     # still serving, and nothing leaked into the connection state of the next client
     status, answer = server.http("POST", "/v1/models/half_plus_two:predict", {"instances": [1.0, 2.0, 5.0]})
     assert (status, answer) == (200, {"predictions": [2.5, 3.0, 4.5]})
-    assert re.search(r"AVAILABLE", json.dumps(server.http("GET", "/v1/models/digits_cnn")[1]))
+    assert "AVAILABLE" in json.dumps(server.http("GET", "/v1/models/digits_cnn")[1])
