@@ -73,13 +73,13 @@ class Server:
         runner = direct_runner
         if batching is not None:
             from deploy.server.batching import Batcher
-            self.batcher = runner = Batcher(batching, direct_runner)
+            self.batcher = runner = Batcher(batching, direct_runner, self.metrics)
         self.repository = Repository(
             self.configs, options, poll_seconds=flags.file_system_poll_wait_seconds,
             warmup=self._warmup if flags.enable_model_warmup else None,
             max_load_retries=flags.max_num_load_retries, retry_interval_s=flags.load_retry_interval_micros / 1e6,
-            allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models)
-        self.dataplane = DataPlane(self.repository, runner)
+            allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models, metrics=self.metrics)
+        self.dataplane = DataPlane(self.repository, runner, self.metrics)
         self.grpc = self.rest = None
         self._config_poller: Optional[threading.Thread] = None
         self._stop = threading.Event()

@@ -21,6 +21,7 @@ import numpy as np
 
 from deploy.server.configs import BatchingParameters
 from deploy.server.errors import FailedPrecondition, InvalidArgument, ServingError, Unavailable
+from deploy.server.metrics import Metrics
 
 
 @dataclass
@@ -37,9 +38,10 @@ class _Task:
 class Batcher:
     """A drop-in `runner(model, signature, inputs, outputs)` that batches concurrent calls."""
 
-    def __init__(self, params: BatchingParameters, runner: Callable):
+    def __init__(self, params: BatchingParameters, runner: Callable, metrics: Optional[Metrics] = None):
         self.params = params
         self._runner = runner
+        self._metrics = metrics if metrics is not None else Metrics()
         self._cond = threading.Condition()
         self._queues: dict[tuple, deque] = {}
         self._stopped = False
@@ -114,6 +116,8 @@ class Batcher:
 
     def _execute(self, batch: list) -> None:
         first = batch[0]
+        started = time.monotonic()
+        self._metrics.record_batch(self.params.thread_pool_name, [(started - t.enqueued) * 1e6 for t in batch])
         total = sum(t.size for t in batch)
         padded = self._padded_size(total)
         try:

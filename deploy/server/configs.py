@@ -37,6 +37,7 @@ class BatchingParameters:
     num_batch_threads: int = os.cpu_count() or 1
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False
+    thread_pool_name: str = "batch_threads"  # names the queuing_latency series
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def load_model_config_file(path: str) -> list[ModelConfig]:
 def load_batching_parameters(path: Optional[str]) -> BatchingParameters:
     """Read a --batching_parameters_file (None gives TF Serving's defaults)."""
     if not path:
-        return BatchingParameters()
+        return BatchingParameters(thread_pool_name="model_server_batch_threads")
     batching_class, _, _ = _message_classes()
     message = _parse(path, batching_class(), "batching parameters")
     defaults = BatchingParameters()
@@ -156,7 +157,8 @@ def load_batching_parameters(path: Optional[str]) -> BatchingParameters:
         max_enqueued_batches=value("max_enqueued_batches", defaults.max_enqueued_batches),
         num_batch_threads=value("num_batch_threads", defaults.num_batch_threads),
         allowed_batch_sizes=tuple(message.allowed_batch_sizes),
-        pad_variable_length_inputs=message.pad_variable_length_inputs)
+        pad_variable_length_inputs=message.pad_variable_length_inputs,
+        thread_pool_name=value("thread_pool_name", defaults.thread_pool_name))
     sizes = params.allowed_batch_sizes
     if sizes and sizes[-1] != params.max_batch_size:
         raise ConfigError(f"{path}: Last entry in allowed_batch_sizes must match max_batch_size; last entry was "

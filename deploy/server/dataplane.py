@@ -6,13 +6,15 @@ regressor.cc, multi_inference.cc, get_model_metadata_impl.cc, get_model_status_i
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from deploy.server.errors import DataLoss, FailedPrecondition, InvalidArgument, Unimplemented
+from deploy.server.errors import DataLoss, FailedPrecondition, InvalidArgument, ServingError, Unimplemented
+from deploy.server.metrics import Metrics
 from deploy.server.model import LoadedModel, Signature
 from deploy.server.repository import Repository, VersionState
 
@@ -59,9 +61,19 @@ def direct_runner(model: LoadedModel, signature: Signature, inputs: dict, output
 
 
 class DataPlane:
-    def __init__(self, repository: Repository, runner: Runner = direct_runner):
+    def __init__(self, repository: Repository, runner: Runner = direct_runner, metrics: Optional[Metrics] = None):
         self.repository = repository
         self._runner = runner
+        self.metrics = metrics if metrics is not None else Metrics()
+
+    def _run(self, model_name: str, api: str, model: LoadedModel, signature: Signature, inputs: dict,
+             outputs: Sequence[str]) -> dict:
+        """Run the model; a request's run is recorded as runtime_latency (api is "" for warmup replays)."""
+        started = time.perf_counter()
+        result = self._runner(model, signature, inputs, outputs)
+        if api:
+            self.metrics.record_runtime(model_name, api, (time.perf_counter() - started) * 1e6)
+        return result
 
     # ----------------------------------------------------------------------------- predict
 
@@ -78,7 +90,7 @@ class DataPlane:
             inputs = decode_inputs(signature)
             _check_inputs(signature, inputs)
             aliases = _output_aliases(signature, output_filter)
-            outputs = self._runner(model, signature, inputs, aliases)
+            outputs = self._run(target.name, "Predict", model, signature, inputs, aliases)
         return Resolved(target.name, version, target.signature), outputs
 
     # ----------------------------------------------------------------------- classify/regress
@@ -87,14 +99,16 @@ class DataPlane:
         """Run a classify signature on serialized tf.Examples; one [(label, score), ...] per example."""
         with self.repository.acquire(target.name, target.version, target.label) as (version, model):
             signature = _inference_signature(model, target.signature)
-            outputs = self._classify(model, signature, examples)
+            outputs = self._classify(model, signature, examples, (target.name, "Classify"))
+        self.metrics.record_examples(target.name, len(examples))
         return Resolved(target.name, version, target.signature), outputs
 
     def regress(self, target: Target, examples: Sequence[bytes]) -> tuple[Resolved, list[float]]:
         """Run a regress signature on serialized tf.Examples; one value per example."""
         with self.repository.acquire(target.name, target.version, target.label) as (version, model):
             signature = _inference_signature(model, target.signature)
-            outputs = self._regress(model, signature, examples)
+            outputs = self._regress(model, signature, examples, (target.name, "Regress"))
+        self.metrics.record_examples(target.name, len(examples))
         return Resolved(target.name, version, target.signature), outputs
 
     def multi_inference(self, tasks: Sequence[tuple[Target, str]], examples: Sequence[bytes]) -> list:
@@ -121,24 +135,27 @@ class DataPlane:
                 signature = _inference_signature(model, target.signature)
                 run = self._classify if method == CLASSIFY else self._regress
                 results.append((Resolved(name, version, target.signature), method, run(model, signature, examples)))
+        self.metrics.record_examples(name, len(examples))
         return results
 
     def _run_examples(self, model: LoadedModel, signature: Signature, examples: Sequence[bytes],
-                      outputs: Sequence[str]) -> dict:
+                      outputs: Sequence[str], request: tuple[str, str]) -> dict:
         if not examples:
             raise InvalidArgument("Input is empty.")
         serialized = np.empty(len(examples), dtype=object)
         serialized[:] = list(examples)
-        return self._runner(model, signature, {"inputs": serialized}, outputs)
+        return self._run(*request, model, signature, {"inputs": serialized}, outputs)
 
-    def _classify(self, model, signature: Signature, examples: Sequence[bytes]) -> list[list[tuple[str, float]]]:
+    # request: (model name, API) for runtime_latency; TF Serving records none for MultiInference or warmup.
+    def _classify(self, model, signature: Signature, examples: Sequence[bytes],
+                  request: tuple[str, str] = ("", "")) -> list[list[tuple[str, float]]]:
         if list(signature.inputs) != ["inputs"]:
             raise InvalidArgument(f"No classification inputs found in SignatureDef: {signature.name}")
         wanted = [a for a in ("classes", "scores") if a in signature.outputs]
         if not wanted:
             raise InvalidArgument("Expected classification signature outputs to contain at least one of: "
                                   f"classes, scores (signature {signature.name})")
-        out = self._run_examples(model, signature, examples, wanted)
+        out = self._run_examples(model, signature, examples, wanted, request)
         classes, scores = out.get("classes"), out.get("scores")
         for alias, array in out.items():
             if array.ndim != 2 or array.shape[0] != len(examples):
@@ -151,12 +168,13 @@ class DataPlane:
                              (float(scores[row, k]) if scores is not None else 0.0)) for k in range(count)])
         return results
 
-    def _regress(self, model, signature: Signature, examples: Sequence[bytes]) -> list[float]:
+    def _regress(self, model, signature: Signature, examples: Sequence[bytes],
+                 request: tuple[str, str] = ("", "")) -> list[float]:
         if list(signature.inputs) != ["inputs"]:
             raise InvalidArgument(f"No regression inputs found in SignatureDef: {signature.name}")
         if "outputs" not in signature.outputs:
             raise InvalidArgument(f"No regression outputs found in SignatureDef: {signature.name}")
-        values = self._run_examples(model, signature, examples, ["outputs"])["outputs"]
+        values = self._run_examples(model, signature, examples, ["outputs"], request)["outputs"]
         if values.ndim == 2 and values.shape[1] == 1:
             values = values[:, 0]
         if values.ndim != 1 or values.shape[0] != len(examples):
@@ -194,7 +212,13 @@ class DataPlane:
         from tensorflow_serving.apis import prediction_log_pb2
 
         from deploy.server.tensors import proto_to_array
-        records = _read_tfrecords(path)
+        started = time.perf_counter()
+        try:
+            records = _read_tfrecords(path)
+        except ServingError as error:  # as in TF Serving, a failed read is recorded with its status
+            self.metrics.record_warmup(str(model.path), f"{error.code.name}: {error.message}",
+                                       (time.perf_counter() - started) * 1e6)
+            raise
         if len(records) > MAX_WARMUP_RECORDS:
             raise InvalidArgument(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
         for record in records:
@@ -216,6 +240,7 @@ class DataPlane:
                     (self._classify if kind == "classify_log" else self._regress)(model, signature, examples)
                 else:
                     raise Unimplemented(f"Unsupported log_type for warmup: {kind}")
+        self.metrics.record_warmup(str(model.path), "OK", (time.perf_counter() - started) * 1e6)
         return len(records)
 
 

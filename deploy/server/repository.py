@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 
 from deploy.server.configs import ModelConfig
 from deploy.server.errors import Code, FailedPrecondition, InvalidArgument, NotFound, ServingError
+from deploy.server.metrics import Metrics
 from deploy.server.model import LoadedModel, LoadOptions
 
 log = logging.getLogger("deploy.server")
@@ -71,8 +72,9 @@ class Repository:
     def __init__(self, configs: list[ModelConfig], load_options: LoadOptions, poll_seconds: float = 1.0,
                  warmup: Optional[Callable[[str, int, LoadedModel], None]] = None,
                  max_load_retries: int = 5, retry_interval_s: float = 60.0,
-                 allow_labels_for_unavailable: bool = False):
+                 allow_labels_for_unavailable: bool = False, metrics: Optional[Metrics] = None):
         self._options = load_options
+        self._metrics = metrics if metrics is not None else Metrics()
         self._poll_seconds = poll_seconds
         self._warmup = warmup
         self._max_load_retries = max_load_retries
@@ -155,7 +157,7 @@ class Repository:
         attempts = self._max_load_retries + 1
         for attempt in range(attempts):
             try:
-                loaded = LoadedModel.load(state.path, self._options)
+                loaded = self._load_saved_model(str(state.path))
                 if self._warmup is not None:
                     self._warmup(name, state.version, loaded)
                 break
@@ -174,6 +176,16 @@ class Repository:
                 state.model, state.state = loaded, AVAILABLE
                 log.info("Successfully loaded servable version {name: %s version: %d}", name, state.version)
             self._changed.notify_all()
+
+    def _load_saved_model(self, path: str) -> LoadedModel:
+        started = time.perf_counter()
+        try:
+            loaded = LoadedModel.load(path, self._options)
+        except ServingError:
+            self._metrics.record_load(path, False, 0)
+            raise
+        self._metrics.record_load(path, True, (time.perf_counter() - started) * 1e6)
+        return loaded
 
     def _unload(self, state: VersionState) -> None:
         with self._lock:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import threading
 import time
@@ -29,10 +30,10 @@ def digits_pngs():
 
 
 @pytest.fixture(scope="module")
-def server(digits_export):
+def server(digits_export, testdata):
     _, version_dir = digits_export
     proc = ServerProcess("--model_name=digits_cnn", f"--model_base_path={version_dir.parent}",
-                         "--max_request_bytes=2000000")
+                         "--max_request_bytes=2000000", f"--monitoring_config_file={testdata / 'monitoring_config.txt'}")
     yield proc
     assert proc.stop() == 0
 
@@ -45,8 +46,14 @@ def _grpc_predict(target, name, signature, alias, array, dtype):
         return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 30)
 
 
-def test_warmup_records_replayed_at_load(server):
+def test_warmup_records_replayed_at_load(server, digits_export):
     assert "Number of warmup records read: 1" in server.logs()
+    _, text = server.http("GET", "/monitoring/prometheus/metrics")
+    path = digits_export[1]
+    assert f':tensorflow:serving:model_warmup_latency_count{{model_path="{path}",status="OK"}} 1' in text
+    assert f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{path}",status="success"}} 1' in text
+    latency = re.search(rf':tensorflow:cc:saved_model:load_latency{{model_path="{path}"}} (\d+)', text)
+    assert latency and int(latency.group(1)) > 0
 
 
 def test_image_bytes_rest_b64_grpc_bytes_and_in_process_agree(server, digits_pngs, digits_export):
@@ -115,13 +122,15 @@ def test_oversized_requests_are_413_and_resource_exhausted(server, digits_pngs):
     assert status == 200
 
 
-def test_batching_merges_concurrent_requests_and_splits_results_exactly(digits_export, digits_pngs, tmp_path):
+def test_batching_merges_concurrent_requests_and_splits_results_exactly(digits_export, digits_pngs, tmp_path,
+                                                                         testdata):
     params = tmp_path / "batching.txt"
     params.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 20000 }\n"
                       "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"
                       "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\n")
     proc = ServerProcess("--model_name=digits_cnn", f"--model_base_path={digits_export[1].parent}",
-                         "--enable_batching", f"--batching_parameters_file={params}", "--enable_model_warmup=false")
+                         "--enable_batching", f"--batching_parameters_file={params}", "--enable_model_warmup=false",
+                         f"--monitoring_config_file={testdata / 'monitoring_config.txt'}")
     pngs, _ = digits_pngs
     try:
         single = {i: tf.make_ndarray(_grpc_predict(proc.grpc_target, "digits_cnn", "serving_default",
@@ -137,6 +146,12 @@ def test_batching_merges_concurrent_requests_and_splits_results_exactly(digits_e
         with pytest.raises(grpc.RpcError) as raised:
             _grpc_predict(proc.grpc_target, "digits_cnn", "serving_default", "image_bytes", [pngs[0]] * 9, tf.string)
         assert "Task size 9 is larger than maximum input batch size 8" in raised.value.details()
+        _, text = proc.http("GET", "/monitoring/prometheus/metrics")
+        # 8 requests one at a time, then 24 from 8 threads: every request queued once, fewer runs than requests
+        queued = ':tensorflow:serving:batching_session:queuing_latency_count{thread_pool_name="batch_threads"} 32'
+        assert queued in text
+        runs = int(re.search(r":tensorflow:serving:batching_session:wrapped_run_count{} (\d+)", text).group(1))
+        assert 8 < runs < 32, runs
     finally:
         assert proc.stop() == 0
 

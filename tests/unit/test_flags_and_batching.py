@@ -11,6 +11,7 @@ from deploy.server.batching import Batcher
 from deploy.server.configs import BatchingParameters, ConfigError, load_batching_parameters
 from deploy.server.errors import InvalidArgument, Unavailable
 from deploy.server.flags import Flags, UsageError, parse
+from deploy.server.metrics import Metrics
 
 
 def test_flags_follow_tensorflow_rules():
@@ -44,9 +45,10 @@ class Sig:
 
 
 def test_concurrent_requests_are_merged_padded_and_split_exactly():
-    fake = FakeModel()
+    fake, metrics = FakeModel(), Metrics()
     batcher = Batcher(BatchingParameters(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1,
-                                         max_enqueued_batches=10, allowed_batch_sizes=(4, 8)), fake)
+                                         max_enqueued_batches=10, allowed_batch_sizes=(4, 8),
+                                         thread_pool_name="pool_a"), fake, metrics)
     try:
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(batcher, None, Sig, {"x": np.full((1 + i % 2, 3), i, np.float32)}, ["y"])
@@ -56,6 +58,12 @@ def test_concurrent_requests_are_merged_padded_and_split_exactly():
             np.testing.assert_array_equal(result["y"], np.full((1 + i % 2, 3), 2 * i, np.float32))
         assert all(size in (4, 8) for size in fake.batches)  # padded to an allowed size
         assert len(fake.batches) < 6  # some requests shared a run
+        text = metrics.render()
+        assert f":tensorflow:serving:batching_session:wrapped_run_count{{}} {len(fake.batches)}" in text
+        assert ':tensorflow:serving:batching_session:queuing_latency_count{thread_pool_name="pool_a"} 6' in text
+        # Exponential(100, 1.2, 52) µs: the first limit is 100, the last below +Inf is 100 * 1.2**51
+        assert 'queuing_latency_bucket{thread_pool_name="pool_a",le="100"}' in text
+        assert f'queuing_latency_bucket{{thread_pool_name="pool_a",le="{100 * 1.2 ** 51:.6g}"}}' in text
     finally:
         batcher.stop()
 
@@ -85,6 +93,11 @@ def test_batcher_limits():
 def test_batching_parameters_file(tmp_path, testdata):
     params = load_batching_parameters(str(testdata / "batching_config.txt"))
     assert (params.max_batch_size, params.num_batch_threads, params.max_enqueued_batches) == (128, 8, 1000000)
+    assert params.thread_pool_name == "batch_threads"
+    assert load_batching_parameters(None).thread_pool_name == "model_server_batch_threads"
+    named = tmp_path / "named.txt"
+    named.write_text('thread_pool_name { value: "mine" }\n')
+    assert load_batching_parameters(str(named)).thread_pool_name == "mine"
     bad = tmp_path / "b.txt"
     bad.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
     with pytest.raises(ConfigError, match="Last entry in allowed_batch_sizes must match max_batch_size"):
