@@ -6,6 +6,9 @@ PYTHON_BASE ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# optional C helpers of the embedded server; without a C compiler it runs their pure-Python twins
+NATIVE := build/native/libskeleton.so
+READY := $(STAMP) $(NATIVE)
 SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -21,34 +24,37 @@ $(STAMP): requirements.lock pyproject.toml
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	@touch $(STAMP)
 
-venv: $(STAMP) ## create .venv and install the pinned dependencies
+$(NATIVE): deploy/server/skeleton.c deploy/server/native.py | $(STAMP)
+	@$(PY) -m deploy.server.native
 
-export: $(STAMP) ## export the model of SPEC (default specs/mobilenet_v2.yaml) as a new version
+venv: $(READY) ## create .venv, install the pinned dependencies and build the C helpers
+
+export: $(READY) ## export the model of SPEC (default specs/mobilenet_v2.yaml) as a new version
 	$(PY) -m exporter --spec $(SPEC)
 
-inspect: $(STAMP) ## describe a SavedModel: make inspect DIR=models/<name>/<version>
+inspect: $(READY) ## describe a SavedModel: make inspect DIR=models/<name>/<version>
 	@test -n "$(DIR)" || { echo "usage: make inspect DIR=<SavedModel directory>"; exit 2; }
 	$(PY) -m exporter inspect $(DIR)
 
-test: $(STAMP) ## run the whole test suite (unit, integration, docker)
+test: $(READY) ## run the whole test suite (unit, integration, docker)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## run the fast unit tests only
+test-fast: $(READY) ## run the fast unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-schema: $(STAMP) ## regenerate specs/spec.schema.json from deploy/spec.py
+schema: $(READY) ## regenerate specs/spec.schema.json from deploy/spec.py
 	$(PY) -m deploy.schema specs/spec.schema.json
 
-perf: $(STAMP) ## server performance targets (overhead, REST decoding, batching); prints measured ratios
+perf: $(READY) ## server performance targets (overhead, REST decoding, batching); prints measured ratios
 	$(PY) -m benchmarks.perf --spec $(SPEC)
 
-serve: $(STAMP) ## run the embedded server on SPEC's exported versions: make serve SPEC=specs/digits_cnn.yaml
+serve: $(READY) ## run the embedded server on SPEC's exported versions: make serve SPEC=specs/digits_cnn.yaml
 	@$(PY) -c "from deploy.spec import load_spec; s = load_spec('$(SPEC)'); print(s.name, s.model_dir, s.serving.grpc_port, s.serving.rest_port)" > .serve.args || { rm -f .serve.args; exit 2; }
 	@read name dir grpc rest < .serve.args; rm -f .serve.args; \
 	  test -d "$$dir" || { echo "no export at $$dir: run make export SPEC=$(SPEC) first"; exit 2; }; \
 	  exec $(PY) -m deploy.server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
 
-bench: $(STAMP) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s WARMUP=5s PROTOCOLS= PAYLOADS= WORKERS=)
+bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s WARMUP=5s PROTOCOLS= PAYLOADS= WORKERS=)
 	$(PY) -m loadtests bench --spec $(SPEC) $(if $(USERS),--users $(USERS)) $(if $(DURATION),--duration $(DURATION)) \
 	  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) \
 	  $(if $(PAYLOADS),--payloads $(PAYLOADS)) $(if $(BACKEND),--backend $(BACKEND)) \
@@ -56,35 +62,35 @@ bench: $(STAMP) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s 
 	  $(if $(MASTER_BIND),--master-bind $(MASTER_BIND)) $(if $(MASTER_PORT),--master-port $(MASTER_PORT)) \
 	  $(if $(TARGET_HOST),--target-host $(TARGET_HOST))
 
-worker: $(STAMP) ## a load generator for another machine's bench: make worker MASTER=<host> [MASTER_PORT=5557]
+worker: $(READY) ## a load generator for another machine's bench: make worker MASTER=<host> [MASTER_PORT=5557]
 	@test -n "$(MASTER)" || { echo "usage: make worker MASTER=<bench machine address> [MASTER_PORT=5557]"; exit 2; }
 	$(PY) -m loadtests worker --master-host $(MASTER) --master-port $(or $(MASTER_PORT),5557)
 
-demo: $(STAMP) ## a page to try SPEC's model on a photo over REST and gRPC: http://127.0.0.1:8080 (PORT=)
+demo: $(READY) ## a page to try SPEC's model on a photo over REST and gRPC: http://127.0.0.1:8080 (PORT=)
 	$(PY) -m demo --spec $(SPEC) $(if $(PORT),--port $(PORT)) $(if $(BACKEND),--backend $(BACKEND))
 
-deploy: $(STAMP) ## serve SPEC's model (BACKEND=embedded|docker IMAGE=cpu|gpu|cpu-optimized|embedded) until AVAILABLE
+deploy: $(READY) ## serve SPEC's model (BACKEND=embedded|docker IMAGE=cpu|gpu|cpu-optimized|embedded) until AVAILABLE
 	$(PY) -m deploy up --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND)) $(if $(IMAGE),--image $(IMAGE))
 
-down: $(STAMP) ## stop what make deploy started for SPEC
+down: $(READY) ## stop what make deploy started for SPEC
 	$(PY) -m deploy down --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
 
-status: $(STAMP) ## is SPEC's model running and AVAILABLE?
+status: $(READY) ## is SPEC's model running and AVAILABLE?
 	$(PY) -m deploy status --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
 
-compose: $(STAMP) ## render docker-compose.yaml (and its build context) for SPEC into .run/<model>-<port>/compose/
+compose: $(READY) ## render docker-compose.yaml (and its build context) for SPEC into .run/<model>-<port>/compose/
 	$(PY) -m deploy compose --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
 
-k8s: $(STAMP) ## render Kubernetes manifests (Deployment, Service, HPA) for SPEC into .run/<model>-<port>/k8s/
+k8s: $(READY) ## render Kubernetes manifests (Deployment, Service, HPA) for SPEC into .run/<model>-<port>/k8s/
 	$(PY) -m deploy k8s --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
 
 ui: deploy ## Locust web UI on http://127.0.0.1:8089 against the deployed model of SPEC
 	$(VENV)/bin/locust -f loadtests/locustfile.py --web-host 127.0.0.1 --web-port 8089 --class-picker --spec $(SPEC)
 
-reliability: $(STAMP) ## the server under load and faults (hot swap, corrupt version, SIGTERM, overload, soak SOAK=600)
+reliability: $(READY) ## the server under load and faults (hot swap, corrupt version, SIGTERM, overload, soak SOAK=600)
 	$(PY) -m benchmarks.reliability $(if $(SOAK),--soak $(SOAK))
 
-perf-harness: $(STAMP) ## show that gRPC users run concurrently (10 users, 50 ms server: >= 150 req/s)
+perf-harness: $(READY) ## show that gRPC users run concurrently (10 users, 50 ms server: >= 150 req/s)
 	$(PY) -m benchmarks.grpc_concurrency
 
 clean: ## remove exported models, reports, caches and our docker containers and images (keeps .venv)

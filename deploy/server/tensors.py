@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import json
 import math
 import re
@@ -267,6 +268,17 @@ def _dims(shape: tuple) -> str:
 # ------------------------------------------------------------------ fast path for big numeric bodies
 
 _NOT_SKELETON = bytes(c for c in range(256) if chr(c) not in "[],")
+MAX_RANK = 64
+_native = None
+
+
+def native_check() -> Optional[Any]:
+    """The C skeleton check (deploy/server/skeleton.c) if it is built, else None; looked up once."""
+    global _native
+    if _native is None:
+        from deploy.server import native
+        _native = native.load() or False
+    return _native or None
 
 
 @lru_cache(maxsize=64)
@@ -280,7 +292,7 @@ def _skeleton(shape: tuple[int, ...]) -> bytes:
 
 def _first_path_shape(value) -> tuple[int, ...]:
     """Dims of a nested simdjson array along its first elements (a few steps, not a scan of the body); the caller
-    then checks the leaf count and compares the whole skeleton with the one this shape implies."""
+    then checks the leaf count and that the body's skeleton is that of a regular array of this shape."""
     import simdjson
 
     dims = []
@@ -306,6 +318,15 @@ class FastBody:
     body: bytes
     value: Any              # simdjson.Array, kept alive with its parser
     parser: Any
+    # the C check's verdict on the body's skeleton: the shape of its regular array, or None if not proven regular;
+    # False when the C check is not built (then the skeleton is compared here, in Python)
+    regular_shape: Any = False
+
+    def _proven_regular(self, shape: tuple[int, ...]) -> bool:
+        # other members (signature_name) add at most one comma; brackets or commas inside them fail the check
+        if self.regular_shape is False:
+            return self.body.translate(None, _NOT_SKELETON).strip(b",") == _skeleton(shape)
+        return self.regular_shape == shape
 
     def array(self, tf_dtype: int) -> Optional[np.ndarray]:
         """The tensor, or None when only the exact slow path can decide (its errors are TF Serving's)."""
@@ -316,10 +337,8 @@ class FastBody:
                                  dtype=np.float64 if tf_dtype in (1, 2) else np.int64)
         except (TypeError, ValueError):
             return None  # a bool, string, null or object among the leaves
-        # other members (signature_name) add at most one comma; brackets or commas inside them fail the check
-        skeleton = self.body.translate(None, _NOT_SKELETON).strip(b",")
         shape = _first_path_shape(self.value)
-        if 0 in shape or math.prod(shape) != flat.size or skeleton != _skeleton(shape):
+        if 0 in shape or math.prod(shape) != flat.size or not self._proven_regular(shape):
             return None
         if tf_dtype == 3 and (flat.min() < -2**31 or flat.max() > 2**31 - 1):
             return None
@@ -327,13 +346,29 @@ class FastBody:
 
 
 def fast_body(body: bytes) -> Optional[FastBody]:
-    """Recognise {"instances"|"inputs": <array>, "signature_name"?: str} in big bodies; None otherwise."""
+    """Recognise {"instances"|"inputs": <array>, "signature_name"?: str} in big bodies; None otherwise.
+    With the C check built, it reads the body's skeleton on its own thread while simdjson parses the body."""
     if len(body) < FAST_PATH_MIN_BYTES:
         return None
     try:
         import simdjson
     except ImportError:
         return None
+    library = native_check()
+    if library is None:
+        return _recognise(simdjson, body, False)
+    job = library.regular_shape_start(body, len(body))
+    try:
+        fast = _recognise(simdjson, body, None)
+    finally:  # always joined, whatever the parse did
+        dims = (ctypes.c_int64 * MAX_RANK)()
+        rank = library.regular_shape_finish(job, dims, MAX_RANK)
+    if fast is not None and rank > 0:
+        fast.regular_shape = tuple(dims[:rank])
+    return fast
+
+
+def _recognise(simdjson, body: bytes, regular_shape) -> Optional[FastBody]:
     # one parser per thread, reused: its buffers are sized for the bodies it has seen
     parser = getattr(_parsers, "parser", None) or simdjson.Parser()
     try:
@@ -355,7 +390,7 @@ def fast_body(body: bytes) -> Optional[FastBody]:
     value = doc[present[0]]
     if (signature_name is not None and not isinstance(signature_name, str)) or not isinstance(value, simdjson.Array):
         return None
-    return FastBody(signature_name, present[0], body, value, parser)
+    return FastBody(signature_name, present[0], body, value, parser, regular_shape)
 
 
 # ------------------------------------------------------------------------------- JSON writing

@@ -103,12 +103,22 @@ def test_status_and_metadata_match_tf_serving(server, stubs, testdata):
     assert body["model_spec"] == {"name": "half_plus_two", "signature_name": "", "version": "123"}
 
 
+def _series_value(text: str, series: str) -> float:
+    """The value of one exposition line (0 if the series is not there yet)."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_prometheus_metrics_count_requests(server, testdata):
     server.http("POST", "/v1/models/half_plus_two:predict", {"instances": [1.0]})
     server.http("POST", "/v1/models/nope:predict", {"instances": [1.0]})
+    _, before = server.http("GET", "/monitoring/prometheus/metrics")
     server.http("POST", "/v1/models/half_plus_two:classify",
                 {"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}, {"x": 2.0}, {"x": 3.0}]})
     status, text = server.http("GET", "/monitoring/prometheus/metrics")
+    delta = lambda series: _series_value(text, series) - _series_value(before, series)
     assert status == 200 and "# TYPE :tensorflow:serving:request_count counter" in text
     assert ':tensorflow:serving:request_count{model_name="half_plus_two",status="OK"}' in text
     assert ':tensorflow:serving:request_count{model_name="nope",status="NOT_FOUND"}' in text
@@ -118,9 +128,11 @@ def test_prometheus_metrics_count_requests(server, testdata):
         assert f':tensorflow:serving:runtime_latency_bucket{{model_name="half_plus_two",API="{api}",runtime="TF1",' \
                'le="+Inf"}' in text
     # 3 examples fall in the (2, 4] bucket of Exponential(1, 2, 15)
-    assert ':tensorflow:serving:request_example_counts_bucket{model="half_plus_two",le="2"} 0' in text
-    assert ':tensorflow:serving:request_example_counts_bucket{model="half_plus_two",le="4"} 1' in text
-    assert ':tensorflow:serving:request_example_count_total{model="half_plus_two"} 3' in text
+    examples = ':tensorflow:serving:request_example_counts_bucket{model="half_plus_two",le="%s"}'
+    assert (delta(examples % "2"), delta(examples % "4"), delta(examples % "+Inf")) == (0, 1, 1)
+    assert delta(':tensorflow:serving:request_example_count_total{model="half_plus_two"}') == 3
+    runtime = ':tensorflow:serving:runtime_latency_count{model_name="half_plus_two",API="Classify",runtime="TF1"}'
+    assert delta(runtime) == 1
     version = testdata / "saved_model_half_plus_two_cpu" / "00000123"
     assert f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{version}",status="success"}} 1' in text
 
