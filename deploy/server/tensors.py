@@ -308,6 +308,16 @@ _parsers = threading.local()
 
 
 FAST_PATH_MIN_BYTES = 16 * 1024
+# from this size on, the C check runs on its own thread beside the parse; below it, after the parse and only for
+# numeric arrays (a thread there would cost more than it saves, e.g. for a b64 image body)
+PARALLEL_CHECK_MIN_BYTES = 1024 * 1024
+
+
+def _native_shape(call, *args) -> tuple[int, ...]:
+    """Run regular_shape or regular_shape_finish; the shape, or () when the array is not proven regular."""
+    dims = (ctypes.c_int64 * MAX_RANK)()
+    rank = call(*args, dims, MAX_RANK)
+    return tuple(dims[:rank]) if rank > 0 else ()
 
 
 @dataclass
@@ -318,14 +328,16 @@ class FastBody:
     body: bytes
     value: Any              # simdjson.Array, kept alive with its parser
     parser: Any
-    # the C check's verdict on the body's skeleton: the shape of its regular array, or None if not proven regular;
-    # False when the C check is not built (then the skeleton is compared here, in Python)
-    regular_shape: Any = False
+    # the C check's verdict, if it ran beside the parse: the shape of the body's regular array, or ()
+    regular_shape: Optional[tuple[int, ...]] = None
 
     def _proven_regular(self, shape: tuple[int, ...]) -> bool:
         # other members (signature_name) add at most one comma; brackets or commas inside them fail the check
-        if self.regular_shape is False:
+        library = native_check()
+        if library is None:
             return self.body.translate(None, _NOT_SKELETON).strip(b",") == _skeleton(shape)
+        if self.regular_shape is None:
+            self.regular_shape = _native_shape(library.regular_shape, self.body, len(self.body))
         return self.regular_shape == shape
 
     def array(self, tf_dtype: int) -> Optional[np.ndarray]:
@@ -347,7 +359,8 @@ class FastBody:
 
 def fast_body(body: bytes) -> Optional[FastBody]:
     """Recognise {"instances"|"inputs": <array>, "signature_name"?: str} in big bodies; None otherwise.
-    With the C check built, it reads the body's skeleton on its own thread while simdjson parses the body."""
+    With the C check built, a body of 1 MiB or more has its skeleton read on another thread while simdjson
+    parses it."""
     if len(body) < FAST_PATH_MIN_BYTES:
         return None
     try:
@@ -355,20 +368,19 @@ def fast_body(body: bytes) -> Optional[FastBody]:
     except ImportError:
         return None
     library = native_check()
-    if library is None:
-        return _recognise(simdjson, body, False)
+    if library is None or len(body) < PARALLEL_CHECK_MIN_BYTES:
+        return _recognise(simdjson, body)
     job = library.regular_shape_start(body, len(body))
     try:
-        fast = _recognise(simdjson, body, None)
+        fast = _recognise(simdjson, body)
     finally:  # always joined, whatever the parse did
-        dims = (ctypes.c_int64 * MAX_RANK)()
-        rank = library.regular_shape_finish(job, dims, MAX_RANK)
-    if fast is not None and rank > 0:
-        fast.regular_shape = tuple(dims[:rank])
+        regular_shape = _native_shape(library.regular_shape_finish, job)
+    if fast is not None:
+        fast.regular_shape = regular_shape
     return fast
 
 
-def _recognise(simdjson, body: bytes, regular_shape) -> Optional[FastBody]:
+def _recognise(simdjson, body: bytes) -> Optional[FastBody]:
     # one parser per thread, reused: its buffers are sized for the bodies it has seen
     parser = getattr(_parsers, "parser", None) or simdjson.Parser()
     try:
@@ -390,7 +402,7 @@ def _recognise(simdjson, body: bytes, regular_shape) -> Optional[FastBody]:
     value = doc[present[0]]
     if (signature_name is not None and not isinstance(signature_name, str)) or not isinstance(value, simdjson.Array):
         return None
-    return FastBody(signature_name, present[0], body, value, parser, regular_shape)
+    return FastBody(signature_name, present[0], body, value, parser)
 
 
 # ------------------------------------------------------------------------------- JSON writing

@@ -117,3 +117,27 @@ def test_a_library_for_another_system_is_ignored(tmp_path):
     bogus = tmp_path / "libskeleton.so"
     bogus.write_bytes(b"not an ELF file")
     assert native.load(bogus) is None and native.load(tmp_path / "absent.so") is None
+
+
+def test_big_bodies_are_checked_beside_the_parse(library, monkeypatch):
+    monkeypatch.setattr(tensors, "_native", library)
+    array = np.random.default_rng(2).standard_normal((1, 160, 160, 3)).astype(np.float32)
+    body = json.dumps({"instances": array.tolist()}).encode()
+    assert len(body) >= tensors.PARALLEL_CHECK_MIN_BYTES
+    fast = tensors.fast_body(body)
+    assert fast.regular_shape == (1, 160, 160, 3)  # decided on the other thread, before array() was asked
+    np.testing.assert_array_equal(fast.array(1), array)
+    ragged = array.tolist()
+    ragged[0][5][7].append(ragged[0][5][8].pop())  # same leaf count, one pixel with 4 values and one with 2
+    fast = tensors.fast_body(json.dumps({"instances": ragged}).encode())
+    assert fast.regular_shape == () and fast.array(1) is None
+
+
+def test_small_bodies_are_checked_after_the_parse_only_when_numeric(library, monkeypatch):
+    monkeypatch.setattr(tensors, "_native", library)
+    b64 = json.dumps({"instances": [{"b64": "QUJD" * 20000}]}).encode()
+    fast = tensors.fast_body(b64)
+    assert fast.regular_shape is None and fast.array(1) is None and fast.regular_shape is None
+    numbers = json.dumps({"instances": [[0.5] * 5000]}).encode()
+    fast = tensors.fast_body(numbers)
+    assert fast.regular_shape is None and fast.array(1).shape == (1, 5000) and fast.regular_shape == (1, 5000)
