@@ -328,7 +328,8 @@ class FastBody:
     body: bytes
     value: Any              # simdjson.Array, kept alive with its parser
     parser: Any
-    # the C check's verdict, if it ran beside the parse: the shape of the body's regular array, or ()
+    # the C check's verdict once it has run (beside the parse for big bodies, else on first use): the shape of
+    # the body's regular array, or () when not proven regular
     regular_shape: Optional[tuple[int, ...]] = None
 
     def _proven_regular(self, shape: tuple[int, ...]) -> bool:
@@ -364,15 +365,15 @@ def fast_body(body: bytes) -> Optional[FastBody]:
     if len(body) < FAST_PATH_MIN_BYTES:
         return None
     try:
-        import simdjson
+        import simdjson  # noqa: F401  (only whether it is installed; _recognise uses it)
     except ImportError:
         return None
     library = native_check()
     if library is None or len(body) < PARALLEL_CHECK_MIN_BYTES:
-        return _recognise(simdjson, body)
+        return _recognise(body)
     job = library.regular_shape_start(body, len(body))
     try:
-        fast = _recognise(simdjson, body)
+        fast = _recognise(body)
     finally:  # always joined, whatever the parse did
         regular_shape = _native_shape(library.regular_shape_finish, job)
     if fast is not None:
@@ -380,7 +381,9 @@ def fast_body(body: bytes) -> Optional[FastBody]:
     return fast
 
 
-def _recognise(simdjson, body: bytes) -> Optional[FastBody]:
+def _recognise(body: bytes) -> Optional[FastBody]:
+    import simdjson
+
     # one parser per thread, reused: its buffers are sized for the bodies it has seen
     parser = getattr(_parsers, "parser", None) or simdjson.Parser()
     try:
