@@ -22,10 +22,12 @@ $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	@echo "installing Python dependencies into $(VENV) (first run takes a few minutes)"
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@$(PY) -c "import setuptools" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check "setuptools>=64"
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-$(NATIVE): deploy/server/skeleton.c deploy/server/native.py | $(STAMP)
-	@$(PY) -m deploy.server.native
+$(NATIVE): server/skeleton.c server/native.py | $(STAMP)
+	@$(PY) -m server.native
 
 venv: $(READY) ## create .venv, install the pinned dependencies and build the C helpers
 
@@ -42,17 +44,17 @@ test: $(READY) ## run the whole test suite (unit, integration, docker)
 test-fast: $(READY) ## run the fast unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-schema: $(READY) ## regenerate specs/spec.schema.json from deploy/spec.py
-	$(PY) -m deploy.schema specs/spec.schema.json
+schema: $(READY) ## regenerate specs/spec.schema.json from spec/schema.py
+	$(PY) -m spec.jsonschema specs/spec.schema.json
 
 perf: $(READY) ## server performance targets (overhead, REST decoding, batching); prints measured ratios
 	$(PY) -m benchmarks.perf --spec $(SPEC)
 
 serve: $(READY) ## run the embedded server on SPEC's exported versions: make serve SPEC=specs/digits_cnn.yaml
-	@$(PY) -c "from deploy.spec import load_spec; s = load_spec('$(SPEC)'); print(s.name, s.model_dir, s.serving.grpc_port, s.serving.rest_port)" > .serve.args || { rm -f .serve.args; exit 2; }
+	@$(PY) -c "from spec.loader import load_spec; s = load_spec('$(SPEC)'); print(s.name, s.model_dir, s.serving.grpc_port, s.serving.rest_port)" > .serve.args || { rm -f .serve.args; exit 2; }
 	@read name dir grpc rest < .serve.args; rm -f .serve.args; \
 	  test -d "$$dir" || { echo "no export at $$dir: run make export SPEC=$(SPEC) first"; exit 2; }; \
-	  exec $(PY) -m deploy.server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
+	  exec $(PY) -m server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
 
 bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s WARMUP=5s PROTOCOLS= PAYLOADS= WORKERS=)
 	$(PY) -m loadtests bench --spec $(SPEC) $(if $(USERS),--users $(USERS)) $(if $(DURATION),--duration $(DURATION)) \

@@ -55,8 +55,8 @@ def serving_overhead(version_dir: Path, name: str, jpeg: bytes, rounds: int, per
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from deploy.server.model import LoadedModel
-    from tests.serverproc import ServerProcess
+    from server.model import LoadedModel
+    from server.process import ServerProcess
 
     model = LoadedModel.load(version_dir)
     signature = model.signatures["serving_default"]
@@ -95,7 +95,7 @@ def serving_overhead(version_dir: Path, name: str, jpeg: bytes, rounds: int, per
 
 
 def rest_decoding(repeats: int) -> dict:
-    from deploy.server import tensors
+    from server import tensors
 
     image = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
     body = json.dumps({"instances": image.tolist()}).encode()
@@ -123,7 +123,7 @@ def rest_decoding(repeats: int) -> dict:
 def in_process_batch_gain(version_dir: Path, jpeg: bytes, size: int, repeats: int = 7) -> dict:
     """Sequential in-process runs: one image at a time vs one batch of `size`, per image. With no server in the
     way, this is how much a batch of that size can gain on this machine at most (same-process, same threads)."""
-    from deploy.server.model import LoadedModel
+    from server.model import LoadedModel
 
     model = LoadedModel.load(version_dir)
     signature = model.signatures["serving_default"]
@@ -146,7 +146,7 @@ def batching_throughput(version_dir: Path, name: str, jpeg: bytes, seconds: floa
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from tests.serverproc import ServerProcess
+    from server.process import ServerProcess
 
     def run(*flags):
         # every client needs a gRPC thread while it waits for its batch (TF Serving: --grpc_max_threads, 4 per CPU)
@@ -200,7 +200,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=["overhead", "decoding", "batching"], action="append",
                         help="run only these parts (repeatable); all three by default")
     args = parser.parse_args(argv)
-    from deploy.spec import SpecError, load_spec
+    from spec.errors import SpecError
+    from spec.loader import load_spec
     from exporter.images import bundled_photos, encode, resize
     try:
         spec = load_spec(args.spec)

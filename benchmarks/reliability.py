@@ -32,9 +32,6 @@ from typing import Optional
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 @dataclass
@@ -170,7 +167,7 @@ def _rss_mb(pid: int) -> float:
 
 def _server(tmp: Path, scenario: str, source: Path, *flags: str):
     """(base path holding version 1, a server on it): each scenario's own copy of the model."""
-    from tests.serverproc import ServerProcess
+    from server.process import ServerProcess
 
     base = tmp / scenario
     base.mkdir()
@@ -301,7 +298,7 @@ def main(argv=None) -> int:
     parser.add_argument("--soak", type=float, help="soak seconds (default 600, --quick 20)")
     parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 1,3")
     args = parser.parse_args(argv)
-    from deploy.spec import load_spec
+    from spec.loader import load_spec
     from exporter.builtin_models import digits_uint8
     from exporter.export import ensure_exported
     from exporter.images import encode

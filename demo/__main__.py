@@ -27,7 +27,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from deploy.deployment import bring_up, deployment_for
     from deploy.embedded import DeployError
-    from deploy.spec import SpecError, load_spec
+    from spec.errors import SpecError
+    from spec.loader import load_spec
     from deploy.waiting import NotReady
     from exporter.export import ExportError, ensure_exported, spec_labels
     from exporter.verify import VerificationError

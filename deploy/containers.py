@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from deploy import docker_client
 from deploy.embedded import DeployError
 from deploy.images import CONTAINER_PORTS, FLAVOURS, HARDENING, build, build_options, image_tag, prepare_context, serving_version
-from deploy.spec import Spec
+from spec.schema import Spec
 from deploy.waiting import Endpoints
 
 

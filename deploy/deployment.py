@@ -6,7 +6,7 @@ import time
 from typing import Callable, Optional
 
 from deploy.embedded import DeployError, EmbeddedDeployment
-from deploy.spec import Spec
+from spec.schema import Spec
 from deploy.waiting import Endpoints, rest_status, wait_ready
 
 

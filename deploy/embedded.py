@@ -1,4 +1,4 @@
-"""The embedded backend: `python -m deploy.server` started for a spec, with the same config files
+"""The embedded backend: `python -m server` started for a spec, with the same config files
 and flags a TF Serving container gets, run in its own session so it can outlive `make deploy`.
 
 State lives in <state_dir>/<model>-<rest port>/: server.pid, server.log and the generated configs, so
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from deploy.serving_config import ServerLayout, server_flags, write_configs
-from deploy.spec import Spec
+from spec.schema import Spec
 from deploy.waiting import Endpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ class EmbeddedDeployment:
 
     @property
     def image(self) -> str:
-        return "embedded (python -m deploy.server)"
+        return "embedded (python -m server)"
 
     def pid(self) -> Optional[int]:
         """The running server's pid from the pid file, or None (a stale pid file is ignored)."""
@@ -56,7 +56,7 @@ class EmbeddedDeployment:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if "deploy.server" in _cmdline(pid) else None
+        return pid if "-m server" in _cmdline(pid) else None
 
     @property
     def server_pid(self) -> Optional[int]:
@@ -77,7 +77,7 @@ class EmbeddedDeployment:
         flags = server_flags(self.spec, layout, embedded=True)
         log = open(self.log_file, "wb")
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "deploy.server", *flags], cwd=REPO,
+            self._proc = subprocess.Popen([sys.executable, "-m", "server", *flags], cwd=REPO,
                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True)
         finally:
@@ -108,7 +108,7 @@ class EmbeddedDeployment:
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 break
-            if self._proc is None and "deploy.server" not in _cmdline(pid):
+            if self._proc is None and "-m server" not in _cmdline(pid):
                 break
             time.sleep(0.1)
         else:

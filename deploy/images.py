@@ -18,7 +18,7 @@ from typing import Callable, Optional
 from deploy import docker_client
 from deploy.embedded import REPO, STATE_DIR, DeployError
 from deploy.serving_config import ServerLayout, server_flags, write_configs
-from deploy.spec import Spec
+from spec.schema import Spec
 
 DOCKERFILES = REPO / "dockerfiles"
 FLAVOURS = {"cpu": "Dockerfile.cpu", "gpu": "Dockerfile.gpu", "cpu-optimized": "Dockerfile.cpu-optimized",
@@ -120,12 +120,10 @@ def prepare_context(spec: Spec, flavour: str, directory: Path, versions: list[in
 
 
 def add_server_sources(directory: Path, log: Callable[[str], None] = print) -> None:
-    """What the `server` stage of Dockerfile.embedded copies: requirements, wheels, deploy/server sources."""
+    """What the `server` stage of Dockerfile.embedded copies: requirements, wheels, server sources."""
     shutil.copy2(DOCKERFILES / "requirements-server.txt", directory / "requirements-server.txt")
     _link_tree(ensure_wheels(log), directory / "wheels")
-    target = directory / "server" / "deploy"
-    shutil.copytree(REPO / "deploy" / "server", target / "server", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(REPO / "deploy" / "__init__.py", target / "__init__.py")
+    shutil.copytree(REPO / "server", directory / "server" / "server", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def build(engine, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str],

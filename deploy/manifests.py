@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from deploy.images import CONTAINER_PORTS, HARDENING, TMP_SIZE_MB
-from deploy.spec import Spec
+from spec.schema import Spec
 
 # the same readiness test as the images' HEALTHCHECK: REST model status lists an AVAILABLE version
 STATUS_PROBE = ("exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /v1/models/{model} HTTP/1.0\\r\\n\\r\\n' >&3 "

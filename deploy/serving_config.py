@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from deploy.spec import BatchingSpec, MonitoringSpec, Spec
+from spec.schema import BatchingSpec, MonitoringSpec, Spec
 
 MODEL_CONFIG = "models.config"
 BATCHING_CONFIG = "batching.config"

@@ -47,7 +47,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
     args = _export_parser().parse_args(argv)
-    from deploy.spec import SpecError, load_spec
+    from spec.errors import SpecError
+    from spec.loader import load_spec
     try:
         version = _version(args.version)
         spec = load_spec(args.spec)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploy.spec import InputSpec
+from spec.schema import InputSpec
 
 
 def digits_uint8(seed: int = 0, test_fraction: float = 0.2):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy.server.model import Signature, TensorSpec, dtype_name, signatures_of
+from server.model import Signature, TensorSpec, dtype_name, signatures_of
 
 
 class InspectError(Exception):
@@ -18,7 +18,7 @@ def read_meta_graphs(directory: Path) -> list:
     path = Path(directory) / "saved_model.pb"
     if not path.is_file():
         hint = ""
-        from deploy.server.repository import discover_versions
+        from server.repository import discover_versions
 
         versions = discover_versions(str(directory)) or {}
         if versions:

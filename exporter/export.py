@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from deploy.spec import SavedModelSource, Spec
+from spec.schema import SavedModelSource, Spec
 
 PROVENANCE_FILE = Path("assets.extra") / "provenance.json"
 
@@ -32,7 +32,7 @@ class ExportResult:
 
 def existing_versions(model_dir: Path) -> list[int]:
     """Numeric version directories under model_dir, found by the server's own rule."""
-    from deploy.server.repository import discover_versions
+    from server.repository import discover_versions
 
     return sorted(discover_versions(str(model_dir)) or ())
 

@@ -5,7 +5,7 @@ pixels a model sees at serving time are computed exactly as they were in trainin
 """
 from __future__ import annotations
 
-from deploy.spec import InputSpec
+from spec.schema import InputSpec
 
 
 def preprocess(images, input_spec: InputSpec):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from deploy.spec import Spec
+from spec.schema import Spec
 from exporter.sources import SourceModel
 
 IMAGE_FEATURE = "image/encoded"

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from deploy.spec import (BuilderSource, KerasApplicationSource, KerasFileSource, SavedModelSource, Spec)
+from spec.schema import BuilderSource, KerasApplicationSource, KerasFileSource, SavedModelSource, Spec
 
 
 class SourceError(Exception):

@@ -44,7 +44,7 @@ def verify_image_model(version_dir: Path, reference: Callable[[np.ndarray], np.n
                        preprocess_batch: Callable[[Sequence[bytes]], np.ndarray], encoded: Sequence[bytes],
                        labels: Sequence[str], signatures: Sequence[str], tolerance: float) -> Verification:
     """Run each exported signature in a fresh session and compare with `reference(preprocessed images)`."""
-    from deploy.server.model import LoadedModel
+    from server.model import LoadedModel
     from exporter.signatures import IMAGE_FEATURE
 
     pixels = preprocess_batch(encoded)
@@ -92,7 +92,7 @@ def tree_digest(directory: Path, skip: Optional[Path] = None) -> str:
 
 def verify_copy(source_dir: Path, version_dir: Path, skip: Path) -> Verification:
     """An as-is SavedModel: byte-identical files, it loads in a fresh session, and float signatures agree."""
-    from deploy.server.model import LoadedModel
+    from server.model import LoadedModel
 
     if tree_digest(source_dir) != tree_digest(version_dir, skip=skip):
         raise VerificationError(f"the files in {version_dir} differ from {source_dir}")

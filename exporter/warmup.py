@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from deploy.server.dataplane import WARMUP_FILE
+from server.dataplane import WARMUP_FILE
 
 
 def write_warmup(version_dir: Path, model_name: str, encoded_images: Sequence[bytes], signatures: Sequence[str]) -> int:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from deploy.spec import BenchmarkSpec, Spec, SpecError
+from spec.errors import SpecError
+from spec.schema import BenchmarkSpec, Spec
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_MISMATCH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ def provenance(spec: Spec, version_dir: Path, deployment, reused: bool) -> dict:
     image = deployment.image  # (for docker, also learns the serving version of a container found running)
     serving_version = getattr(deployment, "serving_version", None)
     if serving_version is None and deployment.backend == "embedded":
-        from deploy.server.version import SERVER_VERSION
+        from server.version import SERVER_VERSION
         serving_version = SERVER_VERSION
     return {
         "spec": str(spec.origin), "spec_sha256": spec.sha256, "model": spec.name,
@@ -235,7 +236,7 @@ def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = N
     import sys
 
     from deploy.embedded import DeployError
-    from deploy.spec import load_spec
+    from spec.loader import load_spec
     from deploy.waiting import NotReady
     from exporter.export import ExportError
     from exporter.images import ImageCorpusError

@@ -10,7 +10,6 @@ With --master / --worker, loadtests/distributed.py carries payloads, the window 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -20,9 +19,6 @@ from grpc.experimental import gevent as grpc_gevent
 if os.environ.get("LOADTESTS_BLOCKING_GRPC") != "1":  # set only by benchmarks/grpc_concurrency.py, to show the cost
     grpc_gevent.init_gevent()
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # Locust puts only loadtests/ on sys.path
-    sys.path.insert(0, str(REPO))
 
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
@@ -59,7 +55,7 @@ def _arguments(parser) -> None:
 def _load_payloads(options) -> PayloadSet:
     if options.payload_file:
         return PayloadSet.load(Path(options.payload_file))
-    from deploy.spec import load_spec
+    from spec.loader import load_spec
     from exporter.export import latest_version_dir
     from loadtests.payloads import load_or_build
 
@@ -74,7 +70,8 @@ def _endpoints(options) -> tuple[str, str]:
     """(REST URL, gRPC target): the options, or the spec's ports on 127.0.0.1 where they are blank."""
     if options.rest_url and options.grpc_target:
         return options.rest_url.rstrip("/"), options.grpc_target
-    from deploy.spec import SpecError, load_spec
+    from spec.errors import SpecError
+    from spec.loader import load_spec
     try:
         serving = load_spec(Path(options.spec)).serving
     except SpecError as exc:

@@ -235,7 +235,7 @@ def build(spec, version_dir: Path, payload_names: Sequence[str]) -> PayloadSet:
     """Encode the spec's images and compute the model's in-process answers (imports TensorFlow)."""
     import tensorflow as tf
 
-    from deploy.server.model import LoadedModel
+    from server.model import LoadedModel
     from exporter.preprocess import decode_batch
 
     model = LoadedModel.load(version_dir)

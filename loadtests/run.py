@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from loadtests.payloads import cells, wire_name
+from server.process import free_port  # noqa: F401  (one free_port for the harness and its tests)
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 REPO = LOCUSTFILE.parents[1]
@@ -73,12 +73,6 @@ class Target:
 def plan(users: Sequence[int], protocols: Sequence[str], payloads: Sequence[str]) -> list[Step]:
     """Every step of the sweep: by concurrency level, then payload, with protocols alternating."""
     return [Step(protocol, payload, level) for level in users for protocol, payload in cells(protocols, payloads)]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def locust_command(step: Step, target: Target, out_dir: Path, master_port: Optional[int] = None) -> list[str]:

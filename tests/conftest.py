@@ -47,7 +47,7 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def digits_export(tmp_path_factory):
     """specs/digits_cnn.yaml exported once per test session: (spec path, version dir)."""
-    from deploy.spec import load_spec
+    from spec.loader import load_spec
     from exporter.export import export
 
     directory = tmp_path_factory.mktemp("digits")

@@ -39,7 +39,7 @@ def _ours(engine, model="digits_cnn"):
 
 
 def _predict_both(spec_path):
-    from deploy.spec import load_spec
+    from spec.loader import load_spec
 
     serving = load_spec(spec_path).serving
     _, _, images, labels = digits_uint8(seed=0)
@@ -104,7 +104,7 @@ def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits
         assert labels["tfserve-bench.model"] == "digits_cnn" and len(labels["tfserve-bench.spec-sha256"]) == 64
         assert labels["org.opencontainers.image.source"] == str(spec_path)
         _predict_both(spec_path)
-        from deploy.spec import load_spec
+        from spec.loader import load_spec
         half = urllib.request.Request(
             f"http://127.0.0.1:{load_spec(spec_path).serving.rest_port}/v1/models/half_plus_two:predict",
             data=b'{"instances": [1.0, 2.0, 5.0]}')

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from deploy.spec import load_spec
+from spec.loader import load_spec
 from deploy.waiting import Endpoints, rest_status
 from loadtests.payloads import PayloadSet, load_or_build
 from tests.conftest import REPO, run_cli, write_spec

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from deploy.server.model import LoadedModel
-from deploy.spec import load_spec
+from server.model import LoadedModel
+from spec.loader import load_spec
 from exporter.builtin_models import digits_uint8
 from exporter.export import PROVENANCE_FILE, ExportError, export, read_provenance
 from exporter.images import encode

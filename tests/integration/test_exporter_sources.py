@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploy.server.model import LoadedModel
-from deploy.spec import load_spec
+from server.model import LoadedModel
+from spec.loader import load_spec
 from exporter.export import export
 from exporter.images import bundled_photos, encode
 

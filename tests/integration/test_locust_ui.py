@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from deploy.spec import load_spec
+from spec.loader import load_spec
 from loadtests.payloads import load_or_build
 from tests.conftest import write_spec
 from tests.serverproc import ServerProcess, free_port, page_process

@@ -67,7 +67,7 @@ def test_ctrl_c_during_deploy_leaves_no_server_behind(tmp_path, digits_export):
     from pathlib import Path
 
     from deploy.embedded import EmbeddedDeployment
-    from deploy.spec import load_spec
+    from spec.loader import load_spec
     from tests.conftest import REPO
 
     _, version_dir = digits_export

@@ -68,8 +68,8 @@ def test_the_description_is_valid_openapi_and_covers_every_route_of_the_server()
     expected |= {("POST", f"/v1/models/{{model_name}}{s}:{verb}") for s in selectors
                  for verb in ("predict", "classify", "regress")}
     assert operations == expected
-    # the server's own routing accepts exactly these shapes (deploy/server/rest.py)
-    from deploy.server.rest import GET_PATH, POST_PATH
+    # the server's own routing accepts exactly these shapes (server/rest.py)
+    from server.rest import GET_PATH, POST_PATH
     for method, path in expected:
         concrete = path.replace("{model_name}", "m").replace("{version}", "1").replace("{label}", "l")
         assert (POST_PATH if method == "POST" else GET_PATH).fullmatch(concrete), path

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from deploy.server.model import LoadedModel
+from server.model import LoadedModel
 from exporter.builtin_models import digits_uint8
 from exporter.images import encode
 from tests.serverproc import ServerProcess

@@ -341,16 +341,27 @@ def test_startup_failures_are_one_line(testdata, tmp_path):
     import subprocess
     import sys
     from tests.conftest import REPO
-    cases = [(["--model_base_path=relative/path"], "to have an absolute path or URI"),
-             ([], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
+    # (flags, the `Failed to start server` line's status on stdout, what stderr must hold as TF Serving writes it)
+    cases = [(["--model_base_path=relative/path"], "INVALID_ARGUMENT: Expected model default to have an absolute "
+                                                   "path or URI; got base_path()=relative/path", ""),
+             ([], "INVALID_ARGUMENT: Both server_options.model_base_path and server_options.model_config_file are "
+                  "empty!", ""),
              ([f"--model_config_file={testdata / 'bad_model_config.txt'}"],
+              f"INVALID_ARGUMENT: Invalid protobuf file: '{testdata / 'bad_model_config.txt'}'",
               "Error parsing text-format tensorflow.serving.ModelServerConfig"),
-             (["--port=abc"], "Illegal value 'abc' for flag --port")]
-    for args, message in cases:
-        result = subprocess.run([sys.executable, "-m", "deploy.server", *args], cwd=REPO, capture_output=True,
+             (["--port=0", f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}"],
+              "INVALID_ARGUMENT: At least one of server_options.grpc_port or server_options.grpc_socket_path "
+              "must be set.", "")]
+    for args, status, stderr in cases:
+        result = subprocess.run([sys.executable, "-m", "server", *args], cwd=REPO, capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 255, result
-        assert message in result.stdout and "Traceback" not in result.stdout + result.stderr, result
-    version = subprocess.run([sys.executable, "-m", "deploy.server", "--version"], cwd=REPO, capture_output=True,
+        assert result.stdout.strip().splitlines()[-1] == f"Failed to start server. Error: {status}", result
+        assert stderr in result.stderr and "Failed to start server" not in result.stderr, result
+        assert "Traceback" not in result.stdout + result.stderr, result
+    bad_flag = subprocess.run([sys.executable, "-m", "server", "--port=abc"], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+    assert bad_flag.returncode == 255 and "Illegal value 'abc' for flag --port" in bad_flag.stdout, bad_flag
+    version = subprocess.run([sys.executable, "-m", "server", "--version"], cwd=REPO, capture_output=True,
                              text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("TensorFlow ModelServer: ")

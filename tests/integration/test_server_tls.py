@@ -108,7 +108,7 @@ def test_mutual_tls_requires_a_client_certificate_signed_by_custom_ca(tmp_path, 
 def test_unusable_ssl_configs_stop_the_server_with_one_line(tmp_path, testdata, config, extra, message):
     path = tmp_path / "ssl.config"
     path.write_text(config)
-    result = subprocess.run([sys.executable, "-m", "deploy.server", f"--port={free_port()}",
+    result = subprocess.run([sys.executable, "-m", "server", f"--port={free_port()}",
                              f"--rest_api_port={free_port()}", "--model_name=half",
                              f"--model_base_path={testdata / 'saved_model_half_plus_two_cpu'}",
                              f"--ssl_config_file={path}", *extra], cwd=REPO, capture_output=True, text=True,

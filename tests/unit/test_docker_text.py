@@ -13,7 +13,7 @@ import pytest
 from deploy.containers import run_arguments
 from deploy.images import DOCKERFILES, FLAVOURS, build_options, prepare_context, serving_version
 from deploy.manifests import compose, kubernetes
-from deploy.spec import load_spec
+from spec.loader import load_spec
 from tests.conftest import REPO, write_spec
 
 HADOLINT = shutil.which("hadolint", path=str(REPO / ".venv" / "bin")) or shutil.which("hadolint")
@@ -94,7 +94,7 @@ def test_build_context_holds_models_configs_and_container_flags(spec_for, tmp_pa
 
 def test_build_context_holds_every_served_model(tmp_path, digits_export, testdata):
     from deploy.embedded import DeployError
-    from deploy.server.configs import load_model_config_file
+    from server.configs import load_model_config_file
     from exporter.export import ensure_exported
 
     _, version_dir = digits_export

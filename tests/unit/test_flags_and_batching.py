@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from deploy.server.batching import Batcher
-from deploy.server.configs import BatchingParameters, ConfigError, load_batching_parameters
-from deploy.server.errors import InvalidArgument, Unavailable
-from deploy.server.flags import Flags, UsageError, parse
-from deploy.server.metrics import Metrics
+from server.batching import Batcher
+from server.configs import BatchingParameters, ConfigError, load_batching_parameters
+from server.errors import InvalidArgument, Unavailable
+from server.flags import Flags, UsageError, parse
+from server.metrics import Metrics
 
 
 def test_flags_follow_tensorflow_rules():

@@ -10,7 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deploy.spec import SpecError, load_spec
+from spec.errors import SpecError
+from spec.loader import load_spec
 from tests.conftest import REPO
 
 BASE = yaml.safe_load((REPO / "specs" / "digits_cnn.yaml").read_text())

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from deploy.spec import SpecError, load_spec
+from spec.errors import SpecError
+from spec.loader import load_spec
 from loadtests.payloads import PayloadSet, cells, probabilities_from_grpc, probabilities_from_rest
 from loadtests.recorder import write_samples
 from loadtests.run import Step, Target, locust_command, measure, plan, worker_command
@@ -235,7 +236,7 @@ def test_report_files_and_terminal_ratios(tmp_path):
 
 
 def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):
-    from deploy.server.configs import load_batching_parameters, load_model_config_file, load_monitoring_config
+    from server.configs import load_batching_parameters, load_model_config_file, load_monitoring_config
     from deploy.serving_config import ServerLayout, server_flags, write_configs
 
     spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{
@@ -257,7 +258,7 @@ def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):
 
 
 def test_a_model_config_with_every_served_model(tmp_path, testdata):
-    from deploy.server.configs import load_model_config_file
+    from server.configs import load_model_config_file
     from deploy.serving_config import ServerLayout, write_configs
 
     spec = load_spec(REPO / "specs" / "digits_and_half_plus_two.yaml")

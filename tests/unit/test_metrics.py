@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from deploy.server.dataplane import WARMUP_FILE, DataPlane
-from deploy.server.errors import DataLoss
-from deploy.server.metrics import Metrics
+from server.dataplane import WARMUP_FILE, DataPlane
+from server.errors import DataLoss
+from server.metrics import Metrics
 
 
 def _series(text: str, metric: str) -> list[str]:

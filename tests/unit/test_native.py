@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deploy.server import native, tensors
+from server import native, tensors
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import re
 
 import pytest
 
-from deploy.spec import SpecError, load_spec
+from spec.errors import SpecError
+from spec.loader import load_spec
 from tests.conftest import REPO, write_spec
 
-SOURCES = [path for top in ("deploy", "exporter", "loadtests", "demo", "benchmarks", "tests", "models")
+SOURCES = [path for top in ("spec", "exporter", "server", "deploy", "loadtests", "demo", "benchmarks", "tests", "models")
            if (REPO / top).is_dir() for path in sorted((REPO / top).rglob("*.py"))]
 UNSAFE_YAML = {"load", "load_all", "unsafe_load", "unsafe_load_all", "full_load", "full_load_all", "Loader",
                "FullLoader", "UnsafeLoader", "UnsafeConstructor", "FullConstructor"}
@@ -24,7 +25,7 @@ ALLOWED_BUILD_NAMES = {"TF_SERVING_VERSION", "TF_SERVING_BUILD_OPTIONS", "PYTHON
 
 
 def test_the_repository_has_python_sources_to_scan():
-    assert len(SOURCES) > 40 and REPO / "deploy" / "yamlsource.py" in SOURCES
+    assert len(SOURCES) > 40 and REPO / "spec" / "yamlsource.py" in SOURCES
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))

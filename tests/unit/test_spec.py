@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.schema import render
-from deploy.spec import SpecError, load_spec, parse_duration
+from spec.jsonschema import render
+from spec.errors import SpecError
+from spec.loader import load_spec
+from spec.schema import parse_duration
 from tests.conftest import REPO, run_cli
 
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from deploy.server import errors, tensors
-from deploy.server.errors import ERROR_TABLE, Code, InvalidArgument, ServingError, Unimplemented
+from server import errors, tensors
+from server.errors import ERROR_TABLE, Code, InvalidArgument, ServingError, Unimplemented
 
 
 def test_every_domain_error_is_in_the_one_table_and_codes_agree():

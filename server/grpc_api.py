@@ -5,6 +5,7 @@ one error table; messages longer than 1024 characters are truncated as TF Servin
 """
 from __future__ import annotations
 
+import logging
 import time
 from concurrent import futures
 from typing import Optional
@@ -14,14 +15,16 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from deploy.server.configs import model_configs_from_proto
-from deploy.server.dataplane import CLASSIFY, DataPlane, Resolved, Target, examples_from_input
-from deploy.server.errors import Code, InvalidArgument, ServingError, grpc_code
-from deploy.server.metrics import Metrics
-from deploy.server.repository import Repository
-from deploy.server.tensors import array_to_proto, proto_to_array
+from server.configs import model_configs_from_proto
+from server.dataplane import CLASSIFY, DataPlane, Resolved, Target, examples_from_input
+from server.errors import Code, InvalidArgument, ServingError, as_serving_error, grpc_code
+from server.metrics import Metrics
+from server.repository import Repository
+from server.tensors import array_to_proto, proto_to_array
 
 MAX_MESSAGE = 2**31 - 1
+HEALTH_SERVICES = ("", "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService")
+log = logging.getLogger("server.grpc")
 
 
 def _abort(context, error: ServingError):
@@ -43,6 +46,28 @@ def _fill_spec(message, resolved: Resolved) -> None:
     message.signature_name = resolved.signature_name
 
 
+class ErrorMapping(grpc.ServerInterceptor):
+    """The one place a gRPC call's exception becomes a status: the error table for ServingErrors, INTERNAL for
+    anything unexpected (logged with its traceback). Servicers raise; they never abort themselves."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+
+        def guarded(request, context):
+            try:
+                return behavior(request, context)
+            except Exception as exc:
+                if not isinstance(exc, ServingError):
+                    log.exception("internal error in %s", handler_call_details.method)
+                _abort(context, as_serving_error(exc))
+
+        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, dataplane: DataPlane, metrics: Metrics, tensor_content: bool = False):
         self.dataplane = dataplane
@@ -53,10 +78,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         started = time.perf_counter()
         try:
             result = work()
-        except ServingError as error:
+        except Exception as exc:  # counted here, turned into a status by ErrorMapping
             if api:
-                self.metrics.record_request(model_name, api, "GRPC", error.code.name, 0)
-            _abort(context, error)
+                self.metrics.record_request(model_name, api, "GRPC", as_serving_error(exc).code.name, 0)
+            raise
         if api:
             self.metrics.record_request(model_name, api, "GRPC", "OK", (time.perf_counter() - started) * 1e6)
         return result
@@ -138,11 +163,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.metrics = metrics
 
     def GetModelStatus(self, request, context):
-        try:
-            target = _target(request.model_spec, request.HasField("model_spec"))
-            states = self.dataplane.status(target.name, target.version)
-        except ServingError as error:
-            _abort(context, error)
+        target = _target(request.model_spec, request.HasField("model_spec"))
+        states = self.dataplane.status(target.name, target.version)
         response = get_model_status_pb2.GetModelStatusResponse()
         for state in states:
             entry = response.model_version_status.add(version=state.version)
@@ -167,27 +189,57 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-class GrpcServer:
-    """Both services on host:port (0 picks a free port); message sizes up to max_request_bytes."""
+class BindError(Exception):
+    """gRPC could not listen on an address (taken, or not ours); TF Serving's status for it."""
 
-    def __init__(self, dataplane: DataPlane, repository: Repository, metrics: Metrics, host: str, port: int,
+
+class GrpcServer:
+    """Both services on host:port (None: no TCP port, 0: a free one) and, if given, unix:socket_path; message
+    sizes up to max_request_bytes.
+
+    SO_REUSEPORT is off, so a port another process holds is an error here, not a second server beside it.
+    """
+
+    def __init__(self, dataplane: DataPlane, repository: Repository, metrics: Metrics, host: str,
+                 port: Optional[int],
                  max_threads: int, max_request_bytes: int, tensor_content: bool = False,
-                 credentials: Optional[grpc.ServerCredentials] = None, channel_args: tuple = ()):
+                 credentials: Optional[grpc.ServerCredentials] = None, channel_args: tuple = (),
+                 socket_path: str = "", health: bool = False):
         options = [("grpc.max_receive_message_length", min(max_request_bytes, MAX_MESSAGE)),
-                   ("grpc.max_send_message_length", MAX_MESSAGE), *channel_args]
+                   ("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0), *channel_args]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
-                                   options=options, maximum_concurrent_rpcs=None)
+                                   options=options, maximum_concurrent_rpcs=None, interceptors=(ErrorMapping(),))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(dataplane, metrics, tensor_content), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(dataplane, repository, metrics),
                                                                   self._server)
-        address = f"{host}:{port}"
-        self.port = (self._server.add_secure_port(address, credentials) if credentials
-                     else self._server.add_insecure_port(address))
+        self.health = None
+        if health:
+            from grpc_health.v1 import health as grpc_health
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            self.health = grpc_health.HealthServicer()
+            for service in HEALTH_SERVICES:
+                self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.port = self._listen(f"{host}:{port}", credentials) if port is not None else 0  # 0: a free port
+        self.socket_path = socket_path
+        if socket_path:
+            self._listen(f"unix:{socket_path}", credentials)
+
+    def _listen(self, address: str, credentials) -> int:
+        try:
+            return (self._server.add_secure_port(address, credentials) if credentials
+                    else self._server.add_insecure_port(address))
+        except RuntimeError as exc:  # grpcio: "Failed to bind to address ..."
+            log.error("gRPC cannot listen on %s: %s", address, exc)
+            raise BindError("Failed to BuildAndStart gRPC server") from None
 
     def start(self) -> None:
         self._server.start()
 
     def stop(self, grace: float) -> None:
         """Refuse new RPCs, let in-flight ones finish within `grace` seconds."""
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
         self._server.stop(grace).wait()

@@ -10,8 +10,8 @@ import binascii
 import json
 from typing import Any
 
-from deploy.server.errors import InvalidArgument
-from deploy.server.tensors import compact, is_b64, json_type
+from server.errors import InvalidArgument
+from server.tensors import compact, is_b64, json_type
 
 _KIND_NAMES = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from deploy.server.errors import InvalidArgument, error_for_code
+from server.errors import InvalidArgument, error_for_code
 
 # TF DataType enum values used by the codec and metadata (tensorflow/core/framework/types.proto).
 DT_NAMES = {

@@ -6,19 +6,29 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from deploy.server.configs import (ConfigError, ModelConfig, load_batching_parameters, load_model_config_file,
+from server.configs import (ConfigError, ModelConfig, load_batching_parameters, load_model_config_file,
                                    load_monitoring_config, load_ssl_config)
-from deploy.server.dataplane import WARMUP_FILE, DataPlane, direct_runner
-from deploy.server.errors import ServingError
-from deploy.server.flags import NO_EFFECT, Flags
-from deploy.server.metrics import Metrics
-from deploy.server.model import LoadOptions
+from server.dataplane import WARMUP_FILE, DataPlane, direct_runner
+from server.errors import ServingError
+from server.flags import NO_EFFECT, Flags
+from server.metrics import Metrics
+from server.model import LoadOptions
 
-log = logging.getLogger("deploy.server")
+log = logging.getLogger("server")
 
 
 class StartupError(Exception):
-    """The server cannot start; printed as `Failed to start server. Error: ...`."""
+    """The server cannot start; printed as `Failed to start server. Error: <CODE>: <message>` (TF Serving's
+    status text), on stdout, with exit status 255."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
+        super().__init__(f"{code}: {message}")
+
+
+def _config_failure(exc: ConfigError) -> StartupError:
+    if exc.detail:
+        log.error("%s", exc.detail)  # stderr, where TF Serving's protobuf parser writes it
+    return StartupError(str(exc))
 
 
 def _model_configs(flags: Flags) -> list[ModelConfig]:
@@ -26,7 +36,7 @@ def _model_configs(flags: Flags) -> list[ModelConfig]:
         try:
             return load_model_config_file(flags.model_config_file)
         except ConfigError as exc:
-            raise StartupError(str(exc)) from None
+            raise _config_failure(exc) from None
     if not flags.model_base_path:
         raise StartupError("Both server_options.model_base_path and server_options.model_config_file are empty!")
     if not Path(flags.model_base_path).is_absolute() and "://" not in flags.model_base_path:
@@ -37,12 +47,15 @@ def _model_configs(flags: Flags) -> list[ModelConfig]:
 
 class Server:
     def __init__(self, flags: Flags):
-        from deploy.server.repository import Repository
+        from server.repository import Repository
 
         self.flags = flags
         if flags.rest_api_port and flags.rest_api_port == flags.port:
             raise StartupError("server_options.http_port cannot be same as grpc_port. Please use a different "
                                "port for HTTP/REST API.")
+        if not flags.port and not flags.grpc_socket_path:
+            raise StartupError("At least one of server_options.grpc_port or server_options.grpc_socket_path "
+                               "must be set.")
         if flags.batching_parameters_file and not flags.enable_batching:
             raise StartupError("server_options.batching_parameters_file is set without setting "
                                "server_options.enable_batching to true.")
@@ -61,7 +74,7 @@ class Server:
             self.monitoring = load_monitoring_config(flags.monitoring_config_file)
             batching = load_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
         except ConfigError as exc:
-            raise StartupError(str(exc)) from None
+            raise _config_failure(exc) from None
         self.configs = _model_configs(flags)
         parallel = flags.tensorflow_session_parallelism
         options = LoadOptions(tags=tuple(t for t in flags.saved_model_tags.split(",") if t),
@@ -72,7 +85,7 @@ class Server:
         self.batcher = None
         runner = direct_runner
         if batching is not None:
-            from deploy.server.batching import Batcher
+            from server.batching import Batcher
             self.batcher = runner = Batcher(batching, direct_runner, self.metrics)
         self.repository = Repository(
             self.configs, options, poll_seconds=flags.file_system_poll_wait_seconds,
@@ -94,22 +107,24 @@ class Server:
 
     def start(self) -> None:
         """Load every model (blocking), then start gRPC and REST."""
-        from deploy.server.grpc_api import GrpcServer
-        from deploy.server.rest import RestApi, RestServer
+        from server.grpc_api import BindError, GrpcServer
+        from server.rest import RestApi, RestServer
 
         try:
             self.repository.start()
         except ServingError as exc:
-            raise StartupError(exc.message) from None
+            raise StartupError(exc.message, exc.code.name) from None
         flags = self.flags
-        if flags.port:
+        if flags.port or flags.grpc_socket_path:
             channel_args = tuple(_channel_args(flags.grpc_channel_arguments))
-            self.grpc = GrpcServer(self.dataplane, self.repository, self.metrics, flags.host, flags.port,
-                                   flags.grpc_max_threads, flags.max_request_bytes,
-                                   flags.enable_serialization_as_tensor_content, credentials=self._credentials(),
-                                   channel_args=channel_args)
-            if not self.grpc.port:
-                raise StartupError(f"cannot bind gRPC to {flags.host}:{flags.port} (in use?)")
+            try:
+                self.grpc = GrpcServer(self.dataplane, self.repository, self.metrics, flags.host, flags.port or None,
+                                       flags.grpc_max_threads, flags.max_request_bytes,
+                                       flags.enable_serialization_as_tensor_content, credentials=self._credentials(),
+                                       channel_args=channel_args, socket_path=flags.grpc_socket_path,
+                                       health=flags.enable_grpc_healthcheck_service)
+            except BindError as exc:
+                raise StartupError(str(exc)) from None
             self.grpc.start()
         if flags.rest_api_port:
             prometheus = self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None
@@ -146,13 +161,16 @@ class Server:
             except (ConfigError, ServingError) as exc:
                 log.error("model config reload failed, keeping the current config: %s", exc)
 
-    def startup_lines(self) -> str:
+    def startup_lines(self) -> list[str]:
+        """TF Serving's startup lines (logged to stderr once every model is loaded, as TF Serving logs them)."""
         lines = []
-        if self.grpc:
+        if self.grpc and self.grpc.port:
             lines.append(f"Running gRPC ModelServer at {self.flags.host}:{self.grpc.port} ...")
+        if self.grpc and self.grpc.socket_path:
+            lines.append(f"Running gRPC ModelServer at UNIX socket {self.grpc.socket_path} ...")
         if self.rest:
             lines.append(f"Exporting HTTP/REST API at:{self.flags.host}:{self.rest.port} ...")
-        return "\n".join(lines)
+        return lines
 
     def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, drain in-flight requests, unload models."""

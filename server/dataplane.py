@@ -13,10 +13,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from deploy.server.errors import DataLoss, FailedPrecondition, InvalidArgument, ServingError, Unimplemented
-from deploy.server.metrics import Metrics
-from deploy.server.model import LoadedModel, Signature
-from deploy.server.repository import Repository, VersionState
+from server.errors import DataLoss, FailedPrecondition, InvalidArgument, ServingError, Unimplemented
+from server.metrics import Metrics
+from server.model import LoadedModel, Signature
+from server.repository import Repository, VersionState
 
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
@@ -211,7 +211,7 @@ class DataPlane:
             return 0
         from tensorflow_serving.apis import prediction_log_pb2
 
-        from deploy.server.tensors import proto_to_array
+        from server.tensors import proto_to_array
         started = time.perf_counter()
         try:
             records = _read_tfrecords(path)

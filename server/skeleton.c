@@ -8,7 +8,7 @@
  * An empty array counts as one element here: the caller's leaf count (from simdjson) rejects that case.
  *
  * regular_shape_start runs the check on its own thread, so it overlaps simdjson's parse of the same body (which
- * holds the GIL); regular_shape_finish joins it. Built by deploy/server/native.py, loaded with ctypes.
+ * holds the GIL); regular_shape_finish joins it. Built by server/native.py, loaded with ctypes.
  */
 #include <pthread.h>
 #include <stddef.h>

@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from deploy.server.errors import InvalidArgument, Unimplemented
-from deploy.server.model import DT_NAMES
+from server.errors import InvalidArgument, Unimplemented
+from server.model import DT_NAMES
 
 NUMPY_DTYPES: dict[int, Any] = {
     1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 7: object,
@@ -273,10 +273,10 @@ _native = None
 
 
 def native_check() -> Optional[Any]:
-    """The C skeleton check (deploy/server/skeleton.c) if it is built, else None; looked up once."""
+    """The C skeleton check (server/skeleton.c) if it is built, else None; looked up once."""
     global _native
     if _native is None:
-        from deploy.server import native
+        from server import native
         _native = native.load() or False
     return _native or None
 

@@ -19,9 +19,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from deploy.server.configs import BatchingParameters
-from deploy.server.errors import FailedPrecondition, InvalidArgument, ServingError, Unavailable
-from deploy.server.metrics import Metrics
+from server.configs import BatchingParameters
+from server.errors import FailedPrecondition, Internal, InvalidArgument, ServingError, Unavailable
+from server.metrics import Metrics
 
 
 @dataclass
@@ -141,7 +141,7 @@ class Batcher:
                 task.future.set_exception(error)
         except Exception as error:  # never leave a request waiting forever
             for task in batch:
-                task.future.set_exception(FailedPrecondition(f"Batched run failed: {error}"))
+                task.future.set_exception(Internal(f"Batched run failed: {type(error).__name__}: {error}"))
 
     def stop(self) -> None:
         """Finish queued batches, then stop the threads."""

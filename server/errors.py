@@ -145,3 +145,14 @@ def grpc_code(error: ServingError) -> Code:
 def error_for_code(code: int, message: str) -> ServingError:
     """A domain error for a TensorFlow / absl status code (e.g. from tf.errors.OpError.error_code)."""
     return _BY_CODE.get(code, Unknown)(message)
+
+
+def as_serving_error(exc: BaseException) -> ServingError:
+    """What a client sees for any exception: a ServingError as it is, anything unexpected as INTERNAL.
+
+    Both front ends call this in their one catch-all (the gRPC interceptor, the REST handler), so a bug inside
+    a request is INTERNAL / 500 over either protocol, never a dropped connection or a 400.
+    """
+    if isinstance(exc, ServingError):
+        return exc
+    return Internal(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -2,7 +2,7 @@
 
 `make venv` (and so every make target) builds them with the system C compiler into build/native/; without a
 compiler, or in images without one, the server runs the Python code instead, with the same results, and
-`make perf` says which one it measured. Build by hand: `python -m deploy.server.native`.
+`make perf` says which one it measured. Build by hand: `python -m server.native`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("skeleton.c")
-LIBRARY = Path(__file__).resolve().parents[2] / "build" / "native" / "libskeleton.so"
+LIBRARY = Path(__file__).resolve().parents[1] / "build" / "native" / "libskeleton.so"
 
 
 def build(target: Path = LIBRARY) -> Path:

@@ -7,6 +7,7 @@ error table; bodies are {"error": "..."} with Content-Type application/json.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -17,11 +18,13 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from deploy.server.dataplane import DataPlane, SignatureNotFound, Target
-from deploy.server.errors import InvalidArgument, RequestTooLarge, ServingError, http_status
-from deploy.server.examples import examples_from_request
-from deploy.server.metrics import Metrics
-from deploy.server import tensors
+from server.dataplane import DataPlane, SignatureNotFound, Target
+from server.errors import InvalidArgument, RequestTooLarge, ServingError, as_serving_error, http_status
+from server.examples import examples_from_request
+from server.metrics import Metrics
+from server import tensors
+
+log = logging.getLogger("server.rest")
 
 POST_PATH = re.compile(r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
 GET_PATH = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
@@ -90,7 +93,10 @@ class RestApi:
                 payload = self._metadata(target) if match.group(4) else self._status(target)
             else:
                 raise InvalidArgument(f"Malformed request: {method} {path}")
-        except ServingError as error:
+        except Exception as exc:  # the one REST catch: the error table, or INTERNAL for anything unexpected
+            error = as_serving_error(exc)
+            if not isinstance(exc, ServingError):
+                log.exception("internal error in %s %s", method, path)
             self.metrics.record_request(model_name, api, "REST", error.code.name, 0)
             return http_status(error), json_headers, error_body(error.message)
         self.metrics.record_request(model_name, api, "REST", "OK", (time.perf_counter() - started) * 1e6)

@@ -1,11 +1,11 @@
-"""`python -m deploy.schema OUT.json`: write the spec's JSON Schema (for editors) from deploy/spec.py."""
+"""`python -m spec.jsonschema OUT.json`: write the spec's JSON Schema (for editors) from spec/schema.py."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
 
-from deploy.spec import json_schema
+from spec.loader import json_schema
 
 
 def render() -> str:
@@ -15,7 +15,7 @@ def render() -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m deploy.schema OUT.json", file=sys.stderr)
+        print("usage: python -m spec.jsonschema OUT.json", file=sys.stderr)
         return 2
     Path(argv[0]).write_text(render(), encoding="utf-8")
     print(f"wrote {argv[0]}")

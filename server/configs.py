@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from deploy.server.errors import InvalidArgument
+from server.errors import InvalidArgument
 
 
 class ConfigError(Exception):
-    """A config file cannot be used; one line naming the file and the problem."""
+    """A config file cannot be used; one line naming the file and the problem.
+
+    `detail` is the parser's own line, which TF Serving's protobuf library writes to stderr (the status,
+    on stdout, only names the file)."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,8 @@ def _parse(path: str, message, kind: str):
     try:
         return text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        raise ConfigError(f"Invalid protobuf file: '{path}': Error parsing text-format "
-                          f"{message.DESCRIPTOR.full_name}: {exc}") from None
+        raise ConfigError(f"Invalid protobuf file: '{path}'",
+                          detail=f"Error parsing text-format {message.DESCRIPTOR.full_name}: {exc}") from None
 
 
 def model_configs_from_proto(config) -> list[ModelConfig]:

@@ -1,4 +1,4 @@
-"""`python -m deploy.server` — the composition root: flags -> repository -> data plane -> REST + gRPC.
+"""`python -m server` — the composition root: flags -> repository -> data plane -> REST + gRPC.
 
 Prints TF Serving's two startup lines only once every model is loaded. SIGTERM or SIGINT stops
 accepting, lets in-flight requests finish, unloads the models and exits 0.
@@ -12,7 +12,9 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from deploy.server import flags as flag_module
+from server import flags as flag_module
+
+log = logging.getLogger("server")
 
 
 def _configure_logging() -> None:
@@ -21,7 +23,7 @@ def _configure_logging() -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"Failed to start server. Error: {message}", flush=True)
+    print(f"Failed to start server. Error: {message}", flush=True)  # stdout, as TF Serving's main() prints it
     return 255
 
 
@@ -32,14 +34,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except flag_module.UsageError as exc:
         flag_module.print_usage_and_exit(str(exc))
     if flags.version:
-        from deploy.server.version import version_lines
+        from server.version import version_lines
         print(version_lines())
         return 0
     if unknown:
         print(f"unknown argument: {unknown[0]}\n{flag_module.usage()}", flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _configure_logging()
-    from deploy.server.app import Server, StartupError
+    from server.app import Server, StartupError
     try:
         server = Server(flags)
         server.start()
@@ -48,12 +50,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stopping = threading.Event()
 
     def on_signal(signum, _frame):
-        logging.getLogger("deploy.server").info("received signal %d: draining and shutting down", signum)
+        log.info("received signal %d: draining and shutting down", signum)
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(server.startup_lines(), flush=True)
+    for line in server.startup_lines():
+        log.info("%s", line)
     stopping.wait()
     server.stop()
     return 0

@@ -75,7 +75,7 @@ NO_EFFECT = {"enable_per_model_batching_parameters", "num_load_threads", "num_un
              "num_tflite_pools", "num_tflite_interpreters_per_pool", "enable_signature_method_name_check",
              "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled", "enable_profiler",
              "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
-             "enable_grpc_healthcheck_service", "grpc_socket_path", "use_alts_credentials"}
+             "use_alts_credentials"}
 
 HELP = {
     "host": "address both servers bind to (ours; TF Serving binds all interfaces)",
@@ -91,7 +91,7 @@ class UsageError(Exception):
 
 
 def usage() -> str:
-    lines = ["usage: python -m deploy.server --flag=value ...", "Flags:"]
+    lines = ["usage: python -m server --flag=value ...", "Flags:"]
     for field in fields(Flags):
         kind = {bool: "bool", int: "int32", float: "float", str: "string"}[type(field.default)]
         lines.append(f"\t--{field.name}={str(field.default).lower() if kind == 'bool' else field.default}"

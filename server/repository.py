@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from deploy.server.configs import ModelConfig
-from deploy.server.errors import Code, FailedPrecondition, InvalidArgument, NotFound, ServingError
-from deploy.server.metrics import Metrics
-from deploy.server.model import LoadedModel, LoadOptions
+from server.configs import ModelConfig
+from server.errors import Code, FailedPrecondition, InvalidArgument, NotFound, ServingError
+from server.metrics import Metrics
+from server.model import LoadedModel, LoadOptions
 
-log = logging.getLogger("deploy.server")
+log = logging.getLogger("server")
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
