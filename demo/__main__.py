@@ -23,21 +23,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from spec.errors import run_command
+
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return run_command(lambda: _serve(args), interrupted="demo: stopped")
+
+
+def _serve(args: argparse.Namespace) -> int:
     from deploy.deployment import bring_up, deployment_for
     from deploy.embedded import DeployError
-    from spec.errors import SpecError
+    from exporter.export import ensure_exported, spec_labels
+    from spec.errors import UsageError
     from spec.loader import load_spec
-    from deploy.waiting import NotReady
-    from exporter.export import ExportError, ensure_exported, spec_labels
-    from exporter.verify import VerificationError
 
     deployment, started = None, False
     try:
         spec = load_spec(args.spec)
         if args.max_upload_mb <= 0:
-            raise SpecError(f"--max-upload-mb must be positive (got {args.max_upload_mb:g})")
+            raise UsageError(f"--max-upload-mb must be positive (got {args.max_upload_mb:g})")
         ensure_exported(spec)
         deployment = deployment_for(spec, args.backend)
         started = bring_up(spec, deployment)
@@ -58,15 +62,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"and {endpoints.grpc_target}; Ctrl-C stops)", flush=True)
         try:
             server.serve_forever()
+        except KeyboardInterrupt:
+            print("demo: stopped", file=sys.stderr)
         finally:
             server.server_close()
             client.close()
-    except (SpecError, DeployError, NotReady, ExportError, VerificationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("demo: stopped", file=sys.stderr)
-        return 0
     finally:
         if started and deployment is not None:
             deployment.stop()

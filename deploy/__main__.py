@@ -47,60 +47,53 @@ def render(spec, kind: str, out: Path) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from spec.errors import run_command
+
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from deploy.deployment import already_serving, bring_up, deployment_for
-    from deploy.embedded import DeployError
-    from spec.errors import SpecError
-    from spec.loader import load_spec
-    from deploy.waiting import NotReady
-    from exporter.export import ExportError
-    from exporter.images import ImageCorpusError
-    from exporter.verify import VerificationError
+    return run_command(lambda: _command(args))
 
-    try:
-        spec = load_spec(args.spec)
-        if args.image:
-            spec = spec.model_copy(update={"serving": spec.serving.model_copy(update={"image": args.image})})
-        deployment = deployment_for(spec, args.backend)
-        if args.command == "up":
-            from exporter.export import ensure_exported
-            ensure_exported(spec)
-            bring_up(spec, deployment)
-            endpoints = deployment.endpoints
-            for served in spec.served:
-                print(f"try: curl {endpoints.rest_url}/v1/models/{served.name}")
-            print(f"stop: make down SPEC={args.spec}")
-        elif args.command == "down":
-            stopped = deployment.stop()
-            print(f"stopped {spec.name} ({deployment.backend})" if stopped else
-                  f"nothing to stop: no {deployment.backend} deployment of {spec.name} is running")
-        elif args.command == "status":
-            endpoints = deployment.endpoints
-            running = deployment.alive() is None
-            serving = already_serving(endpoints)
-            print(f"{spec.name} ({deployment.backend}): {'running' if running else 'not running'}; "
-                  f"{'AVAILABLE' if serving else 'not serving'} at {endpoints.rest_url} / {endpoints.grpc_target}")
-            for served in spec.served[1:]:
-                also = already_serving(dataclasses.replace(endpoints, model=served.name))
-                serving = serving and also
-                print(f"  also serves {served.name}: {'AVAILABLE' if also else 'not serving'}")
-            return 0 if serving else 1
-        elif args.command in ("compose", "k8s"):
-            from deploy.embedded import STATE_DIR
-            out = args.out or STATE_DIR / f"{spec.name}-{spec.serving.rest_port}" / args.command
-            print(f"wrote {render(spec, args.command, out)}")
-        elif args.command == "clean":
-            from deploy.containers import remove_everything
-            print(remove_everything())
-        else:
-            sys.stdout.write(deployment.logs())
-    except (SpecError, DeployError, NotReady, ExportError, VerificationError, ImageCorpusError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; what was started has been stopped", file=sys.stderr)
-        return 130
+
+def _command(args: argparse.Namespace) -> int:
+    from deploy.deployment import already_serving, bring_up, deployment_for
+    from spec.loader import load_spec
+
+    spec = load_spec(args.spec)
+    if args.image:
+        spec = spec.model_copy(update={"serving": spec.serving.model_copy(update={"image": args.image})})
+    deployment = deployment_for(spec, args.backend)
+    if args.command == "up":
+        from exporter.export import ensure_exported
+        ensure_exported(spec)
+        bring_up(spec, deployment)
+        endpoints = deployment.endpoints
+        for served in spec.served:
+            print(f"try: curl {endpoints.rest_url}/v1/models/{served.name}")
+        print(f"stop: make down SPEC={args.spec}")
+    elif args.command == "down":
+        stopped = deployment.stop()
+        print(f"stopped {spec.name} ({deployment.backend})" if stopped else
+              f"nothing to stop: no {deployment.backend} deployment of {spec.name} is running")
+    elif args.command == "status":
+        endpoints = deployment.endpoints
+        running = deployment.alive() is None
+        serving = already_serving(endpoints)
+        print(f"{spec.name} ({deployment.backend}): {'running' if running else 'not running'}; "
+              f"{'AVAILABLE' if serving else 'not serving'} at {endpoints.rest_url} / {endpoints.grpc_target}")
+        for served in spec.served[1:]:
+            also = already_serving(dataclasses.replace(endpoints, model=served.name))
+            serving = serving and also
+            print(f"  also serves {served.name}: {'AVAILABLE' if also else 'not serving'}")
+        return 0 if serving else 1
+    elif args.command in ("compose", "k8s"):
+        from deploy.embedded import STATE_DIR
+        out = args.out or STATE_DIR / f"{spec.name}-{spec.serving.rest_port}" / args.command
+        print(f"wrote {render(spec, args.command, out)}")
+    elif args.command == "clean":
+        from deploy.containers import remove_everything
+        print(remove_everything())
+    else:
+        sys.stdout.write(deployment.logs())
     return 0
 
 

@@ -94,6 +94,7 @@ class DockerDeployment:
         return self._engine
 
     @property
+    @docker_client.translated
     def image(self) -> str:
         """The image tag: the one built, else the running container's (deployed by an earlier command)."""
         if self.tag is None:
@@ -111,10 +112,12 @@ class DockerDeployment:
             return None
 
     @property
+    @docker_client.translated
     def server_pid(self) -> Optional[int]:
         container = self._container()
         return (container.attrs.get("State", {}).get("Pid") or None) if container else None
 
+    @docker_client.translated
     def build_image(self) -> str:
         """Prepare the context and build the image; returns its tag."""
         plan = build_plan(self.spec, self.log)
@@ -126,6 +129,7 @@ class DockerDeployment:
             self.tag = build(self.engine, context, plan.tag, plan.buildargs, labels, target=plan.target, log=self.log)
         return self.tag
 
+    @docker_client.translated
     def start(self) -> None:
         """Build, replace an exited container of the same name, and run. Cleans up if run fails."""
         errors = docker_client.errors()
@@ -142,7 +146,30 @@ class DockerDeployment:
                 leftover.remove(force=True)
             raise DeployError(f"docker run of {tag} failed: {exc.explanation or exc}") from None
         self.log(f"container {container.name} ({container.short_id}) from {tag} ({FLAVOURS[self.spec.serving.image]})")
+        problem = self._network_problem(container)
+        if problem:
+            container.remove(force=True)
+            raise DeployError(problem)
 
+    def _network_problem(self, container) -> Optional[str]:
+        """Why the started container cannot be reached on the spec's ports, or None: checked at once, so a
+        missing bridge network is one message now, not a readiness timeout later."""
+        serving = self.spec.serving
+        if serving.network == "host":
+            return None
+        container.reload()
+        bound = container.attrs.get("NetworkSettings", {}).get("Ports") or {}
+        missing = [port for port in CONTAINER_PORTS if not bound.get(f"{port}/tcp")]
+        if not missing:
+            return None
+        bridges = [network.name for network in self.engine.networks.list(names=["bridge"])]
+        why = ("this engine has no bridge network (dockerd runs with --bridge=none?), so ports cannot be published"
+               if not bridges else "the engine did not publish them")
+        return (f"container {self.name} started, but its ports {', '.join(map(str, missing))} are not published on "
+                f"{serving.host}: {why}. Set serving.network: host in {self.spec.where('serving', 'network')} "
+                "(the container shares the host's network and listens on the spec's ports)")
+
+    @docker_client.translated
     def alive(self) -> Optional[str]:
         container = self._container()
         if container is None:
@@ -152,10 +179,12 @@ class DockerDeployment:
             return f"container {self.name} exited with status {state.get('ExitCode')}"
         return None
 
+    @docker_client.translated
     def logs(self) -> str:
         container = self._container()
         return container.logs(tail=200).decode(errors="replace") if container else ""
 
+    @docker_client.translated
     def stop(self, timeout_s: int = 30) -> bool:
         """Stop and remove every container of this model and port, found by label. True if one was removed."""
         found = self.engine.containers.list(all=True, filters={"label": [
@@ -168,6 +197,7 @@ class DockerDeployment:
         return bool(found)
 
 
+@docker_client.translated
 def remove_everything() -> str:
     """Stop and remove every container, then every image, labelled as ours (what `make clean` calls)."""
     engine = docker_client.client()

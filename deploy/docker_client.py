@@ -4,6 +4,7 @@ Every image and container carries LABEL_MANAGED, so `make down` / `make clean` f
 """
 from __future__ import annotations
 
+import functools
 import os
 
 from deploy.embedded import DeployError
@@ -27,6 +28,20 @@ def client():
         raise DeployError(f"no Docker engine reachable at {where} ({exc}); start one (e.g. dockerd, or "
                           "systemctl start docker) or use serving.backend: embedded") from None
     return engine
+
+
+def translated(function):
+    """Decorate a function that talks to the engine: any docker SDK error becomes a one-line DeployError."""
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        from docker.errors import DockerException
+
+        try:
+            return function(*args, **kwargs)
+        except DockerException as exc:
+            explanation = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
+            raise DeployError(f"the Docker engine refused {function.__name__.strip('_')}: {explanation}") from None
+    return call
 
 
 def errors():

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Optional
 
 from deploy.serving_config import ServerLayout, server_flags, write_configs
-from spec.schema import Spec
 from deploy.waiting import Endpoints
+from spec.errors import HarnessError
+from spec.schema import Spec
 
 REPO = Path(__file__).resolve().parents[1]
 STATE_DIR = REPO / ".run"
 
 
-class DeployError(Exception):
+class DeployError(HarnessError):
     """A deployment cannot be started or stopped; the message says what and what to do."""
 
 

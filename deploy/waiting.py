@@ -12,8 +12,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from spec.errors import HarnessError
 
-class NotReady(Exception):
+
+class NotReady(HarnessError):
     """The model did not become available in time; the message says where, what was seen and why."""
 
 

@@ -26,49 +26,45 @@ def _inspect_parser() -> argparse.ArgumentParser:
 
 
 def _version(value: Optional[str]):
+    from spec.errors import UsageError
+
     if value is None or value == "auto":
         return value
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"--version {value!r}: use a positive integer or 'auto'")
+        raise UsageError(f"--version {value!r}: use a positive integer or 'auto'")
     return int(value)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from spec.errors import run_command
+
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if argv[:1] == ["inspect"]:
         args = _inspect_parser().parse_args(argv[1:])
-        from exporter.describe import InspectError, describe
-        try:
-            print(describe(args.directory))
-        except (InspectError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-
+        return run_command(lambda: _inspect(args.directory))
     args = _export_parser().parse_args(argv)
-    from spec.errors import SpecError
-    from spec.loader import load_spec
-    try:
-        version = _version(args.version)
-        spec = load_spec(args.spec)
-    except (SpecError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _export(args))
 
-    from exporter.describe import describe
-    from exporter.export import ExportError, export
-    from exporter.images import ImageCorpusError
-    from exporter.sources import SourceError
-    from exporter.verify import VerificationError
+
+def _inspect(directory: Path) -> int:
+    from exporter.describe import InspectError, describe
+
     try:
-        result = export(spec, version=version, overwrite=args.overwrite)
-    except (ExportError, SourceError, ImageCorpusError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except VerificationError as exc:
-        print(f"error: verification failed: {exc}", file=sys.stderr)
-        return 3
+        print(describe(directory))
+    except OSError as exc:
+        raise InspectError(f"{directory}: cannot read it: {exc.strerror or exc}") from None
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from exporter.describe import describe
+    from exporter.export import export
+    from spec.loader import load_spec
+
+    version = _version(args.version)
+    spec = load_spec(args.spec)
+    result = export(spec, version=version, overwrite=args.overwrite)
     print()
     print(describe(result.path))
     print(f"exported {spec.name} version {result.version} to {result.path}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.model import Signature, TensorSpec, dtype_name, signatures_of
+from spec.errors import HarnessError
 
 
-class InspectError(Exception):
+class InspectError(HarnessError):
     """The directory is not a readable SavedModel."""
 
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from spec.errors import HarnessError
 from spec.schema import SavedModelSource, Spec
 
 PROVENANCE_FILE = Path("assets.extra") / "provenance.json"
 
 
-class ExportError(Exception):
+class ExportError(HarnessError):
     """The export cannot proceed; one line naming the spec key or path and what to do."""
 
 

@@ -11,12 +11,14 @@ from typing import Optional
 
 import numpy as np
 
+from spec.errors import HarnessError
+
 BUNDLED_SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
                    "colorwheel", "retina")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-class ImageCorpusError(Exception):
+class ImageCorpusError(HarnessError):
     """The image directory is unusable; the message says which file and why."""
 
 

@@ -12,10 +12,17 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from spec.schema import BuilderSource, KerasApplicationSource, KerasFileSource, SavedModelSource, Spec
+from spec.errors import HarnessError
+from spec.schema import (
+    BuilderSource,
+    KerasApplicationSource,
+    KerasFileSource,
+    SavedModelSource,
+    Spec,
+)
 
 
-class SourceError(Exception):
+class SourceError(HarnessError):
     """The model source cannot be loaded; the message is one line naming the spec key and a fix."""
 
 

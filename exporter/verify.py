@@ -8,9 +8,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from spec.errors import MISMATCH, HarnessError
 
-class VerificationError(Exception):
+
+class VerificationError(HarnessError):
     """The exported model does not reproduce the source model."""
+    exit_code = MISMATCH
+    prefix = "verification failed: "
 
 
 @dataclass
@@ -44,8 +48,8 @@ def verify_image_model(version_dir: Path, reference: Callable[[np.ndarray], np.n
                        preprocess_batch: Callable[[Sequence[bytes]], np.ndarray], encoded: Sequence[bytes],
                        labels: Sequence[str], signatures: Sequence[str], tolerance: float) -> Verification:
     """Run each exported signature in a fresh session and compare with `reference(preprocessed images)`."""
-    from server.model import LoadedModel
     from exporter.signatures import IMAGE_FEATURE
+    from server.model import LoadedModel
 
     pixels = preprocess_batch(encoded)
     expected = np.asarray(reference(pixels), dtype=np.float32)

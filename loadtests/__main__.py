@@ -21,7 +21,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if argv[0] == "worker":
         from loadtests.worker import main_worker
-        return main_worker(argv[1:])
+        from spec.errors import run_command
+        return run_command(lambda: main_worker(argv[1:]), interrupted="worker: stopped")
     from loadtests.bench import Generators, Overrides, main_bench, parse_args
 
     args = parse_args(argv[1:])

@@ -233,32 +233,15 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
 def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = None,
                log: Callable[[str], None] = print, generators: Generators = Generators()) -> int:
     """Load and override the spec, run bench, and turn every user-facing failure into one line and an exit code."""
-    import sys
-
-    from deploy.embedded import DeployError
+    from spec.errors import run_command
     from spec.loader import load_spec
-    from deploy.waiting import NotReady
-    from exporter.export import ExportError
-    from exporter.images import ImageCorpusError
-    from exporter.verify import VerificationError
-    from loadtests.correctness import MismatchError
-    from loadtests.payloads import PayloadError
-    from loadtests.run import StepError
 
-    try:
+    def body() -> int:
         generators.check()
         spec = apply_overrides(load_spec(spec_path), overrides)
         return bench(spec, log, backend, generators)
-    except (SpecError, DeployError, NotReady, ExportError, VerificationError, ImageCorpusError, PayloadError,
-            StepError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except MismatchError as exc:
-        print(f"error: correctness check failed, no benchmark was run: {exc}", file=sys.stderr)
-        return EXIT_MISMATCH
-    except KeyboardInterrupt:
-        print("interrupted: the deployment this run started has been stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+
+    return run_command(body, interrupted="interrupted: the deployment this run started has been stopped")
 
 
 def parse_args(argv: Sequence[str]):

@@ -12,13 +12,21 @@ from typing import Sequence
 
 import numpy as np
 
-from loadtests.payloads import (SCORE_TOLERANCE, PayloadSet, probabilities_from_grpc, probabilities_from_rest,
-                                wire_name)
+from loadtests.payloads import (
+    SCORE_TOLERANCE,
+    PayloadSet,
+    probabilities_from_grpc,
+    probabilities_from_rest,
+    wire_name,
+)
 from loadtests.run import PROTOCOL_LABEL
+from spec.errors import MISMATCH, HarnessError
 
 
-class MismatchError(Exception):
+class MismatchError(HarnessError):
     """A protocol or payload answers differently from the model in-process (or not at all)."""
+    exit_code = MISMATCH
+    prefix = "correctness check failed, no benchmark was run: "
 
 
 def _rest_answer(rest_url: str, model: str, body: bytes) -> np.ndarray:

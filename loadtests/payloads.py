@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from spec.errors import HarnessError
+
 IMAGE_SIGNATURE, IMAGE_INPUT = "serving_default", "image_bytes"
 TENSOR_SIGNATURE, TENSOR_INPUT = "predict_tensor", "images"
 OUTPUT = "probabilities"
@@ -35,7 +37,7 @@ FORMAT = 1  # bump when the cached file layout or the rendering changes
 JSON_DECIMALS = 6  # float tensor JSON: 1e-6 on inputs in [-1, 1] moves no score by 1e-4
 
 
-class PayloadError(Exception):
+class PayloadError(HarnessError):
     """The payloads cannot be built for this model or spec; the message says why and what to do."""
 
 
@@ -235,8 +237,8 @@ def build(spec, version_dir: Path, payload_names: Sequence[str]) -> PayloadSet:
     """Encode the spec's images and compute the model's in-process answers (imports TensorFlow)."""
     import tensorflow as tf
 
-    from server.model import LoadedModel
     from exporter.preprocess import decode_batch
+    from server.model import LoadedModel
 
     model = LoadedModel.load(version_dir)
     try:

@@ -21,6 +21,7 @@ import numpy as np
 
 from loadtests.payloads import cells, wire_name
 from server.process import free_port  # noqa: F401  (one free_port for the harness and its tests)
+from spec.errors import HarnessError
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 REPO = LOCUSTFILE.parents[1]
@@ -30,7 +31,7 @@ GENERATOR_BOUND_PERCENT = 80.0
 STARTUP_ALLOWANCE_S = 90.0  # Locust + gRPC stubs (which import TensorFlow) before the first user spawns
 
 
-class StepError(Exception):
+class StepError(HarnessError):
     """A Locust step did not produce measurements; the message carries its last output lines."""
 
 
