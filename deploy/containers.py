@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from deploy import docker_client
-from deploy.embedded import DeployError
+from deploy.embedded import OUR_SERVER, DeployError
 from deploy.images import CONTAINER_PORTS, FLAVOURS, HARDENING, build, build_options, image_tag, prepare_context, serving_version
 from spec.schema import Spec
 from deploy.waiting import Endpoints
@@ -42,8 +42,26 @@ def build_plan(spec: Spec, log: Callable[[str], None] = print) -> BuildPlan:
         buildargs["TF_SERVING_BUILD_OPTIONS"] = build_options(spec)
     if flavour == "embedded":
         buildargs["PYTHON_BASE"] = spec.serving.python_base_image
+    elif spec.serving.base_image:
+        buildargs["TF_SERVING_BASE"] = spec.serving.base_image
     return BuildPlan(image_tag(spec, flavour, versions[-1]), buildargs,
                      "model" if flavour == "embedded" else None, versions, version)
+
+
+def server_identity(engine, image) -> dict:
+    """What a model image really runs, from labels: its base image (reference and id) and whether the server is
+    TF Serving or ours (our server's images, and any stand-in built on them, carry LABEL_SERVER)."""
+    labels = image.labels or {}
+    base = labels.get(docker_client.LABEL_BASE_IMAGE)
+    base_id = None
+    if base:
+        try:
+            base_id = engine.images.get(base).id
+        except docker_client.errors().ImageNotFound:
+            pass
+    ours = labels.get(docker_client.LABEL_SERVER) == "embedded"
+    return {"server": OUR_SERVER if ours else docker_client.TF_SERVING, "base_image": base,
+            "base_image_id": base_id}
 
 
 def container_name(spec: Spec) -> str:
@@ -103,6 +121,14 @@ class DockerDeployment:
                 self.tag = (container.image.tags or [container.image.short_id])[0]
                 self.serving_version = container.image.labels.get("tfserve-bench.tf-serving-version")
         return self.tag or f"tfserve-bench/{self.spec.name.lower()}:{self.spec.serving.image}"
+
+    @property
+    @docker_client.translated
+    def server_identity(self) -> dict:
+        """The server kind and base image of the image built (or of the running container's)."""
+        container = self._container()
+        image = container.image if container is not None else self.engine.images.get(self.image)
+        return server_identity(self.engine, image)
 
     def _container(self):
         errors = docker_client.errors()
@@ -206,7 +232,7 @@ def remove_everything() -> str:
     for container in containers:
         container.remove(force=True)
     images = [image for image in engine.images.list(filters=label)
-              if not any(tag.startswith(("tensorflow/serving:", "tfserve-bench/python", "tfserve-bench/debian"))
+              if not any(tag.startswith(("tfserve-bench/standin-serving", "tfserve-bench/python", "tfserve-bench/debian"))
                          for tag in image.tags)]  # the offline stand-in bases are kept: they took minutes
     for image in images:
         engine.images.remove(image.id, force=True)

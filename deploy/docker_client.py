@@ -7,12 +7,15 @@ from __future__ import annotations
 import functools
 import os
 
-from deploy.embedded import DeployError
+from deploy.embedded import OUR_SERVER, DeployError
 
 LABEL_MANAGED = "tfserve-bench.managed"
 LABEL_MODEL = "tfserve-bench.model"
 LABEL_REST_PORT = "tfserve-bench.rest-port"
 LABEL_SPEC = "tfserve-bench.spec"
+LABEL_BASE_IMAGE = "tfserve-bench.base-image"  # the image a model image was built on (its FROM)
+LABEL_SERVER = "tfserve-bench.server"          # "embedded" on our server's images and all built on them
+TF_SERVING = "TensorFlow Serving"
 
 
 def client():

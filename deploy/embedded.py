@@ -21,6 +21,7 @@ from spec.schema import Spec
 
 REPO = Path(__file__).resolve().parents[1]
 STATE_DIR = REPO / ".run"
+OUR_SERVER = "tfserve-bench embedded server"  # what provenance calls our server (TF Serving's is "TensorFlow Serving")
 
 
 class DeployError(HarnessError):
@@ -50,6 +51,11 @@ class EmbeddedDeployment:
     @property
     def image(self) -> str:
         return "embedded (python -m server)"
+
+    @property
+    def server_identity(self) -> dict:
+        """What serves: our server, on this machine's Python (no image)."""
+        return {"server": OUR_SERVER, "base_image": None, "base_image_id": None}
 
     def pid(self) -> Optional[int]:
         """The running server's pid from the pid file, or None (a stale pid file is ignored)."""

@@ -132,6 +132,7 @@ def provenance(spec: Spec, version_dir: Path, deployment, reused: bool) -> dict:
         "batching": spec.serving.batching.enabled, "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
         "python": platform.python_version(), "locust": version("locust"), "grpcio": version("grpcio"),
         "git_commit": _git_commit(), "host": platform.node(),
+        **deployment.server_identity,  # server (TF Serving or ours), base_image and its id: what really served
     }
 
 

@@ -89,7 +89,8 @@ def _fmt(value, digits: int = 2) -> str:
 def terminal_summary(summary: dict) -> str:
     """One screen: per comparison and level, p50 and throughput of each protocol and their REST/gRPC ratio."""
     runs = summary["runs"]
-    lines = [f"{summary['model']}: {len(runs)} runs, report in {summary['report_dir']}"]
+    lines = [f"{summary['model']}: {len(runs)} runs on {served_by(summary.get('provenance', {}))}, "
+             f"report in {summary['report_dir']}"]
     for rest_payload, grpc_wire in pairs(runs):
         lines.append(f"\n  REST {rest_payload or '-'}  vs  gRPC {grpc_wire or '-'}")
         lines.append(f"  {'users':>5} | {'REST p50':>9} {'REST rps':>9} | {'gRPC p50':>9} {'gRPC rps':>9} | "
@@ -115,6 +116,15 @@ def terminal_summary(summary: dict) -> str:
         lines.append(f"  FAILED {r['protocol']} {r['wire']} users={r['users']}: {r['failures']}/{r['requests']} "
                      f"failed (threshold {summary['failure_threshold']:.2%}); first reason: {reason}")
     return "\n".join(lines)
+
+
+def served_by(provenance: dict) -> str:
+    """'docker: TensorFlow Serving (tensorflow/serving:2.21.0, sha256:...)': what really answered the requests."""
+    server = provenance.get("server") or "unknown server"
+    base = provenance.get("base_image")
+    base_id = (provenance.get("base_image_id") or "")[:19]
+    detail = f" ({base}{', ' + base_id if base_id else ''})" if base else ""
+    return f"{provenance.get('backend', '')}: {server}{detail}"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -145,7 +155,7 @@ def html_report(summary: dict, plots: Sequence[str]) -> str:
                     f"{len(summary['runs'])} of {summary['runs_planned']} runs were measured.</p>")
     images = "".join(f"<img src='{esc(p)}' alt='{esc(p)}'>" for p in plots)
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(summary['model'])}: REST vs gRPC</title>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(summary['model'])}: REST vs gRPC on {esc(served_by(summary['provenance']))}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
@@ -154,7 +164,7 @@ th {{ background: #f3f3f3; }}
 img {{ max-width: 100%; display: block; margin: 1em 0; }}
 .bound {{ color: #b35900; }} .bad {{ color: #b00020; font-weight: bold; }}
 </style></head><body>
-<h1>{esc(summary['model'])}: REST vs gRPC on {esc(summary['provenance'].get('backend', ''))}</h1>
+<h1>{esc(summary['model'])}: REST vs gRPC on {esc(served_by(summary['provenance']))}</h1>
 <p>{esc(summary['created'])}. Latency percentiles are computed from every successful request of each measured
 window (warm-up excluded), not from Locust's rounded buckets. Throughput counts successful requests.</p>
 {verdict}{notes}

@@ -191,6 +191,9 @@ class ServingSpec(_Strict):
         "published", description="docker backend: publish 8500/8501 on serving.host, or share the host's network")
     cpu_flags: tuple[Literal["avx", "avx2", "fma", "sse4.1", "sse4.2", "avx512f", "native"], ...] = Field(
         ("avx2", "fma"), description="image cpu-optimized: instruction sets the TF Serving binary is compiled for")
+    base_image: Optional[str] = Field(
+        None, description="images cpu, gpu, cpu-optimized: the TF Serving image to build on (default "
+        "tensorflow/serving:<version>, -gpu for gpu); the report records its id and whether it is TF Serving")
     python_base_image: str = Field(
         "python:3.11-slim-bookworm", description="image embedded: the Python base image (Debian, Python 3.10-3.12)")
     kubernetes: "KubernetesSpec" = Field(default_factory=lambda: KubernetesSpec())

@@ -21,7 +21,8 @@ def engine():
 
 @pytest.fixture(scope="session")
 def tf_serving_standin(engine):
-    """The offline tensorflow/serving:<exporting TF version> stand-in (our server with TF Serving's conventions)."""
+    """The offline stand-in for tensorflow/serving:<exporting TF version> (our server with TF Serving's conventions),
+    under a tag of our own; specs name it as serving.base_image."""
     from importlib.metadata import version
 
     return standin.tf_serving(engine, version("tensorflow"), log=lambda line: None)

@@ -2,10 +2,14 @@
 
   tfserve-bench/debian:bookworm     debootstrap --variant=minbase bookworm, then `docker import`
   tfserve-bench/python:3.11         + Debian's python3 and python3-venv (apt over http)
-  tensorflow/serving:<version>      Dockerfile.embedded's `server` stage on that Python: our embedded server as
-                                    /usr/bin/tensorflow_model_server with TF Serving's entrypoint conventions
+  tfserve-bench/standin-serving:<version>
+                                    Dockerfile.embedded's `server` stage on that Python: our embedded server as
+                                    /usr/bin/tensorflow_model_server with TF Serving's entrypoint conventions,
+                                    labelled tfserve-bench.server=embedded
 
-so the real dockerfiles/Dockerfile.cpu builds unchanged on top. Nothing here is used outside the tests.
+so the real dockerfiles/Dockerfile.cpu builds unchanged on top of it (serving.base_image names it). It is never
+tagged tensorflow/serving: a later real deploy on the same engine must not measure our server as TF Serving, and
+the report says which server ran (from the label). Nothing here is used outside the tests.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from deploy.embedded import REPO
 
 DEBIAN = "tfserve-bench/debian:bookworm"
 PYTHON = "tfserve-bench/python:3.11"
+STANDIN = "tfserve-bench/standin-serving"
 SOURCE_LABEL = "tfserve-bench.standin-source"
 PYTHON_DOCKERFILE = f"""FROM {DEBIAN}
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \\
@@ -65,7 +70,7 @@ def python_base(engine, log=print) -> str:
 
 def _server_hash() -> str:
     digest = hashlib.sha256()
-    files = sorted((REPO / "deploy" / "server").glob("*.py")) + [REPO / "dockerfiles" / "Dockerfile.embedded",
+    files = sorted((REPO / "server").glob("*.py")) + [REPO / "dockerfiles" / "Dockerfile.embedded",
                                                                  REPO / "dockerfiles" / "requirements-server.txt"]
     for path in files:
         digest.update(path.name.encode() + path.read_bytes())
@@ -73,10 +78,10 @@ def _server_hash() -> str:
 
 
 def tf_serving(engine, version: str, log=print) -> str:
-    """tensorflow/serving:<version>, the stand-in: rebuilt whenever the server's sources change."""
+    """tfserve-bench/standin-serving:<version>, the stand-in: rebuilt whenever the server's sources change."""
     from deploy.images import DOCKERFILES, add_server_sources, build
 
-    tag = f"tensorflow/serving:{version}"
+    tag = f"{STANDIN}:{version}"
     source = _server_hash()
     if _has(engine, tag, source):
         return tag

@@ -26,7 +26,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 def _spec(tmp_path, digits_export, image: str, **overrides):
     _, version_dir = digits_export
-    values = {"export.base_path": str(version_dir.parents[1]), "serving.backend": "docker",
+    from importlib.metadata import version
+
+    from tests.docker.standin import STANDIN
+    values = {"serving.base_image": f"{STANDIN}:{version('tensorflow')}", "export.base_path": str(version_dir.parents[1]), "serving.backend": "docker",
               "serving.image": image, "serving.network": "host", "serving.grpc_port": free_port(),
               "serving.rest_port": free_port(), "benchmark.output_dir": str(tmp_path / "reports"),
               "benchmark.images.count": 2}
@@ -122,6 +125,15 @@ def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits
         assert summary["provenance"]["backend"] == "docker"
         assert summary["provenance"]["image"].startswith("tfserve-bench/digits_cnn:cpu-v")
         assert summary["provenance"]["serving_version"] and all(r["failures"] == 0 for r in summary["runs"])
+        # the stand-in is our server: the report says so, with the base image's id, and never claims TF Serving
+        provenance = summary["provenance"]
+        assert provenance["server"] == "tfserve-bench embedded server", provenance
+        assert provenance["base_image"].startswith("tfserve-bench/standin-serving:")
+        assert provenance["base_image_id"] == engine.images.get(provenance["base_image"]).id
+        assert "tfserve-bench embedded server" in (tmp_path / "reports" / "digits_cnn" / "latest" / "report.html"
+                                                   ).read_text()
+        assert not [tag for image in engine.images.list() for tag in image.tags
+                    if tag.startswith("tensorflow/serving")]
         assert all((r["server_cpu_percent"] or 0) > 0 for r in summary["runs"])  # the container pid is the server
     finally:
         down = run_cli("-m", "deploy", "down", "--spec", str(spec_path), "--backend", "docker")
@@ -147,7 +159,11 @@ def test_a_model_that_cannot_load_fails_with_its_logs_and_leaves_nothing(tmp_pat
     broken = tmp_path / "models" / "digits_cnn" / "1"
     broken.mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    from importlib.metadata import version
+
+    from tests.docker.standin import STANDIN
     spec_path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{
+        "serving.base_image": f"{STANDIN}:{version('tensorflow')}",
         "export.base_path": str(tmp_path / "models"), "serving.backend": "docker", "serving.network": "host",
         "serving.grpc_port": free_port(), "serving.rest_port": free_port(), "serving.readiness_timeout_s": 20})
     up = run_cli("-m", "deploy", "up", "--spec", str(spec_path))
@@ -166,3 +182,18 @@ def test_no_engine_is_one_clear_line(tmp_path, digits_export):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no Docker engine reachable at unix:///nonexistent/docker.sock" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_published_ports_without_a_bridge_network_fail_at_once(tmp_path, digits_export, engine, tf_serving_standin):
+    if engine.networks.list(names=["bridge"]):
+        pytest.skip("this engine has a bridge network, so published ports work here")
+    spec_path = _spec(tmp_path, digits_export, "cpu", **{"serving.network": "published",
+                                                          "serving.readiness_timeout_s": 600})
+    import time
+    started = time.monotonic()
+    up = run_cli("-m", "deploy", "up", "--spec", str(spec_path))
+    assert up.returncode == 2 and "Traceback" not in up.stdout + up.stderr, up.stderr
+    assert "are not published" in up.stderr and "no bridge network" in up.stderr, up.stderr
+    assert "serving.network: host" in up.stderr
+    assert "not AVAILABLE after" not in up.stderr  # it did not wait out the readiness timeout
+    assert _ours(engine) == []

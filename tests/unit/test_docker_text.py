@@ -36,13 +36,59 @@ def test_every_image_is_non_root_labelled_health_checked(dockerfile):
     assert "COPY --chown=1000:1000 models/ /models/" in text and "ENTRYPOINT" in text
 
 
-def test_the_cpu_and_gpu_images_build_on_tf_serving():
-    assert "FROM tensorflow/serving:${TF_SERVING_VERSION}\n" in (DOCKERFILES / "Dockerfile.cpu").read_text()
-    gpu = (DOCKERFILES / "Dockerfile.gpu").read_text()
-    assert "FROM tensorflow/serving:${TF_SERVING_VERSION}-gpu\n" in gpu and "NVIDIA_VISIBLE_DEVICES=all" in gpu
+def test_the_cpu_and_gpu_images_build_on_tf_serving_unless_told_otherwise():
+    for name, base in (("Dockerfile.cpu", "tensorflow/serving:${TF_SERVING_VERSION}"),
+                       ("Dockerfile.gpu", "tensorflow/serving:${TF_SERVING_VERSION}-gpu"),
+                       ("Dockerfile.cpu-optimized", "tensorflow/serving:${TF_SERVING_VERSION}")):
+        text = (DOCKERFILES / name).read_text()
+        assert f"ARG TF_SERVING_BASE={base}\n" in text and "FROM ${TF_SERVING_BASE}\n" in text, name
+        assert 'tfserve-bench.base-image="${TF_SERVING_BASE}"' in text, name  # what provenance reads back
+    assert "NVIDIA_VISIBLE_DEVICES=all" in (DOCKERFILES / "Dockerfile.gpu").read_text()
     optimized = (DOCKERFILES / "Dockerfile.cpu-optimized").read_text()
     assert "FROM tensorflow/serving:${TF_SERVING_VERSION}-devel AS build" in optimized
     assert "${TF_SERVING_BUILD_OPTIONS}" in optimized and "tensorflow_serving/model_servers:tensorflow_model_server" in optimized
+    embedded = (DOCKERFILES / "Dockerfile.embedded").read_text()
+    assert 'LABEL tfserve-bench.server="embedded"' in embedded  # our server's images say what they are
+
+
+def test_the_base_image_is_a_build_argument_only_when_the_spec_names_one(spec_for, digits_like_export):
+    from deploy.containers import build_plan
+
+    default = build_plan(spec_for(**{"export.base_path": str(digits_like_export)}), log=lambda line: None)
+    assert "TF_SERVING_BASE" not in default.buildargs  # the Dockerfile's default: the real tensorflow/serving
+    other = build_plan(spec_for(**{"export.base_path": str(digits_like_export),
+                                   "serving.base_image": "registry.example/serving:2.21.0"}), log=lambda line: None)
+    assert other.buildargs["TF_SERVING_BASE"] == "registry.example/serving:2.21.0"
+
+
+def test_server_identity_comes_from_the_image_labels():
+    from deploy.containers import server_identity
+
+    class Image:
+        def __init__(self, labels, id="sha256:base"):
+            self.labels, self.id = labels, id
+
+    class Engine:
+        class images:
+            @staticmethod
+            def get(ref):
+                return Image({}, id=f"sha256:{ref}")
+
+    ours = server_identity(Engine, Image({"tfserve-bench.server": "embedded",
+                                          "tfserve-bench.base-image": "tfserve-bench/standin-serving:2.21.0"}))
+    assert ours == {"server": "tfserve-bench embedded server", "base_image": "tfserve-bench/standin-serving:2.21.0",
+                    "base_image_id": "sha256:tfserve-bench/standin-serving:2.21.0"}
+    real = server_identity(Engine, Image({"tfserve-bench.base-image": "tensorflow/serving:2.21.0"}))
+    assert real["server"] == "TensorFlow Serving" and real["base_image"] == "tensorflow/serving:2.21.0"
+
+
+@pytest.fixture()
+def digits_like_export(tmp_path):
+    """A models/ tree with one version directory (build_plan only needs it to exist, not to load)."""
+    version = tmp_path / "models" / "digits_cnn" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    return tmp_path / "models"
 
 
 @pytest.fixture()

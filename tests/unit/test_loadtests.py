@@ -220,7 +220,9 @@ def test_report_files_and_terminal_ratios(tmp_path):
             _run("rest", "image_b64", 4, 300.0, 13.0, bound=True), _run("grpc", "image_bytes", 4, 200.0, 20.0,
                                                                       failures=5)]
     summary = {"model": "m", "created": "now", "report_dir": str(tmp_path), "failure_threshold": 0.01,
-               "failed": True, "provenance": {"backend": "embedded", "git_commit": "abc"},
+               "failed": True, "provenance": {"backend": "docker", "git_commit": "abc", "server": "tfserve-bench "
+                                              "embedded server", "base_image": "tfserve-bench/standin-serving:2.21.0",
+                                              "base_image_id": "sha256:0123456789abcdef0123"},
                "correctness": [{"protocol": "rest", "wire": "image_b64", "images": 3, "max_abs_diff": 1e-7,
                                 "top1_equal": True}], "runs": runs}
     report.write(summary, tmp_path)
@@ -231,6 +233,8 @@ def test_report_files_and_terminal_ratios(tmp_path):
     assert saved["runs"][0]["p99_ms"] is None
     page = (tmp_path / "report.html").read_text()
     assert "generator-bound" in page and "FAILED" in page and "abc" in page
+    served = "docker: tfserve-bench embedded server (tfserve-bench/standin-serving:2.21.0, sha256:0123456789ab)"
+    assert f"<h1>m: REST vs gRPC on {served}</h1>" in page and served in text  # never passed off as TF Serving
     for name in report.PLOTS:
         assert (tmp_path / name).stat().st_size > 1000 and f"src='{name}'" in page
 

@@ -17,7 +17,7 @@ SOURCES = [path for top in ("spec", "exporter", "server", "deploy", "loadtests",
 UNSAFE_YAML = {"load", "load_all", "unsafe_load", "unsafe_load_all", "full_load", "full_load_all", "Loader",
                "FullLoader", "UnsafeLoader", "UnsafeConstructor", "FullConstructor"}
 # every ARG and ENV a Dockerfile may declare: versions, names, hashes, paths and compiler flags, nothing secret
-ALLOWED_BUILD_NAMES = {"TF_SERVING_VERSION", "TF_SERVING_BUILD_OPTIONS", "PYTHON_BASE", "MODEL", "MODEL_VERSIONS",
+ALLOWED_BUILD_NAMES = {"TF_SERVING_VERSION", "TF_SERVING_BASE", "TF_SERVING_BUILD_OPTIONS", "PYTHON_BASE", "MODEL", "MODEL_VERSIONS",
                        "SPEC_SHA256", "SOURCE", "MODEL_NAME", "MODEL_BASE_PATH", "NVIDIA_VISIBLE_DEVICES",
                        "NVIDIA_DRIVER_CAPABILITIES", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK",
                        "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL",
