@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import os
 
-from deploy.embedded import OUR_SERVER, DeployError
+from deploy.embedded import DeployError
 
 LABEL_MANAGED = "tfserve-bench.managed"
 LABEL_MODEL = "tfserve-bench.model"
