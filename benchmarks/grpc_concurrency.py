@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spec import contract as c
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SERVICE_MS = 50.0
 TARGET_RPS = 150.0
@@ -61,7 +63,7 @@ def _stand_in_server(payloads, port: int):
             time.sleep(SERVICE_MS / 1000)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = request.model_spec.name
-            response.outputs["probabilities"].CopyFrom(answers[request.inputs["image_bytes"].string_val[0]])
+            response.outputs[c.OUTPUT].CopyFrom(answers[request.inputs[c.IMAGE_INPUT].string_val[0]])
             return response
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spec import contract as c
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -59,15 +61,15 @@ def serving_overhead(version_dir: Path, name: str, jpeg: bytes, rounds: int, per
     from server.process import ServerProcess
 
     model = LoadedModel.load(version_dir)
-    signature = model.signatures["serving_default"]
+    signature = model.signatures[c.IMAGE_SIGNATURE]
     batch = np.array([jpeg], dtype=object)
-    in_process = lambda: model.run(signature, {"image_bytes": batch}, ["probabilities"])
+    in_process = lambda: model.run(signature, {c.IMAGE_INPUT: batch}, [c.OUTPUT])
     server = ServerProcess(f"--model_name={name}", f"--model_base_path={version_dir.parent}")
     channel = grpc.insecure_channel(server.grpc_target, options=[("grpc.max_receive_message_length", 2**31 - 1)])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = name
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([jpeg], dtype=tf.string))
+    request.inputs[c.IMAGE_INPUT].CopyFrom(tf.make_tensor_proto([jpeg], dtype=tf.string))
     via_grpc = lambda: stub.Predict(request, 60)
     body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()}]}).encode()
     connection = http.client.HTTPConnection("127.0.0.1", server.rest_port)
@@ -126,12 +128,12 @@ def in_process_batch_gain(version_dir: Path, jpeg: bytes, size: int, repeats: in
     from server.model import LoadedModel
 
     model = LoadedModel.load(version_dir)
-    signature = model.signatures["serving_default"]
+    signature = model.signatures[c.IMAGE_SIGNATURE]
     try:
         one = np.array([jpeg], dtype=object)
         many = np.array([jpeg] * size, dtype=object)
-        single = lambda: model.run(signature, {"image_bytes": one}, ["probabilities"])
-        batch = lambda: model.run(signature, {"image_bytes": many}, ["probabilities"])
+        single = lambda: model.run(signature, {c.IMAGE_INPUT: one}, [c.OUTPUT])
+        batch = lambda: model.run(signature, {c.IMAGE_INPUT: many}, [c.OUTPUT])
         _timed(single, 3), _timed(batch, 2)
         per_single = _p50(_timed(single, repeats * 4))
         per_batched = _p50(_timed(batch, repeats)) / size
@@ -154,7 +156,7 @@ def batching_throughput(version_dir: Path, name: str, jpeg: bytes, seconds: floa
                                f"--grpc_max_threads={2 * clients}", *flags)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = name
-        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([jpeg], dtype=tf.string))
+        request.inputs[c.IMAGE_INPUT].CopyFrom(tf.make_tensor_proto([jpeg], dtype=tf.string))
         counts = [0] * clients
         stop = threading.Event()
 
@@ -200,9 +202,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=["overhead", "decoding", "batching"], action="append",
                         help="run only these parts (repeatable); all three by default")
     args = parser.parse_args(argv)
+    from exporter.images import bundled_photos, encode, resize
     from spec.errors import SpecError
     from spec.loader import load_spec
-    from exporter.images import bundled_photos, encode, resize
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:

@@ -31,6 +31,8 @@ from typing import Optional
 
 import numpy as np
 
+from spec import contract as c
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -118,7 +120,7 @@ class Load:
 
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model
-        request.inputs["image_bytes"].CopyFrom(tensor_pb2.TensorProto(
+        request.inputs[c.IMAGE_INPUT].CopyFrom(tensor_pb2.TensorProto(
             dtype=types_pb2.DT_STRING, string_val=[self.image],
             tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)])))
         with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
@@ -298,10 +300,10 @@ def main(argv=None) -> int:
     parser.add_argument("--soak", type=float, help="soak seconds (default 600, --quick 20)")
     parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 1,3")
     args = parser.parse_args(argv)
-    from spec.loader import load_spec
     from exporter.builtin_models import digits_uint8
     from exporter.export import ensure_exported
     from exporter.images import encode
+    from spec.loader import load_spec
 
     version_dir = ensure_exported(load_spec(args.spec))
     _, _, images, _ = digits_uint8(seed=0)

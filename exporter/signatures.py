@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from spec.schema import Spec
 from exporter.sources import SourceModel
+from spec import contract as c
+from spec.schema import Spec
 
-IMAGE_FEATURE = "image/encoded"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 
 
@@ -34,21 +34,22 @@ def build_functions(spec: Spec, source: SourceModel, labels: Sequence[str]) -> d
         return tf.nn.softmax(outputs, axis=-1) if logits else outputs
 
     def serve_bytes(image_bytes):
-        return {"probabilities": probabilities(decode_batch(image_bytes, input_spec))}
+        return {c.OUTPUT: probabilities(decode_batch(image_bytes, input_spec))}
 
     def serve_tensor(images):
-        return {"probabilities": probabilities(images)}
+        return {c.OUTPUT: probabilities(images)}
 
     def classify(inputs):
-        features = tf.io.parse_example(inputs, {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
-        scores, indices = tf.math.top_k(probabilities(decode_batch(features[IMAGE_FEATURE], input_spec)), k=top_k)
-        return {"classes": tf.gather(label_table, indices), "scores": scores}
+        features = tf.io.parse_example(inputs, {c.IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        scores, indices = tf.math.top_k(probabilities(decode_batch(features[c.IMAGE_FEATURE], input_spec)), k=top_k)
+        classes_name, scores_name = c.CLASSIFY_OUTPUTS
+        return {classes_name: tf.gather(label_table, indices), scores_name: scores}
 
     shape = [None, input_spec.height, input_spec.width, input_spec.channels]
     functions = {
-        "serving_default": (serve_bytes, [tf.TensorSpec([None], tf.string, "image_bytes")]),
-        "predict_tensor": (serve_tensor, [tf.TensorSpec(shape, tf.float32, "images")]),
-        "classify": (classify, [tf.TensorSpec([None], tf.string, "inputs")]),
+        c.IMAGE_SIGNATURE: (serve_bytes, [tf.TensorSpec([None], tf.string, c.IMAGE_INPUT)]),
+        c.TENSOR_SIGNATURE: (serve_tensor, [tf.TensorSpec(shape, tf.float32, c.TENSOR_INPUT)]),
+        c.CLASSIFY_SIGNATURE: (classify, [tf.TensorSpec([None], tf.string, c.CLASSIFY_INPUT)]),
     }
     return {name: functions[name] for name in spec.export.signatures}
 
@@ -75,8 +76,8 @@ def save(source: SourceModel, functions: dict[str, tuple], directory: Path) -> N
         concrete = {name: tf.function(function, input_signature=signature).get_concrete_function()
                     for name, (function, signature) in functions.items()}
         tf.saved_model.save(module, str(directory), signatures=concrete)
-    if "classify" in functions:
-        set_method_name(directory, "classify", CLASSIFY_METHOD)
+    if c.CLASSIFY_SIGNATURE in functions:
+        set_method_name(directory, c.CLASSIFY_SIGNATURE, CLASSIFY_METHOD)
 
 
 def set_method_name(directory: Path, signature: str, method_name: str) -> None:

@@ -8,6 +8,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from spec import contract as c
 from spec.errors import MISMATCH, HarnessError
 
 
@@ -48,7 +49,6 @@ def verify_image_model(version_dir: Path, reference: Callable[[np.ndarray], np.n
                        preprocess_batch: Callable[[Sequence[bytes]], np.ndarray], encoded: Sequence[bytes],
                        labels: Sequence[str], signatures: Sequence[str], tolerance: float) -> Verification:
     """Run each exported signature in a fresh session and compare with `reference(preprocessed images)`."""
-    from exporter.signatures import IMAGE_FEATURE
     from server.model import LoadedModel
 
     pixels = preprocess_batch(encoded)
@@ -57,21 +57,24 @@ def verify_image_model(version_dir: Path, reference: Callable[[np.ndarray], np.n
     loaded = LoadedModel.load(version_dir)
     try:
         sigs = loaded.signatures
-        if "serving_default" in signatures:
-            got = loaded.run(sigs["serving_default"], {"image_bytes": np.array(encoded, dtype=object)},
-                             ["probabilities"])["probabilities"]
-            _check("serving_default", float(np.max(np.abs(got - expected))), tolerance, result)
-        if "predict_tensor" in signatures:
-            got = loaded.run(sigs["predict_tensor"], {"images": pixels}, ["probabilities"])["probabilities"]
-            _check("predict_tensor", float(np.max(np.abs(got - expected))), tolerance, result)
-        if "classify" in signatures:
-            out = loaded.run(sigs["classify"], {"inputs": serialized_examples(encoded, IMAGE_FEATURE)},
-                             ["classes", "scores"])
-            k = out["scores"].shape[1]
+        if c.IMAGE_SIGNATURE in signatures:
+            got = loaded.run(sigs[c.IMAGE_SIGNATURE], {c.IMAGE_INPUT: np.array(encoded, dtype=object)},
+                             [c.OUTPUT])[c.OUTPUT]
+            _check(c.IMAGE_SIGNATURE, float(np.max(np.abs(got - expected))), tolerance, result)
+        if c.TENSOR_SIGNATURE in signatures:
+            got = loaded.run(sigs[c.TENSOR_SIGNATURE], {c.TENSOR_INPUT: pixels}, [c.OUTPUT])[c.OUTPUT]
+            _check(c.TENSOR_SIGNATURE, float(np.max(np.abs(got - expected))), tolerance, result)
+        if c.CLASSIFY_SIGNATURE in signatures:
+            classes_name, scores_name = c.CLASSIFY_OUTPUTS
+            out = loaded.run(sigs[c.CLASSIFY_SIGNATURE],
+                             {c.CLASSIFY_INPUT: serialized_examples(encoded, c.IMAGE_FEATURE)},
+                             [classes_name, scores_name])
+            k = out[scores_name].shape[1]
             top = np.argsort(-expected, axis=1, kind="stable")[:, :k]
             expected_scores = np.take_along_axis(expected, top, axis=1)
-            _check("classify", float(np.max(np.abs(out["scores"] - expected_scores))), tolerance, result)
-            got_top1 = [c.decode() for c in out["classes"][:, 0]]
+            _check(c.CLASSIFY_SIGNATURE, float(np.max(np.abs(out[scores_name] - expected_scores))), tolerance,
+                   result)
+            got_top1 = [label.decode() for label in out[classes_name][:, 0]]
             # ties at top-1 may legitimately order differently; compare labels only where the top-1 is clear
             for row, label in enumerate(got_top1):
                 clear = k == 1 or expected_scores[row, 0] - expected_scores[row, 1] > tolerance

@@ -23,13 +23,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from spec.contract import (
+    IMAGE_INPUT,
+    IMAGE_SIGNATURE,
+    OUTPUT,
+    TENSOR_INPUT,
+    TENSOR_SIGNATURE,
+)
 from spec.errors import HarnessError
 
-IMAGE_SIGNATURE, IMAGE_INPUT = "serving_default", "image_bytes"
-TENSOR_SIGNATURE, TENSOR_INPUT = "predict_tensor", "images"
-OUTPUT = "probabilities"
 SIGNATURE_FOR = {"image_b64": IMAGE_SIGNATURE, "tensor_row": TENSOR_SIGNATURE, "tensor_columnar": TENSOR_SIGNATURE}
-GRPC_WIRE = {"image_b64": "image_bytes", "tensor_row": "tensor_content", "tensor_columnar": "tensor_content"}
+GRPC_WIRE = {"image_b64": IMAGE_INPUT, "tensor_row": "tensor_content", "tensor_columnar": "tensor_content"}
 PAYLOADS = tuple(SIGNATURE_FOR)
 # answers may differ by float noise (batching, thread counts); a top-1 within this of the max is the same answer
 SCORE_TOLERANCE = 1e-4

@@ -11,11 +11,23 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
+from spec.contract import (
+    CLASSIFY_SIGNATURE,
+    IMAGE_SIGNATURE,
+    SIGNATURE_KINDS,
+    TENSOR_SIGNATURE,
+)
 from spec.yamlsource import YamlDocument
 
-SIGNATURE_KINDS = ("serving_default", "predict_tensor", "classify")
 PAYLOADS = ("image_b64", "tensor_row", "tensor_columnar")
 SOURCE_KINDS = ("keras_application", "keras_file", "saved_model", "builder")
 
@@ -51,7 +63,7 @@ class SavedModelSource(_Strict):
     path: Path = Field(description="An existing SavedModel directory (the one holding saved_model.pb)")
     mode: Literal["as_is", "add_signatures"] = Field(
         "as_is", description="as_is: served unchanged; add_signatures: wrap `signature` with image signatures")
-    signature: str = Field("serving_default", description="The signature to wrap in add_signatures mode")
+    signature: str = Field(IMAGE_SIGNATURE, description="The signature to wrap in add_signatures mode")
 
 
 class BuilderSource(_Strict):
@@ -121,7 +133,7 @@ class ExportSpec(_Strict):
     version: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = Field(
         "auto", description="A positive integer, or auto (one more than the highest present)")
     overwrite: bool = Field(False, description="Replace an existing version directory")
-    signatures: tuple[Literal["serving_default", "predict_tensor", "classify"], ...] = SIGNATURE_KINDS
+    signatures: tuple[Literal[IMAGE_SIGNATURE, TENSOR_SIGNATURE, CLASSIFY_SIGNATURE], ...] = SIGNATURE_KINDS
     top_k: int = Field(5, ge=1, description="Classes returned by the classify signature")
     warmup: bool = Field(True, description="Write assets.extra/tf_serving_warmup_requests")
     verify: VerifySpec = Field(default_factory=VerifySpec)

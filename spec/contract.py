@@ -1,0 +1,18 @@
+"""The serving contract of an image model exported by this harness: signature, input and output names.
+
+The exporter writes these, the load tests, the demo, the benchmarks and the checks read them; this module is the
+only place they are spelled. (The server knows none of them: it serves any signature, as TF Serving does.)
+"""
+from __future__ import annotations
+
+IMAGE_SIGNATURE = "serving_default"      # encoded JPEG/PNG bytes in, decoded and resized in the graph
+IMAGE_INPUT = "image_bytes"              # DT_STRING [N]
+TENSOR_SIGNATURE = "predict_tensor"      # the preprocessed float tensor in
+TENSOR_INPUT = "images"                  # DT_FLOAT [N, H, W, C]
+CLASSIFY_SIGNATURE = "classify"          # tensorflow/serving/classify over serialized tf.Examples
+CLASSIFY_INPUT = "inputs"
+IMAGE_FEATURE = "image/encoded"          # the tf.Example feature holding the image bytes
+CLASSIFY_OUTPUTS = ("classes", "scores")  # top-k labels and their scores
+OUTPUT = "probabilities"                 # [N, classes], of serving_default and predict_tensor
+
+SIGNATURE_KINDS = (IMAGE_SIGNATURE, TENSOR_SIGNATURE, CLASSIFY_SIGNATURE)
