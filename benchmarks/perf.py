@@ -97,15 +97,15 @@ def serving_overhead(version_dir: Path, name: str, jpeg: bytes, rounds: int, per
 
 
 def rest_decoding(repeats: int) -> dict:
-    from server import tensors
+    from server.tensors import fastpath
 
     image = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
     body = json.dumps({"instances": image.tolist()}).encode()
-    native = tensors.native_check()
+    native = fastpath.native_check()
 
     def ours(check):
-        tensors._native = check  # the C skeleton check, or False for the pure-Python one
-        return tensors.fast_body(body).array(1)
+        fastpath._native = check  # the C skeleton check, or False for the pure-Python one
+        return fastpath.fast_body(body).array(1)
 
     baseline = lambda: np.asarray(json.loads(body)["instances"], dtype=np.float32)
     checks = {"C": native, "Python": False} if native is not None else {"Python": False}
@@ -116,7 +116,7 @@ def rest_decoding(repeats: int) -> dict:
         for name, check in checks.items():
             times[name] += _timed(lambda: ours(check), 1)
         times["baseline"] += _timed(baseline, 1)
-    tensors._native = native if native is not None else False
+    fastpath._native = native if native is not None else False
     return {"body_bytes": len(body), "check": next(iter(checks)),
             "ours_ms": {name: _p50(times[name]) * 1000 for name in checks},
             "json_asarray_ms": _p50(times["baseline"]) * 1000}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.model import Signature, TensorSpec, dtype_name, signatures_of
+from server.model import Signature, TensorSpec, signatures_of
+from server.tensors.dtypes import DType, dtype_name
 from spec.errors import HarnessError
 
 
@@ -50,7 +51,7 @@ def _hint(signature: Signature) -> str:
         verb = "classify" if signature.method_name.endswith("classify") else "regress"
         return (f"send tf.Examples: REST POST :{verb} {{\"signature_name\": \"{signature.name}\", "
                 "\"examples\": [{feature: value}]}, gRPC " + verb.capitalize() + "(...)")
-    if len(inputs) == 1 and inputs[0].dtype == 7:
+    if len(inputs) == 1 and inputs[0].dtype == DType.STRING:
         return (f"send encoded bytes: REST {{\"signature_name\": \"{signature.name}\", \"instances\": "
                 f"[{{\"b64\": \"<base64>\"}}]}}; gRPC inputs['{inputs[0].alias}'] = DT_STRING tensor of the bytes")
     if len(inputs) == 1 and inputs[0].shape is not None and len(inputs[0].shape) == 4:

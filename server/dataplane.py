@@ -211,7 +211,7 @@ class DataPlane:
             return 0
         from tensorflow_serving.apis import prediction_log_pb2
 
-        from server.tensors import proto_to_array
+        from server.tensors.proto import proto_to_array
         started = time.perf_counter()
         try:
             records = _read_tfrecords(path)

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from server.errors import InvalidArgument
-from server.tensors import compact, is_b64, json_type
+from server.tensors.json_in import compact, is_b64, json_type
 
 _KIND_NAMES = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}
 

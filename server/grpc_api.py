@@ -20,7 +20,7 @@ from server.dataplane import CLASSIFY, DataPlane, Resolved, Target, examples_fro
 from server.errors import Code, InvalidArgument, ServingError, as_serving_error, grpc_code
 from server.metrics import Metrics
 from server.repository import Repository
-from server.tensors import array_to_proto, proto_to_array
+from server.tensors.proto import array_to_proto, proto_to_array
 
 MAX_MESSAGE = 2**31 - 1
 HEALTH_SERVICES = ("", "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService")

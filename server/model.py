@@ -18,11 +18,6 @@ import numpy as np
 from server.errors import InvalidArgument, error_for_code
 
 # TF DataType enum values used by the codec and metadata (tensorflow/core/framework/types.proto).
-DT_NAMES = {
-    0: "DT_INVALID", 1: "DT_FLOAT", 2: "DT_DOUBLE", 3: "DT_INT32", 4: "DT_UINT8", 5: "DT_INT16",
-    6: "DT_INT8", 7: "DT_STRING", 8: "DT_COMPLEX64", 9: "DT_INT64", 10: "DT_BOOL", 14: "DT_BFLOAT16",
-    17: "DT_UINT16", 18: "DT_COMPLEX128", 19: "DT_HALF", 22: "DT_UINT32", 23: "DT_UINT64",
-}
 
 
 @dataclass(frozen=True)
@@ -150,8 +145,5 @@ class LoadedModel:
             self._session.close()
             self._session = None
 
-
-def dtype_name(dtype: int) -> str:
-    return DT_NAMES.get(dtype, f"DT_{dtype}")
 
 

@@ -22,7 +22,7 @@ from server.dataplane import DataPlane, SignatureNotFound, Target
 from server.errors import InvalidArgument, RequestTooLarge, ServingError, as_serving_error, http_status
 from server.examples import examples_from_request
 from server.metrics import Metrics
-from server import tensors
+from server.tensors import fastpath, json_in, json_out
 
 log = logging.getLogger("server.rest")
 
@@ -105,7 +105,7 @@ class RestApi:
     # ------------------------------------------------------------------------------ predict
 
     def _predict(self, target: Target, body: bytes) -> str:
-        fast = tensors.fast_body(body)
+        fast = fastpath.fast_body(body)
         if fast is not None:
             doc = None
             signature_name = fast.signature_name or ""
@@ -122,7 +122,7 @@ class RestApi:
                 if array is not None:
                     return {alias: array}
             if doc is None:
-                doc = tensors.loads(body)
+                doc = json_in.loads(body)
             row_format, inputs = _decode_predict(doc, signature)
             return inputs
 
@@ -131,7 +131,7 @@ class RestApi:
         except SignatureNotFound as exc:
             raise InvalidArgument(f'Serving signature name: "{exc.signature_name}" not found in signature def') \
                 from None
-        return tensors.predictions_json(outputs) if row_format else tensors.outputs_json(outputs)
+        return json_out.predictions_json(outputs) if row_format else json_out.outputs_json(outputs)
 
     # ---------------------------------------------------------------------- classify/regress
 
@@ -144,7 +144,7 @@ class RestApi:
         _, results = self.dataplane.classify(target, examples)
         if not results:
             raise InvalidArgument("Cannot convert empty ClassificationResults to JSON")
-        rows = ["[" + ", ".join(f"[{json.dumps(label)}, {tensors.array_json(np.array(score, np.float32), '')}]"
+        rows = ["[" + ", ".join(f"[{json.dumps(label)}, {json_out.array_json(np.array(score, np.float32), '')}]"
                                 for label, score in row) + "]" for row in results]
         return '{"results": [' + ", ".join(rows) + "]}"
 
@@ -153,7 +153,7 @@ class RestApi:
         _, values = self.dataplane.regress(target, examples)
         if not values:
             raise InvalidArgument("Cannot convert empty RegressionResults to JSON")
-        return '{"results": ' + tensors.array_json(np.array(values, dtype=np.float32), "") + "}"
+        return '{"results": ' + json_out.array_json(np.array(values, dtype=np.float32), "") + "}"
 
     # ------------------------------------------------------------------- status and metadata
 
@@ -180,12 +180,12 @@ class RestApi:
 
 def _object_and_signature(body: bytes) -> tuple[dict, str]:
     """Parse a body that must be a JSON object with an optional string signature_name (TF Serving's checks)."""
-    doc = tensors.loads(body)
+    doc = json_in.loads(body)
     if not isinstance(doc, dict):
-        raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} Is not object")
+        raise InvalidArgument(f"JSON Value: {json_in.compact(doc)[:256]} Is not object")
     signature_name = doc.get("signature_name", "")
     if not isinstance(signature_name, str):
-        raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} not formatted correctly. "
+        raise InvalidArgument(f"JSON Value: {json_in.compact(doc)[:256]} not formatted correctly. "
                               "'signature_name' key must be a string value.")
     return doc, signature_name
 
@@ -194,7 +194,7 @@ def _decode_predict(doc: dict, signature) -> tuple[bool, dict]:
     """(row format?, inputs) from a parsed predict body, following FillPredictRequestFromJson."""
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
-        raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} Not formatted correctly expecting only one "
+        raise InvalidArgument(f"JSON Value: {json_in.compact(doc)[:256]} Not formatted correctly expecting only one "
                               "of 'inputs' or 'instances' keys to exist ")
     if not has_instances and not has_inputs:
         raise InvalidArgument("Missing 'inputs' or 'instances' key")
@@ -202,11 +202,11 @@ def _decode_predict(doc: dict, signature) -> tuple[bool, dict]:
     if has_instances:
         instances = doc["instances"]
         if not isinstance(instances, list):
-            raise InvalidArgument(f"JSON Value: {tensors.compact(instances)[:256]} Excepting 'instances' to be an "
+            raise InvalidArgument(f"JSON Value: {json_in.compact(instances)[:256]} Excepting 'instances' to be an "
                                   "list/array")
         if not instances:
-            raise InvalidArgument(f"JSON Value: {tensors.compact(doc)[:256]} No values in 'instances' array")
-        objects = isinstance(instances[0], dict) and not tensors.is_b64(instances[0])
+            raise InvalidArgument(f"JSON Value: {json_in.compact(doc)[:256]} No values in 'instances' array")
+        objects = isinstance(instances[0], dict) and not json_in.is_b64(instances[0])
         if not objects:
             if len(specs) > 1:
                 raise InvalidArgument("instances is a plain list, but expecting list of objects as multiple input "
@@ -214,26 +214,26 @@ def _decode_predict(doc: dict, signature) -> tuple[bool, dict]:
             alias = next(iter(specs))
             return True, {alias: _rows(instances, specs[alias].dtype)}
         for index, item in enumerate(instances):
-            if not isinstance(item, dict) or tensors.is_b64(item) or set(item) != set(specs):
+            if not isinstance(item, dict) or json_in.is_b64(item) or set(item) != set(specs):
                 raise InvalidArgument(f"Failed to process element: {index} of 'instances' list. JSON object: "
-                                      f"{tensors.compact(item)[:256]} keys must be equal to: {','.join(specs)}")
+                                      f"{json_in.compact(item)[:256]} keys must be equal to: {','.join(specs)}")
         return True, {alias: _rows([item[alias] for item in instances], spec.dtype) for alias, spec in specs.items()}
     value = doc["inputs"]
-    if isinstance(value, dict) and not tensors.is_b64(value):
+    if isinstance(value, dict) and not json_in.is_b64(value):
         for alias in specs:
             if alias not in value:
                 raise InvalidArgument(f"Missing named input: {alias} in 'inputs' object.")
-        return False, {alias: tensors.json_to_array(value[alias], spec.dtype) for alias, spec in specs.items()}
+        return False, {alias: json_in.json_to_array(value[alias], spec.dtype) for alias, spec in specs.items()}
     if len(specs) > 1:
         raise InvalidArgument("inputs is a plain value/list, but expecting an object as multiple input tensors "
                               "required as per tensorinfo_map")
     alias = next(iter(specs))
-    return False, {alias: tensors.json_to_array(value, specs[alias].dtype)}
+    return False, {alias: json_in.json_to_array(value, specs[alias].dtype)}
 
 
 def _rows(rows: list, dtype: int):
     try:
-        return tensors.rows_to_array(rows, dtype)
+        return json_in.rows_to_array(rows, dtype)
     except InvalidArgument as exc:
         if exc.message.startswith("Expecting"):
             raise

@@ -70,10 +70,10 @@ def python_base(engine, log=print) -> str:
 
 def _server_hash() -> str:
     digest = hashlib.sha256()
-    files = sorted((REPO / "server").glob("*.py")) + [REPO / "dockerfiles" / "Dockerfile.embedded",
+    files = sorted((REPO / "server").rglob("*.py")) + [REPO / "dockerfiles" / "Dockerfile.embedded",
                                                                  REPO / "dockerfiles" / "requirements-server.txt"]
     for path in files:
-        digest.update(path.name.encode() + path.read_bytes())
+        digest.update(str(path.relative_to(REPO)).encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -16,7 +16,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
     prediction_service_pb2_grpc
 
 from server.process import free_port
-from server.tensors import array_to_proto
+from server.tensors.proto import array_to_proto
 from tests.conftest import REPO
 from tests.serverproc import ServerProcess
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import native, tensors
+from server import native
+from server.tensors import fastpath, json_in
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,8 @@ def library(tmp_path_factory):
     return loaded
 
 
-def _shape(library, body: bytes, max_dims: int = tensors.MAX_RANK):
-    dims = (ctypes.c_int64 * tensors.MAX_RANK)()
+def _shape(library, body: bytes, max_dims: int = fastpath.MAX_RANK):
+    dims = (ctypes.c_int64 * fastpath.MAX_RANK)()
     rank = library.regular_shape(body, len(body), dims, max_dims)
     return None if rank < 0 else tuple(dims[:rank])
 
@@ -44,8 +45,8 @@ def _shape(library, body: bytes, max_dims: int = tensors.MAX_RANK):
 def test_regular_shape_verdicts(library, body, shape):
     assert _shape(library, body) == shape
     # the threaded entry points give the same answer
-    dims = (ctypes.c_int64 * tensors.MAX_RANK)()
-    rank = library.regular_shape_finish(library.regular_shape_start(body, len(body)), dims, tensors.MAX_RANK)
+    dims = (ctypes.c_int64 * fastpath.MAX_RANK)()
+    rank = library.regular_shape_finish(library.regular_shape_start(body, len(body)), dims, fastpath.MAX_RANK)
     assert (None if rank < 0 else tuple(dims[:rank])) == shape
 
 
@@ -89,19 +90,19 @@ def test_c_and_python_checks_give_the_same_tensors(library, monkeypatch, instanc
     document = {"instances": instances}
     if signature is not None:
         document["signature_name"] = signature
-    body = (json.dumps(document) + " " * tensors.FAST_PATH_MIN_BYTES * padding).encode()
-    if len(body) < tensors.FAST_PATH_MIN_BYTES:
-        body += b" " * (tensors.FAST_PATH_MIN_BYTES - len(body))   # whitespace keeps it valid JSON
+    body = (json.dumps(document) + " " * fastpath.FAST_PATH_MIN_BYTES * padding).encode()
+    if len(body) < fastpath.FAST_PATH_MIN_BYTES:
+        body += b" " * (fastpath.FAST_PATH_MIN_BYTES - len(body))   # whitespace keeps it valid JSON
     results = []
     for check in (library, False):                                # False: the pure-Python path
-        monkeypatch.setattr(tensors, "_native", check)
-        fast = tensors.fast_body(body)
+        monkeypatch.setattr(fastpath, "_native", check)
+        fast = fastpath.fast_body(body)
         results.append(None if fast is None else fast.array(1))
     c_result, python_result = results
     assert (c_result is None) == (python_result is None)
     if c_result is not None:
         np.testing.assert_array_equal(c_result, python_result)
-        np.testing.assert_array_equal(c_result, tensors.rows_to_array(instances, 1))  # and the exact path agrees
+        np.testing.assert_array_equal(c_result, json_in.rows_to_array(instances, 1))  # and the exact path agrees
 
 
 def test_a_missing_compiler_is_reported_not_raised(monkeypatch, tmp_path, capsys):
@@ -120,24 +121,27 @@ def test_a_library_for_another_system_is_ignored(tmp_path):
 
 
 def test_big_bodies_are_checked_beside_the_parse(library, monkeypatch):
-    monkeypatch.setattr(tensors, "_native", library)
+    monkeypatch.setattr(fastpath, "_native", library)
     array = np.random.default_rng(2).standard_normal((1, 160, 160, 3)).astype(np.float32)
     body = json.dumps({"instances": array.tolist()}).encode()
-    assert len(body) >= tensors.PARALLEL_CHECK_MIN_BYTES
-    fast = tensors.fast_body(body)
+    assert len(body) >= fastpath.PARALLEL_CHECK_MIN_BYTES
+    fast = fastpath.fast_body(body)
     assert fast.regular_shape == (1, 160, 160, 3)  # decided on the other thread, before array() was asked
     np.testing.assert_array_equal(fast.array(1), array)
     ragged = array.tolist()
     ragged[0][5][7].append(ragged[0][5][8].pop())  # same leaf count, one pixel with 4 values and one with 2
-    fast = tensors.fast_body(json.dumps({"instances": ragged}).encode())
+    fast = fastpath.fast_body(json.dumps({"instances": ragged}).encode())
     assert fast.regular_shape == () and fast.array(1) is None
 
 
 def test_small_bodies_are_checked_after_the_parse_only_when_numeric(library, monkeypatch):
-    monkeypatch.setattr(tensors, "_native", library)
-    b64 = json.dumps({"instances": [{"b64": "QUJD" * 20000}]}).encode()
-    fast = tensors.fast_body(b64)
-    assert fast.regular_shape is None and fast.array(1) is None and fast.regular_shape is None
+    monkeypatch.setattr(fastpath, "_native", library)
+    parsed = []
+    monkeypatch.setattr(fastpath, "_recognise", lambda body, real=fastpath._recognise: parsed.append(1) or real(body))
+    for body in ({"instances": [{"b64": "QUJD" * 20000}]}, {"signature_name": "x", "instances": [["ab" * 9000]]},
+                 {"inputs": {"image_bytes": [{"b64": "QUJD" * 20000}]}}, {"instances": [[{"x": 1}] * 3000]}):
+        # strings and objects are not for the fast path: bailed out from the body's head, never parsed twice
+        assert fastpath.fast_body(json.dumps(body).encode()) is None and parsed == [], body
     numbers = json.dumps({"instances": [[0.5] * 5000]}).encode()
-    fast = tensors.fast_body(numbers)
+    fast = fastpath.fast_body(numbers)
     assert fast.regular_shape is None and fast.array(1).shape == (1, 5000) and fast.regular_shape == (1, 5000)

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from server import errors, tensors
+from server import errors
+from server.tensors import fastpath, json_in, json_out, proto
 from server.errors import ERROR_TABLE, Code, InvalidArgument, ServingError, Unimplemented
 
 
@@ -26,7 +27,7 @@ def test_every_domain_error_is_in_the_one_table_and_codes_agree():
 def test_float_formatting_follows_tf_serving():
     values = np.array([9000000, 999999, 0.5, 0.0003, 0.00003, 555557.5, 3, np.nan, np.inf, -np.inf, 0.1, 1 / 3],
                       np.float32)
-    assert tensors._format_floats(values) == ["9e+06", "999999.0", "0.5", "0.0003", "3e-05", "555557.5", "3.0",
+    assert json_out._format_floats(values) == ["9e+06", "999999.0", "0.5", "0.0003", "3e-05", "555557.5", "3.0",
                                               "NaN", "Infinity", "-Infinity", "0.1", "0.333333343"]
 
 
@@ -50,17 +51,17 @@ def test_vectorised_float_formatting_equals_the_value_by_value_rule(dtype):
     with np.errstate(over="ignore"):
         values = values.astype(dtype)
     single = dtype == np.float32
-    assert tensors._format_floats(values) == [_reference_decimal(v, single) for v in values.tolist()]
+    assert json_out._format_floats(values) == [_reference_decimal(v, single) for v in values.tolist()]
 
 
 def test_predictions_and_outputs_json():
-    assert json.loads(tensors.predictions_json({"y": np.array([[2.5], [3.0]], np.float32)})) == \
+    assert json.loads(json_out.predictions_json({"y": np.array([[2.5], [3.0]], np.float32)})) == \
         {"predictions": [[2.5], [3.0]]}
-    two = tensors.predictions_json({"a": np.array([1, 2], np.int64), "b_bytes": np.array([b"hi", b"yo"], object)})
+    two = json_out.predictions_json({"a": np.array([1, 2], np.int64), "b_bytes": np.array([b"hi", b"yo"], object)})
     assert json.loads(two) == {"predictions": [{"a": 1, "b_bytes": {"b64": "aGk="}}, {"a": 2, "b_bytes": {"b64": "eW8="}}]}
-    assert json.loads(tensors.outputs_json({"s": np.array([b"x"], object)})) == {"outputs": ["x"]}
+    assert json.loads(json_out.outputs_json({"s": np.array([b"x"], object)})) == {"outputs": ["x"]}
     with pytest.raises(InvalidArgument, match="inconsistent batch size"):
-        tensors.predictions_json({"a": np.zeros(2), "b": np.zeros(3)})
+        json_out.predictions_json({"a": np.zeros(2), "b": np.zeros(3)})
 
 
 @pytest.mark.parametrize("value,dtype,message", [
@@ -74,50 +75,50 @@ def test_predictions_and_outputs_json():
 def test_json_type_rules(value, dtype, message):
     if message is None:
         with pytest.raises(Unimplemented):
-            tensors.json_to_array(value, dtype)
+            json_in.json_to_array(value, dtype)
         return
     with pytest.raises(InvalidArgument) as raised:
-        tensors.json_to_array(value, dtype)
+        json_in.json_to_array(value, dtype)
     assert message in raised.value.message
 
 
 def test_json_accepts_what_tf_serving_accepts():
-    assert tensors.json_to_array([[1, 2.5]], 1).dtype == np.float32
-    assert tensors.json_to_array([{"b64": "aGk="}, "plain"], 7).tolist() == [b"hi", b"plain"]
-    assert tensors.json_to_array(3, 9).shape == ()
-    assert np.isnan(tensors.json_to_array(tensors.loads(b"[NaN]"), 1)[0])
-    assert tensors.loads(b'{"a": 1} trailing') == {"a": 1}
+    assert json_in.json_to_array([[1, 2.5]], 1).dtype == np.float32
+    assert json_in.json_to_array([{"b64": "aGk="}, "plain"], 7).tolist() == [b"hi", b"plain"]
+    assert json_in.json_to_array(3, 9).shape == ()
+    assert np.isnan(json_in.json_to_array(json_in.loads(b"[NaN]"), 1)[0])
+    assert json_in.loads(b'{"a": 1} trailing') == {"a": 1}
     with pytest.raises(InvalidArgument, match="The document is empty"):
-        tensors.loads(b"  ")
+        json_in.loads(b"  ")
     with pytest.raises(InvalidArgument, match="at offset: 0"):
-        tensors.loads(b"nope")
+        json_in.loads(b"nope")
 
 
 def test_json_takes_the_short_infinity_tokens_outside_strings_only():
-    parsed = tensors.loads(b'{"instances": [Inf, -Inf, Infinity, -Infinity, 1.5], "note": "Inf, -Inf \\" Inf"}')
+    parsed = json_in.loads(b'{"instances": [Inf, -Inf, Infinity, -Infinity, 1.5], "note": "Inf, -Inf \\" Inf"}')
     assert parsed["instances"][:4] == [math.inf, -math.inf, math.inf, -math.inf]
     assert parsed["note"] == 'Inf, -Inf " Inf'
     # errors after an Inf still point into the body as sent
     for body, offset in [(b'{"instances": [Inf, -Inf, xx]}', 26), (b'[Inff]', 4), (b'["Inf", Inf,]', 12),
                          (b"[1, inf]", 4)]:
         with pytest.raises(InvalidArgument, match=f"at offset: {offset}$"):
-            tensors.loads(body)
+            json_in.loads(body)
 
 
 def test_rows_must_share_a_shape():
     with pytest.raises(InvalidArgument, match="Expecting tensor size: 2 but got: 3"):
-        tensors.rows_to_array([[1, 2], [1, 2, 3]], 1)
+        json_in.rows_to_array([[1, 2], [1, 2, 3]], 1)
     with pytest.raises(InvalidArgument, match=r"Expecting shape \[2,1\] but got: \[1,2\]"):
-        tensors.rows_to_array([[[1], [2]], [[1, 2]]], 1)
+        json_in.rows_to_array([[[1], [2]], [[1, 2]]], 1)
 
 
 @pytest.mark.parametrize("shape", [(1, 40, 50, 3), (2, 3000), (5000,), (3, 7, 11, 13)])
 def test_fast_path_equals_exact_path(shape):
     array = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     body = json.dumps({"instances": array.tolist(), "signature_name": "s"}).encode()
-    fast = tensors.fast_body(body)
+    fast = fastpath.fast_body(body)
     assert fast is not None and fast.signature_name == "s"
-    np.testing.assert_array_equal(fast.array(1), tensors.rows_to_array(json.loads(body)["instances"], 1))
+    np.testing.assert_array_equal(fast.array(1), json_in.rows_to_array(json.loads(body)["instances"], 1))
 
 
 @pytest.mark.parametrize("instances", [
@@ -127,15 +128,15 @@ def test_fast_path_equals_exact_path(shape):
     [[1.0] * 3000, [2.0] * 2999 + ["x"]],             # a string
 ])
 def test_fast_path_refuses_what_only_the_exact_path_may_judge(instances):
-    fast = tensors.fast_body(json.dumps({"instances": instances}).encode())
+    fast = fastpath.fast_body(json.dumps({"instances": instances}).encode())
     assert fast is None or fast.array(1) is None
 
 
 def test_fast_path_int_dtype_refuses_decimals():
     body = json.dumps({"instances": [[1.5] * 5000]}).encode()
-    assert tensors.fast_body(body).array(3) is None
+    assert fastpath.fast_body(body).array(3) is None
     ints = json.dumps({"instances": [list(range(5000))]}).encode()
-    assert tensors.fast_body(ints).array(3).tolist()[0][:3] == [0, 1, 2]
+    assert fastpath.fast_body(ints).array(3).tolist()[0][:3] == [0, 1, 2]
 
 
 def test_tensor_proto_round_trip_and_last_value_padding():
@@ -143,15 +144,15 @@ def test_tensor_proto_round_trip_and_last_value_padding():
 
     for array in [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([b"a", b"bc"], object),
                   np.array([[1, 2]], np.int64), np.array([True, False])]:
-        proto = tensors.array_to_proto(array)
-        np.testing.assert_array_equal(tensors.proto_to_array(proto), array)
-        np.testing.assert_array_equal(tf.make_ndarray(proto), array)
-    content = tensors.array_to_proto(np.ones((2, 2), np.float32), as_content=True)
-    assert content.tensor_content and tensors.proto_to_array(content).sum() == 4
+        message = proto.array_to_proto(array)
+        np.testing.assert_array_equal(proto.proto_to_array(message), array)
+        np.testing.assert_array_equal(tf.make_ndarray(message), array)
+    content = proto.array_to_proto(np.ones((2, 2), np.float32), as_content=True)
+    assert content.tensor_content and proto.proto_to_array(content).sum() == 4
     padded = tf.make_tensor_proto([0.0], dtype=tf.float32)
     padded.float_val[:] = [1.0, 2.0]
     padded.tensor_shape.dim[0].size = 4
-    assert tensors.proto_to_array(padded).tolist() == [1.0, 2.0, 2.0, 2.0]
+    assert proto.proto_to_array(padded).tolist() == [1.0, 2.0, 2.0, 2.0]
 
 
 def test_tensor_protos_that_do_not_decode_are_invalid_argument():
@@ -159,7 +160,7 @@ def test_tensor_protos_that_do_not_decode_are_invalid_argument():
 
     odd = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"\0" * 5)
     with pytest.raises(InvalidArgument, match="5 bytes, not a multiple of 4"):
-        tensors.proto_to_array(odd)
+        proto.proto_to_array(odd)
     odd.tensor_shape.dim.append(tensor_shape_pb2.TensorShapeProto.Dim(size=1))
     with pytest.raises(InvalidArgument, match="Unable to parse tensor proto"):
-        tensors.proto_to_array(odd)
+        proto.proto_to_array(odd)
