@@ -152,23 +152,10 @@ class Repository:
                 self._unload(state)
 
     def _load(self, model: ServedModel, state: VersionState) -> None:
+        """Load and warm up one version, then mark it AVAILABLE, or END with the last error."""
         name = model.config.name
         log.info("Loading servable version {name: %s version: %d}", name, state.version)
-        attempts = self._max_load_retries + 1
-        for attempt in range(attempts):
-            try:
-                loaded = self._load_saved_model(str(state.path))
-                if self._warmup is not None:
-                    self._warmup(name, state.version, loaded)
-                break
-            except ServingError as exc:
-                error = exc
-                log.error("Loading servable version {name: %s version: %d} failed (attempt %d/%d): %s", name,
-                          state.version, attempt + 1, attempts, exc.message)
-                if attempt + 1 < attempts and self._stop.wait(self._retry_interval_s):
-                    break
-        else:
-            loaded = None
+        loaded, error = self._load_with_retries(name, state)
         with self._lock:
             if loaded is None:
                 state.state, state.error_code, state.error_message = END, error.code, error.message
@@ -176,6 +163,38 @@ class Repository:
                 state.model, state.state = loaded, AVAILABLE
                 log.info("Successfully loaded servable version {name: %s version: %d}", name, state.version)
             self._changed.notify_all()
+
+    def _load_with_retries(self, name: str, state: VersionState) -> tuple[Optional[LoadedModel],
+                                                                           Optional[ServingError]]:
+        """(the loaded, warmed-up model, None), or (None, the last error) after every attempt failed.
+
+        A failed warmup is a failed attempt (the loaded model is closed, never served); a shutdown while
+        waiting for the next attempt ends the retries with the error seen so far."""
+        attempts = self._max_load_retries + 1
+        error: Optional[ServingError] = None
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._load_once(name, state), None
+            except ServingError as exc:
+                error = exc
+                log.error("Loading servable version {name: %s version: %d} failed (attempt %d/%d): %s", name,
+                          state.version, attempt, attempts, exc.message)
+            if attempt == attempts:
+                break
+            if self._stop.wait(self._retry_interval_s):
+                log.info("server stopping: no more load attempts for {name: %s version: %d}", name, state.version)
+                break
+        return None, error
+
+    def _load_once(self, name: str, state: VersionState) -> LoadedModel:
+        loaded = self._load_saved_model(str(state.path))
+        if self._warmup is not None:
+            try:
+                self._warmup(name, state.version, loaded)
+            except BaseException:
+                loaded.close()
+                raise
+        return loaded
 
     def _load_saved_model(self, path: str) -> LoadedModel:
         started = time.perf_counter()
