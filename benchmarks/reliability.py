@@ -161,10 +161,9 @@ def _copy_version(source: Path, base: Path, version: int) -> None:
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / (1024 * 1024)
 
 
 def _server(tmp: Path, scenario: str, source: Path, *flags: str):

@@ -29,9 +29,12 @@ class DeployError(HarnessError):
 
 
 def _cmdline(pid: int) -> str:
+    """The process's command line as one string ("" when no such process is readable)."""
+    import psutil
+
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except (psutil.Error, OSError):
         return ""
 
 

@@ -6,7 +6,6 @@ these samples instead. Free of Locust imports: it only subscribes to the environ
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,16 +13,17 @@ from typing import Optional
 
 import numpy as np
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_seconds(pid: int) -> Optional[float]:
-    """User + system CPU seconds of a process (all its threads) from /proc, or None if unreadable."""
+    """User + system CPU seconds of a process (all its threads), or None if it is gone or not readable."""
+    import psutil
+
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.Error, OSError):
         return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return times.user + times.system
 
 
 class Recorder:
