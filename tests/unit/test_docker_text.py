@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from deploy.containers import run_arguments
-from deploy.images import DOCKERFILES, FLAVOURS, build_options, prepare_context, serving_version
+from deploy.images import DOCKERFILES, FLAVOURS, build_options, serving_version
 from deploy.manifests import compose, kubernetes
 from spec.loader import load_spec
 from tests.conftest import REPO, write_spec
@@ -124,40 +124,8 @@ def test_serving_version_follows_the_export_and_warns_when_older(spec_for):
         "--config=release --copt=-mavx2 --copt=-mfma"
 
 
-def test_build_context_holds_models_configs_and_container_flags(spec_for, tmp_path, digits_export):
-    _, version_dir = digits_export
-    spec = spec_for(**{"export.base_path": str(version_dir.parents[1]),
-                       "serving.batching": {"enabled": True, "max_batch_size": 8}})
-    context = prepare_context(spec, "cpu", tmp_path / "ctx", [int(version_dir.name)], log=lambda line: None)
-    assert (context / "models" / "digits_cnn" / version_dir.name / "saved_model.pb").exists()
-    assert (context / "Dockerfile").read_text() == (DOCKERFILES / "Dockerfile.cpu").read_text()
-    flags = (context / "config" / "server.flags").read_text().splitlines()
-    assert "--port=8500" in flags and "--rest_api_port=8501" in flags and "--enable_batching=true" in flags
-    assert "--model_config_file=/config/models.config" in flags and not any(f.startswith("--host") for f in flags)
-    assert 'base_path: "/models/digits_cnn"' in (context / "config" / "models.config").read_text()
-    assert (context / "serve.sh").stat().st_mode & 0o111
 
 
-def test_build_context_holds_every_served_model(tmp_path, digits_export, testdata):
-    from deploy.embedded import DeployError
-    from server.configs import load_model_config_file
-    from exporter.export import ensure_exported
-
-    _, version_dir = digits_export
-    spec_path = write_spec(tmp_path, "specs/digits_and_half_plus_two.yaml",
-                           **{"export.base_path": str(version_dir.parents[1])})
-    write_spec(tmp_path, "specs/half_plus_two.yaml", **{
-        "model.source.path": str(testdata / "saved_model_half_plus_two_cpu" / "00000123"),
-        "export.base_path": str(tmp_path / "m")})
-    spec = load_spec(spec_path)
-    with pytest.raises(DeployError, match="no exported version of half_plus_two"):
-        prepare_context(spec, "cpu", tmp_path / "ctx", [int(version_dir.name)], log=lambda line: None)
-    assert ensure_exported(spec, log=lambda line: None) == version_dir  # exports what also_serve lists
-    context = prepare_context(spec, "cpu", tmp_path / "ctx", [int(version_dir.name)], log=lambda line: None)
-    assert (context / "models" / "half_plus_two" / "1" / "saved_model.pb").exists()
-    models = load_model_config_file(str(context / "config" / "models.config"))
-    assert [(m.name, m.base_path) for m in models] == [("digits_cnn", "/models/digits_cnn"),
-                                                      ("half_plus_two", "/models/half_plus_two")]
 
 
 def test_compose_file_publishes_on_loopback_and_reserves_gpus(spec_for):

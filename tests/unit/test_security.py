@@ -10,7 +10,7 @@ import pytest
 
 from spec.errors import SpecError
 from spec.loader import load_spec
-from tests.conftest import REPO, write_spec
+from tests.conftest import REPO
 
 SOURCES = [path for top in ("spec", "exporter", "server", "deploy", "loadtests", "demo", "benchmarks", "tests", "models")
            if (REPO / top).is_dir() for path in sorted((REPO / top).rglob("*.py"))]
@@ -59,21 +59,3 @@ def test_dockerfiles_declare_no_secret_build_args_or_env(dockerfile):
     assert names and names <= ALLOWED_BUILD_NAMES, names - ALLOWED_BUILD_NAMES
     assert not re.search(r"(?i)(password|secret|token|api_key|credential)", dockerfile.read_text())
 
-
-def test_build_args_and_context_hold_no_secrets(tmp_path, digits_export, monkeypatch):
-    from deploy.containers import build_plan
-    from deploy.images import prepare_context
-
-    _, version_dir = digits_export
-    spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"export.base_path": str(version_dir.parents[1])}))
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-bake-me")  # nothing from the environment may leak in
-    plan = build_plan(spec, log=lambda line: None)
-    assert set(plan.buildargs) <= ALLOWED_BUILD_NAMES
-    assert not any("do-not-bake-me" in value for value in plan.buildargs.values())
-    context = prepare_context(spec, "cpu", tmp_path / "ctx", plan.versions, log=lambda line: None)
-    files = {str(p.relative_to(context)) for p in context.rglob("*") if p.is_file()}
-    assert files == {f for f in files if f in ("Dockerfile", "serve.sh") or f.startswith(("models/digits_cnn/",
-                                                                                            "config/"))}, files
-    for path in context.rglob("*"):
-        if path.is_file() and path.suffix in ("", ".config", ".flags", ".sh", ".txt"):
-            assert b"do-not-bake-me" not in path.read_bytes(), path
