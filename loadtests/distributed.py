@@ -5,6 +5,8 @@ Imported only by loadtests/locustfile.py (after Locust's monkey-patching). Messa
   worker -> master  need_payloads   sent at worker start-up
   master -> worker  payloads        the PayloadSet's .npz bytes, so a worker on another machine needs neither
                                     the exported model nor the spec's images, only this repository and its venv
+  worker -> master  ready           its requests are rendered: its users can send (the warm-up starts only
+                                    once every worker is ready, so a slow worker never shortens the window)
   master -> worker  begin_window    the warm-up is over: forget what was recorded, measure from now
   master -> worker  end_window      the window is over: stop recording and answer with
   worker -> master  samples         every request of the window (Recorder.snapshot), merged by the master
@@ -14,6 +16,7 @@ The master decides the window (as a single process does) and writes the one samp
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Optional
 
 import gevent
@@ -36,8 +39,29 @@ class MasterSide:
         self.parts: dict[str, dict] = {}
         self._expected: set[str] = set()
         self._all_in = Event()
+        self.ready: set[str] = set()
+        self._ready_changed = Event()
         self.runner.register_message("need_payloads", self._on_need_payloads)
         self.runner.register_message("samples", self._on_samples)
+        self.runner.register_message("ready", self._on_ready)
+
+    def _on_ready(self, environment, msg, **_kwargs) -> None:
+        self.ready.add(msg.node_id)
+        self._ready_changed.set()
+
+    def wait_ready(self, timeout_s: float = PAYLOADS_WAIT_S) -> bool:
+        """Block (this greenlet) until every connected worker has rendered its requests; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            waiting = {worker.id for worker in self.runner.clients.all} - self.ready
+            if not waiting:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("%d worker(s) not ready after %.0fs: %s", len(waiting), timeout_s, ", ".join(sorted(waiting)))
+                return False
+            self._ready_changed.clear()
+            self._ready_changed.wait(timeout=min(left, 1.0))
 
     def _on_need_payloads(self, environment, msg, **_kwargs) -> None:
         if self._blob is None:
@@ -81,6 +105,10 @@ class WorkerSide:
     def _on_payloads(self, environment, msg, **_kwargs) -> None:
         self.payloads = PayloadSet.from_bytes(msg.data["npz"])
         self.arrived.set()
+
+    def announce_ready(self) -> None:
+        """Tell the master this worker's requests are rendered (its users can send from now on)."""
+        self.runner.send_message("ready")
 
     def _on_end_window(self, environment, msg, **_kwargs) -> None:
         self.recorder.end_window()

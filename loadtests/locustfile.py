@@ -23,7 +23,13 @@ if os.environ.get("LOADTESTS_BLOCKING_GRPC") != "1":  # set only by benchmarks/g
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 from locust import events  # noqa: E402
+from locust import runners as locust_runners  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
+
+# Locust drops a worker that misses 3 one-second heartbeats and moves its users to the others mid-window. On a
+# loaded machine (the server on the same cores) a worker's loop can be starved that long while it still sends:
+# tolerate 30 s, so a measured window keeps every worker's users and samples. (Locust has no option for it.)
+locust_runners.HEARTBEAT_LIVENESS = 30
 
 from loadtests.distributed import MasterSide, WorkerSide  # noqa: E402
 from loadtests.payloads import PAYLOADS, PayloadSet  # noqa: E402
@@ -115,6 +121,8 @@ def _prepare(environment, **_kwargs) -> None:
         RestUser.host = environment.host or ctx.rest_url
         environment.loadtest = ctx
         ready.set()
+        if isinstance(cluster, WorkerSide):
+            cluster.announce_ready()
 
     if isinstance(cluster, WorkerSide):
         cluster.when_payloads(render)
@@ -158,8 +166,13 @@ def _init(environment, **_kwargs) -> None:
                     environment.worker_samples = environment.cluster.end_window()
                 runner.quit()
 
-            gevent.spawn_later(warmup, begin)
-            gevent.spawn_later(warmup + duration, end)
+            def schedule() -> None:
+                if master:  # workers render their requests after the swarm starts: wait until all can send
+                    environment.cluster.wait_ready()
+                gevent.spawn_later(warmup, begin)
+                gevent.spawn_later(warmup + duration, end)
+
+            gevent.spawn(schedule)
 
     @environment.events.quitting.add_listener
     def _save(**_kw) -> None:

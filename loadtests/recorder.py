@@ -105,6 +105,7 @@ def write_samples(path: Path, parts: list[dict], server_cpu_percent: Optional[fl
         failures.update(part["failures"])
     meta = {"window_s": window_s if window_s is not None else max((p["window_s"] for p in parts), default=0.0),
             "generator_cpu_percent": max(known_cpu) if known_cpu else None, "generator_cpu_by_process": cpu,
+            "requests_by_process": [len(part["t"]) for part in parts],
             "generator_processes": len(parts), "server_cpu_percent": server_cpu_percent,
             "failures": dict(failures.most_common(20)), "finished_at": finished_at}
     path.parent.mkdir(parents=True, exist_ok=True)

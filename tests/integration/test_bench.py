@@ -119,6 +119,7 @@ def test_distributed_bench_merges_local_and_remote_workers(tmp_path, digits_expo
         with np.load(latest / "samples" / r["samples_file"]) as data:
             meta = json.loads(data["meta"].tobytes())
         assert len(meta["generator_cpu_by_process"]) == 2 and all(c > 0 for c in meta["generator_cpu_by_process"])
+        assert len(meta["requests_by_process"]) == 2 and all(n > 0 for n in meta["requests_by_process"]), meta
     leftover = subprocess.run(["pgrep", "-f", f"--master-port {master_port}"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", leftover.stdout
 
