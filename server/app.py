@@ -80,7 +80,7 @@ class Server:
         options = LoadOptions(tags=tuple(t for t in flags.saved_model_tags.split(",") if t),
                               intra_op_parallelism=flags.tensorflow_intra_op_parallelism or parallel,
                               inter_op_parallelism=flags.tensorflow_inter_op_parallelism or parallel,
-                              timeout_ms=flags.rest_api_timeout_in_ms)
+                              timeout_ms=flags.rest_api_timeout_in_ms, prefer_tflite=flags.prefer_tflite_model)
         self.metrics = Metrics()
         self.batcher = None
         runner = direct_runner

@@ -43,6 +43,7 @@ class LoadOptions:
     intra_op_parallelism: int = 0
     inter_op_parallelism: int = 0
     timeout_ms: int = 0  # 0 = no session-run timeout
+    prefer_tflite: bool = False  # --prefer_tflite_model: serve <version>/model.tflite when there is one
 
 
 def _spec(alias: str, info) -> TensorSpec:

@@ -22,6 +22,7 @@ from server.configs import ModelConfig
 from server.errors import Code, FailedPrecondition, InvalidArgument, NotFound, ServingError
 from server.metrics import Metrics
 from server.model import LoadedModel, LoadOptions
+from server.tflite import TfLiteModel, has_tflite
 
 log = logging.getLogger("server")
 
@@ -199,7 +200,10 @@ class Repository:
     def _load_saved_model(self, path: str) -> LoadedModel:
         started = time.perf_counter()
         try:
-            loaded = LoadedModel.load(path, self._options)
+            if self._options.prefer_tflite and has_tflite(Path(path)):
+                loaded = TfLiteModel.load(path, self._options)
+            else:
+                loaded = LoadedModel.load(path, self._options)
         except ServingError:
             self._metrics.record_load(path, False, 0)
             raise
