@@ -133,3 +133,26 @@ def test_an_unexpected_exception_is_internal_over_both_protocols(half, batched):
         if batched:
             runner.stop()
         repository.stop()
+
+
+def test_a_port_taken_between_choosing_and_binding_is_retried_on_new_ports(half, monkeypatch):
+    import socket
+
+    from server import process
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    chosen = iter([taken, free_port()])  # the first gRPC port is taken by another process meanwhile
+    monkeypatch.setattr(process, "free_port", lambda host="127.0.0.1": next(chosen, None) or free_port())
+    try:
+        server = ServerProcess("--model_name=half", f"--model_base_path={half}")
+        try:
+            assert server.grpc_port != taken  # it failed on the taken port (no SO_REUSEPORT) and started anew
+            with grpc.insecure_channel(server.grpc_target) as channel:
+                assert _status(channel) == "AVAILABLE"
+        finally:
+            assert server.stop() == 0
+    finally:
+        holder.close()
