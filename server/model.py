@@ -63,6 +63,21 @@ def signatures_of(meta_graph) -> dict[str, Signature]:
     return result
 
 
+MIN_GUARDED_RANK = 3  # image-like inputs (convolutions, pooling): where oneDNN kernels abort on a wrong rank
+
+
+def _check_shape(alias: str, spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    """Refuse a tensor whose rank differs from an image-like input's (rank 3 or more). TF Serving hands any shape
+    to the kernels, and so does this server otherwise ([3] for half_plus_two's [-1, 1] works in both); but
+    TensorFlow's oneDNN kernels (its default on x86) CHECK-fail and abort the whole process on, for example, a
+    rank-3 tensor fed to a convolution, where the stock kernel returns INVALID_ARGUMENT."""
+    if spec.shape is None or len(spec.shape) < MIN_GUARDED_RANK or len(shape) == len(spec.shape):
+        return
+    wanted = "[" + ",".join(str(d) for d in spec.shape) + "]"
+    raise InvalidArgument(f"input {alias}: a tensor of rank {len(shape)} ([{','.join(str(d) for d in shape)}]) for "
+                          f"an input of rank {len(spec.shape)} {wanted} (tensor {spec.name})")
+
+
 @dataclass
 class LoadedModel:
     """A loaded version. `run` is thread-safe."""
@@ -134,7 +149,12 @@ class LoadedModel:
 
     def run(self, signature: Signature, inputs: dict[str, np.ndarray],
             output_aliases: Sequence[str]) -> dict[str, np.ndarray]:
-        """Run `signature` with inputs keyed by alias, returning the named outputs keyed by alias."""
+        """Run `signature` with inputs keyed by alias, returning the named outputs keyed by alias.
+
+        An image-like input (rank 3 or more) of another rank is refused first (see _check_shape): some kernels
+        would abort the process on it instead of returning an error."""
+        for alias, value in inputs.items():
+            _check_shape(alias, signature.inputs[alias], np.shape(value))
         feeds = {signature.inputs[alias].name: value for alias, value in inputs.items()}
         fetch_names = [signature.outputs[alias].name for alias in output_aliases]
         values = self.run_tensors(feeds, fetch_names)

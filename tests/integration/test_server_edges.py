@@ -156,3 +156,26 @@ def test_a_port_taken_between_choosing_and_binding_is_retried_on_new_ports(half,
             assert server.stop() == 0
     finally:
         holder.close()
+
+
+def test_an_image_tensor_of_the_wrong_rank_is_400_not_a_crash(digits_export):
+    """oneDNN's convolution aborts the process on a rank-3 image batch; the server refuses it first."""
+    _, version_dir = digits_export
+    server = ServerProcess("--model_name=digits_cnn", f"--model_base_path={version_dir.parent}")
+    try:
+        rank3 = np.zeros((1, 32, 32), np.float32).tolist()
+        for body in ({"signature_name": "predict_tensor", "instances": rank3},
+                     {"signature_name": "predict_tensor", "inputs": rank3[0]}):
+            status, answer = server.http("POST", "/v1/models/digits_cnn:predict", body)
+            assert status == 400 and "for an input of rank 4 [-1,32,32,1]" in answer["error"], answer
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = "digits_cnn", "predict_tensor"
+        request.inputs["images"].CopyFrom(array_to_proto(np.zeros((2, 32, 32), np.float32)))
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        good = {"signature_name": "predict_tensor", "instances": np.zeros((1, 32, 32, 1), np.float32).tolist()}
+        assert server.http("POST", "/v1/models/digits_cnn:predict", good)[0] == 200  # still serving
+    finally:
+        assert server.stop() == 0  # never aborted
