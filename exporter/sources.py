@@ -7,10 +7,13 @@ Python builders give Keras models; an existing SavedModel gives its loaded signa
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from spec.errors import HarnessError
 from spec.schema import (
@@ -72,13 +75,31 @@ def _keras_file(spec: Spec, source: KerasFileSource) -> SourceModel:
     return SourceModel(model, lambda images: model(images, training=False), f"keras file {path}")
 
 
+def _import_builder(name: str, beside: Optional[Path]):
+    """Import `name` (a.b.c) from the installed packages, else its top package from the spec's directory (builders
+    may live beside the spec), without touching sys.path."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        top = name.split(".")[0]
+        found = importlib.machinery.PathFinder.find_spec(top, [str(beside)]) if beside is not None else None
+        if exc.name != top or found is None:
+            raise
+    module = importlib.util.module_from_spec(found)
+    sys.modules[top] = module
+    try:
+        found.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(name)
+
+
 def _builder(spec: Spec, source: BuilderSource) -> SourceModel:
     module_name, function_name = source.function.split(":")
-    if spec.origin is not None and str(spec.origin.parent) not in sys.path:
-        sys.path.append(str(spec.origin.parent))  # builders may live beside the spec
     where = spec.where("model", "source", "function")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_builder(module_name, spec.origin.parent if spec.origin is not None else None)
     except ImportError as exc:
         raise SourceError(f"{where}: model.source.function: cannot import module '{module_name}': {exc}") from None
     function = getattr(module, function_name, None)

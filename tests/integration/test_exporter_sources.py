@@ -66,3 +66,25 @@ def test_saved_model_add_signatures_mode(tmp_path):
     jpeg = encode(bundled_photos()[0][1], "jpeg")
     pixels = tf.image.resize(tf.io.decode_jpeg(jpeg, channels=3)[tf.newaxis], (24, 24)) / 255.0
     np.testing.assert_allclose(_served_top1(result.path, jpeg), model(pixels).numpy(), atol=1e-5)
+
+
+def test_a_builder_module_beside_the_spec_is_found_without_touching_sys_path(tmp_path):
+    import sys
+
+    (tmp_path / "my_builders").mkdir()
+    (tmp_path / "my_builders" / "__init__.py").write_text("")
+    (tmp_path / "my_builders" / "tiny.py").write_text(
+        "import keras\n\n\ndef build(classes=3):\n    keras.utils.set_random_seed(1)\n"
+        "    return keras.Sequential([keras.Input((24, 24, 3)), keras.layers.Conv2D(4, 3),\n"
+        "                             keras.layers.GlobalAveragePooling2D(),\n"
+        "                             keras.layers.Dense(classes, activation='softmax')])\n")
+    spec_path = tmp_path / "beside.yaml"
+    spec_path.write_text(SPEC.format(name="beside", base=tmp_path / "models",
+                                     source="{kind: builder, function: 'my_builders.tiny:build', args: {classes: 3}}"))
+    path_before = list(sys.path)
+    result = export(load_spec(spec_path), log=lambda line: None)
+    assert sys.path == path_before and str(tmp_path) not in sys.path
+    assert "my_builders.tiny:build" in result.provenance["source"]
+    model = LoadedModel.load(result.path)
+    assert model.signatures["serving_default"].outputs["probabilities"].shape == (-1, 3)
+    model.close()
