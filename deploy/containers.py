@@ -48,7 +48,7 @@ def build_plan(spec: Spec, log: Callable[[str], None] = print) -> BuildPlan:
                      "model" if flavour == "embedded" else None, versions, version)
 
 
-def server_identity(engine, image) -> dict:
+def identity_of(engine, image) -> dict:
     """What a model image really runs, from labels: its base image (reference and id) and whether the server is
     TF Serving or ours (our server's images, and any stand-in built on them, carry LABEL_SERVER)."""
     labels = image.labels or {}
@@ -128,7 +128,7 @@ class DockerDeployment:
         """The server kind and base image of the image built (or of the running container's)."""
         container = self._container()
         image = container.image if container is not None else self.engine.images.get(self.image)
-        return server_identity(self.engine, image)
+        return identity_of(self.engine, image)
 
     def _container(self):
         errors = docker_client.errors()

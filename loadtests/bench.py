@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 from spec.errors import SpecError
 from spec.schema import BenchmarkSpec, Spec
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_MISMATCH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILURES = 0, 1  # user errors (2), mismatches (3) and Ctrl-C (130): spec.errors
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from loadtests.payloads import cells, wire_name
-from server.process import free_port  # noqa: F401  (one free_port for the harness and its tests)
+from server.process import free_port
 from spec.errors import HarnessError
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"

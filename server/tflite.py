@@ -15,7 +15,7 @@ import numpy as np
 
 from server.errors import InvalidArgument
 from server.model import LoadOptions, Signature, TensorSpec
-from server.tensors.dtypes import DType, tf_dtype_of
+from server.tensors.dtypes import NUMPY_DTYPES, DType, tf_dtype_of
 
 TFLITE_FILE = "model.tflite"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -30,8 +30,7 @@ def _dtype(numpy_dtype) -> int:
 
 
 def _spec(alias: str, detail: dict) -> TensorSpec:
-    shape = detail.get("shape_signature")
-    shape = detail["shape"] if shape is None or not len(shape) and len(detail["shape"]) else shape
+    shape = detail.get("shape_signature", detail["shape"])  # -1 where the flatbuffer leaves a dimension open
     return TensorSpec(alias=alias, name=detail["name"], dtype=_dtype(detail["dtype"]),
                       shape=tuple(int(d) for d in shape))
 
@@ -99,7 +98,7 @@ class TfLiteModel:
     def run(self, signature: Signature, inputs: dict[str, np.ndarray],
             output_aliases: Sequence[str]) -> dict[str, np.ndarray]:
         """Run `signature` with inputs keyed by alias; the named outputs keyed by alias."""
-        feeds = {alias: np.asarray(value, dtype=np.dtype(_numpy(signature.inputs[alias].dtype)))
+        feeds = {alias: np.asarray(value, dtype=NUMPY_DTYPES[signature.inputs[alias].dtype])
                  for alias, value in inputs.items()}
         with self._lock:
             try:
@@ -126,9 +125,3 @@ class TfLiteModel:
 
     def close(self) -> None:
         self._interpreter, self._runners = None, {}
-
-
-def _numpy(tf_dtype: int):
-    from server.tensors.dtypes import NUMPY_DTYPES
-
-    return NUMPY_DTYPES[tf_dtype]

@@ -62,7 +62,7 @@ def test_the_base_image_is_a_build_argument_only_when_the_spec_names_one(spec_fo
 
 
 def test_server_identity_comes_from_the_image_labels():
-    from deploy.containers import server_identity
+    from deploy.containers import identity_of as server_identity
 
     class Image:
         def __init__(self, labels, id="sha256:base"):
