@@ -13,7 +13,7 @@ SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf perf-harness reliability serve bench worker demo deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-fast schema perf perf-harness reliability serve bench capacity worker demo deploy down status ui compose k8s clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,13 +56,23 @@ serve: $(READY) ## run the embedded server on SPEC's exported versions: make ser
 	  test -d "$$dir" || { echo "no export at $$dir: run make export SPEC=$(SPEC) first"; exit 2; }; \
 	  exec $(PY) -m server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
 
-bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 DURATION=30s WARMUP=5s PROTOCOLS= PAYLOADS= WORKERS=)
+LOAD_ARGS = $(if $(DURATION),--duration $(DURATION)) $(if $(WARMUP),--warmup $(WARMUP)) \
+	  $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) $(if $(PAYLOADS),--payloads $(PAYLOADS)) \
+	  $(if $(ARRIVAL),--arrival $(ARRIVAL)) $(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT)) \
+	  $(if $(SLO),--slo $(SLO)) $(if $(BACKEND),--backend $(BACKEND)) $(if $(WORKERS),--workers $(WORKERS))
+
+bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open RATES=10,20 ARRIVAL= DURATION= WORKERS=)
 	$(PY) -m loadtests bench --spec $(SPEC) $(if $(USERS),--users $(USERS)) $(if $(DURATION),--duration $(DURATION)) \
+	  $(if $(MODE),--mode $(MODE)) $(if $(RATES),--rates $(RATES)) $(if $(ARRIVAL),--arrival $(ARRIVAL)) \
+	  $(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT)) $(if $(SLO),--slo $(SLO)) \
 	  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) \
 	  $(if $(PAYLOADS),--payloads $(PAYLOADS)) $(if $(BACKEND),--backend $(BACKEND)) \
 	  $(if $(WORKERS),--workers $(WORKERS)) $(if $(REMOTE_WORKERS),--remote-workers $(REMOTE_WORKERS)) \
 	  $(if $(MASTER_BIND),--master-bind $(MASTER_BIND)) $(if $(MASTER_PORT),--master-port $(MASTER_PORT)) \
 	  $(if $(TARGET_HOST),--target-host $(TARGET_HOST))
+
+capacity: $(READY) ## highest rate within a latency SLO per protocol x payload: make capacity SLO=p99:100ms [PRECISION=5%]
+	$(PY) -m loadtests capacity --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION))
 
 worker: $(READY) ## a load generator for another machine's bench: make worker MASTER=<host> [MASTER_PORT=5557]
 	@test -n "$(MASTER)" || { echo "usage: make worker MASTER=<bench machine address> [MASTER_PORT=5557]"; exit 2; }

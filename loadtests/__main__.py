@@ -1,5 +1,7 @@
 """`python -m loadtests bench --spec FILE [--users 1,4,16] [--duration 30s] ...`: the benchmark (make bench).
 
+`python -m loadtests capacity --spec FILE --slo p99:100ms`: the highest rate within the SLO (make capacity).
+
 `python -m loadtests worker --master-host HOST [--master-port 5557]`: a Locust worker for a bench run on
 another machine; it rejoins the master of every run of the sweep until interrupted.
 """
@@ -9,13 +11,14 @@ import os
 import sys
 from typing import Optional, Sequence
 
-USAGE = ("usage: python -m loadtests bench --spec FILE [--users 1,4] [--duration 30s] [--warmup 5s] ...\n"
+USAGE = ("usage: python -m loadtests bench --spec FILE [--users 1,4 | --mode open --rates 10,20] [--duration 30s] ...\n"
+         "       python -m loadtests capacity --spec FILE --slo p99:100ms [--protocols ...] [--precision 5%]\n"
          "       python -m loadtests worker --master-host HOST [--master-port 5557]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] not in (["bench"], ["worker"]):
+    if argv[:1] not in (["bench"], ["capacity"], ["worker"]):
         print(USAGE, file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,12 +28,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_command(lambda: main_worker(argv[1:]), interrupted="worker: stopped")
     from loadtests.bench import Generators, Overrides, main_bench, parse_args
 
-    args = parse_args(argv[1:])
-    overrides = Overrides(users=args.users, duration=args.duration, warmup=args.warmup, protocols=args.protocols,
-                          payloads=args.payloads, output_dir=args.output_dir)
+    command = argv[0]
+    args = parse_args(argv[1:], command)
+    overrides = Overrides(users=getattr(args, "users", None), duration=args.duration, warmup=args.warmup,
+                          protocols=args.protocols, payloads=args.payloads, output_dir=args.output_dir,
+                          mode=getattr(args, "mode", None), rates=getattr(args, "rates", None), arrival=args.arrival,
+                          max_in_flight=args.max_in_flight, slo=args.slo, precision=getattr(args, "precision", None))
     generators = Generators(workers=args.workers, remote_workers=args.remote_workers, master_bind=args.master_bind,
                             master_port=args.master_port, target_host=args.target_host)
-    return main_bench(args.spec, overrides, args.backend, generators=generators)
+    return main_bench(args.spec, overrides, args.backend, generators=generators, command=command)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """`make bench`: export if needed, deploy (unless already up), check correctness, sweep, report, tear down."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -8,13 +10,16 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from spec.errors import SpecError
 from spec.schema import BenchmarkSpec, Spec
 
-EXIT_OK, EXIT_FAILURES = 0, 1  # user errors (2), mismatches (3) and Ctrl-C (130): spec.errors
+EXIT_OK, EXIT_FAILURES, EXIT_INVALID = 0, 1, 4  # user errors (2), mismatches (3), Ctrl-C (130): spec.errors
 REPO = Path(__file__).resolve().parents[1]
+
+if TYPE_CHECKING:
+    from loadtests import run, validity
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,12 @@ class Overrides:
     protocols: Optional[str] = None
     payloads: Optional[str] = None
     output_dir: Optional[str] = None
+    mode: Optional[str] = None
+    rates: Optional[str] = None
+    arrival: Optional[str] = None
+    max_in_flight: Optional[str] = None
+    slo: Optional[str] = None
+    precision: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -58,12 +69,12 @@ def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
 
     values = spec.benchmark.model_dump()
     changed = {}
-    for key in ("users", "protocols", "payloads"):
+    for key in ("users", "protocols", "payloads", "rates"):
         raw = getattr(overrides, key)
         if raw is not None:
             items = [item.strip() for item in raw.split(",") if item.strip()]
             changed[key] = [int(i) if key == "users" and i.lstrip("-").isdigit() else i for i in items]
-    for key in ("duration", "warmup", "output_dir"):
+    for key in ("duration", "warmup", "output_dir", "mode", "arrival", "max_in_flight", "slo", "precision"):
         if getattr(overrides, key) is not None:
             changed[key] = getattr(overrides, key)
     if not changed:
@@ -156,13 +167,64 @@ def _point_latest(run_dir: Path) -> None:
     os.replace(temporary, latest)
 
 
-def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str] = None,
-          generators: Generators = Generators()) -> int:
-    """Run the whole benchmark for `spec`; returns the process exit code (see EXIT_*)."""
+@dataclass
+class Session:
+    """What a bench or capacity command has ready once the model is exported, served and checked."""
+    spec: Spec
+    version_dir: Path
+    deployment: object
+    started: bool
+    payloads: object
+    payload_file: Path
+    checked: list
+    per_request: dict
+    target: "run.Target"
+    run_dir: Path
+    rules: "validity.Rules"
+    server_died: Optional[str] = None
+    server_log: str = ""
+
+    def server_gone(self) -> Optional[str]:
+        """Why the model is no longer served (None while it is AVAILABLE)."""
+        from deploy.waiting import rest_status
+
+        endpoints = self.deployment.endpoints
+        status = rest_status(endpoints)
+        return None if status == "AVAILABLE" else (self.deployment.alive() or f"{endpoints.status_url}: {status}")
+
+    def summary(self, results: list[dict], generators: "Generators", runs_planned: int, **extra) -> dict:
+        settings = self.spec.benchmark
+        failed = bool(self.server_died) or any(r["failure_ratio"] > settings.failure_threshold for r in results)
+        invalid = [r for r in results if not r["valid"]]
+        return {
+            "model": self.spec.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "report_dir": str(self.run_dir), "mode": settings.mode, "failure_threshold": settings.failure_threshold,
+            "failed": failed, "valid": not invalid, "invalid_runs": len(invalid),
+            "server_died": self.server_died, "runs_planned": runs_planned,
+            "settings": {"mode": settings.mode, "users": list(settings.users), "rates": list(settings.rates),
+                         "arrival": settings.arrival, "max_in_flight": settings.max_in_flight,
+                         "duration_s": settings.duration, "warmup_s": settings.warmup,
+                         "spawn_rate": settings.spawn_rate, "protocols": list(settings.protocols),
+                         "payloads": list(settings.payloads), "images": self.payloads.names,
+                         "workers": generators.workers, "remote_workers": generators.remote_workers,
+                         "slo": settings.slo.model_dump() if settings.slo else None,
+                         "validity": dataclasses.asdict(self.rules)},
+            "provenance": provenance(self.spec, self.version_dir, self.deployment, reused=not self.started),
+            "correctness": self.checked, "runs": results, **extra,
+        }
+
+
+@contextlib.contextmanager
+def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], generators: "Generators",
+            cells: Sequence[tuple[str, str]]):
+    """Export if needed, deploy (unless already up), check every (protocol, payload) cell's answers; stop at exit.
+
+    Yields a Session with a fresh report directory and the Locust target; the deployment this started is stopped
+    however the block ends (Ctrl-C included).
+    """
     from deploy.deployment import bring_up, deployment_for
-    from deploy.waiting import rest_status
     from exporter.export import ensure_exported
-    from loadtests import correctness, report, run
+    from loadtests import correctness, run, validity
     from loadtests.payloads import load_or_build, request_bytes
 
     settings = spec.benchmark
@@ -172,86 +234,121 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
     try:
         payloads, payload_file = load_or_build(spec, version_dir, settings.payloads, log)
         endpoints = deployment.endpoints
-        runs = [(s.protocol, s.payload) for s in run.plan(settings.users[:1], settings.protocols, settings.payloads)]
-        log(f"correctness: {len(payloads)} images x {len(runs)} protocol/payload pairs against the in-process answer")
-        checked = correctness.check(payloads, endpoints.rest_url, endpoints.grpc_target, spec.name, runs)
+        log(f"correctness: {len(payloads)} images x {len(cells)} protocol/payload pairs against the in-process answer")
+        checked = correctness.check(payloads, endpoints.rest_url, endpoints.grpc_target, spec.name, cells)
         worst = max(c["max_abs_diff"] for c in checked)
         log(f"correctness: top-1 equal everywhere, largest score difference {worst:.2e}")
-        steps = run.plan(settings.users, settings.protocols, settings.payloads)
-        per_request = {cell: request_bytes(payloads, cell[0], cell[1], spec.name) for cell in runs}
+        per_request = {cell: request_bytes(payloads, cell[0], cell[1], spec.name) for cell in cells}
         run_dir = _run_dir(spec)
         rest_url, grpc_target = generators.endpoints(endpoints.rest_url, endpoints.grpc_target)
         target = run.Target(model=spec.name, rest_url=rest_url, grpc_target=grpc_target,
                             payload_file=payload_file, warmup_s=settings.warmup, duration_s=settings.duration,
                             spawn_rate=settings.spawn_rate, server_pid=getattr(deployment, "server_pid", None),
                             workers=generators.workers, remote_workers=generators.remote_workers,
-                            master_bind=generators.master_bind, master_port=generators.master_port)
+                            master_bind=generators.master_bind, master_port=generators.master_port,
+                            arrival=settings.arrival, seed=settings.images.seed,
+                            max_in_flight=settings.max_in_flight, late_tolerance_ms=settings.late_tolerance * 1000.0,
+                            drain_s=settings.drain)
         if target.distributed:
             log(f"load generators: a Locust master on {target.master_bind}:{target.master_port or '<free port>'} "
                 f"with {generators.workers} local and {generators.remote_workers} remote workers per run")
             if generators.remote_workers and target.master_bind in ("127.0.0.1", "localhost"):
                 log("  note: the master listens on loopback, so only workers on this machine can join "
                     "(MASTER_BIND sets the address; TARGET_HOST the server's address as the workers see it)")
-        total = len(steps) * (settings.warmup + settings.duration + 8)
-        log(f"sweep: {len(steps)} runs (users {list(settings.users)}), about {total / 60:.1f} minutes; "
-            f"writing to {run_dir}")
-        def server_gone() -> Optional[str]:
-            """Why the model is no longer served (None while it is AVAILABLE)."""
-            status = rest_status(endpoints)
-            return None if status == "AVAILABLE" else (deployment.alive() or f"{endpoints.status_url}: {status}")
-
-        results = run.sweep(steps, target, run_dir, per_request, payloads.sizes, log, server_gone=server_gone)
-        server_died = server_gone()
-        server_log = deployment.logs() if server_died else ""
+        current = Session(spec, version_dir, deployment, started, payloads, payload_file, checked, per_request,
+                          target, run_dir, validity.Rules.of(settings))
+        try:
+            yield current
+        finally:
+            current.server_died = current.server_gone()
+            current.server_log = deployment.logs() if current.server_died else ""
     finally:
         if started:
             log(f"stopping the {deployment.backend} deployment this run started")
             deployment.stop()
-    failed = bool(server_died) or any(r["failure_ratio"] > settings.failure_threshold for r in results)
-    summary = {
-        "model": spec.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "report_dir": str(run_dir), "failure_threshold": settings.failure_threshold, "failed": failed,
-        "server_died": server_died, "runs_planned": len(steps),
-        "settings": {"users": list(settings.users), "duration_s": settings.duration, "warmup_s": settings.warmup,
-                     "spawn_rate": settings.spawn_rate, "protocols": list(settings.protocols),
-                     "payloads": list(settings.payloads), "images": payloads.names,
-                     "workers": generators.workers, "remote_workers": generators.remote_workers},
-        "provenance": provenance(spec, version_dir, deployment, reused=not started),
-        "correctness": checked, "runs": results,
-    }
-    report.write(summary, run_dir)
-    _point_latest(run_dir)
+
+
+def report_server_death(current: Session, measured: int, planned: int) -> None:
+    import sys
+    tail = "\n".join("    " + line for line in current.server_log.strip().splitlines()[-8:])
+    print(f"error: the model server stopped ({current.server_died}); {measured} of {planned} runs were measured "
+          f"and the report covers them.\n  the server's last log lines:\n{tail}", file=sys.stderr)
+
+
+def exit_code(summary: dict) -> int:
+    """1 when a run failed (or the server died), else 4 when a run was invalid, else 0."""
+    if summary["failed"]:
+        return EXIT_FAILURES
+    return EXIT_INVALID if not summary["valid"] else EXIT_OK
+
+
+def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str] = None,
+          generators: Generators = Generators()) -> int:
+    """Run the whole benchmark for `spec`; returns the process exit code (see EXIT_*)."""
+    from loadtests import report, run
+
+    settings = spec.benchmark
+    cells = [(s.protocol, s.payload) for s in run.plan([1], settings.protocols, settings.payloads)]
+    open_loop = settings.mode == "open"
+    steps = run.plan(settings.users, settings.protocols, settings.payloads,
+                     rates=settings.rates if open_loop else None)
+    with session(spec, log, backend, generators, cells) as current:
+        levels = f"rates {list(settings.rates)} req/s, {settings.arrival} arrivals" if open_loop \
+            else f"users {list(settings.users)}"
+        drain = settings.drain / 2 if open_loop else 0  # a typical drain: the window's last answers
+        total = len(steps) * (settings.warmup + settings.duration + drain + 8)
+        log(f"sweep: {len(steps)} {settings.mode}-loop runs ({levels}), about {total / 60:.1f} minutes; "
+            f"writing to {current.run_dir}")
+        results = run.sweep(steps, current.target, current.run_dir, current.per_request, current.payloads.sizes, log,
+                            server_gone=current.server_gone, rules=current.rules)
+    summary = current.summary(results, generators, len(steps))
+    report.write(summary, current.run_dir)
+    _point_latest(current.run_dir)
     log(report.terminal_summary(summary))
-    log(f"\nreport: {run_dir / 'report.html'}\nsummary: {run_dir / 'summary.json'}")
-    if server_died:
-        import sys
-        tail = "\n".join("    " + line for line in server_log.strip().splitlines()[-8:])
-        print(f"error: the model server stopped during the sweep ({server_died}); {len(results)} of {len(steps)} runs "
-              f"were measured and the report covers them.\n  the server's last log lines:\n{tail}", file=sys.stderr)
-    return EXIT_FAILURES if failed else EXIT_OK
+    log(f"\nreport: {current.run_dir / 'report.html'}\nsummary: {current.run_dir / 'summary.json'}")
+    if current.server_died:
+        report_server_death(current, len(results), len(steps))
+    return exit_code(summary)
 
 
 def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = None,
-               log: Callable[[str], None] = print, generators: Generators = Generators()) -> int:
-    """Load and override the spec, run bench, and turn every user-facing failure into one line and an exit code."""
+               log: Callable[[str], None] = print, generators: Generators = Generators(),
+               command: str = "bench") -> int:
+    """Load and override the spec, run bench (or capacity), and turn every user-facing failure into one line."""
     from spec.errors import run_command
     from spec.loader import load_spec
 
     def body() -> int:
         generators.check()
         spec = apply_overrides(load_spec(spec_path), overrides)
+        if command == "capacity":
+            from loadtests.capacity import capacity
+            return capacity(spec, log, backend, generators)
         return bench(spec, log, backend, generators)
 
     return run_command(body, interrupted="interrupted: the deployment this run started has been stopped")
 
 
-def parse_args(argv: Sequence[str]):
+def parse_args(argv: Sequence[str], command: str = "bench"):
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m loadtests bench",
-                                     description="Benchmark a spec's model over REST and gRPC and write a report.")
+    description = ("Benchmark a spec's model over REST and gRPC and write a report." if command == "bench" else
+                   "Find the highest arrival rate each protocol and payload sustains within a latency SLO.")
+    parser = argparse.ArgumentParser(prog=f"python -m loadtests {command}", description=description)
     parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML)")
-    parser.add_argument("--users", help="concurrency levels, e.g. 1,4,16 (default: benchmark.users)")
+    parser.add_argument("--slo", help="latency objective, e.g. p99:100ms (default: benchmark.slo)"
+                        + ("; capacity searches for it" if command == "capacity" else
+                           "; its percentile is the one each run's validity is judged on"))
+    if command == "capacity":
+        parser.add_argument("--precision", help="stop when the bracket is this close, e.g. 5%% (default: "
+                            "benchmark.precision)")
+    else:
+        parser.add_argument("--mode", help="closed (users) or open (rates) (default: benchmark.mode)")
+        parser.add_argument("--rates", help="open loop: requests per second, e.g. 10,20,40 (default: benchmark.rates)")
+        parser.add_argument("--users", help="concurrency levels, e.g. 1,4,16 (default: benchmark.users)")
+    parser.add_argument("--arrival", help="open loop: poisson or constant (default: benchmark.arrival)")
+    parser.add_argument("--max-in-flight", help="open loop: cap on requests in flight (default: "
+                        "benchmark.max_in_flight)")
     parser.add_argument("--duration", help="measured window per run, e.g. 30s (default: benchmark.duration)")
     parser.add_argument("--warmup", help="warm-up per run, e.g. 5s (default: benchmark.warmup)")
     parser.add_argument("--protocols", help="rest,grpc (default: benchmark.protocols)")

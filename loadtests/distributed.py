@@ -7,8 +7,11 @@ Imported only by loadtests/locustfile.py (after Locust's monkey-patching). Messa
                                     the exported model nor the spec's images, only this repository and its venv
   worker -> master  ready           its requests are rendered: its users can send (the warm-up starts only
                                     once every worker is ready, so a slow worker never shortens the window)
+  master -> worker  schedule        open loop: this worker's share of the arrival schedule (k of n), to start
+                                    at once; sent when every worker is ready, so the shares start together
   master -> worker  begin_window    the warm-up is over: forget what was recorded, measure from now
-  master -> worker  end_window      the window is over: stop recording and answer with
+  master -> worker  end_window      the window is over: stop recording (open loop: once the requests due in
+                                    the window have answered, or the drain time is up) and answer with
   worker -> master  samples         every request of the window (Recorder.snapshot), merged by the master
 
 The master decides the window (as a single process does) and writes the one samples file `run.py` reads.
@@ -73,6 +76,13 @@ class MasterSide:
         if self._expected and self._expected <= set(self.parts):
             self._all_in.set()
 
+    def start_schedule(self) -> int:
+        """Open loop: give every connected worker its share of the schedule; returns the number of shares."""
+        workers = sorted(worker.id for worker in self.runner.clients.all)
+        for share, worker in enumerate(workers):
+            self.runner.send_message("schedule", {"share": share, "shares": len(workers)}, client_id=worker)
+        return len(workers)
+
     def begin_window(self) -> None:
         self.runner.send_message("begin_window")
 
@@ -90,16 +100,24 @@ class MasterSide:
 
 
 class WorkerSide:
-    """A worker's part: asks for the payloads, and records its own users' requests inside the master's window."""
+    """A worker's part: asks for the payloads, and records its own users' requests inside the master's window.
 
-    def __init__(self, environment, recorder):
+    begin / end open and close this process's window (end may wait for answers: it runs in its own greenlet);
+    start_schedule(share, shares) starts its share of an open-loop schedule.
+    """
+
+    def __init__(self, environment, recorder, begin: Callable[[], None], end: Callable[[], None],
+                 start_schedule: Callable[[int, int], None]):
         self.runner = environment.runner
         self.recorder = recorder
         self.payloads: Optional[PayloadSet] = None
         self.arrived = Event()
+        self._end = end
         self.runner.register_message("payloads", self._on_payloads)
-        self.runner.register_message("begin_window", lambda **_kw: recorder.begin_window())
+        self.runner.register_message("begin_window", lambda **_kw: begin())
         self.runner.register_message("end_window", self._on_end_window)
+        self.runner.register_message(
+            "schedule", lambda environment, msg, **_kw: start_schedule(msg.data["share"], msg.data["shares"]))
         self.runner.send_message("need_payloads")
 
     def _on_payloads(self, environment, msg, **_kwargs) -> None:
@@ -111,8 +129,10 @@ class WorkerSide:
         self.runner.send_message("ready")
 
     def _on_end_window(self, environment, msg, **_kwargs) -> None:
-        self.recorder.end_window()
-        self.runner.send_message("samples", self.recorder.snapshot())
+        def close_and_send() -> None:
+            self._end()
+            self.runner.send_message("samples", self.recorder.snapshot())
+        gevent.spawn(close_and_send)  # never block the worker's message loop (heartbeats) while draining
 
     def when_payloads(self, then: Callable[[PayloadSet], None]) -> None:
         """Call `then(payloads)` once they have arrived, without blocking the worker's message loop."""

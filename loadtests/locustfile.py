@@ -3,8 +3,10 @@
 The only module that imports Locust, which monkey-patches the standard library on import; gRPC is
 then made gevent-safe before any channel exists, or every gRPC user would block the others.
 
-Custom arguments (shown in the web UI): --spec, --model-name, --rest-url, --grpc-target, --payload.
-Hidden ones used by the bench runner: --payload-file, --samples-out, --measure, --server-pid.
+Custom arguments (shown in the web UI): --spec, --model-name, --rest-url, --grpc-target, --payload, and for an
+open-loop test --rate (requests/s; 0 = closed loop), --arrival and --max-in-flight.
+Hidden ones used by the bench runner: --payload-file, --samples-out, --measure, --server-pid, --seed,
+--late-tolerance-ms, --drain.
 With --master / --worker, loadtests/distributed.py carries payloads, the window and the samples between them.
 """
 from __future__ import annotations
@@ -31,10 +33,12 @@ from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 # tolerate 30 s, so a measured window keeps every worker's users and samples. (Locust has no option for it.)
 locust_runners.HEARTBEAT_LIVENESS = 30
 
+from loadtests.distributed import SAMPLES_WAIT_S as distributed_samples_wait  # noqa: E402
 from loadtests.distributed import MasterSide, WorkerSide  # noqa: E402
 from loadtests.payloads import PAYLOADS, PayloadSet  # noqa: E402
 from loadtests.recorder import Recorder, write_samples  # noqa: E402
-from loadtests.users import GrpcUser, LoadContext, RestUser  # noqa: E402
+from loadtests.schedule import ARRIVALS, Schedule  # noqa: E402
+from loadtests.users import GrpcUser, LoadContext, OpenLoop, RestUser  # noqa: E402
 
 __all__ = ["RestUser", "GrpcUser"]
 DEFAULT_SPEC = "specs/mobilenet_v2.yaml"
@@ -56,6 +60,18 @@ def _arguments(parser) -> None:
                        help="WARMUP,DURATION in seconds: reset stats after warm-up, quit after the window")
     parser.add_argument("--server-pid", type=int, default=0, include_in_web_ui=False,
                        help="pid of the model server, to report its CPU use over the window")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="open loop: requests per second over all users and workers, sent on schedule whether "
+                        "or not earlier ones have answered (latency from the scheduled time); 0: closed loop")
+    parser.add_argument("--arrival", default="poisson", choices=list(ARRIVALS),
+                        help="open loop: poisson (random gaps) or constant (evenly spaced) arrivals")
+    parser.add_argument("--max-in-flight", type=int, default=1000,
+                        help="open loop: cap on requests in flight (over all workers); beyond it requests start late")
+    parser.add_argument("--seed", type=int, default=0, include_in_web_ui=False, help="open loop: the schedule's seed")
+    parser.add_argument("--late-tolerance-ms", type=float, default=5.0, include_in_web_ui=False,
+                        help="open loop: a request starting later than this after its due time is late")
+    parser.add_argument("--drain", type=float, default=10.0, include_in_web_ui=False,
+                        help="open loop: seconds the requests due in the window may still answer after it")
 
 
 def _load_payloads(options) -> PayloadSet:
@@ -114,7 +130,7 @@ def _prepare(environment, **_kwargs) -> None:
         options = environment.parsed_options
         rest_url, grpc_target = _endpoints(options)
         ctx = LoadContext(model=options.model_name or payloads.model, payload=options.payload, rest_url=rest_url,
-                          grpc_target=grpc_target, payloads=payloads)
+                          grpc_target=grpc_target, payloads=payloads, open_loop=_open_loop(options))
         ctx.rest_bodies = [payloads.rest_body(ctx.payload, i) for i in range(len(payloads))]
         if any(issubclass(cls, GrpcUser) for cls in environment.user_classes):
             ctx.grpc_requests = [payloads.grpc_request(ctx.payload, i, ctx.model) for i in range(len(payloads))]
@@ -130,6 +146,61 @@ def _prepare(environment, **_kwargs) -> None:
         render(_cached_payloads(environment))
 
 
+def _open_loop(options):
+    """The run's open-loop schedule (its share is set when it starts), or None for a closed-loop run."""
+    if not options.rate:
+        RestUser.concurrency = 10  # FastHttpUser's default
+        return None
+    if options.rate < 0 or options.max_in_flight < 1:
+        raise ValueError(f"--rate must be positive and --max-in-flight at least 1 (got {options.rate}, "
+                         f"{options.max_in_flight})")
+    RestUser.concurrency = options.max_in_flight  # each REST user's connection pool: as many as may be in flight
+    return OpenLoop(Schedule(options.rate, options.arrival, options.seed), options.max_in_flight,
+                    options.late_tolerance_ms / 1000.0)
+
+
+def _start_schedule(environment, share: int = 0, shares: int = 1) -> None:
+    ctx = getattr(environment, "loadtest", None)
+    loop = ctx and ctx.open_loop
+    if loop is not None and not loop.started.is_set():
+        loop.resize(-(-loop.max_in_flight // shares))  # this process's share of the cap
+        loop.start(share, shares)
+
+
+def _begin_window(environment, recorder: Recorder) -> None:
+    """Measure from now; note the requests-outstanding integral, for the Little's law check at the end."""
+    recorder.begin_window(outstanding=_outstanding(environment))
+
+
+def _outstanding(environment):
+    ctx = getattr(environment, "loadtest", None)
+    return ctx.area_now if ctx is not None else None
+
+
+def _end_window(environment, recorder: Recorder, drain_s: float) -> None:
+    """Close the window. Open loop: keep recording until the requests due in it have answered (or drain_s)."""
+    ctx = getattr(environment, "loadtest", None)
+    loop = ctx and ctx.open_loop
+    recorder.end_window(keep_recording=loop is not None)
+    if loop is None or recorder.window is None:
+        recorder.stop()
+        return
+    closed_at = recorder.window[1]
+    deadline = time.perf_counter() + drain_s
+    while loop.unanswered_before(closed_at) and time.perf_counter() < deadline:
+        gevent.sleep(0.02)
+    recorder.add_unanswered(loop.unanswered_before(closed_at),
+                            f"no answer within {drain_s:g}s after the measured window closed")
+    recorder.stop()
+
+
+@events.test_stop.add_listener
+def _stop_open_loop(environment, **_kwargs) -> None:
+    ctx = getattr(environment, "loadtest", None)
+    if ctx is not None and ctx.open_loop is not None:
+        ctx.open_loop.stop()
+
+
 @events.init.add_listener
 def _init(environment, **_kwargs) -> None:
     options = environment.parsed_options
@@ -143,36 +214,50 @@ def _init(environment, **_kwargs) -> None:
             environment, lambda: Path(options.payload_file).read_bytes() if options.payload_file
             else _cached_payloads(environment).to_bytes())
     elif isinstance(runner, WorkerRunner):
-        environment.cluster = WorkerSide(environment, recorder)
+        environment.cluster = WorkerSide(environment, recorder, begin=lambda: _begin_window(environment, recorder),
+                                         end=lambda: _end_window(environment, recorder, options.drain),
+                                         start_schedule=lambda k, n: _start_schedule(environment, k, n))
     else:
         RestUser.host = _endpoints(options)[0]  # the class picker shows the spec's real REST address
     if not master and any(issubclass(cls, GrpcUser) for cls in environment.user_classes or ()):
         # the serving protos import TensorFlow (seconds): pay it at start-up, not when a swarm starts
         from tensorflow_serving.apis import predict_pb2  # noqa: F401
-    if options.measure:
-        warmup, duration = (float(x) for x in options.measure.split(","))
+    measure = [float(x) for x in options.measure.split(",")] if options.measure else None
 
-        @environment.events.spawning_complete.add_listener
-        def _window(user_count, **_kw) -> None:
-            def begin() -> None:
-                runner.stats.reset_all()  # Locust's own CSV/HTML then cover the window only
-                recorder.begin_window()
-                if master:
-                    environment.cluster.begin_window()
+    @environment.events.spawning_complete.add_listener
+    def _go(user_count, **_kw) -> None:
+        """Every user is spawned: start the open-loop schedule (every worker's share at once), then the window."""
+        if isinstance(runner, WorkerRunner):
+            return  # a worker waits for its master's messages
 
-            def end() -> None:
+        def begin() -> None:
+            runner.stats.reset_all()  # Locust's own CSV/HTML then cover the window only
+            _begin_window(environment, recorder)
+            if master:
+                environment.cluster.begin_window()
+
+        def end() -> None:
+            if master:  # its window (and the server's CPU) ends now; the workers close (and drain) theirs
                 recorder.end_window()
-                if master:
-                    environment.worker_samples = environment.cluster.end_window()
-                runner.quit()
+                environment.worker_samples = environment.cluster.end_window(
+                    wait_s=options.drain + distributed_samples_wait)
+            else:
+                _end_window(environment, recorder, options.drain)
+            runner.quit()
 
-            def schedule() -> None:
-                if master:  # workers render their requests after the swarm starts: wait until all can send
-                    environment.cluster.wait_ready()
+        def run() -> None:
+            if master:  # workers render their requests after the swarm starts: wait until all can send
+                environment.cluster.wait_ready()
+                if options.rate:
+                    environment.cluster.start_schedule()
+            else:
+                _start_schedule(environment)
+            if measure:
+                warmup, duration = measure
                 gevent.spawn_later(warmup, begin)
                 gevent.spawn_later(warmup + duration, end)
 
-            gevent.spawn(schedule)
+        gevent.spawn(run)
 
     @environment.events.quitting.add_listener
     def _save(**_kw) -> None:
@@ -182,6 +267,16 @@ def _init(environment, **_kwargs) -> None:
             parts = getattr(environment, "worker_samples", None)
             if parts:  # none at all: no samples file, and the bench reports the step's log
                 window = recorder.window[1] - recorder.window[0] if recorder.window else None
-                write_samples(Path(options.samples_out), parts, recorder.server_cpu_percent, time.time(), window)
+                write_samples(Path(options.samples_out), parts, recorder.server_cpu_percent, time.time(), window,
+                              extra=_run_facts(options))
         elif not isinstance(runner, WorkerRunner):
-            recorder.save(Path(options.samples_out), time.time())
+            recorder.save(Path(options.samples_out), time.time(), extra=_run_facts(options))
+
+
+def _run_facts(options) -> dict:
+    """What the samples file says about how the load was offered."""
+    if not options.rate:
+        return {"mode": "closed"}
+    return {"mode": "open", "offered_rps": options.rate, "arrival": options.arrival, "seed": options.seed,
+            "max_in_flight": options.max_in_flight, "late_tolerance_ms": options.late_tolerance_ms,
+            "drain_s": options.drain}

@@ -27,7 +27,12 @@ def process_cpu_seconds(pid: int) -> Optional[float]:
 
 
 class Recorder:
-    """Collects (completion time, latency ms, ok, image, type) for each request inside the window."""
+    """Collects every request answered inside the window: completion time, latency, service time, due time, ...
+
+    Closed loop, the window is the requests completing inside it. Open loop, it is the requests *due* inside it:
+    after the window closes, recording goes on (the schedule keeps running, so the system does not empty) until
+    those have answered or the drain time is up (`stop`); throughput still counts completions inside the window.
+    """
 
     def __init__(self, environment, server_pid: Optional[int] = None):
         self.server_pid = server_pid
@@ -36,31 +41,48 @@ class Recorder:
 
     def reset(self) -> None:
         self.recording = True
-        self.samples: list[tuple[float, float, bool, int, str]] = []
+        self.samples: list[tuple] = []
         self.failures: Counter = Counter()
         self.window: Optional[tuple[float, float]] = None
         self._start: Optional[tuple[float, float, Optional[float]]] = None
         self.cpu_percent: Optional[float] = None
         self.server_cpu_percent: Optional[float] = None
+        self._area = None  # () -> request-seconds outstanding so far (the users' own count, not the samples)
+        self.in_flight_mean: Optional[float] = None
 
     def _on_request(self, request_type, response_time, exception=None, context=None, **_kwargs) -> None:
         if not self.recording:
             return
-        image = (context or {}).get("image", -1)
-        self.samples.append((time.perf_counter(), float(response_time), exception is None, image, request_type))
+        context = context or {}
+        due = context.get("due")
+        self.samples.append((time.perf_counter(), float(response_time), exception is None, context.get("image", -1),
+                             float("nan") if due is None else due, float(context.get("service_ms", response_time)),
+                             bool(context.get("late", False))))
         if exception is not None:
             self.failures[str(exception)[:300]] += 1
 
-    def begin_window(self) -> None:
-        """Forget the warm-up; measure from now."""
+    def add_unanswered(self, dues: list[float], reason: str) -> None:
+        """Requests due in the window with no answer when the drain ended: failures, timed up to now."""
+        now = time.perf_counter()
+        for due in dues:
+            self.samples.append((now, (now - due) * 1000.0, False, -1, due, float("nan"), False))
+        if dues:
+            self.failures[reason] += len(dues)
+
+    def begin_window(self, outstanding=None) -> None:
+        """Forget the warm-up; measure from now. `outstanding()`: the users' request-seconds integral so far."""
         self.samples.clear()
         self.failures.clear()
         server = process_cpu_seconds(self.server_pid) if self.server_pid else None
+        self._area = (outstanding, outstanding()) if outstanding is not None else None
         self._start = (time.perf_counter(), time.process_time(), server)
 
-    def end_window(self) -> None:
-        """Stop recording; compute the generator's (and server's) CPU use over the window, in % of one core."""
-        self.recording = False
+    def end_window(self, keep_recording: bool = False) -> None:
+        """Close the window; compute the generator's (and server's) CPU use over it, in % of one core.
+
+        keep_recording (open loop): answers still arriving are recorded until `stop`.
+        """
+        self.recording = keep_recording
         if self._start is None:
             return
         wall0, cpu0, server0 = self._start
@@ -70,28 +92,37 @@ class Recorder:
         server1 = process_cpu_seconds(self.server_pid) if self.server_pid else None
         if server0 is not None and server1 is not None:
             self.server_cpu_percent = 100.0 * (server1 - server0) / wall
+        if self._area is not None:
+            area, area0 = self._area
+            self.in_flight_mean = (area() - area0) / wall
+
+    def stop(self) -> None:
+        self.recording = False
 
     def snapshot(self) -> dict:
         """This process's window as plain data (what a Locust worker sends its master); times from window start."""
         if self.window is None and self.samples:  # not windowed (web UI): the whole run is the window
             self.window = (self.samples[0][0], self.samples[-1][0])
         start = self.window[0] if self.window else 0.0
-        return {"t": [s[0] - start for s in self.samples], "latency_ms": [s[1] for s in self.samples],
-                "ok": [s[2] for s in self.samples], "image": [s[3] for s in self.samples],
+        columns = list(zip(*self.samples)) if self.samples else [()] * 7
+        return {"t": [t - start for t in columns[0]], "latency_ms": list(columns[1]), "ok": list(columns[2]),
+                "image": list(columns[3]), "due": [d - start for d in columns[4]], "service_ms": list(columns[5]),
+                "late": list(columns[6]),
                 "window_s": (self.window[1] - self.window[0]) if self.window else 0.0,
+                "in_flight_mean": self.in_flight_mean,
                 "cpu_percent": self.cpu_percent, "failures": dict(self.failures)}
 
-    def save(self, path: Path, finished_at: float) -> None:
+    def save(self, path: Path, finished_at: float, extra: Optional[dict] = None) -> None:
         """Write this process's samples (a local, single-process run)."""
-        write_samples(path, [self.snapshot()], self.server_cpu_percent, finished_at)
+        write_samples(path, [self.snapshot()], self.server_cpu_percent, finished_at, extra=extra)
 
 
 def write_samples(path: Path, parts: list[dict], server_cpu_percent: Optional[float], finished_at: float,
-                  window_s: Optional[float] = None) -> None:
+                  window_s: Optional[float] = None, extra: Optional[dict] = None) -> None:
     """Merge the snapshots of every load-generating process into one .npz: arrays plus the window's facts (JSON).
 
     The generator CPU is the busiest process's (each is one core's worth of gevent loop, so that is the one that
-    saturates first); every process's figure is kept too.
+    saturates first); every process's figure is kept too. Requests in flight add up over the processes.
     """
     def column(key: str, dtype) -> np.ndarray:
         return np.concatenate([np.asarray(part[key], dtype=dtype) for part in parts]) if parts else np.array([], dtype)
@@ -103,12 +134,15 @@ def write_samples(path: Path, parts: list[dict], server_cpu_percent: Optional[fl
     failures: Counter = Counter()
     for part in parts:
         failures.update(part["failures"])
+    in_flight = [part.get("in_flight_mean") for part in parts]
     meta = {"window_s": window_s if window_s is not None else max((p["window_s"] for p in parts), default=0.0),
             "generator_cpu_percent": max(known_cpu) if known_cpu else None, "generator_cpu_by_process": cpu,
             "requests_by_process": [len(part["t"]) for part in parts],
             "generator_processes": len(parts), "server_cpu_percent": server_cpu_percent,
-            "failures": dict(failures.most_common(20)), "finished_at": finished_at}
+            "in_flight_mean": sum(in_flight) if in_flight and None not in in_flight else None,
+            "failures": dict(failures.most_common(20)), "finished_at": finished_at, **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, t=times[order], latency_ms=column("latency_ms", np.float64)[order],
              ok=column("ok", bool)[order], image=column("image", np.int32)[order],
-             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+             due=column("due", np.float64)[order], service_ms=column("service_ms", np.float64)[order],
+             late=column("late", bool)[order], meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))

@@ -24,7 +24,15 @@ def pairs(runs: Sequence[dict]) -> list[tuple[str, str]]:
 
 def _series(runs, protocol: str, key: str) -> list[dict]:
     field = "payload" if protocol == "rest" else "wire"
-    return sorted((r for r in runs if r["protocol"] == protocol and r[field] == key), key=lambda r: r["users"])
+    return sorted((r for r in runs if r["protocol"] == protocol and r[field] == key), key=lambda r: r["level"])
+
+
+def _level_name(runs) -> str:
+    return "offered load (requests/s)" if runs and runs[0]["mode"] == "open" else "concurrent users"
+
+
+def _level(run: dict) -> str:
+    return f"{run['level']:g}/s" if run["mode"] == "open" else str(run["users"])
 
 
 def plot(runs: Sequence[dict], out_dir: Path) -> list[str]:
@@ -42,7 +50,7 @@ def plot(runs: Sequence[dict], out_dir: Path) -> list[str]:
             if key is None:
                 continue
             series = _series(runs, protocol, key)
-            users = [r["users"] for r in series]
+            users = [r["level"] for r in series]
             name = f"{'REST' if protocol == 'rest' else 'gRPC'} {key}"
             for pct, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
                 ax_l.plot(users, [r[pct] for r in series], style, marker="o", color=colour,
@@ -51,8 +59,10 @@ def plot(runs: Sequence[dict], out_dir: Path) -> list[str]:
         title = " vs ".join(filter(None, [rest_payload and f"REST {rest_payload}", grpc_wire and f"gRPC {grpc_wire}"]))
         for ax, ylabel in ((ax_l, "latency (ms)"), (ax_t, "throughput (requests/s)")):
             ax.set_title(title, fontsize=10)
-            ax.set_xlabel("concurrent users")
-            ax.set_xticks(sorted({r["users"] for r in runs}))
+            ax.set_xlabel(_level_name(runs))
+            levels = sorted({r["level"] for r in runs})
+            if len(levels) <= 12:
+                ax.set_xticks(levels)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
@@ -62,15 +72,16 @@ def plot(runs: Sequence[dict], out_dir: Path) -> list[str]:
     fig_t.savefig(out_dir / PLOTS[1], dpi=110)
 
     fig_s, ax = plt.subplots(figsize=(7, 4.2))
-    lowest = min(r["users"] for r in runs)
+    lowest = min(r["level"] for r in runs)
     for r in runs:
-        if r["users"] != lowest or not r["by_image"]:
+        if r["level"] != lowest or not r["by_image"]:
             continue
         ax.scatter([b["request_bytes"] / 1024 for b in r["by_image"]], [b["p50_ms"] for b in r["by_image"]],
                    label=f"{'REST' if r['protocol'] == 'rest' else 'gRPC'} {r['wire']}", s=22)
     ax.set_xscale("log")
     ax.set_xlabel("request size (KiB, log scale)")
-    ax.set_ylabel(f"p50 latency per image (ms), {lowest} user(s)")
+    ax.set_ylabel(f"p50 latency per image (ms), {_level(min(runs, key=lambda r: r['level']))}"
+                  + (" user(s)" if runs[0]["mode"] == "closed" else ""))
     ax.set_title("latency against image/request size", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -93,20 +104,23 @@ def terminal_summary(summary: dict) -> str:
              f"report in {summary['report_dir']}"]
     for rest_payload, grpc_wire in pairs(runs):
         lines.append(f"\n  REST {rest_payload or '-'}  vs  gRPC {grpc_wire or '-'}")
-        lines.append(f"  {'users':>5} | {'REST p50':>9} {'REST rps':>9} | {'gRPC p50':>9} {'gRPC rps':>9} | "
+        name = "rate" if runs and runs[0]["mode"] == "open" else "users"
+        lines.append(f"  {name:>7} | {'REST p50':>9} {'REST rps':>9} | {'gRPC p50':>9} {'gRPC rps':>9} | "
                      f"{'p50 REST/gRPC':>13} {'rps REST/gRPC':>13}")
-        rest = {r["users"]: r for r in _series(runs, "rest", rest_payload)} if rest_payload else {}
-        grpc = {r["users"]: r for r in _series(runs, "grpc", grpc_wire)} if grpc_wire else {}
-        for users in sorted(set(rest) | set(grpc)):
-            a, b = rest.get(users), grpc.get(users)
+        rest = {r["level"]: r for r in _series(runs, "rest", rest_payload)} if rest_payload else {}
+        grpc = {r["level"]: r for r in _series(runs, "grpc", grpc_wire)} if grpc_wire else {}
+        for level in sorted(set(rest) | set(grpc)):
+            a, b = rest.get(level), grpc.get(level)
             p50 = _fmt(a["p50_ms"] / b["p50_ms"]) + "x" if a and b and b["p50_ms"] else "n/a"
             rps = _fmt(a["rps"] / b["rps"]) + "x" if a and b and b["rps"] else "n/a"
-            bound = " *" if (a and a["generator_bound"]) or (b and b["generator_bound"]) else ""
-            lines.append(f"  {users:>5} | {_fmt(a and a['p50_ms']):>9} {_fmt(a and a['rps'], 1):>9} | "
-                         f"{_fmt(b and b['p50_ms']):>9} {_fmt(b and b['rps'], 1):>9} | {p50:>13} {rps:>13}{bound}")
-    if any(r["generator_bound"] for r in runs):
-        lines.append("\n  * generator-bound: the load generator used more than 80% of a core; the server may be "
-                     "faster than measured")
+            invalid = " !" if (a and not a["valid"]) or (b and not b["valid"]) else ""
+            lines.append(f"  {_level(a or b):>7} | {_fmt(a and a['p50_ms']):>9} {_fmt(a and a['rps'], 1):>9} | "
+                         f"{_fmt(b and b['p50_ms']):>9} {_fmt(b and b['rps'], 1):>9} | {p50:>13} {rps:>13}{invalid}")
+    invalid = [r for r in runs if not r["valid"]]
+    if invalid:
+        lines.append(f"\n  ! INVALID: {len(invalid)} of {len(runs)} runs cannot be trusted as measured:")
+        for r in invalid:
+            lines.append(f"    {r['protocol']} {r['wire']} {_level(r)}: {'; '.join(r['invalid_reasons'])}")
     failing = [r for r in runs if r["failure_ratio"] > summary["failure_threshold"]]
     if summary.get("server_died"):
         lines.append(f"  SERVER STOPPED during the sweep: {summary['server_died']}; "
@@ -136,12 +150,16 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def html_report(summary: dict, plots: Sequence[str]) -> str:
     """A self-contained page (plots are files beside it) with the runs, correctness and provenance."""
     esc = html.escape
-    runs = [[esc(r["protocol"]), esc(r["wire"]), str(r["users"]), str(r["requests"]),
+    runs = [[esc(r["protocol"]), esc(r["wire"]), esc(_level(r)), str(r["requests"]),
              f"{r['failures']} ({r['failure_ratio']:.2%})", _fmt(r["rps"], 1), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]),
-             _fmt(r["p95_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"]), f"{r['bytes_per_request'] / 1024:.1f}",
+             _fmt(r["p95_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"]), _fmt(r["service_p50_ms"]),
+             _fmt(r["service_p99_ms"]), "n/a" if r["late_ratio"] is None else f"{r['late_ratio']:.2%}",
+             f"{r['bytes_per_request'] / 1024:.1f}",
              _fmt(r["generator_cpu_percent"], 0) + ("% <b class=bound>generator-bound</b>" if r["generator_bound"]
                                                     else "%"),
-             _fmt(r["server_cpu_percent"], 0), f"<a href='{esc(r['locust_html'])}'>Locust</a>"]
+             _fmt(r["server_cpu_percent"], 0),
+             "yes" if r["valid"] else "<b class=bad>no</b>: " + esc("; ".join(r["invalid_reasons"])),
+             f"<a href='{esc(r['locust_html'])}'>Locust</a>"]
             for r in summary["runs"]]
     correctness = [[esc(c["protocol"]), esc(c["wire"]), str(c["images"]), f"{c['max_abs_diff']:.2e}",
                     "yes" if c["top1_equal"] else "no"] for c in summary["correctness"]]
@@ -150,6 +168,9 @@ def html_report(summary: dict, plots: Sequence[str]) -> str:
     notes = (f"<p class=bound>{bound} run(s) were generator-bound: the load generator used more than 80% of a core, "
              "so those numbers understate the server.</p>" if bound else "")
     verdict = ("<p class=bad>FAILED: a run's failure ratio exceeded the threshold.</p>" if summary["failed"] else "")
+    if summary.get("invalid_runs"):
+        verdict += (f"<p class=bad>INVALID: {summary['invalid_runs']} of {len(summary['runs'])} runs broke a validity "
+                    "rule (see the valid column): their numbers cannot be trusted as measured.</p>")
     if summary.get("server_died"):
         verdict += (f"<p class=bad>The model server stopped during the sweep ({esc(summary['server_died'])}): "
                     f"{len(summary['runs'])} of {summary['runs_planned']} runs were measured.</p>")
@@ -165,18 +186,78 @@ img {{ max-width: 100%; display: block; margin: 1em 0; }}
 .bound {{ color: #b35900; }} .bad {{ color: #b00020; font-weight: bold; }}
 </style></head><body>
 <h1>{esc(summary['model'])}: REST vs gRPC on {esc(served_by(summary['provenance']))}</h1>
-<p>{esc(summary['created'])}. Latency percentiles are computed from every successful request of each measured
-window (warm-up excluded), not from Locust's rounded buckets. Throughput counts successful requests.</p>
+<p>{esc(summary['created'])}. {_mode_note(summary)} Latency percentiles are computed from every successful
+request of each measured window (warm-up excluded), not from Locust's rounded buckets. Throughput counts
+successful requests.</p>
 {verdict}{notes}
-<h2>Plots</h2>{images}
+{_capacity_section(summary)}<h2>Plots</h2>{images}
 <h2>Runs</h2>
-{_table(runs, ["protocol", "payload", "users", "requests", "failures", "req/s", "p50 ms", "p90 ms", "p95 ms",
-               "p99 ms", "max ms", "KiB/request", "generator CPU", "server CPU %", "Locust report"])}
+{_table(runs, ["protocol", "payload", "rate" if summary.get("mode") == "open" else "users", "requests",
+               "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "service p50 ms",
+               "service p99 ms", "late", "KiB/request", "generator CPU", "server CPU %", "valid", "Locust report"])}
 <h2>Correctness before the sweep</h2>
 {_table(correctness, ["protocol", "payload", "images", "max |score - in-process|", "top-1 equal"])}
 <h2>Provenance</h2><table>{provenance}</table>
 </body></html>
 """
+
+
+def _mode_note(summary: dict) -> str:
+    if summary.get("mode") == "open":
+        return ("Open loop: requests start at scheduled times whether or not earlier ones have answered, and latency "
+                "runs from the scheduled time (queueing included); service time runs from the actual send.")
+    return "Closed loop: each user sends its next request when the last one has answered."
+
+
+def _capacity_section(summary: dict) -> str:
+    results = summary.get("capacity")
+    if not results:
+        return ""
+    from loadtests.capacity import LIMITS
+
+    esc = html.escape
+    slo = summary["settings"]["slo"]
+    rows = [[esc(r["protocol"]), esc(r["wire"]), f"<b>{r['capacity_rps']:.1f}</b>",
+             esc(" - ".join("n/a" if b is None else f"{b:.1f}" for b in r["bracket"])), str(len(r["probes"])),
+             esc(LIMITS[r["limited_by"]])] for r in results]
+    return (f"<h2>Capacity at p{slo['percentile']:g} &le; {slo['latency_ms']:g} ms</h2>"
+            "<p>The highest open-loop arrival rate whose run was valid, within the SLO and under the failure "
+            "threshold (bracketed by doubling, then bisected); every probe is in the runs below and in "
+            "capacity.json.</p>"
+            + _table(rows, ["protocol", "payload", "capacity req/s", "bracket (pass - fail)", "probes", "note"])
+            + "<img src='capacity.png' alt='latency against offered load'>")
+
+
+def plot_capacity(results: Sequence[dict], slo: dict, out_dir: Path) -> str:
+    """The SLO percentile against offered load, REST and gRPC on one plot per payload: the knee shows."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"p{slo['percentile']:g}_ms"
+    payloads = list(dict.fromkeys(r["payload"] for r in results))
+    fig, axes = plt.subplots(1, len(payloads), figsize=(6 * len(payloads), 4.4), squeeze=False)
+    for ax, payload in zip(axes[0], payloads):
+        for r in (r for r in results if r["payload"] == payload):
+            probes = sorted((p for p in r["probes"] if p[key] is not None), key=lambda p: p["offered_rps"])
+            colour = "tab:blue" if r["protocol"] == "rest" else "tab:orange"
+            name = f"{'REST' if r['protocol'] == 'rest' else 'gRPC'} {r['wire']}"
+            ax.plot([p["offered_rps"] for p in probes], [p[key] for p in probes], "-", color=colour, alpha=0.5)
+            for p in probes:
+                ax.plot(p["offered_rps"], p[key], "o" if p["meets_slo"] else "x", color=colour)
+            ax.axvline(r["capacity_rps"], color=colour, linestyle=":", label=f"{name}: {r['capacity_rps']:.1f} req/s")
+        ax.axhline(slo["latency_ms"], color="tab:red", linestyle="--", label=f"SLO p{slo['percentile']:g} "
+                   f"{slo['latency_ms']:g} ms")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered load (requests/s)")
+        ax.set_ylabel(f"p{slo['percentile']:g} latency from scheduled send (ms, log)")
+        ax.set_title(f"{payload}: o pass, x fail", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "capacity.png", dpi=110)
+    plt.close(fig)
+    return "capacity.png"
 
 
 def _plain(value):
@@ -195,4 +276,6 @@ def write(summary: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n")
     plots = plot(summary["runs"], out_dir) if summary["runs"] else []
+    if summary.get("capacity"):
+        plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir)
     (out_dir / "report.html").write_text(html_report(summary, plots))

@@ -19,7 +19,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from loadtests import validity
 from loadtests.payloads import cells, wire_name
+from loadtests.validity import GENERATOR_BOUND_PERCENT
 from server.process import free_port
 from spec.errors import HarnessError
 
@@ -27,7 +29,6 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 REPO = LOCUSTFILE.parents[1]
 USER_CLASS = {"rest": "RestUser", "grpc": "GrpcUser"}
 PROTOCOL_LABEL = {"rest": "REST", "grpc": "gRPC"}
-GENERATOR_BOUND_PERCENT = 80.0
 STARTUP_ALLOWANCE_S = 90.0  # Locust + gRPC stubs (which import TensorFlow) before the first user spawns
 
 
@@ -37,17 +38,34 @@ class StepError(HarnessError):
 
 @dataclass(frozen=True)
 class Step:
+    """One run: closed loop with `users` users, or open loop at `rate` requests per second."""
     protocol: str
     payload: str
-    users: int
+    users: Optional[int] = None
+    rate: Optional[float] = None
+    tag: str = ""  # tells apart repeated runs of one level (capacity probes)
+
+    def __post_init__(self) -> None:
+        if (self.users is None) == (self.rate is None):
+            raise ValueError("a step has either users (closed loop) or a rate (open loop)")
+
+    @property
+    def mode(self) -> str:
+        return "closed" if self.rate is None else "open"
+
+    @property
+    def level(self) -> float:
+        return self.users if self.rate is None else self.rate
 
     @property
     def slug(self) -> str:
-        return f"{self.protocol}-{wire_name(self.protocol, self.payload)}-u{self.users}"
+        level = f"u{self.users}" if self.rate is None else f"r{self.rate:.4g}"
+        return f"{self.protocol}-{wire_name(self.protocol, self.payload)}-{level}" + (f"-{self.tag}" if self.tag else "")
 
     @property
     def label(self) -> str:
-        return f"{PROTOCOL_LABEL[self.protocol]:4} {wire_name(self.protocol, self.payload):15} users={self.users}"
+        level = f"users={self.users}" if self.rate is None else f"rate={self.rate:g}/s"
+        return f"{PROTOCOL_LABEL[self.protocol]:4} {wire_name(self.protocol, self.payload):15} {level}"
 
 
 @dataclass(frozen=True)
@@ -65,30 +83,50 @@ class Target:
     remote_workers: int = 0       # workers started elsewhere (python -m loadtests worker) the master waits for
     master_bind: str = "127.0.0.1"
     master_port: int = 0          # 0: a free port per step (only local workers)
+    # open loop (steps with a rate)
+    arrival: str = "poisson"
+    seed: int = 0
+    max_in_flight: int = 1000
+    late_tolerance_ms: float = 5.0
+    drain_s: float = 10.0
 
     @property
     def distributed(self) -> bool:
         return self.workers + self.remote_workers > 0
 
+    @property
+    def processes(self) -> int:
+        """Load-generating processes per step (an open-loop schedule is split over them)."""
+        return self.workers + self.remote_workers if self.distributed else 1
 
-def plan(users: Sequence[int], protocols: Sequence[str], payloads: Sequence[str]) -> list[Step]:
-    """Every step of the sweep: by concurrency level, then payload, with protocols alternating."""
-    return [Step(protocol, payload, level) for level in users for protocol, payload in cells(protocols, payloads)]
+
+def plan(users: Sequence[int], protocols: Sequence[str], payloads: Sequence[str],
+         rates: Optional[Sequence[float]] = None) -> list[Step]:
+    """Every step of the sweep: by level (users, or rates in open loop), then payload, protocols alternating."""
+    if rates is not None:
+        return [Step(protocol, payload, rate=rate) for rate in rates for protocol, payload in cells(protocols, payloads)]
+    return [Step(protocol, payload, users=level) for level in users for protocol, payload in cells(protocols, payloads)]
 
 
 def locust_command(step: Step, target: Target, out_dir: Path, master_port: Optional[int] = None) -> list[str]:
     """The headless Locust command line for one step (a master when the target has workers)."""
-    spawn_s = step.users / target.spawn_rate
-    run_time = math.ceil(spawn_s + target.warmup_s + target.duration_s + 30)  # a backstop: --measure quits first
+    users = step.users if step.rate is None else target.processes  # open loop: one schedule driver per process
+    spawn_s = users / target.spawn_rate
+    drain_s = target.drain_s if step.rate is not None else 0.0
+    run_time = math.ceil(spawn_s + target.warmup_s + target.duration_s + drain_s + 30)  # a backstop
     prefix = out_dir / "locust" / step.slug
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-               "--users", str(step.users), "--spawn-rate", str(target.spawn_rate), "--run-time", f"{run_time}s",
+               "--users", str(users), "--spawn-rate", str(max(target.spawn_rate, users)), "--run-time", f"{run_time}s",
                "--stop-timeout", "10", "--exit-code-on-error", "0", "--loglevel", "WARNING",
                "--csv", str(prefix), "--html", f"{prefix}.html",
                "--model-name", target.model, "--rest-url", target.rest_url, "--grpc-target", target.grpc_target,
                "--payload", step.payload, "--payload-file", str(target.payload_file),
                "--samples-out", str(out_dir / "samples" / f"{step.slug}.npz"),
                "--measure", f"{target.warmup_s},{target.duration_s}"]
+    if step.rate is not None:
+        command += ["--rate", f"{step.rate:g}", "--arrival", target.arrival, "--seed", str(target.seed),
+                    "--max-in-flight", str(target.max_in_flight), "--late-tolerance-ms", f"{target.late_tolerance_ms:g}",
+                    "--drain", f"{target.drain_s:g}"]
     if target.distributed:
         command += ["--master", "--master-bind-host", target.master_bind,
                     "--master-bind-port", str(master_port or target.master_port),
@@ -110,7 +148,9 @@ def run_step(step: Step, target: Target, out_dir: Path) -> Path:
     (out_dir / "locust").mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "locust" / f"{step.slug}.log"
     samples = out_dir / "samples" / f"{step.slug}.npz"
-    timeout = STARTUP_ALLOWANCE_S + step.users / target.spawn_rate + target.warmup_s + target.duration_s + 60
+    drain_s = target.drain_s if step.rate is not None else 0.0
+    timeout = (STARTUP_ALLOWANCE_S + (step.users or 1) / target.spawn_rate + target.warmup_s + target.duration_s
+               + drain_s + 60)
     port = (target.master_port or free_port(target.master_bind)) if target.distributed else None
     workers: list[subprocess.Popen] = []
     with open(log_path, "wb") as log:
@@ -147,31 +187,56 @@ def _stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
             process.wait()
 
 
-def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes: Sequence[tuple[int, int]]) -> dict:
-    """One summary entry from a step's samples: percentiles from every sample, not Locust's buckets."""
+def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes: Sequence[tuple[int, int]],
+            rules: validity.Rules = validity.Rules(), server_stopped: Optional[str] = None) -> dict:
+    """One summary entry from a step's samples: percentiles from every sample, not Locust's buckets.
+
+    Closed loop, the window holds the requests completing in it. Open loop, it holds the requests *due* in it
+    (each answered, or failed after the drain), their latency runs from the due time, and `service_*` from the
+    actual send; throughput counts successful completions inside the window either way.
+    """
     with np.load(samples_path) as data:
-        latency, ok, image = data["latency_ms"], data["ok"], data["image"]
+        t, latency, ok, image = data["t"], data["latency_ms"], data["ok"], data["image"]
+        due, service, late = data["due"], data["service_ms"], data["late"]
         meta = json.loads(data["meta"].tobytes())
+    open_loop = meta.get("mode") == "open"
     window = meta["window_s"] or float("nan")
-    good = latency[ok]
-    pct = np.percentile(good, [50, 90, 95, 99]) if good.size else [float("nan")] * 4
-    known = image[(image >= 0) & (image < len(request_bytes))]
+    done_inside = (t >= 0) & (t <= window)
+    inside = ((due >= 0) & (due < window)) if open_loop else done_inside
+    latency_in, ok_in = latency[inside], ok[inside]
+    good = latency_in[ok_in]
+    wanted = sorted(set(validity.STANDARD_PERCENTILES) | {rules.judged_percentile})
+    pct = dict(zip(wanted, np.percentile(good, wanted) if good.size else [float("nan")] * len(wanted)))
+    good_service = service[inside & ok]
+    service_pct = (np.percentile(good_service, validity.STANDARD_PERCENTILES) if good_service.size
+                   else [float("nan")] * 4)
+    known = image[inside & (image >= 0) & (image < len(request_bytes))]
     per_image = []
     for i in range(len(request_bytes)):
-        mine = latency[ok & (image == i)]
+        mine = latency[inside & ok & (image == i)]
         if mine.size:
             per_image.append({"image": i, "width": sizes[i][0], "height": sizes[i][1],
                               "request_bytes": int(request_bytes[i]), "requests": int(mine.size),
                               "p50_ms": float(np.percentile(mine, 50))})
     cpu = meta["generator_cpu_percent"]
-    return {
+    requests = int(inside.sum())
+    completed = latency[done_inside]
+    entry = {
         "protocol": step.protocol, "payload": step.payload, "wire": wire_name(step.protocol, step.payload),
-        "users": step.users, "requests": int(latency.size), "failures": int((~ok).sum()),
-        "failure_ratio": float((~ok).mean()) if latency.size else 0.0, "failure_reasons": meta["failures"],
-        "window_s": window, "rps": float(ok.sum() / window) if latency.size else 0.0,
-        "p50_ms": float(pct[0]), "p90_ms": float(pct[1]), "p95_ms": float(pct[2]), "p99_ms": float(pct[3]),
+        "mode": step.mode, "users": step.users, "offered_rps": step.rate, "level": step.level,
+        "arrival": meta.get("arrival"), "requests": requests, "failures": int((~ok_in).sum()),
+        "failure_ratio": float((~ok_in).mean()) if requests else 0.0, "failure_reasons": meta["failures"],
+        "window_s": window, "rps": float((ok & done_inside).sum() / window) if latency.size else 0.0,
+        **{validity.pkey(q): float(v) for q, v in pct.items()},
         "max_ms": float(good.max()) if good.size else float("nan"),
         "mean_ms": float(good.mean()) if good.size else float("nan"),
+        **{f"service_{validity.pkey(q)}": float(v) for q, v in zip(validity.STANDARD_PERCENTILES, service_pct)},
+        "late_ratio": float(late[inside].mean()) if open_loop and requests else None,
+        "late_tolerance_ms": meta.get("late_tolerance_ms"),
+        "percentiles_supported": {validity.pkey(q)[:-3]: validity.supported(good.size, q, rules.min_tail_samples)
+                                  for q in wanted},
+        "littles_law": validity.littles_law(meta.get("in_flight_mean"), int(completed.size), window,
+                                            float(completed.mean()) if completed.size else float("nan")),
         "bytes_per_request": float(np.mean([request_bytes[i] for i in known])) if known.size
         else float(np.mean(request_bytes)),
         "generator_cpu_percent": cpu, "generator_bound": bool(cpu is not None and cpu > GENERATOR_BOUND_PERCENT),
@@ -180,10 +245,36 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
         "samples_file": str(samples_path.name), "locust_csv": f"locust/{step.slug}_stats.csv",
         "locust_html": f"locust/{step.slug}.html",
     }
+    key_t = due if open_loop else t
+    entry["sub_windows"] = validity.sub_windows(t, key_t, ok, latency, window, rules.judged_percentile,
+                                                due=due if open_loop else None)
+    entry["invalid_reasons"] = validity.judge(entry, entry["sub_windows"], rules, server_stopped)
+    entry["valid"] = not entry["invalid_reasons"]
+    return entry
+
+
+def describe(entry: dict) -> str:
+    """One progress line for a measured run."""
+    late = f"  late {entry['late_ratio']:.1%}" if entry["late_ratio"] is not None else ""
+    service = f" (service p50 {entry['service_p50_ms']:.2f})" if entry["mode"] == "open" else ""
+    line = (f"        {entry['rps']:8.1f} req/s  p50 {entry['p50_ms']:7.2f} ms{service}  p99 {entry['p99_ms']:7.2f} ms  "
+            f"failures {entry['failures']}/{entry['requests']}{late}  generator CPU "
+            f"{entry['generator_cpu_percent'] or 0:.0f}%")
+    if not entry["valid"]:
+        line += "\n        INVALID: " + "; ".join(entry["invalid_reasons"])
+    return line
+
+
+def run_and_measure(step: Step, target: Target, out_dir: Path, request_bytes: dict, sizes,
+                    rules: validity.Rules, server_gone: Callable[[], Optional[str]] = lambda: None) -> dict:
+    """Run one step and judge it; a server that stopped during it makes it invalid."""
+    samples = run_step(step, target, out_dir)
+    return measure(step, samples, request_bytes[(step.protocol, step.payload)], sizes, rules, server_gone())
 
 
 def sweep(steps: Sequence[Step], target: Target, out_dir: Path, request_bytes: dict, sizes,
-          log: Callable[[str], None] = print, server_gone: Callable[[], Optional[str]] = lambda: None) -> list[dict]:
+          log: Callable[[str], None] = print, server_gone: Callable[[], Optional[str]] = lambda: None,
+          rules: validity.Rules = validity.Rules()) -> list[dict]:
     """Run every step in order, printing progress; returns one summary entry per step.
 
     After each step `server_gone()` is asked why the server is not running (None: it is): a dead server ends the
@@ -192,11 +283,8 @@ def sweep(steps: Sequence[Step], target: Target, out_dir: Path, request_bytes: d
     results = []
     for number, step in enumerate(steps, 1):
         log(f"[{number}/{len(steps)}] {step.label}: warm-up {target.warmup_s:g}s, measuring {target.duration_s:g}s")
-        entry = measure(step, run_step(step, target, out_dir), request_bytes[(step.protocol, step.payload)], sizes)
-        flag = "  GENERATOR-BOUND" if entry["generator_bound"] else ""
-        log(f"        {entry['rps']:8.1f} req/s  p50 {entry['p50_ms']:7.2f} ms  p99 {entry['p99_ms']:7.2f} ms  "
-            f"failures {entry['failures']}/{entry['requests']}  generator CPU {entry['generator_cpu_percent'] or 0:.0f}%"
-            + flag)
+        entry = run_and_measure(step, target, out_dir, request_bytes, sizes, rules, server_gone)
+        log(describe(entry))
         results.append(entry)
         gone = server_gone()
         if gone:

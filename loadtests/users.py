@@ -2,7 +2,9 @@
 
 Both send the prepared payloads of the run's LoadContext in the same order, check every answer
 against the model's in-process answer, and fire `environment.events.request` with name = the
-model and request_type = "REST" / "gRPC", timed with time.perf_counter(). Imported only by
+model and request_type = "REST" / "gRPC", timed with time.perf_counter(). Closed loop (the
+default), each user sends when its last answer has arrived; open loop (LoadContext.open_loop),
+requests start at their scheduled times and the latency runs from that time. Imported only by
 loadtests/locustfile.py, after Locust has monkey-patched and gRPC has been made gevent-safe.
 """
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import grpc
 from locust import FastHttpUser, User, constant, task
 
 from loadtests.payloads import PayloadSet, probabilities_from_grpc, probabilities_from_rest
+from loadtests.schedule import Schedule
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 CONTEXT_WAIT_S = 150.0
@@ -23,6 +26,59 @@ CONTEXT_WAIT_S = 150.0
 
 class WrongAnswer(Exception):
     """A response arrived but is not the model's answer for the image sent."""
+
+
+class OpenLoop:
+    """A process's open-loop schedule: due times, the cap on requests in flight, and what is still unanswered.
+
+    Drivers (one per user, usually one per process) sleep until each request is due and hand it to a pool of at
+    most `max_in_flight` greenlets; when the pool is full the driver waits, so that request (and those queued
+    behind it) start late, and are counted late. Latency runs from the due time; service time from the send.
+    """
+
+    def __init__(self, schedule: Schedule, max_in_flight: int, late_tolerance_s: float):
+        import gevent.pool
+        from gevent.event import Event
+
+        self.schedule = schedule
+        self.max_in_flight = max_in_flight
+        self.late_tolerance_s = late_tolerance_s
+        self.pool = gevent.pool.Pool(max_in_flight)
+        self.started = Event()
+        self.t0 = 0.0
+        self._due: Optional[Iterator[float]] = None
+        self.unanswered: dict[int, float] = {}  # request number -> due time (perf_counter), due and not answered
+        self._numbers = itertools.count()
+
+    def resize(self, max_in_flight: int) -> None:
+        """This process's cap (its share of the run's), before the schedule starts."""
+        import gevent.pool
+        self.pool = gevent.pool.Pool(max_in_flight)
+
+    def start(self, share: int = 0, shares: int = 1, delay_s: float = 0.0) -> None:
+        """Begin the schedule `delay_s` from now as share `share` of `shares` (a master tells each worker which)."""
+        self.schedule = Schedule(self.schedule.rate, self.schedule.arrival, self.schedule.seed, share, shares)
+        self.t0 = time.perf_counter() + delay_s
+        self._due = self.schedule.offsets()
+        self.started.set()
+
+    def next_due(self) -> float:
+        return self.t0 + next(self._due)
+
+    def due(self, at: float) -> int:
+        number = next(self._numbers)
+        self.unanswered[number] = at
+        return number
+
+    def answered(self, number: int) -> None:
+        self.unanswered.pop(number, None)
+
+    def unanswered_before(self, t: float) -> list[float]:
+        """Due times of the requests due before t that have no answer yet."""
+        return [due for due in self.unanswered.values() if due < t]
+
+    def stop(self) -> None:
+        self.pool.kill(block=False)
 
 
 @dataclass
@@ -35,7 +91,12 @@ class LoadContext:
     payloads: PayloadSet
     rest_bodies: list[bytes] = field(default_factory=list)
     grpc_requests: list = field(default_factory=list)
+    open_loop: Optional[OpenLoop] = None
+    outstanding: int = 0  # requests sent (closed loop) or due (open loop) and not yet answered
+    outstanding_area: float = 0.0  # integral of `outstanding` over time (request-seconds), for Little's law
+    _changed_at: float = field(default_factory=time.perf_counter)
     _users: itertools.count = field(default_factory=itertools.count)
+    _images: itertools.count = field(default_factory=itertools.count)
 
     @property
     def rest_path(self) -> str:
@@ -44,6 +105,26 @@ class LoadContext:
     def first_image(self) -> int:
         """Each new user starts one image further, so concurrent users do not send the same image in step."""
         return next(self._users) % len(self.payloads)
+
+    def in_flight(self, delta: int, since: Optional[float] = None) -> None:
+        """A request became outstanding (+1; `since` its due time, if earlier) or was answered (-1).
+
+        Keeps the time integral of the outstanding count exact.
+        """
+        now = time.perf_counter()
+        self.outstanding_area += self.outstanding * (now - self._changed_at)
+        if since is not None and since < now:
+            self.outstanding_area += now - since
+        self._changed_at = now
+        self.outstanding += delta
+
+    def area_now(self) -> float:
+        """Request-seconds outstanding so far (the integral up to now)."""
+        return self.outstanding_area + self.outstanding * (time.perf_counter() - self._changed_at)
+
+    def next_image(self) -> int:
+        """Open loop: the images in turn, whichever driver sends."""
+        return next(self._images) % len(self.payloads)
 
 
 def shared_context(environment) -> LoadContext:
@@ -54,8 +135,53 @@ def shared_context(environment) -> LoadContext:
     return environment.loadtest
 
 
+WAKE_MARGIN_S = 0.0004  # how much earlier than its usual lateness the driver wakes, to spin the rest
+WAKE_LEAD_MAX_S = 0.002
+
+
+def drive_open_loop(ctx: LoadContext, send: Callable[[int, float, int], None]) -> None:
+    """Send ctx's requests at their due times, for ever (Locust kills this greenlet when the run stops).
+
+    gevent's timers fire about 1 ms late (epoll waits in whole milliseconds), so the driver sleeps until a
+    little before each due time (its recent lateness plus a margin) and yields in a short spin for the rest:
+    requests start within a few microseconds of their schedule at a small CPU cost.
+    `send(image, due, number)` runs in the pool.
+    """
+    import gevent
+
+    loop = ctx.open_loop
+    loop.started.wait()
+    lead = 0.001
+    while True:
+        due = loop.next_due()
+        now = time.perf_counter()
+        wait = due - now - lead
+        if wait > 0:
+            gevent.sleep(wait)
+            lag = time.perf_counter() - (now + wait)
+            lead = min(WAKE_LEAD_MAX_S, 0.9 * lead + 0.1 * (lag + WAKE_MARGIN_S))
+        while time.perf_counter() < due:
+            gevent.sleep(0)
+        ctx.in_flight(+1, since=due)
+        number = loop.due(due)
+        loop.pool.spawn(send, ctx.next_image(), due, number)  # waits here while max_in_flight are in flight
+
+
+def answered(ctx: LoadContext, number: Optional[int]) -> None:
+    """The answer is in: no longer outstanding (and, open loop, no longer awaited by the window's drain)."""
+    ctx.in_flight(-1)
+    if number is not None:
+        ctx.open_loop.answered(number)
+
+
+def timing_context(image: int, due: Optional[float], started: float, ended: float, late_s: float) -> dict:
+    """The request event's context: what the recorder keeps beside the latency."""
+    return {"image": image, "due": due, "service_ms": (ended - started) * 1000.0,
+            "late": due is not None and started - due > late_s}
+
+
 class RestUser(FastHttpUser):
-    """POST /v1/models/<model>:predict with the run's JSON bodies, back to back."""
+    """POST /v1/models/<model>:predict with the run's JSON bodies: back to back, or on the open-loop schedule."""
     wait_time = constant(0)
     host = "http://127.0.0.1:8501"  # replaced by --rest-url (or Locust's host field) when a test starts
 
@@ -65,11 +191,27 @@ class RestUser(FastHttpUser):
 
     @task
     def predict(self) -> None:
-        ctx, i = self.ctx, self.index
+        ctx = self.ctx
+        if ctx.open_loop is not None:
+            drive_open_loop(ctx, self._send)
+            return
+        i = self.index
         self.index = (i + 1) % len(ctx.payloads)
+        ctx.in_flight(+1)
+        self._send(i)
+
+    def _send(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
+        ctx = self.ctx
+        loop = ctx.open_loop
+        started = time.perf_counter()
         with self.client.post(ctx.rest_path, data=ctx.rest_bodies[i], headers=JSON_HEADERS, name=ctx.model,
-                              context={"image": i}, catch_response=True) as response:
-            response.request_meta["request_type"] = "REST"
+                              catch_response=True) as response:
+            ended = time.perf_counter()
+            answered(ctx, number)
+            meta = response.request_meta
+            meta["request_type"] = "REST"
+            meta["response_time"] = (ended - (started if due is None else due)) * 1000.0
+            meta["context"] = timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0)
             if response.status_code != 200:
                 detail = (response.text or "")[:300] if response.status_code else str(response.error)
                 response.failure(f"HTTP {response.status_code}: {detail}")
@@ -82,40 +224,8 @@ class RestUser(FastHttpUser):
                 response.failure(problem)
 
 
-class _TimingInterceptor(grpc.UnaryUnaryClientInterceptor):
-    """Times each call, checks its answer and fires the Locust request event: the one place gRPC is measured."""
-
-    def __init__(self, user: "GrpcUser"):
-        self.user = user
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        user = self.user
-        start_time = time.time()
-        started = time.perf_counter()
-        call = continuation(client_call_details, request)
-        exception: Optional[BaseException] = call.exception()
-        response_time = (time.perf_counter() - started) * 1000
-        length = 0
-        if exception is None:
-            response = call.result()
-            length = response.ByteSize()
-            try:
-                problem = user.ctx.payloads.check(user.index, probabilities_from_grpc(response))
-            except ValueError as exc:
-                problem = f"unreadable PredictResponse ({exc})"
-            if problem:
-                exception = WrongAnswer(problem)
-        elif isinstance(exception, grpc.RpcError):
-            exception = WrongAnswer(f"{exception.code().name}: {exception.details()}")
-        user.environment.events.request.fire(
-            request_type="gRPC", name=user.ctx.model, response_time=response_time, response_length=length,
-            exception=exception, context={"image": user.index}, start_time=start_time,
-            url=f"grpc://{user.ctx.grpc_target}{client_call_details.method}", response=None)
-        return call
-
-
 class GrpcUser(User):
-    """PredictionService.Predict with the run's PredictRequests, back to back, one channel per user."""
+    """PredictionService.Predict with the run's PredictRequests, one channel per user; timed around the call."""
     wait_time = constant(0)
 
     def on_start(self) -> None:
@@ -126,16 +236,47 @@ class GrpcUser(User):
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
         self.channel = grpc.insecure_channel(self.ctx.grpc_target, options=options)
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(
-            grpc.intercept_channel(self.channel, _TimingInterceptor(self)))
+        self.predict_call = prediction_service_pb2_grpc.PredictionServiceStub(self.channel).Predict
+        self.url = f"grpc://{self.ctx.grpc_target}/tensorflow.serving.PredictionService/Predict"
 
     def on_stop(self) -> None:
         self.channel.close()
 
     @task
     def predict(self) -> None:
+        ctx = self.ctx
+        if ctx.open_loop is not None:
+            drive_open_loop(ctx, self._send)
+            return
+        i = self.index
+        self.index = (i + 1) % len(ctx.payloads)
+        ctx.in_flight(+1)
+        self._send(i)
+
+    def _send(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
+        ctx = self.ctx
+        loop = ctx.open_loop
+        start_time = time.time()
+        started = time.perf_counter()
+        exception: Optional[BaseException] = None
+        length = 0
         try:
-            self.stub.Predict(self.ctx.grpc_requests[self.index], timeout=60)
-        except grpc.RpcError:
-            pass  # already reported as a failure by the interceptor
-        self.index = (self.index + 1) % len(self.ctx.payloads)
+            response = self.predict_call(ctx.grpc_requests[i], timeout=60)
+        except grpc.RpcError as exc:
+            ended = time.perf_counter()
+            answered(ctx, number)
+            exception = WrongAnswer(f"{exc.code().name}: {exc.details()}")
+        else:
+            ended = time.perf_counter()
+            answered(ctx, number)
+            length = response.ByteSize()
+            try:
+                problem = ctx.payloads.check(i, probabilities_from_grpc(response))
+            except ValueError as exc:
+                problem = f"unreadable PredictResponse ({exc})"
+            if problem:
+                exception = WrongAnswer(problem)
+        self.environment.events.request.fire(
+            request_type="gRPC", name=ctx.model, response_time=(ended - (started if due is None else due)) * 1000.0,
+            response_length=length, exception=exception, start_time=start_time, url=self.url, response=None,
+            context=timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0))

@@ -272,6 +272,58 @@ class ImagesSpec(_Strict):
         return value
 
 
+def parse_slo(value: Any) -> dict:
+    """'p99:100ms' (or {percentile: 99, latency: 100ms}) as {'percentile': 99.0, 'latency_ms': 100.0}."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"percentile", "latency"}
+        if unknown or set(value) != {"percentile", "latency"}:
+            raise ValueError("an SLO is 'p99:100ms' or a mapping with exactly the keys percentile and latency")
+        percentile, latency = value["percentile"], value["latency"]
+    else:
+        match = re.fullmatch(r"\s*p(\d+(?:\.\d+)?)\s*:\s*(\S+)\s*", str(value))
+        if not match:
+            raise ValueError(f"'{value}' is not an SLO; write a percentile and a latency, e.g. p99:100ms or p50:2s")
+        percentile, latency = match.group(1), match.group(2)
+    try:
+        percentile = float(percentile)
+    except (TypeError, ValueError):
+        raise ValueError(f"the SLO percentile {percentile!r} is not a number") from None
+    if not 0 < percentile < 100:
+        raise ValueError(f"the SLO percentile must be above 0 and below 100 (got {percentile:g})")
+    if isinstance(latency, (int, float)) and not isinstance(latency, bool):
+        raise ValueError(f"the SLO latency {latency!r} needs a unit, e.g. 100ms or 0.5s")
+    seconds = parse_duration(latency)
+    if seconds <= 0:
+        raise ValueError("the SLO latency must be above zero")
+    return {"percentile": percentile, "latency_ms": seconds * 1000.0}
+
+
+def parse_fraction(value: Any) -> float:
+    """'5%' or 0.05 as 0.05."""
+    if isinstance(value, bool):
+        raise ValueError("write a percentage such as 5% or a fraction such as 0.05")
+    text = str(value).strip()
+    try:
+        number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"'{value}' is not a percentage; write e.g. 5% or 0.05") from None
+    return number
+
+
+class SloSpec(_Strict):
+    """A latency objective: `percentile` of the latency (from the scheduled send time) at most `latency_ms`."""
+    percentile: float = Field(gt=0, lt=100)
+    latency_ms: float = Field(gt=0)
+
+    @property
+    def key(self) -> str:
+        """The summary field holding this percentile ('p99_ms'; 'p99.9_ms' for fractional percentiles)."""
+        return f"p{self.percentile:g}_ms"
+
+    def __str__(self) -> str:
+        return f"p{self.percentile:g} <= {self.latency_ms:g} ms"
+
+
 class BenchmarkSpec(_Strict):
     users: tuple[Annotated[int, Field(ge=1)], ...] = (1, 4, 16)
     duration: Duration = 20.0
@@ -282,13 +334,55 @@ class BenchmarkSpec(_Strict):
     images: ImagesSpec = Field(default_factory=ImagesSpec)
     failure_threshold: float = Field(0.01, ge=0, le=1, description="Max failure ratio before bench exits non-zero")
     output_dir: Path = Field(Path("../reports"), description="Reports go to <output_dir>/<name>/<timestamp>/")
+    # open loop: requests start on a schedule, whether or not earlier ones have answered
+    mode: Literal["closed", "open"] = Field(
+        "closed", description="closed: each user sends when its last answer arrives; open: requests start at "
+        "scheduled times (benchmark.rates), latency measured from the scheduled time")
+    rates: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (10.0, 20.0, 40.0), description="Offered load in requests per second, one run per rate (open mode)")
+    arrival: Literal["poisson", "constant"] = Field(
+        "poisson", description="Open-loop arrivals: poisson (exponential gaps, seeded from images.seed) or constant")
+    max_in_flight: int = Field(1000, ge=1, description="Cap on requests in flight in open mode (split over the "
+                               "load-generating processes); a request waiting for a free slot starts late")
+    late_tolerance: Duration = Field(0.005, description="An open-loop request starting more than this after its "
+                                     "scheduled time is late")
+    drain: Duration = Field(10.0, description="Open mode: how long after the window the requests scheduled in it "
+                            "may still answer; any still unanswered then count as failures")
+    # validity: what a run must show before its numbers are reported as trustworthy
+    slo: Optional[SloSpec] = Field(None, description="Latency objective, 'p99:100ms': what capacity searches for, "
+                                   "and the percentile every run's validity is judged on (default p50)")
+    stability_percent: float = Field(10.0, gt=0, description="Throughput and the judged percentile over the last "
+                                     "three sub-windows must stay within this % of their mean")
+    min_duration: Duration = Field(5.0, description="A run measuring less than this is invalid")
+    min_requests: int = Field(100, ge=1, description="A run with fewer requests in its window is invalid")
+    min_tail_samples: int = Field(10, ge=1, description="A percentile is supported when at least this many samples "
+                                  "lie above it (p99 needs 1000 requests at the default)")
+    max_late_ratio: float = Field(0.01, ge=0, le=1, description="Open mode: more late starts than this and the "
+                                  "generator could not keep the schedule (invalid)")
+    precision: float = Field(0.05, gt=0, lt=1, description="Capacity search: stop bisecting when the bracket is "
+                             "this close (5% or 0.05)")
 
-    @field_validator("duration", "warmup", mode="before")
+    @field_validator("duration", "warmup", "late_tolerance", "drain", "min_duration", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
 
-    @field_validator("users", "protocols", "payloads")
+    @field_validator("slo", mode="before")
+    @classmethod
+    def _slo(cls, value: Any) -> Any:
+        return None if value is None or isinstance(value, SloSpec) else parse_slo(value)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, value: Any) -> float:
+        return parse_fraction(value)
+
+    @property
+    def judged(self) -> str:
+        """The percentile field every run's stability and support is judged on: the SLO's, else p50."""
+        return self.slo.key if self.slo else "p50_ms"
+
+    @field_validator("users", "protocols", "payloads", "rates")
     @classmethod
     def _non_empty(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
         if not value:

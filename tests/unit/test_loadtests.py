@@ -127,12 +127,14 @@ def test_distributed_step_is_a_master_waiting_for_every_worker(tmp_path):
 
 
 def test_worker_samples_merge_into_one_window(tmp_path):
-    parts = [{"t": [0.5, 2.0], "latency_ms": [10.0, 30.0], "ok": [True, False], "image": [0, 1], "window_s": 10.0,
-              "cpu_percent": 40.0, "failures": {"HTTP 503": 1}},
-             {"t": [1.0], "latency_ms": [20.0], "ok": [True], "image": [2], "window_s": 10.1, "cpu_percent": 85.0,
-              "failures": {}},
-             {"t": [], "latency_ms": [], "ok": [], "image": [], "window_s": 10.0, "cpu_percent": None,
-              "failures": {}}]
+    def part(t, latency, ok, image, window, cpu, failures, in_flight):
+        n = len(t)
+        return {"t": t, "latency_ms": latency, "ok": ok, "image": image, "window_s": window, "cpu_percent": cpu,
+                "failures": failures, "due": [float("nan")] * n, "service_ms": latency, "late": [False] * n,
+                "in_flight_mean": in_flight}
+    parts = [part([0.5, 2.0], [10.0, 30.0], [True, False], [0, 1], 10.0, 40.0, {"HTTP 503": 1}, 0.25),
+             part([1.0], [20.0], [True], [2], 10.1, 85.0, {}, 0.5),
+             part([], [], [], [], 10.0, None, {}, 0.0)]
     write_samples(tmp_path / "s.npz", parts, server_cpu_percent=120.0, finished_at=0.0, window_s=10.0)
     with np.load(tmp_path / "s.npz") as data:
         assert data["t"].tolist() == [0.5, 1.0, 2.0] and data["latency_ms"].tolist() == [10.0, 20.0, 30.0]
@@ -141,6 +143,8 @@ def test_worker_samples_merge_into_one_window(tmp_path):
     assert entry["generator_processes"] == 3 and entry["generator_cpu_percent"] == 85.0 and entry["generator_bound"]
     assert (entry["requests"], entry["failures"], entry["failure_reasons"]) == (3, 1, {"HTTP 503": 1})
     assert entry["rps"] == pytest.approx(2 / 10.0) and entry["server_cpu_percent"] == 120.0
+    assert entry["littles_law"]["in_flight_mean"] == pytest.approx(0.75)  # in flight adds up over the processes
+    assert not entry["valid"] and any("generator-bound" in r for r in entry["invalid_reasons"])
 
 
 def test_generators_are_checked_and_retarget_the_workers():
@@ -157,11 +161,14 @@ def test_generators_are_checked_and_retarget_the_workers():
         "http://10.0.0.5:8501", "10.0.0.5:8500")
 
 
-def _samples(path, latency, ok, image, cpu, window=10.0):
+def _samples(path, latency, ok, image, cpu, window=10.0, due=None, service=None, late=None, **extra):
+    n = len(latency)
     meta = {"window_s": window, "generator_cpu_percent": cpu, "server_cpu_percent": 150.0,
-            "failures": {"WrongAnswer": int((~ok).sum())}, "finished_at": 0}
-    np.savez(path, t=np.linspace(0, window, len(latency)), latency_ms=latency, ok=ok, image=image,
-             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+            "failures": {"WrongAnswer": int((~ok).sum())}, "finished_at": 0, **extra}
+    np.savez(path, t=np.linspace(0, window, n) if due is None else due + latency / 1000.0, latency_ms=latency,
+             ok=ok, image=image, due=np.full(n, np.nan) if due is None else due,
+             service_ms=latency if service is None else service,
+             late=np.zeros(n, bool) if late is None else late, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
 
 
 def test_measure_uses_every_sample_not_buckets(tmp_path):
@@ -205,7 +212,10 @@ def test_overrides_are_validated_like_the_spec(tmp_path):
 
 def _run(protocol, wire, users, rps, p50, bound=False, failures=0):
     return {"protocol": protocol, "payload": "image_b64" if "image" in wire else "tensor_row", "wire": wire,
-            "users": users, "requests": 100, "failures": failures, "failure_ratio": failures / 100,
+            "mode": "closed", "users": users, "level": users, "offered_rps": None, "late_ratio": None,
+            "service_p50_ms": p50, "service_p99_ms": float("nan"), "valid": not bound,
+            "invalid_reasons": ["generator-bound: the busiest load generator used 95% of a core"] if bound else [],
+            "requests": 100, "failures": failures, "failure_ratio": failures / 100,
             "failure_reasons": {"boom": failures} if failures else {}, "rps": rps, "p50_ms": p50, "p90_ms": p50,
             "p95_ms": p50, "p99_ms": float("nan"), "max_ms": p50, "mean_ms": p50, "bytes_per_request": 2048.0,
             "generator_cpu_percent": 95.0 if bound else 20.0, "generator_bound": bound, "server_cpu_percent": None,

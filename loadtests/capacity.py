@@ -1,0 +1,244 @@
+"""`make capacity SLO=p99:100ms`: the highest arrival rate each protocol x payload sustains within the SLO.
+
+For each cell a short closed-loop probe (one user) gives a starting rate (half its throughput). Open-loop
+probes then double the rate until one fails and halve it until one passes (the bracket), and bisect until the
+bracket is within `precision` of its lower end. Every probe is a full open-loop run (warm-up, window, drain),
+judged by the same validity rules as a bench run. A probe passes when its SLO percentile (from the scheduled
+send times) is within the SLO, its failure ratio within benchmark.failure_threshold, and it is valid, or broke
+only the latency-stability rule while the SLO percentile of each of its sub-windows met the SLO.
+
+A valid-looking pass that the rules reject (unstable, too few samples) is measured once more with twice the
+window; a failing probe is not retried (an overloaded queue is unstable by nature). A probe the generator could
+not keep up with (late starts, generator-bound) ends the upward search: the capacity found is then a lower bound
+limited by the generator, and says so.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from loadtests import validity
+
+MAX_PROBES = 20
+MIN_RATE_FRACTION = 1 / 64  # below start x this, the SLO is out of reach (capacity 0)
+GENERATOR_REASONS = ("started late", "generator-bound")
+MAX_WINDOW_FACTOR = 10  # a probe's window grows to support the SLO percentile, up to this x benchmark.duration
+
+
+@dataclass
+class Cell:
+    """The search state of one protocol x payload."""
+    protocol: str
+    payload: str
+    wire: str
+    probes: list[dict] = field(default_factory=list)
+    closed_probe: Optional[dict] = None
+    limited_by: Optional[str] = None
+
+
+def probe_window(rate: float, slo_percentile: float, rules: validity.Rules, duration_s: float) -> float:
+    """A window long enough for the SLO percentile to be supported at `rate` (within MAX_WINDOW_FACTOR)."""
+    needed = validity.needed_samples(slo_percentile, rules.min_tail_samples) * 1.15 / rate
+    return float(min(max(duration_s, needed), duration_s * MAX_WINDOW_FACTOR))
+
+
+def _worst_part_within(entry: dict, slo) -> bool:
+    """Whether the SLO percentile of every sub-window is within the SLO (a pass that no drift can undo)."""
+    parts = entry.get("sub_windows") or []
+    values = [part.get(slo.key) for part in parts]
+    return bool(parts) and all(v is not None and math.isfinite(v) and v <= slo.latency_ms for v in values)
+
+
+def trusted(entry: dict, slo) -> bool:
+    """Valid, or invalid only because latency moved between sub-windows while each of them met the SLO."""
+    if entry["valid"]:
+        return True
+    latency_moves = [r for r in entry["invalid_reasons"] if r.startswith(f"unstable: {slo.key[:-3]} moved")]
+    return len(latency_moves) == len(entry["invalid_reasons"]) and _worst_part_within(entry, slo)
+
+
+def verdict(entry: dict, slo, failure_threshold: float) -> dict:
+    """A probe's row in capacity.json."""
+    value = entry.get(slo.key)
+    within = value is not None and math.isfinite(value) and value <= slo.latency_ms
+    healthy = entry["failure_ratio"] <= failure_threshold
+    return {"offered_rps": entry["offered_rps"], "achieved_rps": entry["rps"], slo.key: value,
+            "service_p50_ms": entry.get("service_p50_ms"), "late_ratio": entry.get("late_ratio"),
+            "failure_ratio": entry["failure_ratio"], "window_s": entry["window_s"], "requests": entry["requests"],
+            "valid": entry["valid"], "invalid_reasons": entry["invalid_reasons"],
+            "meets_slo": bool(within and healthy and trusted(entry, slo)), "within_slo": bool(within),
+            "under_failure_threshold": bool(healthy)}
+
+
+def _generator_limited(row: dict) -> bool:
+    return any(any(mark in reason for mark in GENERATOR_REASONS) for reason in row["invalid_reasons"])
+
+
+def search(cell: Cell, run_open: Callable[[float, float], dict], run_closed: Callable[[], dict], slo,
+           rules: validity.Rules, duration_s: float, precision: float, failure_threshold: float,
+           log: Callable[[str], None] = print, max_probes: int = MAX_PROBES) -> dict:
+    """Bracket and bisect the highest passing rate for one cell; `run_open(rate, window_s)` returns a run entry."""
+    closed = run_closed()
+    cell.closed_probe = {"users": closed["users"], "rps": closed["rps"], slo.key: closed.get(slo.key),
+                         "p50_ms": closed["p50_ms"], "valid": closed["valid"]}
+    unloaded = closed.get(slo.key)
+    start = max(closed["rps"] / 2.0, 0.5)
+    log(f"  closed-loop probe: {closed['rps']:.1f} req/s at 1 user, {slo.key[:-3]} {unloaded or float('nan'):.1f} ms; "
+        f"open-loop search starts at {start:.1f} req/s")
+    passed: Optional[float] = None
+    failed: Optional[float] = None
+
+    def probe(rate: float) -> bool:
+        window = probe_window(rate, slo.percentile, rules, duration_s)
+        row = verdict(run_open(rate, window), slo, failure_threshold)
+        if not row["meets_slo"] and row["within_slo"] and row["under_failure_threshold"] \
+                and not _generator_limited(row) and len(cell.probes) + 1 < max_probes:
+            log(f"    {rate:.1f} req/s: within the SLO but invalid ({'; '.join(row['invalid_reasons'])}): "
+                f"measuring again with a {2 * window:.0f} s window")
+            row["retried"] = True
+            cell.probes.append(row)
+            row = verdict(run_open(rate, 2 * window), slo, failure_threshold)
+        cell.probes.append(row)
+        shown = row[slo.key]
+        log(f"    {rate:8.1f} req/s offered, {row['achieved_rps']:8.1f} achieved, {slo.key[:-3]} "
+            f"{shown if shown is not None else float('nan'):8.1f} ms: " + ("PASS" if row["meets_slo"] else "fail")
+            + ("" if row["valid"] else f" (invalid: {'; '.join(row['invalid_reasons'])})"))
+        if _generator_limited(row):
+            cell.limited_by = "generator"
+        return row["meets_slo"]
+
+    rate = start
+    while len(cell.probes) < max_probes:  # the bracket: double up from a pass, halve down from a fail
+        if probe(rate):
+            passed = rate
+            if failed is not None or cell.limited_by:
+                break
+            rate *= 2
+        else:
+            failed = rate
+            if passed is not None or cell.limited_by:
+                break
+            rate /= 2
+            if rate < start * MIN_RATE_FRACTION:
+                cell.limited_by = "slo"
+                break
+    while passed is not None and failed is not None and (failed - passed) / passed > precision \
+            and len(cell.probes) < max_probes and cell.limited_by != "generator":
+        middle = (passed + failed) / 2
+        if probe(middle):
+            passed = middle
+        else:
+            failed = middle
+    if cell.limited_by is None and len(cell.probes) >= max_probes and not (
+            passed is not None and failed is not None and (failed - passed) / passed <= precision):
+        cell.limited_by = "probes"
+    return {"protocol": cell.protocol, "payload": cell.payload, "wire": cell.wire, "slo": slo.model_dump(),
+            "capacity_rps": passed or 0.0, "bracket": [passed, failed],
+            "precision": precision, "limited_by": cell.limited_by, "closed_probe": cell.closed_probe,
+            "probes": cell.probes}
+
+
+LIMITS = {
+    None: "",
+    "generator": "a lower bound: the load generator could not keep the schedule above it (add WORKERS)",
+    "slo": "the SLO is out of reach even at a trickle of requests",
+    "probes": f"the search stopped after {MAX_PROBES} probes before reaching the precision",
+}
+
+
+def write(results: Sequence[dict], out_dir: Path, slo) -> Path:
+    path = out_dir / "capacity.json"
+    path.write_text(json.dumps({"slo": slo.model_dump(), "slo_text": str(slo), "results": list(results)},
+                               indent=2, allow_nan=False, default=lambda value: None) + "\n")
+    return path
+
+
+def terminal_table(results: Sequence[dict], slo) -> str:
+    """Capacity at the SLO, REST against gRPC, per payload."""
+    from loadtests.payloads import GRPC_WIRE
+
+    lines = [f"capacity at {slo} (highest passing open-loop rate, req/s)",
+             f"  {'payload':16} | {'REST':>9} | {'gRPC':>9} | {'gRPC/REST':>9}"]
+    by = {(r["protocol"], r["payload"]): r for r in results}
+    for payload in dict.fromkeys(r["payload"] for r in results):
+        rest, grpc = by.get(("rest", payload)), by.get(("grpc", payload))
+        ratio = (f"{grpc['capacity_rps'] / rest['capacity_rps']:.2f}x" if rest and grpc and rest["capacity_rps"]
+                 else "n/a")
+        shown = [f"{r['capacity_rps']:.1f}" if r else "-" for r in (rest, grpc)]
+        lines.append(f"  {payload + ' / ' + GRPC_WIRE[payload]:16} | {shown[0]:>9} | {shown[1]:>9} | {ratio:>9}")
+    for r in results:
+        if r["limited_by"]:
+            lines.append(f"  note: {r['protocol']} {r['wire']}: {LIMITS[r['limited_by']]}")
+    return "\n".join(lines)
+
+
+class _ServerStopped(Exception):
+    pass
+
+
+def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None) -> int:
+    """Run the capacity search of every protocol x payload of `spec`; returns the exit code."""
+    import dataclasses
+
+    from loadtests import report, run
+    from loadtests.bench import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, Generators, _point_latest, session
+    from spec.errors import SpecError
+
+    generators = generators or Generators()
+    settings = spec.benchmark
+    slo = settings.slo
+    if slo is None:
+        raise SpecError("capacity needs a latency objective: --slo p99:100ms (make capacity SLO=p99:100ms) or "
+                        "benchmark.slo in the spec")
+    cells = [(s.protocol, s.payload) for s in run.plan([1], settings.protocols, settings.payloads)]
+    spec = spec.model_copy(update={"benchmark": settings.model_copy(update={"mode": "open"})})
+    results: list[dict] = []
+    runs: list[dict] = []
+    with session(spec, log, backend, generators, cells) as current:
+        log(f"capacity at {slo}: {len(cells)} protocol/payload cells, precision {settings.precision:.0%}, "
+            f"{settings.arrival} arrivals; writing to {current.run_dir}")
+
+        def measured(step, window_s: float, warmup_s: float) -> dict:
+            target = dataclasses.replace(current.target, duration_s=window_s, warmup_s=warmup_s)
+            log(f"  [{len(runs) + 1}] {step.label}: warm-up {warmup_s:g}s, measuring {window_s:.0f}s")
+            entry = run.run_and_measure(step, target, current.run_dir, current.per_request, current.payloads.sizes,
+                                        current.rules, current.server_gone)
+            if current.server_gone():
+                runs.append(entry)
+                raise _ServerStopped()
+            return entry
+
+        try:
+            for protocol, payload in cells:
+                from loadtests.payloads import wire_name
+                log(f"{run.PROTOCOL_LABEL[protocol]} {wire_name(protocol, payload)}:")
+                cell = Cell(protocol, payload, wire_name(protocol, payload))
+
+                def run_open(rate: float, window_s: float) -> dict:
+                    entry = measured(run.Step(protocol, payload, rate=rate, tag=f"p{len(cell.probes) + 1}"),
+                                     window_s, settings.warmup)
+                    runs.append(entry)
+                    return entry
+
+                def run_closed() -> dict:
+                    short = max(2.0, min(settings.duration, 5.0))
+                    return measured(run.Step(protocol, payload, users=1, tag="probe"), short, min(settings.warmup, 2.0))
+
+                results.append(search(cell, run_open, run_closed, slo, current.rules, settings.duration,
+                                      settings.precision, settings.failure_threshold, log))
+        except _ServerStopped:
+            log("the server stopped: the search ends here")
+    summary = current.summary(runs, generators, len(runs), capacity=results)
+    report.write(summary, current.run_dir)
+    write(results, current.run_dir, slo)
+    _point_latest(current.run_dir)
+    log(terminal_table(results, slo))
+    log(f"\nreport: {current.run_dir / 'report.html'}\ncapacity: {current.run_dir / 'capacity.json'}")
+    if current.server_died:
+        from loadtests.bench import report_server_death
+        report_server_death(current, len(runs), len(runs))
+        return EXIT_FAILURES
+    return EXIT_INVALID if any(r["limited_by"] in ("generator", "probes") for r in results) else EXIT_OK

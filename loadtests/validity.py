@@ -1,0 +1,169 @@
+"""Whether a run's numbers can be trusted, and why not: the rules every bench and capacity run is judged by.
+
+A run is invalid when it measured too briefly or too few requests, when throughput or the judged percentile
+moved by more than benchmark.stability_percent across the last three sub-windows (and by more than sampling
+noise explains: a percentile outside the band its sample count allows; open loop, throughput is judged as the
+share of the requests due in each sub-window that completed in it), when the judged percentile
+rests on too few samples above it, when more than benchmark.max_late_ratio of an open-loop run's requests
+started late (the generator could not keep the schedule), when the load generator was CPU-bound, when Little's
+law (requests in flight = throughput x time in the system) does not hold between the users' own count of
+outstanding requests and the recorded latencies, or when the server stopped. Pure functions over the samples.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+GENERATOR_BOUND_PERCENT = 80.0
+SUB_WINDOWS = 3
+LITTLE_TOLERANCE = 0.10  # plus the edge effect of requests straddling the window's ends (about mean latency/window)
+STANDARD_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+
+
+@dataclass(frozen=True)
+class Rules:
+    min_duration_s: float = 5.0
+    min_requests: int = 100
+    stability_percent: float = 10.0
+    min_tail_samples: int = 10
+    max_late_ratio: float = 0.01
+    judged_percentile: float = 50.0
+
+    @classmethod
+    def of(cls, benchmark) -> "Rules":
+        """The rules of a spec's benchmark section."""
+        return cls(min_duration_s=benchmark.min_duration, min_requests=benchmark.min_requests,
+                   stability_percent=benchmark.stability_percent, min_tail_samples=benchmark.min_tail_samples,
+                   max_late_ratio=benchmark.max_late_ratio,
+                   judged_percentile=benchmark.slo.percentile if benchmark.slo else 50.0)
+
+
+def pkey(percentile: float) -> str:
+    """'p99_ms' for 99, 'p99.9_ms' for 99.9."""
+    return f"p{percentile:g}_ms"
+
+
+def supported(samples: int, percentile: float, min_tail: int) -> bool:
+    """A percentile is supported when at least min_tail samples lie above it."""
+    return samples * (1.0 - percentile / 100.0) >= min_tail
+
+
+def needed_samples(percentile: float, min_tail: int) -> int:
+    """The fewest samples that support `percentile` (1000 for p99 with 10 above it)."""
+    return math.ceil(min_tail / (1.0 - percentile / 100.0) - 1e-9)
+
+
+def spread_percent(values: Sequence[float]) -> float:
+    """(max - min) / mean of the values, in percent (inf when the mean is 0 or a value is missing)."""
+    values = [v for v in values]
+    if not values or any(v is None or not math.isfinite(v) for v in values):
+        return float("inf")
+    mean = float(np.mean(values))
+    return float((max(values) - min(values)) / mean * 100.0) if mean > 0 else float("inf")
+
+
+def sub_windows(t_done: np.ndarray, t_key: np.ndarray, ok: np.ndarray, latency: np.ndarray, window_s: float,
+                percentile: float, due: Optional[np.ndarray] = None) -> list[dict]:
+    """Throughput and the percentile in each of SUB_WINDOWS equal parts of the window, with their noise bands.
+
+    t_done: completion times; t_key: the time a request belongs to its window by (due time open loop, completion
+    closed loop); both from the window's start. Open loop (`due` given), `pace` is the successful completions over
+    the requests due in the part: 1 when the server keeps up, whatever the random arrivals did. `band` is where the
+    part's percentile would fall (about 95% of the time) if nothing changed through the window: the pooled
+    window's quantiles at q +- 2 sqrt(q(1-q)/n), n the part's answers.
+    """
+    parts = []
+    edges = np.linspace(0.0, window_s, SUB_WINDOWS + 1)
+    inside = ok & (t_key >= 0) & (t_key < window_s)
+    pooled = np.sort(latency[inside])
+    q = percentile / 100.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        done = int((ok & (t_done >= low) & (t_done < high)).sum())
+        mine = latency[ok & (t_key >= low) & (t_key < high)]
+        part = {"from_s": float(low), "to_s": float(high), "rps": done / (high - low),
+                pkey(percentile): float(np.percentile(mine, percentile)) if mine.size else float("nan"),
+                "requests": int(mine.size), "band": None}
+        if mine.size and pooled.size:
+            half = 2.0 * math.sqrt(q * (1.0 - q) / mine.size)
+            part["band"] = [float(np.quantile(pooled, max(0.0, q - half))),
+                            float(np.quantile(pooled, min(1.0, q + half)))]
+        if due is not None:
+            due_here = int(((due >= low) & (due < high)).sum())
+            part["pace"] = done / due_here if due_here else float("nan")
+        parts.append(part)
+    return parts
+
+
+def _unstable(parts: list[dict], field: str, limit_percent: float) -> Optional[float]:
+    """The spread (%) of `field` over the parts when it is beyond the limit and beyond sampling noise, else None."""
+    spread = spread_percent([p[field] for p in parts])
+    if spread <= limit_percent:
+        return None
+    if math.isinf(spread):
+        return spread
+    if field.startswith("p") and field.endswith("_ms"):  # a percentile: outside its band somewhere?
+        bands = [(p[field], p["band"]) for p in parts]
+        if all(band and band[0] <= value <= band[1] for value, band in bands):
+            return None
+    elif field == "rps":  # closed-loop counts: beyond two standard deviations of a count?
+        counts = [p["rps"] * (p["to_s"] - p["from_s"]) for p in parts]
+        noise = 2.0 * 100.0 / math.sqrt(max(1.0, min(counts)))
+        if spread <= noise:
+            return None
+    return spread
+
+
+def judge(entry: dict, parts: list[dict], rules: Rules, server_stopped: Optional[str] = None) -> list[str]:
+    """The reasons a measured run is invalid (empty: valid). `entry` is the run's summary entry."""
+    reasons = []
+    key = pkey(rules.judged_percentile)
+    if entry["window_s"] < rules.min_duration_s * 0.99:  # a window is timed: 4.9998 s of a 5 s one is 5 s
+        reasons.append(f"measured {entry['window_s']:.1f} s, less than benchmark.min_duration "
+                       f"({rules.min_duration_s:g} s)")
+    if entry["requests"] < rules.min_requests:
+        reasons.append(f"{entry['requests']} requests in the window, fewer than benchmark.min_requests "
+                       f"({rules.min_requests})")
+    good = entry["requests"] - entry["failures"]
+    if not supported(good, rules.judged_percentile, rules.min_tail_samples):
+        need = needed_samples(rules.judged_percentile, rules.min_tail_samples)
+        reasons.append(f"{key[:-3]} rests on {good} answers; it needs {need} ({rules.min_tail_samples} above it, "
+                       "benchmark.min_tail_samples): measure longer")
+    pace = parts and all("pace" in p for p in parts)
+    for what, field in (("throughput" if not pace else "throughput against the offered load", "pace" if pace
+                         else "rps"), (key[:-3], key)):
+        spread = _unstable(parts, field, rules.stability_percent)
+        if spread is not None:
+            shown = "n/a" if math.isinf(spread) else f"{spread:.0f}%"
+            reasons.append(f"unstable: {what} moved {shown} across the last {len(parts)} sub-windows, beyond "
+                           f"sampling noise (benchmark.stability_percent: {rules.stability_percent:g}%)")
+    late = entry.get("late_ratio")
+    if late is not None and late > rules.max_late_ratio:
+        reasons.append(f"{late:.1%} of requests started late (more than {entry['late_tolerance_ms']:g} ms after "
+                       f"their scheduled time; limit {rules.max_late_ratio:.0%}): the generator could not keep the "
+                       "schedule (or benchmark.max_in_flight requests were already in flight)")
+    if entry.get("generator_bound"):
+        reasons.append(f"generator-bound: the busiest load generator used {entry['generator_cpu_percent']:.0f}% of a "
+                       f"core (> {GENERATOR_BOUND_PERCENT:.0f}%); add WORKERS or the numbers describe the generator")
+    little = entry.get("littles_law")
+    if little and not little["holds"]:
+        reasons.append(f"Little's law does not hold: {little['in_flight_mean']:.2f} requests in flight on average, "
+                       f"but throughput x latency is {little['throughput_x_latency']:.2f}: requests went unrecorded")
+    if server_stopped:
+        reasons.append(f"the server stopped: {server_stopped}")
+    return reasons
+
+
+def littles_law(in_flight_mean: Optional[float], completions: int, window_s: float,
+                mean_time_in_system_ms: float) -> Optional[dict]:
+    """L against lambda x W: the users' own count of outstanding requests against the recorded latencies."""
+    if in_flight_mean is None or not window_s or not math.isfinite(mean_time_in_system_ms):
+        return None
+    throughput = completions / window_s
+    product = throughput * mean_time_in_system_ms / 1000.0
+    tolerance = LITTLE_TOLERANCE + 2.0 * (mean_time_in_system_ms / 1000.0) / window_s
+    ratio = in_flight_mean / product if product > 0 else float("inf")
+    return {"in_flight_mean": in_flight_mean, "throughput_x_latency": product,
+            "ratio": ratio, "tolerance": tolerance, "holds": bool(abs(ratio - 1.0) <= tolerance)}
