@@ -119,11 +119,11 @@ def search(cell: Cell, run_open: Callable[[float, float], dict], run_closed: Cal
             rate *= 2
         else:
             failed = rate
-            if passed is not None or cell.limited_by:
+            if passed is not None:
                 break
-            rate /= 2
+            rate /= 2  # (also when the generator could not keep up: a lower rate it may)
             if rate < start * MIN_RATE_FRACTION:
-                cell.limited_by = "slo"
+                cell.limited_by = cell.limited_by or "slo"
                 break
     while passed is not None and failed is not None and (failed - passed) / passed > precision \
             and len(cell.probes) < max_probes and cell.limited_by != "generator":
@@ -161,14 +161,14 @@ def terminal_table(results: Sequence[dict], slo) -> str:
     from loadtests.payloads import GRPC_WIRE
 
     lines = [f"capacity at {slo} (highest passing open-loop rate, req/s)",
-             f"  {'payload':16} | {'REST':>9} | {'gRPC':>9} | {'gRPC/REST':>9}"]
+             f"  {'payload (REST / gRPC)':28} | {'REST':>9} | {'gRPC':>9} | {'gRPC/REST':>9}"]
     by = {(r["protocol"], r["payload"]): r for r in results}
     for payload in dict.fromkeys(r["payload"] for r in results):
         rest, grpc = by.get(("rest", payload)), by.get(("grpc", payload))
         ratio = (f"{grpc['capacity_rps'] / rest['capacity_rps']:.2f}x" if rest and grpc and rest["capacity_rps"]
                  else "n/a")
         shown = [f"{r['capacity_rps']:.1f}" if r else "-" for r in (rest, grpc)]
-        lines.append(f"  {payload + ' / ' + GRPC_WIRE[payload]:16} | {shown[0]:>9} | {shown[1]:>9} | {ratio:>9}")
+        lines.append(f"  {payload + ' / ' + GRPC_WIRE[payload]:28} | {shown[0]:>9} | {shown[1]:>9} | {ratio:>9}")
     for r in results:
         if r["limited_by"]:
             lines.append(f"  note: {r['protocol']} {r['wire']}: {LIMITS[r['limited_by']]}")

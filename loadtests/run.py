@@ -64,7 +64,7 @@ class Step:
 
     @property
     def label(self) -> str:
-        level = f"users={self.users}" if self.rate is None else f"rate={self.rate:g}/s"
+        level = f"users={self.users}" if self.rate is None else f"rate={self.rate:.4g}/s"
         return f"{PROTOCOL_LABEL[self.protocol]:4} {wire_name(self.protocol, self.payload):15} {level}"
 
 
@@ -220,7 +220,6 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
                               "p50_ms": float(np.percentile(mine, 50))})
     cpu = meta["generator_cpu_percent"]
     requests = int(inside.sum())
-    completed = latency[done_inside]
     entry = {
         "protocol": step.protocol, "payload": step.payload, "wire": wire_name(step.protocol, step.payload),
         "mode": step.mode, "users": step.users, "offered_rps": step.rate, "level": step.level,
@@ -235,8 +234,7 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
         "late_tolerance_ms": meta.get("late_tolerance_ms"),
         "percentiles_supported": {validity.pkey(q)[:-3]: validity.supported(good.size, q, rules.min_tail_samples)
                                   for q in wanted},
-        "littles_law": validity.littles_law(meta.get("in_flight_mean"), int(completed.size), window,
-                                            float(completed.mean()) if completed.size else float("nan")),
+        "littles_law": validity.littles_law(meta.get("in_flight_mean"), t, latency, window),
         "bytes_per_request": float(np.mean([request_bytes[i] for i in known])) if known.size
         else float(np.mean(request_bytes)),
         "generator_cpu_percent": cpu, "generator_bound": bool(cpu is not None and cpu > GENERATOR_BOUND_PERCENT),

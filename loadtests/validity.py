@@ -19,7 +19,7 @@ import numpy as np
 
 GENERATOR_BOUND_PERCENT = 80.0
 SUB_WINDOWS = 3
-LITTLE_TOLERANCE = 0.10  # plus the edge effect of requests straddling the window's ends (about mean latency/window)
+LITTLE_TOLERANCE = 0.10
 STANDARD_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 
 
@@ -156,14 +156,17 @@ def judge(entry: dict, parts: list[dict], rules: Rules, server_stopped: Optional
     return reasons
 
 
-def littles_law(in_flight_mean: Optional[float], completions: int, window_s: float,
-                mean_time_in_system_ms: float) -> Optional[dict]:
-    """L against lambda x W: the users' own count of outstanding requests against the recorded latencies."""
-    if in_flight_mean is None or not window_s or not math.isfinite(mean_time_in_system_ms):
+def littles_law(in_flight_mean: Optional[float], t_done: np.ndarray, latency_ms: np.ndarray,
+                window_s: float) -> Optional[dict]:
+    """L against lambda x W inside the window: the users' own count of outstanding requests (integrated as they
+    become due or sent and are answered) against the recorded time each request spent in the system, clipped to
+    the window (so a slow request straddling an edge counts only its part inside). They differ when requests
+    were outstanding but never recorded, or recorded with a latency they did not have."""
+    if in_flight_mean is None or not window_s or not math.isfinite(window_s):
         return None
-    throughput = completions / window_s
-    product = throughput * mean_time_in_system_ms / 1000.0
-    tolerance = LITTLE_TOLERANCE + 2.0 * (mean_time_in_system_ms / 1000.0) / window_s
-    ratio = in_flight_mean / product if product > 0 else float("inf")
-    return {"in_flight_mean": in_flight_mean, "throughput_x_latency": product,
-            "ratio": ratio, "tolerance": tolerance, "holds": bool(abs(ratio - 1.0) <= tolerance)}
+    finite = np.isfinite(latency_ms)
+    end, start = t_done[finite], t_done[finite] - latency_ms[finite] / 1000.0
+    product = float(np.clip(np.minimum(end, window_s) - np.maximum(start, 0.0), 0.0, None).sum() / window_s)
+    ratio = in_flight_mean / product if product > 0 else (1.0 if in_flight_mean == 0 else float("inf"))
+    return {"in_flight_mean": in_flight_mean, "throughput_x_latency": product, "ratio": ratio,
+            "tolerance": LITTLE_TOLERANCE, "holds": bool(abs(ratio - 1.0) <= LITTLE_TOLERANCE)}

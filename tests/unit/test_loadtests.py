@@ -144,6 +144,7 @@ def test_worker_samples_merge_into_one_window(tmp_path):
     assert (entry["requests"], entry["failures"], entry["failure_reasons"]) == (3, 1, {"HTTP 503": 1})
     assert entry["rps"] == pytest.approx(2 / 10.0) and entry["server_cpu_percent"] == 120.0
     assert entry["littles_law"]["in_flight_mean"] == pytest.approx(0.75)  # in flight adds up over the processes
+    assert entry["littles_law"]["throughput_x_latency"] == pytest.approx((0.010 + 0.030 + 0.020) / 10.0)
     assert not entry["valid"] and any("generator-bound" in r for r in entry["invalid_reasons"])
 
 

@@ -12,6 +12,7 @@ from loadtests.run import Step, Target, locust_command, measure
 from loadtests.schedule import Schedule
 from spec.errors import SpecError
 from spec.schema import BenchmarkSpec, SloSpec, parse_slo
+from tests.queueing import md1_percentile_ms
 from tests.unit.test_loadtests import _samples
 
 
@@ -109,6 +110,11 @@ def test_open_loop_latency_counts_from_the_schedule_and_the_window_holds_the_req
     assert entry["offered_rps"] == pytest.approx(n / 12.0) and entry["level"] == entry["offered_rps"]
 
 
+def _hundred_per_second(latency_ms: float):
+    t = np.arange(1, 1001) / 100.0  # completions at 100/s through a 10 s window
+    return t, np.full(1000, latency_ms), 10.0
+
+
 def test_validity_rules_name_what_is_wrong():
     rules = validity.Rules(min_duration_s=5, min_requests=100, stability_percent=10, min_tail_samples=10,
                            max_late_ratio=0.01, judged_percentile=99)
@@ -126,13 +132,17 @@ def test_validity_rules_name_what_is_wrong():
              ({}, sub(rps=(80.0, 100.0, 100.0)), "throughput moved"),
              ({"late_ratio": 0.05}, steady, "5.0% of requests started late"),
              ({"generator_bound": True, "generator_cpu_percent": 97.0}, steady, "generator-bound"),
-             ({"littles_law": validity.littles_law(3.0, 1000, 10.0, 20.0)}, steady, "Little's law does not hold")]
+             ({"littles_law": validity.littles_law(3.0, *_hundred_per_second(20.0))}, steady,
+              "Little's law does not hold")]
     for change, windows, expected in cases:
         reasons = validity.judge({**base, **change}, windows, rules)
         assert expected in reasons[0] and len(reasons) == (2 if change.get("requests") == 50 else 1), (change, reasons)
     assert validity.judge(base, steady, rules, server_stopped="exited with code 1") == [
         "the server stopped: exited with code 1"]
-    assert validity.littles_law(2.0, 1000, 10.0, 20.0)["holds"]  # 100/s x 20 ms = 2 in flight
+    assert validity.littles_law(2.0, *_hundred_per_second(20.0))["holds"]  # 100/s x 20 ms = 2 in flight
+    t, latency, window = _hundred_per_second(20.0)
+    latency[0] = 5000.0  # one request straddling the window's start: only its part inside counts
+    assert validity.littles_law(2.0, t, latency, window)["ratio"] == pytest.approx(2.0 / (2.0 - 0.01 / 10), 1e-6)
     # movement that sampling noise explains is not instability: inside the bands, or counts too small to tell
     assert validity.judge(base, sub(p99=(20.0, 30.0, 20.0), band=(15.0, 35.0)), rules) == []
     assert validity.judge(base, [{**p, "to_s": p["from_s"] + 0.5} for p in sub(rps=(80.0, 100.0, 100.0))],
@@ -142,14 +152,7 @@ def test_validity_rules_name_what_is_wrong():
 
 
 def _md1_p90_ms(rate: float, service_ms: float) -> float:
-    """p90 response time of an M/D/1 queue (Lindley recursion over a long seeded run)."""
-    rng = np.random.default_rng(0)
-    arrivals = np.cumsum(rng.exponential(1000.0 / rate, 40000))
-    wait, free = np.empty_like(arrivals), 0.0
-    for i, t in enumerate(arrivals):
-        wait[i] = max(0.0, free - t)
-        free = t + wait[i] + service_ms
-    return float(np.percentile(wait[2000:] + service_ms, 90))
+    return md1_percentile_ms(rate, service_ms, 90, arrivals=20000)
 
 
 def _fake_run(service_ms: float, calls: list, limit_rps: float = math.inf):
@@ -191,6 +194,12 @@ def test_capacity_stops_at_the_generator_and_says_so():
                     latency_ms=100), validity.Rules(judged_percentile=90), 10.0, 0.05, 0.01, log=lambda line: None)
     assert result["limited_by"] == "generator" and result["capacity_rps"] == 250.0
     assert "lower bound" in terminal_table([result], SloSpec(percentile=90, latency_ms=100))
+    calls.clear()
+    run_open, run_closed = _fake_run(2.0, calls, limit_rps=200.0)  # the first probe (250/s) is already too fast
+    result = search(Cell("grpc", "image_b64", "image_bytes"), run_open, run_closed, SloSpec(percentile=90,
+                    latency_ms=100), validity.Rules(judged_percentile=90), 10.0, 0.05, 0.01, log=lambda line: None)
+    assert [rate for rate, _ in calls] == [250.0, 125.0] and result["capacity_rps"] == 125.0  # down, not 0
+    assert result["limited_by"] == "generator"
 
 
 def test_an_unreachable_slo_gives_zero_not_a_guess():
