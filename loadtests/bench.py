@@ -268,11 +268,12 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
             deployment.stop()
 
 
-def report_server_death(current: Session, measured: int, planned: int) -> None:
+def report_server_death(current: Session, measured: int, planned: Optional[int], during: str = "sweep") -> None:
     import sys
     tail = "\n".join("    " + line for line in current.server_log.strip().splitlines()[-8:])
-    print(f"error: the model server stopped ({current.server_died}); {measured} of {planned} runs were measured "
-          f"and the report covers them.\n  the server's last log lines:\n{tail}", file=sys.stderr)
+    counted = f"{measured} of {planned}" if planned is not None else str(measured)
+    print(f"error: the model server stopped during the {during} ({current.server_died}); {counted} runs were "
+          f"measured and the report covers them.\n  the server's last log lines:\n{tail}", file=sys.stderr)
 
 
 def exit_code(summary: dict) -> int:

@@ -239,6 +239,6 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
     log(f"\nreport: {current.run_dir / 'report.html'}\ncapacity: {current.run_dir / 'capacity.json'}")
     if current.server_died:
         from loadtests.bench import report_server_death
-        report_server_death(current, len(runs), len(runs))
+        report_server_death(current, len(runs), None, during="capacity search")
         return EXIT_FAILURES
     return EXIT_INVALID if any(r["limited_by"] in ("generator", "probes") for r in results) else EXIT_OK

@@ -32,7 +32,8 @@ def _spec(tmp_path, digits_export, image: str, **overrides):
     values = {"serving.base_image": f"{STANDIN}:{version('tensorflow')}", "export.base_path": str(version_dir.parents[1]), "serving.backend": "docker",
               "serving.image": image, "serving.network": "host", "serving.grpc_port": free_port(),
               "serving.rest_port": free_port(), "benchmark.output_dir": str(tmp_path / "reports"),
-              "benchmark.images.count": 2}
+              "benchmark.images.count": 2, "benchmark.min_duration": "0.5s", "benchmark.min_requests": 10,
+              "benchmark.stability_percent": 1000}  # a 1 s window checks the docker path, not the validity rules
     values.update(overrides)
     return write_spec(tmp_path, "specs/digits_cnn.yaml", **values)
 
@@ -120,7 +121,10 @@ def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits
         assert status.returncode == 0 and "AVAILABLE" in status.stdout
         bench = run_cli("-m", "loadtests", "bench", "--spec", str(spec_path), "--users", "1", "--duration", "1s",
                         "--warmup", "0.5s", "--payloads", "image_b64")
-        assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
+        assert bench.returncode in (0, 4), bench.stdout[-3000:] + bench.stderr[-3000:]
+        if bench.returncode == 4:  # only a generator-bound run may make it invalid (2 cores shared with the server)
+            runs = json.loads((tmp_path / "reports" / "digits_cnn" / "latest" / "summary.json").read_text())["runs"]
+            assert all(reason.startswith("generator-bound") for r in runs for reason in r["invalid_reasons"])
         summary = json.loads((tmp_path / "reports" / "digits_cnn" / "latest" / "summary.json").read_text())
         assert summary["provenance"]["backend"] == "docker"
         assert summary["provenance"]["image"].startswith("tfserve-bench/digits_cnn:cpu-v")
