@@ -66,3 +66,45 @@ def test_swarm_from_the_web_ui_counts_rest_and_grpc(locust_ui):
             page.get_by_role("button", name="Stop").click()
         finally:
             browser.close()
+
+
+def test_an_open_loop_test_from_the_web_ui_keeps_its_rate(locust_ui):
+    """Rate and arrival are custom parameters: with a rate, the users send on a schedule (here 30 requests/s over
+    both users) instead of back to back, which would be hundreds per second against this model."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(locust_ui)
+            page.get_by_text("GrpcUser").wait_for()
+            page.fill("input[name=userCount]", "2")
+            page.fill("input[name=spawnRate]", "2")
+            page.get_by_text("Custom parameters").click()  # the custom parameters' accordion
+            page.fill("input[name=rate]", "30")
+            page.locator("select[name=arrival]").select_option("constant")
+            page.get_by_role("button", name="Start").click()
+
+            def total() -> int:
+                rows = page.request.get(f"{locust_ui}/stats/requests").json()["stats"]
+                return sum(row["num_requests"] for row in rows if row["name"] == "digits_cnn")
+
+            def fresh(after: int) -> tuple[int, float]:
+                """The count when the UI's statistics next change (it refreshes them every couple of seconds)."""
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    count = total()
+                    if count != after:
+                        return count, time.monotonic()
+                    page.wait_for_timeout(100)
+                raise AssertionError(f"no requests counted for 60 s (stuck at {after})")
+
+            first, started = fresh(total())
+            page.wait_for_timeout(9000)
+            last, ended = fresh(total())
+            rate = (last - first) / (ended - started)
+            assert 30 * 0.8 < rate < 30 * 1.2, rate
+            page.get_by_role("button", name="Stop").click()
+        finally:
+            browser.close()
