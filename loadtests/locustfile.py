@@ -38,7 +38,7 @@ from loadtests.distributed import MasterSide, WorkerSide  # noqa: E402
 from loadtests.payloads import PAYLOADS, PayloadSet  # noqa: E402
 from loadtests.recorder import Recorder, write_samples  # noqa: E402
 from loadtests.schedule import ARRIVALS, Schedule  # noqa: E402
-from loadtests.users import GrpcUser, LoadContext, OpenLoop, RestUser  # noqa: E402
+from loadtests.users import GrpcUser, LoadContext, OpenLoop, RestUser, render_rest_request  # noqa: E402
 
 __all__ = ["RestUser", "GrpcUser"]
 DEFAULT_SPEC = "specs/mobilenet_v2.yaml"
@@ -135,6 +135,8 @@ def _prepare(environment, **_kwargs) -> None:
         if any(issubclass(cls, GrpcUser) for cls in environment.user_classes):
             ctx.grpc_requests = [payloads.grpc_request(ctx.payload, i, ctx.model) for i in range(len(payloads))]
         RestUser.host = environment.host or ctx.rest_url
+        rendered = [render_rest_request(RestUser.host, ctx.rest_path, body) for body in ctx.rest_bodies]
+        ctx.rest_requests = rendered if all(r is not None for r in rendered) else []
         environment.loadtest = ctx
         ready.set()
         if isinstance(cluster, WorkerSide):

@@ -90,6 +90,7 @@ class LoadContext:
     grpc_target: str
     payloads: PayloadSet
     rest_bodies: list[bytes] = field(default_factory=list)
+    rest_requests: list[bytes] = field(default_factory=list)  # whole HTTP requests for LeanHttp (plain http)
     grpc_requests: list = field(default_factory=list)
     open_loop: Optional[OpenLoop] = None
     outstanding: int = 0  # requests sent (closed loop) or due (open loop) and not yet answered
@@ -186,27 +187,175 @@ def timing_context(image: int, due: Optional[float], started: float, ended: floa
             "late": due is not None and started - due > late_s}
 
 
+class LeanHttp:
+    """Keep-alive HTTP/1.1 connections to one host, sending pre-rendered requests: REST's timed path.
+
+    Each request is one `sendall` of bytes rendered before the run (request line, headers and body) and a read of
+    the status line, the headers and a Content-Length (or chunked) body: no per-request header objects, URL
+    parsing or redirect handling, which is where a general HTTP client spends its time. Idle connections are
+    reused; open loop, a request finding none idle opens another (up to the run's in-flight cap).
+    """
+
+    def __init__(self, host: str, port: int, timeout_s: float = 60.0):
+        self.address = (host, port)
+        self.timeout_s = timeout_s
+        self.idle: list = []
+
+    def _connect(self):
+        import socket
+        sock = socket.create_connection(self.address, timeout=self.timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def request(self, raw: bytes) -> tuple[int, bytes]:
+        """(status, body) of one request; raises OSError (or ValueError for a malformed answer)."""
+        sock = self.idle.pop() if self.idle else self._connect()
+        try:
+            sock.sendall(raw)
+            status, body, keep = _read_response(sock)
+        except BaseException:
+            sock.close()
+            raise
+        if keep:
+            self.idle.append(sock)
+        else:
+            sock.close()
+        return status, body
+
+    def close(self) -> None:
+        for sock in self.idle:
+            sock.close()
+        self.idle.clear()
+
+
+def _read_response(sock) -> tuple[int, bytes, bool]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection before answering")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise ValueError(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
+    status = int(parts[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    keep = headers.get(b"connection", b"").lower() != b"close" and parts[0] != b"HTTP/1.0"
+    if b"content-length" in headers:
+        length = int(headers[b"content-length"])
+        while len(rest) < length:
+            chunk = sock.recv(max(65536, length - len(rest)))
+            if not chunk:
+                raise ConnectionError("the server closed the connection in the middle of an answer")
+            rest += chunk
+        return status, rest[:length], keep
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = b""
+        while True:
+            while b"\r\n" not in rest:
+                rest += _recv(sock)
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                rest += _recv(sock)
+            body, rest = body + rest[:size], rest[size + 2:]
+            if size == 0:
+                return status, body, keep
+    while True:  # neither: the body runs to the end of the connection
+        chunk = sock.recv(65536)
+        if not chunk:
+            return status, rest, False
+        rest += chunk
+
+
+def _recv(sock) -> bytes:
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise ConnectionError("the server closed the connection in the middle of an answer")
+    return chunk
+
+
+def render_rest_request(rest_url: str, path: str, body: bytes) -> Optional[bytes]:
+    """The whole HTTP/1.1 request for LeanHttp, or None when the URL needs the general client (https)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(rest_url)
+    if url.scheme != "http" or not url.hostname:
+        return None
+    prefix = url.path.rstrip("/")
+    return (f"POST {prefix}{path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
 class RestUser(FastHttpUser):
     """POST /v1/models/<model>:predict with the run's JSON bodies: back to back, or on the open-loop schedule."""
     wait_time = constant(0)
     host = "http://127.0.0.1:8501"  # replaced by --rest-url (or Locust's host field) when a test starts
 
     def on_start(self) -> None:
+        from urllib.parse import urlsplit
+
         self.ctx: LoadContext = shared_context(self.environment)
         self.index = self.ctx.first_image()
+        url = urlsplit(self.host or self.ctx.rest_url)
+        self.lean = LeanHttp(url.hostname, url.port or 80) if self.ctx.rest_requests else None
+        self.url = f"{(self.host or self.ctx.rest_url).rstrip('/')}{self.ctx.rest_path}"
+
+    def on_stop(self) -> None:
+        if self.lean is not None:
+            self.lean.close()
 
     @task
     def predict(self) -> None:
         ctx = self.ctx
+        send = self._send if self.lean is not None else self._send_general
         if ctx.open_loop is not None:
-            drive_open_loop(ctx, self._send)
+            drive_open_loop(ctx, send)
             return
         i = self.index
         self.index = (i + 1) % len(ctx.payloads)
         ctx.in_flight(+1)
-        self._send(i)
+        send(i)
 
     def _send(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
+        """The lean path: one pre-rendered request on a keep-alive connection, timed around the exchange."""
+        ctx = self.ctx
+        loop = ctx.open_loop
+        start_time = time.time()
+        started = time.perf_counter()
+        exception: Optional[BaseException] = None
+        body = b""
+        try:
+            status, body = self.lean.request(ctx.rest_requests[i])
+        except (OSError, ValueError) as exc:
+            ended = time.perf_counter()
+            answered(ctx, number)
+            exception = WrongAnswer(f"HTTP 0: {type(exc).__name__}: {exc}")
+        else:
+            ended = time.perf_counter()
+            answered(ctx, number)
+            if status != 200:
+                exception = WrongAnswer(f"HTTP {status}: {body[:300].decode(errors='replace')}")
+            else:
+                try:
+                    problem = ctx.payloads.check(i, probabilities_from_rest(body))
+                except (ValueError, KeyError, TypeError) as exc:
+                    problem = f"unreadable :predict answer ({exc})"
+                if problem:
+                    exception = WrongAnswer(problem)
+        self.environment.events.request.fire(
+            request_type="REST", name=ctx.model, response_length=len(body), exception=exception,
+            response_time=(ended - (started if due is None else max(due, started))) * 1000.0,
+            start_time=start_time, url=self.url, response=None,
+            context=timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0))
+
+    def _send_general(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
+        """Through Locust's FastHttpSession (https, or a Host typed into the web UI with a path)."""
         ctx = self.ctx
         loop = ctx.open_loop
         started = time.perf_counter()
@@ -283,6 +432,6 @@ class GrpcUser(User):
             if problem:
                 exception = WrongAnswer(problem)
         self.environment.events.request.fire(
-            request_type="gRPC", name=ctx.model, response_time=(ended - (started if due is None else max(due, started))) * 1000.0,
-            response_length=length, exception=exception, start_time=start_time, url=self.url, response=None,
+            request_type="gRPC", name=ctx.model, response_length=length,
+            response_time=(ended - (started if due is None else max(due, started))) * 1000.0, exception=exception, start_time=start_time, url=self.url, response=None,
             context=timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0))

@@ -1,0 +1,131 @@
+"""`make perf-cost`: what the harness adds to each figure, against independent load generators.
+
+On the same embedded server, the same model and the same request body (one image), one connection, closed loop:
+
+* REST: wrk (Debian's `wrk`, a Lua script POSTs the :predict body) against our RestUser;
+* gRPC: h2load (Debian's `nghttp2-client`, the length-prefixed PredictRequest as the HTTP/2 body) against our
+  GrpcUser (h2load reports a mean per request, not percentiles: means are compared for gRPC).
+
+For a fast model (specs/digits_cnn.yaml) and MobileNetV2 (specs/mobilenet_v2.yaml), prints latency and
+throughput of both and their ratios, measured in this run. Goals: ours within 1.15x of theirs on the fast model
+and 1.02x on MobileNetV2. Each runs alone (one after the other), so they never compete for the cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+GOALS = {"specs/digits_cnn.yaml": 1.15, "specs/mobilenet_v2.yaml": 1.02}
+
+
+def _wrk(url: str, body: Path, seconds: float, work: Path) -> dict:
+    script = work / "post.lua"
+    script.write_text('local f = io.open("%s", "rb")\nwrk.method = "POST"\nwrk.body = f:read("*a")\nf:close()\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n' % body)
+    out = subprocess.run(["wrk", "-t1", "-c1", f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not (p50 and rps) or "Non-2xx" in out:
+        raise RuntimeError(f"wrk did not measure successful requests:\n{out}")
+    return {"p50_ms": float(p50.group(1)) * scale[p50.group(2)], "rps": float(rps.group(1))}
+
+
+def _h2load(target: str, framed: Path, seconds: float) -> dict:
+    url = f"http://{target}/tensorflow.serving.PredictionService/Predict"
+    out = subprocess.run(["h2load", "-c1", "-m1", "-t1", "-D", str(int(seconds)), "-d", str(framed),
+                          "-H", "content-type: application/grpc", "-H", "te: trailers", url],
+                         capture_output=True, text=True, check=True).stdout
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    if not (mean and rps and done) or done.group(1) != done.group(2) or int(done.group(2)) == 0:
+        raise RuntimeError(f"h2load did not measure successful requests:\n{out}")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {"mean_ms": float(mean.group(1)) * scale[mean.group(2)], "rps": float(rps.group(1))}
+
+
+def measure_spec(spec_path: str, seconds: float, work: Path) -> list[dict]:
+    from exporter.export import ensure_exported
+    from loadtests import validity
+    from loadtests.payloads import PayloadSet, load_or_build
+    from loadtests.run import Step, Target, run_and_measure
+    from server.process import ServerProcess
+    from spec.loader import load_spec
+
+    spec = load_spec(REPO / spec_path)
+    version_dir = ensure_exported(spec, log=lambda line: None)
+    full, _ = load_or_build(spec, version_dir, log=lambda line: None)
+    one = PayloadSet(full.model, full.names[:1], full.sizes[:1], full.jpegs[:1], full.tensors[:1], full.expected[:1],
+                     full.source)
+    payload_file = work / f"{spec.name}-one.npz"
+    one.save(payload_file)
+    body = work / f"{spec.name}.json"
+    body.write_bytes(one.rest_body("image_b64", 0))
+    message = one.grpc_request("image_b64", 0, spec.name).SerializeToString()
+    framed = work / f"{spec.name}.grpc"
+    framed.write_bytes(struct.pack(">?I", False, len(message)) + message)
+    server = ServerProcess(f"--model_name={spec.name}", f"--model_base_path={version_dir.parent}")
+    rows = []
+    try:
+        rest_url, grpc_target = f"http://127.0.0.1:{server.rest_port}", f"127.0.0.1:{server.grpc_port}"
+        target = Target(model=spec.name, rest_url=rest_url, grpc_target=grpc_target, payload_file=payload_file,
+                        warmup_s=2.0, duration_s=seconds, spawn_rate=10, server_pid=server.proc.pid)
+        rules = validity.Rules(min_duration_s=1.0)
+        ours = {}
+        for protocol in ("rest", "grpc"):
+            sizes = {(protocol, "image_b64"): [len(body.read_bytes())]}
+            ours[protocol] = run_and_measure(Step(protocol, "image_b64", users=1), target, work / spec.name, sizes,
+                                             one.sizes, rules)
+            if ours[protocol]["failures"]:
+                raise RuntimeError(f"our {protocol} user failed: {ours[protocol]['failure_reasons']}")
+        wrk = _wrk(f"{rest_url}/v1/models/{spec.name}:predict", body, seconds, work)
+        h2 = _h2load(grpc_target, framed, seconds)
+    finally:
+        server.stop()
+    rows.append({"spec": spec_path, "protocol": "REST", "tool": "wrk", "metric": "p50", "theirs_ms": wrk["p50_ms"],
+                 "ours_ms": ours["rest"]["p50_ms"], "theirs_rps": wrk["rps"], "ours_rps": ours["rest"]["rps"]})
+    rows.append({"spec": spec_path, "protocol": "gRPC", "tool": "h2load", "metric": "mean", "theirs_ms": h2["mean_ms"],
+                 "ours_ms": ours["grpc"]["mean_ms"], "theirs_rps": h2["rps"], "ours_rps": ours["grpc"]["rps"]})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per generator and protocol")
+    parser.add_argument("--specs", default=",".join(GOALS))
+    args = parser.parse_args()
+    missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
+    if missing:
+        print(f"error: {' and '.join(missing)} not installed: apt-get install wrk nghttp2-client")
+        return 2
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec_path in args.specs.split(","):
+            print(f"{spec_path}: our users, then wrk and h2load, {args.seconds:g} s each", flush=True)
+            rows.extend(measure_spec(spec_path, args.seconds, Path(tmp)))
+    print("\none connection, closed loop, one image; ratio = ours / theirs (latency) and theirs / ours (req/s)")
+    print(f"  {'model':24} {'protocol':8} {'tool':7} | {'theirs ms':>9} {'ours ms':>9} {'ratio':>7} | "
+          f"{'theirs rps':>10} {'ours rps':>9} {'ratio':>7} | goal")
+    met = True
+    for r in rows:
+        ratio = r["ours_ms"] / r["theirs_ms"]
+        goal = GOALS.get(r["spec"], 1.15)
+        met &= ratio <= goal
+        print(f"  {Path(r['spec']).stem:24} {r['protocol']:8} {r['tool']:7} | {r['theirs_ms']:9.2f} {r['ours_ms']:9.2f} "
+              f"{ratio:6.2f}x | {r['theirs_rps']:10.1f} {r['ours_rps']:9.1f} {r['theirs_rps'] / r['ours_rps']:6.2f}x | "
+              f"<= {goal:.2f}x {'met' if ratio <= goal else 'NOT met'} ({r['metric']})")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
