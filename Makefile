@@ -13,7 +13,7 @@ SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf perf-harness reliability serve bench capacity worker demo deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-fast schema perf perf-harness perf-generator perf-cost reliability serve bench capacity worker demo deploy down status ui compose k8s clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -104,6 +104,13 @@ reliability: $(READY) ## the server under load and faults (hot swap, corrupt ver
 
 perf-harness: $(READY) ## show that gRPC users run concurrently (10 users, 50 ms server: >= 150 req/s)
 	$(PY) -m benchmarks.grpc_concurrency
+
+perf-generator: $(READY) ## one Locust process's open-loop headroom against its closed-loop throughput (goal >= 0.8x)
+	$(PY) -m benchmarks.generator
+
+perf-cost: $(READY) ## what the harness adds: our users against wrk (REST) and h2load (gRPC), fast model and MobileNetV2
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || { echo "needs wrk and h2load: apt-get install wrk nghttp2-client"; exit 2; }
+	$(PY) -m benchmarks.harness_cost
 
 clean: ## remove exported models, reports, caches and our docker containers and images (keeps .venv)
 	-@test ! -x $(PY) || $(PY) -m deploy clean --spec $(SPEC) 2>/dev/null || true

@@ -47,6 +47,8 @@ class OpenLoop:
         self.started = Event()
         self.t0 = 0.0
         self._due: Optional[Iterator[float]] = None
+        self.slots_started = False
+        self.lead = 0.001  # how early the slots wake: gevent's recent timer lateness
         self.unanswered: dict[int, float] = {}  # request number -> due time (perf_counter), due and not answered
         self._numbers = itertools.count()
 
@@ -136,42 +138,42 @@ def shared_context(environment) -> LoadContext:
     return environment.loadtest
 
 
-WAKE_LEAD_MAX_S = 0.002
-COALESCE_S = 0.0005  # requests due this soon go out now, in one turn of the event loop with the ones due
-SPIN_YIELDS = 2  # at most this many idle yields to close the last gap: each is a whole event-loop turn
-
-
 def drive_open_loop(ctx: LoadContext, send: Callable[[int, float, int], None]) -> None:
     """Send ctx's requests at their due times, for ever (Locust kills this greenlet when the run stops).
 
-    gevent's timers fire about 1 ms late (epoll waits in whole milliseconds), so the driver sleeps until its
-    recent lateness before each due time, then yields a turn or two if it is still early: requests start within
-    a fraction of a millisecond of their schedule, and the driver does not spin the event loop (which would
-    halve what one process can offer). Requests due within COALESCE_S go out together, in one turn of the loop:
-    at high rates that is what lets one process offer most of its closed-loop throughput; such a request may
-    start up to half a millisecond before its due time, and its latency then runs from its send.
-    `send(image, due, number)` runs in the pool.
+    The process's in-flight cap is a set of long-lived slots (this greenlet and max_in_flight - 1 more in the
+    run's pool): each takes the next due time, sleeps until it, sends and waits for the answer, then takes the
+    next. A request due while every slot is busy starts when one frees, and counts as late. No greenlet is
+    made per request, and requests due together go out in one turn of the event loop. gevent's timers fire
+    about 1 ms late (epoll waits in whole milliseconds), so slots wake early by the recent lateness.
+    `send(image, due, number)` sends one request.
     """
+    loop = ctx.open_loop
+    loop.started.wait()
+    if not loop.slots_started:
+        loop.slots_started = True
+        for _ in range(loop.pool.size - 1):
+            loop.pool.spawn(_slot, ctx, send)
+    _slot(ctx, send)
+
+
+WAKE_LEAD_MAX_S = 0.002
+
+
+def _slot(ctx: LoadContext, send: Callable[[int, float, int], None]) -> None:
     import gevent
 
     loop = ctx.open_loop
-    loop.started.wait()
-    lead = 0.001
     while True:
         due = loop.next_due()
         now = time.perf_counter()
-        wait = due - now - lead
-        if wait > COALESCE_S:  # nearer than that, a timer cannot hit it (epoll waits whole milliseconds)
+        wait = due - now - loop.lead / 2  # half the mean lateness: gevent's is either ~0 or ~1 ms
+        if wait > 0:
             gevent.sleep(wait)
             lag = time.perf_counter() - (now + wait)
-            lead = min(WAKE_LEAD_MAX_S, 0.9 * lead + 0.1 * lag)
-            for _ in range(SPIN_YIELDS):
-                if time.perf_counter() >= due - COALESCE_S:
-                    break
-                gevent.sleep(0)
+            loop.lead = min(WAKE_LEAD_MAX_S, 0.95 * loop.lead + 0.05 * lag)
         ctx.in_flight(+1, since=due)
-        number = loop.due(due)
-        loop.pool.spawn(send, ctx.next_image(), due, number)  # waits here while max_in_flight are in flight
+        send(ctx.next_image(), due, loop.due(due))
 
 
 def answered(ctx: LoadContext, number: Optional[int]) -> None:
@@ -350,7 +352,7 @@ class RestUser(FastHttpUser):
                     exception = WrongAnswer(problem)
         self.environment.events.request.fire(
             request_type="REST", name=ctx.model, response_length=len(body), exception=exception,
-            response_time=(ended - (started if due is None else max(due, started))) * 1000.0,
+            response_time=(ended - (started if due is None else min(due, started))) * 1000.0,
             start_time=start_time, url=self.url, response=None,
             context=timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0))
 
@@ -365,7 +367,7 @@ class RestUser(FastHttpUser):
             answered(ctx, number)
             meta = response.request_meta
             meta["request_type"] = "REST"
-            meta["response_time"] = (ended - (started if due is None else max(due, started))) * 1000.0
+            meta["response_time"] = (ended - (started if due is None else min(due, started))) * 1000.0
             meta["context"] = timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0)
             if response.status_code != 200:
                 detail = (response.text or "")[:300] if response.status_code else str(response.error)
@@ -433,5 +435,6 @@ class GrpcUser(User):
                 exception = WrongAnswer(problem)
         self.environment.events.request.fire(
             request_type="gRPC", name=ctx.model, response_length=length,
-            response_time=(ended - (started if due is None else max(due, started))) * 1000.0, exception=exception, start_time=start_time, url=self.url, response=None,
+            response_time=(ended - (started if due is None else min(due, started))) * 1000.0, exception=exception,
+            start_time=start_time, url=self.url, response=None,
             context=timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0))
