@@ -183,6 +183,30 @@ def answered(ctx: LoadContext, number: Optional[int]) -> None:
         ctx.open_loop.answered(number)
 
 
+def next_request(user, send: Callable[..., None]) -> None:
+    """One turn of a user's task: open loop, become a schedule slot (for good); closed loop, send the next image."""
+    ctx = user.ctx
+    if ctx.open_loop is not None:
+        drive_open_loop(ctx, send)
+        return
+    i = user.index
+    user.index = (i + 1) % len(ctx.payloads)
+    ctx.in_flight(+1)
+    send(i)
+
+
+def report(user, request_type: str, i: int, due: Optional[float], start_time: float, started: float, ended: float,
+           length: int, exception: Optional[BaseException]) -> None:
+    """Fire Locust's request event for one answer, latency from the earlier of its due time and its send."""
+    ctx = user.ctx
+    loop = ctx.open_loop
+    user.environment.events.request.fire(
+        request_type=request_type, name=ctx.model, response_length=length, exception=exception,
+        response_time=(ended - (started if due is None else min(due, started))) * 1000.0,
+        start_time=start_time, url=user.url, response=None,
+        context=timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0))
+
+
 def timing_context(image: int, due: Optional[float], started: float, ended: float, late_s: float) -> dict:
     """The request event's context: what the recorder keeps beside the latency."""
     return {"image": image, "due": due, "service_ms": (ended - started) * 1000.0,
@@ -314,20 +338,11 @@ class RestUser(FastHttpUser):
 
     @task
     def predict(self) -> None:
-        ctx = self.ctx
-        send = self._send if self.lean is not None else self._send_general
-        if ctx.open_loop is not None:
-            drive_open_loop(ctx, send)
-            return
-        i = self.index
-        self.index = (i + 1) % len(ctx.payloads)
-        ctx.in_flight(+1)
-        send(i)
+        next_request(self, self._send if self.lean is not None else self._send_general)
 
     def _send(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
         """The lean path: one pre-rendered request on a keep-alive connection, timed around the exchange."""
         ctx = self.ctx
-        loop = ctx.open_loop
         start_time = time.time()
         started = time.perf_counter()
         exception: Optional[BaseException] = None
@@ -350,11 +365,7 @@ class RestUser(FastHttpUser):
                     problem = f"unreadable :predict answer ({exc})"
                 if problem:
                     exception = WrongAnswer(problem)
-        self.environment.events.request.fire(
-            request_type="REST", name=ctx.model, response_length=len(body), exception=exception,
-            response_time=(ended - (started if due is None else min(due, started))) * 1000.0,
-            start_time=start_time, url=self.url, response=None,
-            context=timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0))
+        report(self, "REST", i, due, start_time, started, ended, len(body), exception)
 
     def _send_general(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
         """Through Locust's FastHttpSession (https, or a Host typed into the web UI with a path)."""
@@ -401,18 +412,10 @@ class GrpcUser(User):
 
     @task
     def predict(self) -> None:
-        ctx = self.ctx
-        if ctx.open_loop is not None:
-            drive_open_loop(ctx, self._send)
-            return
-        i = self.index
-        self.index = (i + 1) % len(ctx.payloads)
-        ctx.in_flight(+1)
-        self._send(i)
+        next_request(self, self._send)
 
     def _send(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
         ctx = self.ctx
-        loop = ctx.open_loop
         start_time = time.time()
         started = time.perf_counter()
         exception: Optional[BaseException] = None
@@ -433,8 +436,4 @@ class GrpcUser(User):
                 problem = f"unreadable PredictResponse ({exc})"
             if problem:
                 exception = WrongAnswer(problem)
-        self.environment.events.request.fire(
-            request_type="gRPC", name=ctx.model, response_length=length,
-            response_time=(ended - (started if due is None else min(due, started))) * 1000.0, exception=exception,
-            start_time=start_time, url=self.url, response=None,
-            context=timing_context(i, due, started, ended, loop.late_tolerance_s if loop else 0.0))
+        report(self, "gRPC", i, due, start_time, started, ended, length, exception)
