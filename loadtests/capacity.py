@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from loadtests import validity
+from loadtests.payloads import wire_name
 
 MAX_PROBES = 20
 MIN_RATE_FRACTION = 1 / 64  # below start x this, the SLO is out of reach (capacity 0)
@@ -213,7 +214,6 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
 
         try:
             for protocol, payload in cells:
-                from loadtests.payloads import wire_name
                 log(f"{run.PROTOCOL_LABEL[protocol]} {wire_name(protocol, payload)}:")
                 cell = Cell(protocol, payload, wire_name(protocol, payload))
 
