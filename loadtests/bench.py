@@ -214,6 +214,17 @@ class Session:
         }
 
 
+def with_monitoring(spec: Spec, log: Callable[[str], None]) -> Spec:
+    """The spec with Prometheus on: every run's server-side breakdown is read from it."""
+    if spec.serving.monitoring.enabled:
+        return spec
+    log(f"monitoring: serving.monitoring.enabled is false in {spec.origin}; a deployment this command starts serves "
+        f"Prometheus at {spec.serving.monitoring.path} anyway, since each run's server breakdown is read from it")
+    monitoring = spec.serving.monitoring.model_copy(update={"enabled": True})
+    serving = spec.serving.model_copy(update={"monitoring": monitoring})
+    return spec.model_copy(update={"serving": serving})
+
+
 @contextlib.contextmanager
 def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], generators: "Generators",
             cells: Sequence[tuple[str, str]]):
@@ -226,9 +237,11 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
     from exporter.export import ensure_exported
     from loadtests import correctness, run, validity
     from loadtests.payloads import load_or_build, request_bytes
+    from loadtests.servermetrics import metrics_url
 
     settings = spec.benchmark
     version_dir = ensure_exported(spec, log)
+    spec = with_monitoring(spec, log)
     deployment = deployment_for(spec, backend)
     started = bring_up(spec, deployment, log)
     try:
@@ -244,6 +257,7 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
         target = run.Target(model=spec.name, rest_url=rest_url, grpc_target=grpc_target,
                             payload_file=payload_file, warmup_s=settings.warmup, duration_s=settings.duration,
                             spawn_rate=settings.spawn_rate, server_pid=getattr(deployment, "server_pid", None),
+                            metrics_url=metrics_url(rest_url, spec.serving.monitoring.path),
                             workers=generators.workers, remote_workers=generators.remote_workers,
                             master_bind=generators.master_bind, master_port=generators.master_port,
                             arrival=settings.arrival, seed=settings.images.seed,

@@ -5,8 +5,8 @@ then made gevent-safe before any channel exists, or every gRPC user would block 
 
 Custom arguments (shown in the web UI): --spec, --model-name, --rest-url, --grpc-target, --payload, and for an
 open-loop test --rate (requests/s; 0 = closed loop), --arrival and --max-in-flight.
-Hidden ones used by the bench runner: --payload-file, --samples-out, --measure, --server-pid, --seed,
---late-tolerance-ms, --drain.
+Hidden ones used by the bench runner: --payload-file, --samples-out, --measure, --server-pid, --metrics-url,
+--seed, --late-tolerance-ms, --drain.
 With --master / --worker, loadtests/distributed.py carries payloads, the window and the samples between them.
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ from loadtests.distributed import MasterSide, WorkerSide  # noqa: E402
 from loadtests.payloads import PAYLOADS, PayloadSet  # noqa: E402
 from loadtests.recorder import Recorder, write_samples  # noqa: E402
 from loadtests.schedule import ARRIVALS, Schedule  # noqa: E402
+from loadtests.servermetrics import Scraper  # noqa: E402
 from loadtests.users import GrpcUser, LoadContext, OpenLoop, RestUser, render_rest_request  # noqa: E402
 
 __all__ = ["RestUser", "GrpcUser"]
@@ -60,6 +61,8 @@ def _arguments(parser) -> None:
                        help="WARMUP,DURATION in seconds: reset stats after warm-up, quit after the window")
     parser.add_argument("--server-pid", type=int, default=0, include_in_web_ui=False,
                        help="pid of the model server, to report its CPU use over the window")
+    parser.add_argument("--metrics-url", default="", include_in_web_ui=False,
+                       help="the server's Prometheus page, scraped as the window opens and closes")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="open loop: requests per second over all users and workers, sent on schedule whether "
                         "or not earlier ones have answered (latency from the scheduled time); 0: closed loop")
@@ -209,7 +212,8 @@ def _init(environment, **_kwargs) -> None:
     if options is None:
         return
     runner = environment.runner
-    recorder = environment.recorder = Recorder(environment, server_pid=options.server_pid or None)
+    scraper = Scraper(options.metrics_url or None) if not isinstance(runner, WorkerRunner) else None
+    recorder = environment.recorder = Recorder(environment, server_pid=options.server_pid or None, scraper=scraper)
     master = isinstance(runner, MasterRunner)
     if master:
         environment.cluster = MasterSide(
@@ -270,15 +274,16 @@ def _init(environment, **_kwargs) -> None:
             if parts:  # none at all: no samples file, and the bench reports the step's log
                 window = recorder.window[1] - recorder.window[0] if recorder.window else None
                 write_samples(Path(options.samples_out), parts, recorder.server_cpu_percent, time.time(), window,
-                              extra=_run_facts(options))
+                              extra=_run_facts(options, recorder))
         elif not isinstance(runner, WorkerRunner):
-            recorder.save(Path(options.samples_out), time.time(), extra=_run_facts(options))
+            recorder.save(Path(options.samples_out), time.time(), extra=_run_facts(options, recorder))
 
 
-def _run_facts(options) -> dict:
-    """What the samples file says about how the load was offered."""
+def _run_facts(options, recorder: Recorder) -> dict:
+    """What the samples file says about how the load was offered, and the server's metrics around the window."""
+    scrapes = recorder.scraper.facts() if recorder.scraper is not None else {}
     if not options.rate:
-        return {"mode": "closed"}
-    return {"mode": "open", "offered_rps": options.rate, "arrival": options.arrival, "seed": options.seed,
+        return {"mode": "closed", **scrapes}
+    return {**scrapes, "mode": "open", "offered_rps": options.rate, "arrival": options.arrival, "seed": options.seed,
             "max_in_flight": options.max_in_flight, "late_tolerance_ms": options.late_tolerance_ms,
             "drain_s": options.drain}

@@ -16,14 +16,25 @@ import numpy as np
 
 
 def process_cpu_seconds(pid: int) -> Optional[float]:
-    """User + system CPU seconds of a process (all its threads), or None if it is gone or not readable."""
+    """User + system CPU seconds of a process and its live children (all threads), or None if it is gone.
+
+    Children count because a container's first process may be a shell or an init that runs the server.
+    """
     import psutil
 
     try:
-        times = psutil.Process(pid).cpu_times()
+        process = psutil.Process(pid)
+        family = [process, *process.children(recursive=True)]
+        total = 0.0
+        for member in family:
+            try:
+                times = member.cpu_times()
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            total += times.user + times.system
     except (psutil.Error, OSError):
         return None
-    return times.user + times.system
+    return total
 
 
 class Recorder:
@@ -34,8 +45,9 @@ class Recorder:
     those have answered or the drain time is up (`stop`); throughput still counts completions inside the window.
     """
 
-    def __init__(self, environment, server_pid: Optional[int] = None):
+    def __init__(self, environment, server_pid: Optional[int] = None, scraper=None):
         self.server_pid = server_pid
+        self.scraper = scraper  # a servermetrics.Scraper: the server's metrics page at the window's two ends
         self.reset()
         environment.events.request.add_listener(self._on_request)
 
@@ -71,6 +83,8 @@ class Recorder:
 
     def begin_window(self, outstanding=None) -> None:
         """Forget the warm-up; measure from now. `outstanding()`: the users' request-seconds integral so far."""
+        if self.scraper is not None:
+            self.scraper.scrape("before")
         self.samples.clear()
         self.failures.clear()
         server = process_cpu_seconds(self.server_pid) if self.server_pid else None
@@ -95,6 +109,8 @@ class Recorder:
         if self._area is not None:
             area, area0 = self._area
             self.in_flight_mean = (area() - area0) / wall
+        if self.scraper is not None:
+            self.scraper.scrape("after")
 
     def stop(self) -> None:
         self.recording = False

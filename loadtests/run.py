@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from loadtests import validity
+from loadtests import servermetrics, validity
 from loadtests.payloads import cells, wire_name
 from loadtests.validity import GENERATOR_BOUND_PERCENT
 from server.process import free_port
@@ -79,6 +79,7 @@ class Target:
     duration_s: float
     spawn_rate: float
     server_pid: Optional[int] = None
+    metrics_url: Optional[str] = None  # the server's Prometheus page, scraped around each window
     workers: int = 0              # local `locust --worker` processes; 0 with no remote ones: one plain process
     remote_workers: int = 0       # workers started elsewhere (python -m loadtests worker) the master waits for
     master_bind: str = "127.0.0.1"
@@ -134,6 +135,8 @@ def locust_command(step: Step, target: Target, out_dir: Path, master_port: Optio
                     "--expect-workers-max-wait", str(int(STARTUP_ALLOWANCE_S))]
     if target.server_pid:
         command += ["--server-pid", str(target.server_pid)]
+    if target.metrics_url:
+        command += ["--metrics-url", target.metrics_url]
     return command + [USER_CLASS[step.protocol]]
 
 
@@ -188,7 +191,7 @@ def _stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 
 def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes: Sequence[tuple[int, int]],
-            rules: validity.Rules = validity.Rules(), server_stopped: Optional[str] = None) -> dict:
+            rules: validity.Rules = validity.Rules(), server_stopped: Optional[str] = None, model: str = "") -> dict:
     """One summary entry from a step's samples: percentiles from every sample, not Locust's buckets.
 
     Closed loop, the window holds the requests completing in it. Open loop, it holds the requests *due* in it
@@ -229,6 +232,7 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
         **{validity.pkey(q): float(v) for q, v in pct.items()},
         "max_ms": float(good.max()) if good.size else float("nan"),
         "mean_ms": float(good.mean()) if good.size else float("nan"),
+        "service_mean_ms": float(good_service.mean()) if good_service.size else float("nan"),
         **{f"service_{validity.pkey(q)}": float(v) for q, v in zip(validity.STANDARD_PERCENTILES, service_pct)},
         "late_ratio": float(late[inside].mean()) if open_loop and requests else None,
         "late_tolerance_ms": meta.get("late_tolerance_ms"),
@@ -248,6 +252,10 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
                                                 due=due if open_loop else None)
     entry["invalid_reasons"] = validity.judge(entry, entry["sub_windows"], rules, server_stopped)
     entry["valid"] = not entry["invalid_reasons"]
+    entry["server"] = servermetrics.server_block(meta.get("server_metrics"), model, step.protocol)
+    entry["server"]["client_requests"] = int((ok & done_inside).sum())
+    entry["breakdown"] = servermetrics.breakdown(entry)
+    entry.update(servermetrics.cpu_per_request(entry, meta))
     return entry
 
 
@@ -267,7 +275,8 @@ def run_and_measure(step: Step, target: Target, out_dir: Path, request_bytes: di
                     rules: validity.Rules, server_gone: Callable[[], Optional[str]] = lambda: None) -> dict:
     """Run one step and judge it; a server that stopped during it makes it invalid."""
     samples = run_step(step, target, out_dir)
-    return measure(step, samples, request_bytes[(step.protocol, step.payload)], sizes, rules, server_gone())
+    return measure(step, samples, request_bytes[(step.protocol, step.payload)], sizes, rules, server_gone(),
+                   model=target.model)
 
 
 def sweep(steps: Sequence[Step], target: Target, out_dir: Path, request_bytes: dict, sizes,

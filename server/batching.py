@@ -65,6 +65,7 @@ class Batcher:
             return self._runner(model, signature, inputs, outputs)
         key = (id(model), signature.name, tuple(outputs),
                tuple(sorted((alias, array.shape[1:], array.dtype.str) for alias, array in inputs.items())))
+        self._metrics.record_input_batch_size(size, len(inputs))
         task = _Task(model, signature, inputs, outputs, size, time.monotonic())
         with self._cond:
             if self._stopped:
@@ -120,6 +121,7 @@ class Batcher:
         self._metrics.record_batch(self.params.thread_pool_name, [(started - t.enqueued) * 1e6 for t in batch])
         total = sum(t.size for t in batch)
         padded = self._padded_size(total)
+        self._metrics.record_processed_batch(padded, padded - total)
         try:
             inputs = {}
             for alias in first.inputs:

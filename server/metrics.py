@@ -12,10 +12,14 @@ What is recorded, and where (the same places as in TF Serving):
 | `/tensorflow/serving/model_warmup_latency` | histogram µs {model_path, status} | each version with a warmup file |
 | `/tensorflow/serving/batching_session/queuing_latency` | histogram µs {thread_pool_name} | each batched request |
 | `/tensorflow/serving/batching_session/wrapped_run_count` | counter {} | each batch run |
+| `/tensorflow/serving/batching_session/input_batch_size` | histogram {} | each batched request's 0th dimension, once per input tensor |
+| `/tensorflow/serving/batching_session/processed_batch_size` | histogram {} | each batch run, its size after padding |
+| `/tensorflow/serving/batching_session/padding_size` | histogram {execution_batch_size} | each batch run, the rows of padding |
 | `/tensorflow/cc/saved_model/load_attempt_count` | counter {model_path, status="success"/"fail"} | each load attempt |
 | `/tensorflow/cc/saved_model/load_latency` | counter µs {model_path} | each successful load |
 
-Histogram buckets are TF's Exponential(scale, growth, count) limits plus +Inf.
+Histogram buckets are TF's Exponential(scale, growth, count) limits plus +Inf. As in TF's Histogram::Add
+(std::upper_bound), a value equal to a limit counts in the next bucket: `le="8"` holds values below 8.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def exponential_buckets(scale: float, growth: float, count: int) -> list[float]:
 LATENCY_BUCKETS = exponential_buckets(10, 1.8, 33)      # µs, up to ~20 minutes
 EXAMPLE_COUNT_BUCKETS = exponential_buckets(1, 2, 15)   # 1, 2, 4, ... 16384 examples
 QUEUING_BUCKETS = exponential_buckets(100, 1.2, 52)     # µs, up to ~1 second
+BATCH_SIZE_BUCKETS = exponential_buckets(1, 2, 14)      # 1, 2, 4, ... 8192 (batching_util.h)
 
 
 def exported_name(name: str) -> str:
@@ -67,7 +72,7 @@ class Metrics:
             series = all_series.get(labels)
             if series is None:
                 series = all_series[labels] = [[0] * (len(limits) + 1), 0.0, 0]
-            series[0][bisect.bisect_left(limits, value)] += 1
+            series[0][bisect.bisect_right(limits, value)] += 1
             series[1] += value
             series[2] += 1
 
@@ -99,6 +104,18 @@ class Metrics:
         for value in queuing_us:
             self.observe("/tensorflow/serving/batching_session/queuing_latency",
                          (("thread_pool_name", thread_pool_name),), value, QUEUING_BUCKETS)
+
+    def record_input_batch_size(self, size: int, input_tensors: int) -> None:
+        """A request entering the batcher: its 0th dimension, once per input tensor (BatchingSession does that)."""
+        for _ in range(input_tensors):
+            self.observe("/tensorflow/serving/batching_session/input_batch_size", (), size, BATCH_SIZE_BUCKETS)
+
+    def record_processed_batch(self, padded_size: int, padding: int) -> None:
+        """One batch as run: its size after padding, and the padding rows labelled by that size."""
+        self.observe("/tensorflow/serving/batching_session/padding_size",
+                     (("execution_batch_size", str(padded_size)),), padding, BATCH_SIZE_BUCKETS)
+        self.observe("/tensorflow/serving/batching_session/processed_batch_size", (), padded_size,
+                     BATCH_SIZE_BUCKETS)
 
     def record_load(self, model_path: str, succeeded: bool, latency_us: float) -> None:
         """One attempt to load a SavedModel (TF core's counters, which TF Serving exports too)."""

@@ -99,8 +99,9 @@ class RestApi:
                 log.exception("internal error in %s %s", method, path)
             self.metrics.record_request(model_name, api, "REST", error.code.name, 0)
             return http_status(error), json_headers, error_body(error.message)
+        body = payload.encode()  # TF Serving stops its clock once the response body is written, before sending
         self.metrics.record_request(model_name, api, "REST", "OK", (time.perf_counter() - started) * 1e6)
-        return 200, json_headers, payload.encode()
+        return 200, json_headers, body
 
     # ------------------------------------------------------------------------------ predict
 

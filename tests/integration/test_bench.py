@@ -44,6 +44,26 @@ def _ran_cleanly(result, summary_dir) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+def _server_side_agrees(r: dict) -> None:
+    """The server's own account of a run (its Prometheus deltas) against the client's."""
+    server = r["server"]
+    assert server["available"], server
+    assert server["source"].endswith("/monitoring/prometheus/metrics")
+    # both count the requests answered between the window's two ends; each end may split at most `users` calls
+    assert abs(server["requests"] - server["client_requests"]) <= 2 * r["users"] + 2, server
+    assert server["errors"] == 0
+    assert 0 < server["runtime_mean_ms"] <= server["request_mean_ms"] <= r["service_mean_ms"], (server, r)
+    for q in (50, 99):  # a bucketed percentile is known to within its bucket: that bucket starts at or below
+        lower, upper = server[f"request_p{q}_bucket_ms"]
+        assert lower <= server[f"request_p{q}_ms"] <= upper and lower <= r[f"p{q}_ms"], (q, server, r)
+    parts = r["breakdown"]
+    assert parts["outside_server_ms"] + parts["server_overhead_ms"] + parts["model_ms"] == \
+        pytest.approx(r["service_mean_ms"])
+    assert parts["model_ms"] > 0 and parts["server_overhead_ms"] >= 0 and parts["queue_ms"] is None
+    assert not server["batching"] and server["batch_size_mean"] is None
+    assert r["server_core_ms_per_request"] > 0 and r["generator_core_ms_per_request"] > 0
+
+
 def _port_free(port: int) -> bool:
     import socket
     with socket.socket() as sock:
@@ -70,6 +90,7 @@ def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
         assert r["server_cpu_percent"] is not None and r["server_cpu_percent"] > 0
         assert (latest / r["locust_csv"]).exists() and (latest / r["locust_html"]).exists()
         assert (latest / "samples" / r["samples_file"]).exists()
+        _server_side_agrees(r)
     tensor_rest = next(r for r in runs if r["wire"] == "tensor_row")
     image_rest = next(r for r in runs if r["wire"] == "image_b64")
     assert tensor_rest["bytes_per_request"] > image_rest["bytes_per_request"]  # floats in JSON outweigh a JPEG

@@ -64,6 +64,22 @@ def test_concurrent_requests_are_merged_padded_and_split_exactly():
         # Exponential(100, 1.2, 52) µs: the first limit is 100, the last below +Inf is 100 * 1.2**51
         assert 'queuing_latency_bucket{thread_pool_name="pool_a",le="100"}' in text
         assert f'queuing_latency_bucket{{thread_pool_name="pool_a",le="{100 * 1.2 ** 51:.6g}"}}' in text
+        # TF Serving's batch-size histograms (batching_util.h): Exponential(1, 2, 14), no model label
+        prefix = ":tensorflow:serving:batching_session:"
+        assert f"{prefix}input_batch_size_count{{}} 6" in text and f"{prefix}input_batch_size_sum{{}} 9" in text
+        assert f"{prefix}processed_batch_size_count{{}} {len(fake.batches)}" in text
+        assert f"{prefix}processed_batch_size_sum{{}} {sum(fake.batches)}" in text
+        padding = {size: sum(1 for b in fake.batches if b == size) for size in set(fake.batches)}
+        for size, runs in padding.items():
+            assert f'{prefix}padding_size_count{{execution_batch_size="{size}"}} {runs}' in text
+        padding_sum = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith(f"{prefix}padding_size_sum"))
+        assert padding_sum == sum(fake.batches) - 9
+        # a value equal to a limit counts in the next bucket, as TF's Histogram::Add (upper_bound) does
+        fours = sum(1 for b in fake.batches if b == 4)
+        assert f'{prefix}processed_batch_size_bucket{{le="4"}} 0' in text
+        assert f'{prefix}processed_batch_size_bucket{{le="8"}} {fours}' in text
+        assert f'{prefix}processed_batch_size_bucket{{le="8192"}} {len(fake.batches)}' in text
     finally:
         batcher.stop()
 
