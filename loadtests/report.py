@@ -5,11 +5,16 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from loadtests.payloads import GRPC_WIRE
 
 PLOTS = ("latency.png", "throughput.png", "latency_vs_size.png")
+BREAKDOWN_PLOT = "breakdown.png"
+# the breakdown's stack, bottom to top: (key, label, colour)
+PARTS = (("model_ms", "model (runtime - queue)", "tab:green"), ("queue_ms", "batching queue", "tab:purple"),
+         ("server_overhead_ms", "server overhead (request - runtime)", "tab:olive"),
+         ("outside_server_ms", "outside the server (client - request)", "tab:gray"))
 
 
 def pairs(runs: Sequence[dict]) -> list[tuple[str, str]]:
@@ -91,6 +96,112 @@ def plot(runs: Sequence[dict], out_dir: Path) -> list[str]:
     return list(PLOTS)
 
 
+def _name(run: dict) -> str:
+    return f"{'REST' if run['protocol'] == 'rest' else 'gRPC'} {run['wire']}"
+
+
+def plot_breakdown(runs: Sequence[dict], out_dir: Path) -> Optional[str]:
+    """Stacked bars of each run's mean time, REST beside gRPC at every level, one panel per payload pair."""
+    if not any(r.get("breakdown") for r in runs):
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = pairs(runs)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.4), squeeze=False)
+    for ax, (rest_payload, grpc_wire) in zip(axes[0], groups):
+        levels = sorted({r["level"] for r in runs})
+        labelled = set()
+        for offset, (protocol, key, hatch) in enumerate((("rest", rest_payload, ""), ("grpc", grpc_wire, "//"))):
+            if key is None:
+                continue
+            for r in _series(runs, protocol, key):
+                parts, x, bottom = r.get("breakdown"), levels.index(r["level"]) + (offset - 0.5) * 0.38, 0.0
+                if not parts:
+                    continue
+                for part, label, colour in PARTS:
+                    height = parts.get(part) or 0.0
+                    if height <= 0:
+                        continue
+                    ax.bar(x, height, 0.36, bottom=bottom, color=colour, hatch=hatch, edgecolor="white",
+                           label=label if label not in labelled else None)
+                    labelled.add(label)
+                    bottom += height
+                ax.text(x, bottom, "REST" if protocol == "rest" else "gRPC", ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(range(len(levels)), [_level({"level": v, "users": v, "mode": runs[0]["mode"]}) for v in levels])
+        ax.set_xlabel(_level_name(runs))
+        ax.set_ylabel("mean latency from send (ms)")
+        ax.set_title(" vs ".join(filter(None, [rest_payload and f"REST {rest_payload}",
+                                               grpc_wire and f"gRPC {grpc_wire}"])), fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / BREAKDOWN_PLOT, dpi=110)
+    plt.close(fig)
+    return BREAKDOWN_PLOT
+
+
+def breakdown_lines(runs: Sequence[dict]) -> list[str]:
+    """The terminal's 'where the time goes': one line per run, means in ms, and CPU per request."""
+    lines = ["\n  where the time goes (mean ms from send = outside the server + server overhead + queue + model; "
+             "CPU in core-ms per request)"]
+    for r in runs:
+        parts, server = r.get("breakdown"), r.get("server") or {}
+        head = f"    {_name(r):22} {_level(r):>7}: "
+        if not parts:
+            lines.append(head + f"no server metrics ({server.get('reason', 'not scraped')})")
+            continue
+        queue = f" + queue {_fmt(parts['queue_ms'])}" if parts.get("queue_ms") is not None else ""
+        batch = (f"  batch {server['batch_size_mean']:.1f}, padding {server['padding_ratio']:.0%}"
+                 if server.get("batching") else "")
+        lines.append(head + f"{_fmt(parts['client_mean_ms'])} = outside {_fmt(parts['outside_server_ms'])} + server "
+                     f"{_fmt(parts['server_overhead_ms'])}{queue} + model {_fmt(parts['model_ms'])}  | CPU server "
+                     f"{_fmt(r.get('server_core_ms_per_request'))}, generator "
+                     f"{_fmt(r.get('generator_core_ms_per_request'))}{batch}")
+    return lines
+
+
+def _breakdown_section(summary: dict, has_plot: bool) -> str:
+    esc = html.escape
+    rows = []
+    for r in summary["runs"]:
+        server, parts = r.get("server") or {}, r.get("breakdown") or {}
+        if not server.get("available"):
+            rows.append([esc(r["protocol"]), esc(r["wire"]), esc(_level(r)),
+                         f"<td colspan=13 style='text-align:left'>no server metrics: {esc(server.get('reason', ''))}"])
+            continue
+
+        def bucketed(q: int) -> str:
+            bounds = server.get(f"request_p{q}_bucket_ms") or [None, None]
+            return (f"{_fmt(server.get(f'request_p{q}_ms'))} <small>[{_fmt(bounds[0])}, "
+                    f"{_fmt(bounds[1]) if bounds[1] is not None else '&infin;'})</small>")
+        rows.append([esc(r["protocol"]), esc(r["wire"]), esc(_level(r)), _fmt(parts.get("client_mean_ms")),
+                     _fmt(parts.get("outside_server_ms")), _fmt(parts.get("server_overhead_ms")),
+                     _fmt(parts.get("queue_ms")), _fmt(parts.get("model_ms")), _fmt(server.get("request_mean_ms")),
+                     bucketed(50), bucketed(99), f"{server['requests']} / {server.get('client_requests', 'n/a')}",
+                     _fmt(server.get("batch_size_mean")) + (f" ({server['padding_ratio']:.0%} padding)"
+                                                             if server.get("batching") else ""),
+                     _fmt(r.get("server_core_ms_per_request")), _fmt(r.get("generator_core_ms_per_request"))])
+    body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    header = ["protocol", "payload", "level", "client mean", "outside server", "server overhead", "queue", "model",
+              "server mean", "server p50 [bucket)", "server p99 [bucket)", "server / client requests",
+              "batch size", "server core-ms/req", "generator core-ms/req"]
+    source = next((r["server"]["source"] for r in summary["runs"] if (r.get("server") or {}).get("source")), None)
+    return ("<h2>Where the time goes</h2><p>From the server's own Prometheus metrics"
+            + (f" (<code>{esc(source)}</code>)" if source else "") + ", scraped as each window opened and closed: "
+            "only their differences count. Means in ms from the client's send: outside the server is the client's "
+            "mean minus TF Serving's request_latency (network, the client's encoding and decoding, the load "
+            "generator); server overhead is request_latency minus runtime_latency (parsing the request, "
+            "serialising the answer); runtime_latency includes the batching queue, so the model's share is the "
+            "runtime minus the queue. Server percentiles are interpolated inside TF Serving's histogram buckets, "
+            "whose bounds follow them.</p>"
+            + (f"<img src='{BREAKDOWN_PLOT}' alt='breakdown'>" if has_plot else "")
+            + f"<table><thead><tr>{''.join(f'<th>{esc(h)}</th>' for h in header)}</tr></thead>"
+            f"<tbody>{body}</tbody></table>")
+
+
 def _fmt(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -116,6 +227,8 @@ def terminal_summary(summary: dict) -> str:
             invalid = " !" if (a and not a["valid"]) or (b and not b["valid"]) else ""
             lines.append(f"  {_level(a or b):>7} | {_fmt(a and a['p50_ms']):>9} {_fmt(a and a['rps'], 1):>9} | "
                          f"{_fmt(b and b['p50_ms']):>9} {_fmt(b and b['rps'], 1):>9} | {p50:>13} {rps:>13}{invalid}")
+    if runs and any("server" in r for r in runs):
+        lines += breakdown_lines(runs)
     invalid = [r for r in runs if not r["valid"]]
     if invalid:
         lines.append(f"\n  ! INVALID: {len(invalid)} of {len(runs)} runs cannot be trusted as measured:")
@@ -147,7 +260,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html_report(summary: dict, plots: Sequence[str]) -> str:
+def html_report(summary: dict, plots: Sequence[str], breakdown_plot: bool = False) -> str:
     """A self-contained page (plots are files beside it) with the runs, correctness and provenance."""
     esc = html.escape
     runs = [[esc(r["protocol"]), esc(r["wire"]), esc(_level(r)), str(r["requests"]),
@@ -195,6 +308,7 @@ successful requests.</p>
 {_table(runs, ["protocol", "payload", "rate" if summary.get("mode") == "open" else "users", "requests",
                "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "service p50 ms",
                "service p99 ms", "late", "KiB/request", "generator CPU", "server CPU %", "valid", "Locust report"])}
+{_breakdown_section(summary, breakdown_plot) if any("server" in r for r in summary["runs"]) else ""}
 <h2>Correctness before the sweep</h2>
 {_table(correctness, ["protocol", "payload", "images", "max |score - in-process|", "top-1 equal"])}
 <h2>Provenance</h2><table>{provenance}</table>
@@ -276,6 +390,7 @@ def write(summary: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n")
     plots = plot(summary["runs"], out_dir) if summary["runs"] else []
+    breakdown = plot_breakdown(summary["runs"], out_dir) if summary["runs"] else None
     if summary.get("capacity"):
         plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir)
-    (out_dir / "report.html").write_text(html_report(summary, plots))
+    (out_dir / "report.html").write_text(html_report(summary, plots, breakdown is not None))

@@ -102,6 +102,8 @@ def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
     assert len(provenance["model_signature_sha256"]) == 64 and provenance["git_commit"]
     page = (latest / "report.html").read_text()
     assert "latency.png" in page and "throughput.png" in page and "latency_vs_size.png" in page
+    assert "Where the time goes" in page and (latest / "breakdown.png").exists() and "breakdown.png" in page
+    assert "where the time goes" in result.stdout and "= outside " in result.stdout
     assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)  # it stopped what it started
 
 

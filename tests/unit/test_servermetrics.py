@@ -96,3 +96,11 @@ def test_cpu_per_request_counts_every_generating_process():
     assert sm.cpu_per_request(entry, meta) == {"server_core_ms_per_request": pytest.approx(15.0),
                                                "generator_core_ms_per_request": pytest.approx(10.0)}
     assert sm.cpu_per_request({"rps": 0.0, "window_s": 10.0}, meta)["server_core_ms_per_request"] is None
+
+
+def test_the_terminal_says_why_a_run_has_no_breakdown():
+    from loadtests.report import breakdown_lines
+
+    run = {"protocol": "grpc", "wire": "image_bytes", "mode": "closed", "users": 1, "level": 1,
+           "server": sm.unavailable("http://127.0.0.1:1/m", "scraping failed: refused"), "breakdown": None}
+    assert "no server metrics (scraping failed: refused)" in "\n".join(breakdown_lines([run]))
