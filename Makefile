@@ -61,10 +61,10 @@ LOAD_ARGS = $(if $(DURATION),--duration $(DURATION)) $(if $(WARMUP),--warmup $(W
 	  $(if $(ARRIVAL),--arrival $(ARRIVAL)) $(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT)) \
 	  $(if $(SLO),--slo $(SLO)) $(if $(BACKEND),--backend $(BACKEND)) $(if $(WORKERS),--workers $(WORKERS))
 
-bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open RATES=10,20 ARRIVAL= DURATION= WORKERS=)
+bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open RATES=10,20 ARRIVAL= DURATION= WORKERS= FLOOR=1)
 	$(PY) -m loadtests bench --spec $(SPEC) $(if $(USERS),--users $(USERS)) $(if $(DURATION),--duration $(DURATION)) \
 	  $(if $(MODE),--mode $(MODE)) $(if $(RATES),--rates $(RATES)) $(if $(ARRIVAL),--arrival $(ARRIVAL)) \
-	  $(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT)) $(if $(SLO),--slo $(SLO)) \
+	  $(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT)) $(if $(SLO),--slo $(SLO)) $(if $(FLOOR),--floor $(FLOOR)) \
 	  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) \
 	  $(if $(PAYLOADS),--payloads $(PAYLOADS)) $(if $(BACKEND),--backend $(BACKEND)) \
 	  $(if $(WORKERS),--workers $(WORKERS)) $(if $(REMOTE_WORKERS),--remote-workers $(REMOTE_WORKERS)) \

@@ -1,4 +1,5 @@
-"""Models the harness can build itself, without downloads: a small CNN trained on scikit-learn's digits.
+"""Models the harness can build itself, without downloads: a small CNN trained on scikit-learn's digits, and
+the protocol floor (an almost free head behind the same signatures as any image model).
 
 Digits are 8x8 grey images (0..16). They are scaled to uint8, then resized and preprocessed with
 the very functions the exported serving graph uses, so PNG bytes sent to the server are seen as
@@ -56,3 +57,22 @@ def digits_cnn(input_spec: InputSpec, epochs: int = 12, seed: int = 0):
     model.fit(pixels(train_x), train_y, epochs=epochs, batch_size=64, verbose=2,
               validation_data=(pixels(test_x), test_y))
     return model
+
+
+def protocol_floor(input_spec: InputSpec, classes: int, seed: int = 0):
+    """An almost free head on preprocessed images: each channel's mean, then one Dense layer and a softmax.
+
+    Exported like any model (decode, resize and preprocess inside the graph, the same input and output
+    signatures, `classes` probabilities per image), it measures what the protocol and the codec cost on their
+    own: its runtime is the decode and preprocessing, not a network.
+    """
+    import keras
+
+    if not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"classes must be a positive integer (got {classes!r})")
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((input_spec.height, input_spec.width, input_spec.channels)),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(classes, activation="softmax"),
+    ], name="protocol_floor")

@@ -33,7 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = Overrides(users=getattr(args, "users", None), duration=args.duration, warmup=args.warmup,
                           protocols=args.protocols, payloads=args.payloads, output_dir=args.output_dir,
                           mode=getattr(args, "mode", None), rates=getattr(args, "rates", None), arrival=args.arrival,
-                          max_in_flight=args.max_in_flight, slo=args.slo, precision=getattr(args, "precision", None))
+                          max_in_flight=args.max_in_flight, slo=args.slo, precision=getattr(args, "precision", None),
+                          floor=getattr(args, "floor", None))
     generators = Generators(workers=args.workers, remote_workers=args.remote_workers, master_bind=args.master_bind,
                             master_port=args.master_port, target_host=args.target_host)
     return main_bench(args.spec, overrides, args.backend, generators=generators, command=command)

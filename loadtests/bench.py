@@ -37,6 +37,7 @@ class Overrides:
     max_in_flight: Optional[str] = None
     slo: Optional[str] = None
     precision: Optional[str] = None
+    floor: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
         if raw is not None:
             items = [item.strip() for item in raw.split(",") if item.strip()]
             changed[key] = [int(i) if key == "users" and i.lstrip("-").isdigit() else i for i in items]
-    for key in ("duration", "warmup", "output_dir", "mode", "arrival", "max_in_flight", "slo", "precision"):
+    for key in ("duration", "warmup", "output_dir", "mode", "arrival", "max_in_flight", "slo", "precision", "floor"):
         if getattr(overrides, key) is not None:
             changed[key] = getattr(overrides, key)
     if not changed:
@@ -227,7 +228,7 @@ def with_monitoring(spec: Spec, log: Callable[[str], None]) -> Spec:
 
 @contextlib.contextmanager
 def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], generators: "Generators",
-            cells: Sequence[tuple[str, str]]):
+            cells: Sequence[tuple[str, str]], run_dir: Optional[Path] = None):
     """Export if needed, deploy (unless already up), check every (protocol, payload) cell's answers; stop at exit.
 
     Yields a Session with a fresh report directory and the Locust target; the deployment this started is stopped
@@ -252,7 +253,9 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
         worst = max(c["max_abs_diff"] for c in checked)
         log(f"correctness: top-1 equal everywhere, largest score difference {worst:.2e}")
         per_request = {cell: request_bytes(payloads, cell[0], cell[1], spec.name) for cell in cells}
-        run_dir = _run_dir(spec)
+        if run_dir is None:
+            run_dir = _run_dir(spec)
+        run_dir.mkdir(parents=True, exist_ok=True)
         rest_url, grpc_target = generators.endpoints(endpoints.rest_url, endpoints.grpc_target)
         target = run.Target(model=spec.name, rest_url=rest_url, grpc_target=grpc_target,
                             payload_file=payload_file, warmup_s=settings.warmup, duration_s=settings.duration,
@@ -316,7 +319,18 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
             f"writing to {current.run_dir}")
         results = run.sweep(steps, current.target, current.run_dir, current.per_request, current.payloads.sizes, log,
                             server_gone=current.server_gone, rules=current.rules)
-    summary = current.summary(results, generators, len(steps))
+    floor = None
+    if settings.floor and not current.server_died:
+        from loadtests.floor import beside, run_floor
+        floor = run_floor(spec, current.version_dir, current.run_dir, steps, backend, generators, log)
+        floor["beside"] = beside(results, floor["runs"])
+    summary = current.summary(results, generators, len(steps), **({"floor": floor} if floor else {}))
+    if floor:  # the floor's runs are measurements the report shows: they count for the verdict too
+        summary["failed"] = summary["failed"] or bool(floor["server_died"]) or any(
+            r["failure_ratio"] > settings.failure_threshold for r in floor["runs"])
+        floor_invalid = sum(not r["valid"] for r in floor["runs"])
+        summary["invalid_runs"] += floor_invalid
+        summary["valid"] = summary["valid"] and not floor_invalid
     report.write(summary, current.run_dir)
     _point_latest(current.run_dir)
     log(report.terminal_summary(summary))
@@ -361,6 +375,8 @@ def parse_args(argv: Sequence[str], command: str = "bench"):
         parser.add_argument("--mode", help="closed (users) or open (rates) (default: benchmark.mode)")
         parser.add_argument("--rates", help="open loop: requests per second, e.g. 10,20,40 (default: benchmark.rates)")
         parser.add_argument("--users", help="concurrency levels, e.g. 1,4,16 (default: benchmark.users)")
+        parser.add_argument("--floor", help="1: also measure the protocol floor (the same signatures with an almost "
+                            "free head) through the same sweep; 0: do not (default: benchmark.floor)")
     parser.add_argument("--arrival", help="open loop: poisson or constant (default: benchmark.arrival)")
     parser.add_argument("--max-in-flight", help="open loop: cap on requests in flight (default: "
                         "benchmark.max_in_flight)")

@@ -202,6 +202,43 @@ def _breakdown_section(summary: dict, has_plot: bool) -> str:
             f"<tbody>{body}</tbody></table>")
 
 
+def floor_lines(summary: dict) -> list[str]:
+    """The terminal's protocol-floor block: each run's p50 and mean beside the floor's, and the floor's share."""
+    floor = summary.get("floor")
+    if not floor:
+        return []
+    lines = [f"\n  protocol floor ({floor['model']}: the same signatures and preprocessing, an almost free head)",
+             f"    {'':22} {'level':>7} | {'p50 ms':>7} {'floor':>7} | {'mean ms':>7} {'floor':>7} {'share':>6}"]
+    for row in floor["beside"]:
+        share = "n/a" if row["floor_share"] is None else f"{row['floor_share']:.0%}"
+        flag = "" if row["floor_valid"] else " !"
+        lines.append(f"    {_name(row):22} {_level(row):>7} | {_fmt(row['model_p50_ms']):>7} "
+                     f"{_fmt(row['floor_p50_ms']):>7} | {_fmt(row['model_mean_ms']):>7} {_fmt(row['floor_mean_ms']):>7} "
+                     f"{share:>6}{flag}")
+    return lines
+
+
+def _floor_section(summary: dict) -> str:
+    floor = summary.get("floor")
+    if not floor:
+        return ""
+    esc = html.escape
+    rows = [[esc(row["protocol"]), esc(row["wire"]), esc(_level(row)), _fmt(row["model_p50_ms"]),
+             _fmt(row["floor_p50_ms"]), _fmt(row["model_mean_ms"]), _fmt(row["floor_mean_ms"]),
+             "n/a" if row["floor_share"] is None else f"{row['floor_share']:.0%}", _fmt(row["model_rps"], 1),
+             _fmt(row["floor_rps"], 1), _fmt(row["floor_outside_server_ms"]), _fmt(row["floor_server_overhead_ms"]),
+             _fmt(row["floor_model_ms"]), "yes" if row["floor_valid"] else "<b class=bad>no</b>"]
+            for row in floor["beside"]]
+    return (f"<h2>Protocol floor</h2><p><code>{esc(floor['model'])}</code> has this model's signatures, input size "
+            "and preprocessing (decoding and resizing in the graph) but an almost free head "
+            f"(<code>{esc(floor['function'])}</code>, {floor['classes']} classes). Run through the same sweep, it "
+            "shows what each protocol and payload costs before any model work: the floor's share is its mean "
+            "latency over the model's. Its runs are in <code>floor/</code>.</p>"
+            + _table(rows, ["protocol", "payload", "level", "model p50 ms", "floor p50 ms", "model mean ms",
+                            "floor mean ms", "floor share", "model req/s", "floor req/s", "floor outside server",
+                            "floor server overhead", "floor model (decode, preprocess)", "floor valid"]))
+
+
 def _fmt(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -229,6 +266,7 @@ def terminal_summary(summary: dict) -> str:
                          f"{_fmt(b and b['p50_ms']):>9} {_fmt(b and b['rps'], 1):>9} | {p50:>13} {rps:>13}{invalid}")
     if runs and any("server" in r for r in runs):
         lines += breakdown_lines(runs)
+    lines += floor_lines(summary)
     invalid = [r for r in runs if not r["valid"]]
     if invalid:
         lines.append(f"\n  ! INVALID: {len(invalid)} of {len(runs)} runs cannot be trusted as measured:")
@@ -309,6 +347,7 @@ successful requests.</p>
                "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "service p50 ms",
                "service p99 ms", "late", "KiB/request", "generator CPU", "server CPU %", "valid", "Locust report"])}
 {_breakdown_section(summary, breakdown_plot) if any("server" in r for r in summary["runs"]) else ""}
+{_floor_section(summary)}
 <h2>Correctness before the sweep</h2>
 {_table(correctness, ["protocol", "payload", "images", "max |score - in-process|", "top-1 equal"])}
 <h2>Provenance</h2><table>{provenance}</table>

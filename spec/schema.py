@@ -361,6 +361,9 @@ class BenchmarkSpec(_Strict):
                                   "generator could not keep the schedule (invalid)")
     precision: float = Field(0.05, gt=0, lt=1, description="Capacity search: stop bisecting when the bracket is "
                              "this close (5% or 0.05)")
+    floor: bool = Field(False, description="Also export the protocol floor (the same input signatures and "
+                        "preprocessing, an almost free head), run it through the same sweep and report it beside "
+                        "the model: what the protocol and codec cost alone")
 
     @field_validator("duration", "warmup", "late_tolerance", "drain", "min_duration", mode="before")
     @classmethod

@@ -107,6 +107,28 @@ def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
     assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)  # it stopped what it started
 
 
+def test_floor_runs_the_same_sweep_on_an_almost_free_head_beside_the_model(tmp_path, digits_export):
+    spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.users": [1], "benchmark.payloads": ["image_b64"],
+                                                        "benchmark.duration": "3s"})
+    result = run_cli("-m", "loadtests", "bench", "--spec", str(spec_path), "--floor", "1")
+    latest = tmp_path / "reports" / "digits_cnn" / "latest"
+    _ran_cleanly(result, latest)
+    summary = json.loads((latest / "summary.json").read_text())
+    floor = summary["floor"]
+    assert floor["model"] == "digits_cnn_floor" and floor["classes"] == 10
+    assert [(r["protocol"], r["wire"], r["users"]) for r in floor["runs"]] == \
+        [(r["protocol"], r["wire"], r["users"]) for r in summary["runs"]]
+    assert all(c["top1_equal"] for c in floor["correctness"])  # the floor's answers are checked like the model's
+    for model_run, floor_run in zip(summary["runs"], floor["runs"]):
+        assert floor_run["failures"] == 0 and floor_run["server"]["available"]
+        # the same decode and preprocessing, without the CNN: the server's model time is lower
+        assert floor_run["server"]["runtime_mean_ms"] < model_run["server"]["runtime_mean_ms"], (floor_run, model_run)
+    assert len(floor["beside"]) == 2 and all(0 < row["floor_share"] for row in floor["beside"])
+    assert (latest / "floor" / "models" / "digits_cnn_floor").is_dir()
+    assert "protocol floor (digits_cnn_floor" in result.stdout
+    assert "Protocol floor" in (latest / "report.html").read_text()
+
+
 def test_bench_reuses_a_deployed_model_and_leaves_it_running(tmp_path, digits_export):
     spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.users": [2]})
     spec = load_spec(spec_path)
