@@ -49,6 +49,8 @@ def _keras_application(spec: Spec, source: KerasApplicationSource) -> SourceMode
     kwargs: dict[str, Any] = {"weights": source.weights, "input_shape": shape}
     if source.weights is None:
         kwargs["classes"] = source.classes
+    if source.weights is None:
+        keras.utils.set_random_seed(0)  # the same random network on every export
     try:
         model = builder(**kwargs)
     except Exception as exc:  # keras raises plain Exception subclasses for downloads and shapes
@@ -59,8 +61,13 @@ def _keras_application(spec: Spec, source: KerasApplicationSource) -> SourceMode
                               "model.source.weights: null for random weights with the same latency") from None
         raise SourceError(f"{spec.where('model', 'source')}: keras.applications.{source.application}"
                           f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: {text}") from None
-    return SourceModel(model, lambda images: model(images, training=False),
-                       f"keras.applications.{source.application}(weights={source.weights!r})")
+    description = f"keras.applications.{source.application}(weights={source.weights!r})"
+    if source.weights is None and source.calibrate:
+        from exporter.calibrate import calibrate, photo_batch
+        done = calibrate(model, photo_batch(spec.model.input))
+        description += (f", random weights calibrated on {done['photos']} bundled photos "
+                        f"({done['batch_normalizations']} BatchNormalization layers, classifier scaled)")
+    return SourceModel(model, lambda images: model(images, training=False), description)
 
 
 def _keras_file(spec: Spec, source: KerasFileSource) -> SourceModel:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from spec.errors import SpecError
 from spec.schema import BenchmarkSpec, Spec
 
-EXIT_OK, EXIT_FAILURES, EXIT_INVALID = 0, 1, 4  # user errors (2), mismatches (3), Ctrl-C (130): spec.errors
+EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_UNINFORMATIVE = 0, 1, 4, 5  # user errors (2), mismatches (3), Ctrl-C
+# (130): spec.errors
 REPO = Path(__file__).resolve().parents[1]
 
 if TYPE_CHECKING:
@@ -182,6 +183,7 @@ class Session:
     target: "run.Target"
     run_dir: Path
     rules: "validity.Rules"
+    answers: dict = dataclasses.field(default_factory=dict)  # payloads.answer_spread: can the checks fail?
     server_died: Optional[str] = None
     server_log: str = ""
 
@@ -211,7 +213,7 @@ class Session:
                          "slo": settings.slo.model_dump() if settings.slo else None,
                          "validity": dataclasses.asdict(self.rules)},
             "provenance": provenance(self.spec, self.version_dir, self.deployment, reused=not self.started),
-            "correctness": self.checked, "runs": results, **extra,
+            "correctness": self.checked, "answers": self.answers, "runs": results, **extra,
         }
 
 
@@ -237,11 +239,12 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
     from deploy.deployment import bring_up, deployment_for
     from exporter.export import ensure_exported
     from loadtests import correctness, run, validity
-    from loadtests.payloads import load_or_build, request_bytes
+    from loadtests.payloads import answer_spread, check_signatures, load_or_build, request_bytes
     from loadtests.servermetrics import metrics_url
 
     settings = spec.benchmark
     version_dir = ensure_exported(spec, log)
+    check_signatures(spec, version_dir, list(dict.fromkeys(payload for _protocol, payload in cells)))
     spec = with_monitoring(spec, log)
     deployment = deployment_for(spec, backend)
     started = bring_up(spec, deployment, log)
@@ -252,6 +255,20 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
         checked = correctness.check(payloads, endpoints.rest_url, endpoints.grpc_target, spec.name, cells)
         worst = max(c["max_abs_diff"] for c in checked)
         log(f"correctness: top-1 equal everywhere, largest score difference {worst:.2e}")
+        answers = answer_spread(payloads.expected)
+        answers["accepted"] = settings.accept_uninformative_answers
+        if not answers["informative"]:
+            accept = ("accepted by benchmark.accept_uninformative_answers" if answers["accepted"] else
+                      f"the bench exits {EXIT_UNINFORMATIVE} after the report unless "
+                      f"{spec.where('benchmark')} sets benchmark.accept_uninformative_answers: true")
+            source = spec.model.source
+            if getattr(source, "kind", "") == "keras_application" and source.weights is None and source.calibrate:
+                accept += (f"; {version_dir} may predate calibrated random weights: export a new version "
+                           f"(make export SPEC={spec.origin})")
+            log(f"correctness: NOT INFORMATIVE: {answers['reason']}; {accept}")
+        else:
+            log(f"correctness: informative: {answers['distinct_top1']} different top-1 classes over "
+                f"{answers['images']} images, scores differ by up to {answers['max_score_spread']:.2f}")
         per_request = {cell: request_bytes(payloads, cell[0], cell[1], spec.name) for cell in cells}
         if run_dir is None:
             run_dir = _run_dir(spec)
@@ -273,7 +290,7 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
                 log("  note: the master listens on loopback, so only workers on this machine can join "
                     "(MASTER_BIND sets the address; TARGET_HOST the server's address as the workers see it)")
         current = Session(spec, version_dir, deployment, started, payloads, payload_file, checked, per_request,
-                          target, run_dir, validity.Rules.of(settings))
+                          target, run_dir, validity.Rules.of(settings), answers)
         try:
             yield current
         finally:
@@ -293,10 +310,19 @@ def report_server_death(current: Session, measured: int, planned: Optional[int],
           f"measured and the report covers them.\n  the server's last log lines:\n{tail}", file=sys.stderr)
 
 
+def uninformative(summary: dict) -> bool:
+    """The answer checks could not have failed (the same answer for every image), and the spec did not accept it."""
+    answers = summary.get("answers") or {}
+    return bool(answers) and not answers["informative"] and not answers.get("accepted")
+
+
 def exit_code(summary: dict) -> int:
-    """1 when a run failed (or the server died), else 4 when a run was invalid, else 0."""
+    """1 when a run failed (or the server died), else 5 when no answer check could fail, else 4 when a run was
+    invalid, else 0."""
     if summary["failed"]:
         return EXIT_FAILURES
+    if uninformative(summary):
+        return EXIT_UNINFORMATIVE
     return EXIT_INVALID if not summary["valid"] else EXIT_OK
 
 

@@ -185,7 +185,8 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
     import dataclasses
 
     from loadtests import report, run
-    from loadtests.bench import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, Generators, _point_latest, session
+    from loadtests.bench import (EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators,
+                                 _point_latest, session, uninformative)
     from spec.errors import SpecError
 
     generators = generators or Generators()
@@ -241,4 +242,6 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
         from loadtests.bench import report_server_death
         report_server_death(current, len(runs), None, during="capacity search")
         return EXIT_FAILURES
+    if uninformative(summary):
+        return EXIT_UNINFORMATIVE
     return EXIT_INVALID if any(r["limited_by"] in ("generator", "probes") for r in results) else EXIT_OK

@@ -37,6 +37,7 @@ GRPC_WIRE = {"image_b64": IMAGE_INPUT, "tensor_row": "tensor_content", "tensor_c
 PAYLOADS = tuple(SIGNATURE_FOR)
 # answers may differ by float noise (batching, thread counts); a top-1 within this of the max is the same answer
 SCORE_TOLERANCE = 1e-4
+INFORMATIVE_SPREAD = 10 * SCORE_TOLERANCE  # answers must differ between images by more than this
 FORMAT = 1  # bump when the cached file layout or the rendering changes
 JSON_DECIMALS = 6  # float tensor JSON: 1e-6 on inputs in [-1, 1] moves no score by 1e-4
 
@@ -134,6 +135,29 @@ class PayloadSet:
             return (f"{self.names[index]}: top-1 class {got} (p={probs[0, got]:.5f}), but the model in-process "
                     f"answers {want} (p={self.expected[index, want]:.5f})")
         return None
+
+
+def answer_spread(expected: np.ndarray) -> dict:
+    """Do the in-process answers depend on the image? A check can only catch a wrong answer when they do.
+
+    Informative when some score differs between two images by more than INFORMATIVE_SPREAD (ten times the
+    tolerance every check allows): then a server answering with the wrong image's scores, or a constant, fails
+    the check for some image.
+    """
+    expected = np.asarray(expected, np.float64)
+    spread = float(np.ptp(expected, axis=0).max()) if len(expected) > 1 else 0.0
+    distinct = len(set(expected.argmax(axis=1).tolist())) if len(expected) else 0
+    informative = len(expected) > 1 and spread > INFORMATIVE_SPREAD
+    if len(expected) < 2:
+        why = "only one benchmark image: whether the answers depend on the input cannot be told"
+    elif not informative:
+        why = (f"the model gives the same answer for all {len(expected)} benchmark images (largest score difference "
+               f"between images {spread:.2e}, top-1 class {int(expected[0].argmax())} for every one): no answer "
+               "check can tell a right answer from a wrong one")
+    else:
+        why = ""
+    return {"informative": informative, "images": len(expected), "max_score_spread": spread,
+            "distinct_top1": distinct, "reason": why}
 
 
 def image_rest_body(image: bytes) -> bytes:
@@ -237,6 +261,64 @@ def cache_path(spec, version_dir: Path) -> Path:
     return spec.resolve(spec.benchmark.output_dir) / spec.name / ".payloads" / f"{key.hexdigest()[:16]}.npz"
 
 
+def _describe_inputs(signature) -> str:
+    from server.tensors.dtypes import dtype_name
+
+    def shape(spec) -> str:
+        return "unknown rank" if spec.shape is None else "[" + ", ".join(str(d) for d in spec.shape) + "]"
+    inputs = ", ".join(f"'{a}' {dtype_name(t.dtype)} {shape(t)}" for a, t in signature.inputs.items()) or "none"
+    outputs = ", ".join(f"'{a}'" for a in signature.outputs) or "none"
+    return f"inputs {inputs}; outputs {outputs}"
+
+
+def check_signatures(spec, version_dir: Path, payload_names: Sequence[str]) -> None:
+    """Before anything is deployed: can every payload feed the exported model, and can its answers be checked?
+
+    Reads saved_model.pb only (no session). Raises PayloadError (exit 2) naming the signature, what it has,
+    and what to put in the spec.
+    """
+    from exporter.describe import read_meta_graphs
+    from server.model import signatures_of
+    from server.tensors.dtypes import DType
+
+    graphs = [g for g in read_meta_graphs(version_dir) if "serve" in g.meta_info_def.tags] or \
+        read_meta_graphs(version_dir)
+    signatures = signatures_of(graphs[0]) if graphs else {}
+    as_is = getattr(spec.model.source, "mode", None) == "as_is"
+    if as_is:
+        fix = (f"this SavedModel is served as is ({spec.where('model', 'source', 'mode')}), and the bench can only "
+               f"feed {IMAGE_SIGNATURE}(image_bytes DT_STRING [N] -> {OUTPUT}) and {TENSOR_SIGNATURE}(images "
+               f"DT_FLOAT [N, H, W, C] -> {OUTPUT}), the signatures this harness exports: set model.source.mode: "
+               "add_signatures and model.source.signature: <its image signature> to wrap a float image signature "
+               "with one output in them")
+    else:
+        fix = (f"export with {spec.where('export', 'signatures')} including it, or drop the payload from "
+               f"{spec.where('benchmark', 'payloads')}")
+    needed = {SIGNATURE_FOR[p]: f"payload {p}" for p in payload_names}
+    needed.setdefault(IMAGE_SIGNATURE, "the correctness check (it computes the in-process answers from JPEGs)")
+    shape = (spec.model.input.height, spec.model.input.width, spec.model.input.channels)
+    for name, user in needed.items():
+        signature = signatures.get(name)
+        if signature is None:
+            raise PayloadError(f"{version_dir} has no signature '{name}', which {user} needs (it has "
+                               f"{', '.join(sorted(signatures)) or 'none'}); {fix}")
+        want_input, want_type = (IMAGE_INPUT, DType.STRING) if name == IMAGE_SIGNATURE else (TENSOR_INPUT, DType.FLOAT)
+        tensor = signature.inputs.get(want_input)
+        problem = None
+        if set(signature.inputs) != {want_input} or tensor is None or tensor.dtype != want_type:
+            problem = f"it must have exactly one input '{want_input}' of {'DT_STRING' if want_type == DType.STRING else 'DT_FLOAT'}"
+        elif OUTPUT not in signature.outputs:
+            problem = f"it has no output '{OUTPUT}'"
+        elif name == TENSOR_SIGNATURE and tensor.shape is not None and len(tensor.shape) == 4 and any(
+                d not in (-1, want) for d, want in zip(tensor.shape[1:], shape)):
+            problem = (f"its input is {list(tensor.shape)} but {spec.where('model', 'input')} says "
+                       f"{spec.model.input.height}x{spec.model.input.width}x{spec.model.input.channels}: set "
+                       "model.input.height, width and channels to the model's")
+        if problem:
+            raise PayloadError(f"{version_dir}: signature '{name}' ({_describe_inputs(signature)}) cannot take "
+                               f"{user}: {problem}; {fix}")
+
+
 def build(spec, version_dir: Path, payload_names: Sequence[str]) -> PayloadSet:
     """Encode the spec's images and compute the model's in-process answers (imports TensorFlow)."""
     import tensorflow as tf
@@ -244,15 +326,9 @@ def build(spec, version_dir: Path, payload_names: Sequence[str]) -> PayloadSet:
     from exporter.preprocess import decode_batch
     from server.model import LoadedModel
 
+    check_signatures(spec, version_dir, payload_names)
     model = LoadedModel.load(version_dir)
     try:
-        needed = {SIGNATURE_FOR[p]: p for p in payload_names} | {IMAGE_SIGNATURE: "the correctness check"}
-        for signature, user in needed.items():
-            if signature not in model.signatures:
-                raise PayloadError(
-                    f"{version_dir} has no signature '{signature}', which {user} needs (it has "
-                    f"{sorted(model.signatures)}); export with export.signatures including it, or drop the payload "
-                    f"from {spec.where('benchmark', 'payloads')}")
         names, sizes, jpegs = _images(spec)
         tensors = np.concatenate([decode_batch(tf.constant([j]), spec.model.input).numpy() for j in jpegs])
         signature = model.signatures[IMAGE_SIGNATURE]

@@ -264,6 +264,10 @@ def terminal_summary(summary: dict) -> str:
             invalid = " !" if (a and not a["valid"]) or (b and not b["valid"]) else ""
             lines.append(f"  {_level(a or b):>7} | {_fmt(a and a['p50_ms']):>9} {_fmt(a and a['rps'], 1):>9} | "
                          f"{_fmt(b and b['p50_ms']):>9} {_fmt(b and b['rps'], 1):>9} | {p50:>13} {rps:>13}{invalid}")
+    answers = summary.get("answers") or {}
+    if answers and not answers["informative"]:
+        lines.append(f"\n  ! CORRECTNESS NOT INFORMATIVE: {answers['reason']}"
+                     + (" (accepted by benchmark.accept_uninformative_answers)" if answers.get("accepted") else ""))
     if runs and any("server" in r for r in runs):
         lines += breakdown_lines(runs)
     lines += floor_lines(summary)
@@ -319,6 +323,11 @@ def html_report(summary: dict, plots: Sequence[str], breakdown_plot: bool = Fals
     notes = (f"<p class=bound>{bound} run(s) were generator-bound: the load generator used more than 80% of a core, "
              "so those numbers understate the server.</p>" if bound else "")
     verdict = ("<p class=bad>FAILED: a run's failure ratio exceeded the threshold.</p>" if summary["failed"] else "")
+    answers = summary.get("answers") or {}
+    if answers and not answers["informative"]:
+        verdict += (f"<p class=bad>CORRECTNESS NOT INFORMATIVE: {esc(answers['reason'])}"
+                    + (" (accepted by benchmark.accept_uninformative_answers)" if answers.get("accepted") else "")
+                    + "</p>")
     if summary.get("invalid_runs"):
         verdict += (f"<p class=bad>INVALID: {summary['invalid_runs']} of {len(summary['runs'])} runs broke a validity "
                     "rule (see the valid column): their numbers cannot be trusted as measured.</p>")
@@ -349,10 +358,21 @@ successful requests.</p>
 {_breakdown_section(summary, breakdown_plot) if any("server" in r for r in summary["runs"]) else ""}
 {_floor_section(summary)}
 <h2>Correctness before the sweep</h2>
+{_answers_note(summary.get("answers"))}
 {_table(correctness, ["protocol", "payload", "images", "max |score - in-process|", "top-1 equal"])}
 <h2>Provenance</h2><table>{provenance}</table>
 </body></html>
 """
+
+
+def _answers_note(answers: Optional[dict]) -> str:
+    if not answers:
+        return ""
+    if answers["informative"]:
+        return (f"<p>Informative: the in-process answers depend on the image ({answers['distinct_top1']} different "
+                f"top-1 classes over {answers['images']} images, scores differing by up to "
+                f"{answers['max_score_spread']:.3f}), so a wrong answer fails the check.</p>")
+    return f"<p class=bad>Not informative: {html.escape(answers['reason'])}.</p>"
 
 
 def _mode_note(summary: dict) -> str:

@@ -44,6 +44,9 @@ class KerasApplicationSource(_Strict):
     weights: Optional[str] = Field(
         None, description="'imagenet' (needs the internet) or null for random weights with the same latency")
     classes: int = Field(1000, gt=1, description="Number of classes when weights is null")
+    calibrate: bool = Field(True, description="weights null: seed the weights, then set every BatchNormalization's "
+                            "statistics and the classifier's scale from the bundled photos, so the answers depend on "
+                            "the image (the same graph and latency); false keeps the raw random initialisation")
 
     @field_validator("application")
     @classmethod
@@ -361,6 +364,9 @@ class BenchmarkSpec(_Strict):
                                   "generator could not keep the schedule (invalid)")
     precision: float = Field(0.05, gt=0, lt=1, description="Capacity search: stop bisecting when the bracket is "
                              "this close (5% or 0.05)")
+    accept_uninformative_answers: bool = Field(
+        False, description="Benchmark even when the model gives the same answer for every benchmark image (so no "
+        "answer check can fail): the report still says so, but the exit code is not 5")
     floor: bool = Field(False, description="Also export the protocol floor (the same input signatures and "
                         "preprocessing, an almost free head), run it through the same sweep and report it beside "
                         "the model: what the protocol and codec cost alone")

@@ -282,3 +282,29 @@ def test_a_model_config_with_every_served_model(tmp_path, testdata):
     assert [(m.name, m.base_path, m.policy) for m in models] == [
         ("digits_cnn", str(REPO / "models" / "digits_cnn"), "latest"),
         ("half_plus_two", str(REPO / "models" / "half_plus_two"), "latest")]
+
+
+def test_answer_spread_says_when_no_check_could_fail():
+    from loadtests.payloads import answer_spread
+
+    constant = np.full((5, 1000), 0.001)
+    assert not answer_spread(constant)["informative"]
+    assert "same answer for all 5 benchmark images" in answer_spread(constant)["reason"]
+    assert "only one benchmark image" in answer_spread(np.eye(3)[:1])["reason"]
+    varied = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    spread = answer_spread(varied)
+    assert spread["informative"] and spread["distinct_top1"] == 2 and spread["max_score_spread"] == pytest.approx(0.7)
+    nearly = constant.copy()
+    nearly[1, 0] += 5e-4  # within ten tolerances: a wrong answer could still pass
+    assert not answer_spread(nearly)["informative"]
+
+
+def test_exit_codes_order_failures_then_uninformative_then_invalid():
+    from loadtests.bench import exit_code
+
+    base = {"failed": False, "valid": True, "answers": {"informative": True}}
+    assert exit_code(base) == 0
+    assert exit_code({**base, "valid": False}) == 4
+    assert exit_code({**base, "valid": False, "answers": {"informative": False}}) == 5
+    assert exit_code({**base, "answers": {"informative": False, "accepted": True}}) == 0
+    assert exit_code({**base, "failed": True, "answers": {"informative": False}}) == 1
