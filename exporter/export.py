@@ -160,8 +160,9 @@ def _export_image_model(spec: Spec, staging: Path, log, started: float) -> dict:
         _step(log, started, f"verified: {result.summary()}")
         verification.update(max_abs_diff=result.max_abs_diff, images=[n for n, _ in photos],
                             tolerance=spec.export.verify.tolerance)
+    from exporter.preprocess import expected_input
     return {"source": source.description, "verification": verification, "warmup_records": warmup,
-            "signatures": list(signatures), "num_classes": num_classes}
+            "signatures": list(signatures), "num_classes": num_classes, "input": expected_input(input_spec)}
 
 
 def _signature_names(directory: Path) -> list[str]:

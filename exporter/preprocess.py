@@ -49,3 +49,22 @@ def decode_batch(encoded_batch, input_spec: InputSpec):
                        fn_output_signature=tf.TensorSpec([input_spec.height, input_spec.width, input_spec.channels],
                                                          tf.float32))
     return preprocess(pixels, input_spec)
+
+
+def expected_input(input_spec: InputSpec) -> dict:
+    """What the exported tensor signature expects, in words and numbers (for provenance and `inspect`)."""
+    pre = input_spec.preprocessing
+    if pre.mode == "unit":
+        formula, low, high = "x / 255", [0.0], [1.0]
+    elif pre.mode == "symmetric":
+        formula, low, high = "x / 127.5 - 1", [-1.0], [1.0]
+    elif pre.mode == "mean_std":
+        formula = f"(x / 255 - mean) / std with mean {list(pre.mean)}, std {list(pre.std)}"
+        low = [round((0.0 - m) / d, 6) for m, d in zip(pre.mean, pre.std)]
+        high = [round((1.0 - m) / d, 6) for m, d in zip(pre.mean, pre.std)]
+    else:
+        formula, low, high = "x (raw pixel values)", [0.0], [255.0]
+    return {"height": input_spec.height, "width": input_spec.width, "channels": input_spec.channels,
+            "resize_method": input_spec.resize_method, "preprocessing": pre.model_dump(mode="json"),
+            "formula": formula, "value_range": [min(low), max(high)], "value_range_per_channel": [low, high]
+            if len(low) > 1 else None}

@@ -83,8 +83,30 @@ def test_inspect_cli_prints_signatures_and_hints(digits_export):
     out = result.stdout
     assert "signature_def['serving_default']:" in out and "inputs['image_bytes'] tensor_info:" in out
     assert "dtype: DT_STRING" in out and "Method name is: tensorflow/serving/classify" in out
-    assert 'send encoded bytes: REST {"signature_name": "serving_default", "instances": [{"b64"' in out
-    assert "send DT_FLOAT images N x 32 x 32 x 1" in out
+    assert 'send encoded bytes: REST {"instances": [{"b64"' in out  # the default signature needs no name
+    assert 'send DT_FLOAT images N x 32 x 32 x 1: REST {"signature_name": "predict_tensor", "instances"' in out
+    assert 'model_spec.signature_name = "predict_tensor"' in out
+    # classify's tf.Example feature, read from the graph's ParseExample op
+    assert '"examples": [{"image/encoded": {"b64": "<base64 JPEG>"}}]' in out
+    # what the export expects of its tensor input (digits: unit preprocessing), from its provenance
+    assert ("The tensor signature expects float32 N x 32 x 32 x 1: pixels (0..255) resized (bilinear), then "
+            "x / 255, so values in [0, 1]") in out
+    provenance = json.loads((version_dir / PROVENANCE_FILE).read_text())
+    assert provenance["input"]["value_range"] == [0.0, 1.0] and provenance["input"]["formula"] == "x / 255"
+
+
+def test_inspect_reads_a_text_saved_model(testdata, tmp_path):
+    """TF1-era exports may write saved_model.pbtxt; inspect reads it as TF's loader does."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((testdata / "saved_model_half_plus_two_cpu" / "00000123" / "saved_model.pb").read_bytes())
+    (tmp_path / "saved_model.pbtxt").write_text(text_format.MessageToString(saved))
+    result = run_cli("-m", "exporter", "inspect", str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "signature_def['serving_default']:" in result.stdout and "inputs['x'] tensor_info:" in result.stdout
+    assert "signature_def['classify_x_to_y']:" in result.stdout and "feature(s) x" in result.stdout
 
 
 def test_existing_saved_model_becomes_a_servable_version(testdata, tmp_path):
