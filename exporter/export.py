@@ -134,7 +134,12 @@ def _export_image_model(spec: Spec, staging: Path, log, started: float) -> dict:
     source = load_source(spec)
     input_spec = spec.model.input
     probe = tf.zeros([1, input_spec.height, input_spec.width, input_spec.channels], tf.float32)
-    num_classes = int(tf.convert_to_tensor(source.call(probe)).shape[-1])
+    units = int(tf.convert_to_tensor(source.call(probe)).shape[-1])
+    if spec.model.outputs == "sigmoid" and units != 1:
+        raise ExportError(f"{spec.where('model', 'outputs')}: model.outputs: sigmoid needs a model with one output "
+                          f"unit (the probability of the second label); this one has {units}: use probabilities or "
+                          "logits")
+    num_classes = 2 if spec.model.outputs == "sigmoid" else units
     labels = read_labels(spec, num_classes)
     _step(log, started, f"model ready: {source.description}, {num_classes} classes")
 
@@ -155,7 +160,12 @@ def _export_image_model(spec: Spec, staging: Path, log, started: float) -> dict:
         def preprocess_batch(batch):
             return decode_batch(tf.constant(batch, tf.string), input_spec).numpy()
 
-        result = verify_image_model(staging, lambda x: np.asarray(source.call(tf.constant(x))), preprocess_batch,
+        from exporter.signatures import head
+
+        def reference(pixels):
+            return np.asarray(head(source.call(tf.constant(pixels)), spec.model.outputs))
+
+        result = verify_image_model(staging, reference, preprocess_batch,
                                     encoded, labels, spec.export.signatures, spec.export.verify.tolerance)
         _step(log, started, f"verified: {result.summary()}")
         verification.update(max_abs_diff=result.max_abs_diff, images=[n for n, _ in photos],

@@ -18,6 +18,21 @@ from spec.schema import Spec
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 
 
+def head(outputs, mode: str):
+    """The model's raw outputs as class probabilities: as they are, softmax of logits, or [1 - p, p] of a sigmoid.
+
+    Both the exported graph and the export's verification use this, so they compare the same thing.
+    """
+    import tensorflow as tf
+
+    outputs = tf.convert_to_tensor(outputs)
+    if mode == "logits":
+        return tf.nn.softmax(outputs, axis=-1)
+    if mode == "sigmoid":
+        return tf.concat([1.0 - outputs, outputs], axis=-1)
+    return outputs
+
+
 def build_functions(spec: Spec, source: SourceModel, labels: Sequence[str]) -> dict[str, tuple]:
     """{signature name: (python function, input_signature)} for every signature the spec exports."""
     import tensorflow as tf
@@ -25,13 +40,12 @@ def build_functions(spec: Spec, source: SourceModel, labels: Sequence[str]) -> d
     from exporter.preprocess import decode_batch
 
     input_spec = spec.model.input
-    logits = spec.model.outputs == "logits"
+    mode = spec.model.outputs
     top_k = min(spec.export.top_k, len(labels))
     label_table = tf.constant(list(labels), dtype=tf.string)
 
     def probabilities(images):
-        outputs = tf.convert_to_tensor(source.call(images))
-        return tf.nn.softmax(outputs, axis=-1) if logits else outputs
+        return head(source.call(images), mode)
 
     def serve_bytes(image_bytes):
         return {c.OUTPUT: probabilities(decode_batch(image_bytes, input_spec))}

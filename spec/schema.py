@@ -117,8 +117,9 @@ class InputSpec(_Strict):
 class ModelSpec(_Strict):
     source: Source
     input: InputSpec = Field(default_factory=InputSpec)
-    outputs: Literal["probabilities", "logits"] = Field(
-        "probabilities", description="What the model returns; logits get a softmax in the exported graph")
+    outputs: Literal["probabilities", "logits", "sigmoid"] = Field(
+        "probabilities", description="What the model returns; logits get a softmax in the exported graph; sigmoid: "
+        "one unit, the probability p of the second label, exported as two classes [1 - p, p]")
     labels: Union[Path, list[str], None] = Field(
         None, description="A text file with one label per line, or an inline list; null uses class indices")
 

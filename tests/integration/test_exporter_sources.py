@@ -88,3 +88,62 @@ def test_a_builder_module_beside_the_spec_is_found_without_touching_sys_path(tmp
     model = LoadedModel.load(result.path)
     assert model.signatures["serving_default"].outputs["probabilities"].shape == (-1, 3)
     model.close()
+
+
+def _keras_file(tmp_path, name: str, layers) -> str:
+    import keras
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((24, 24, 3)), keras.layers.GlobalAveragePooling2D(), *layers])
+    model.save(tmp_path / f"{name}.keras")
+    return model
+
+
+def test_a_sigmoid_binary_classifier_gives_classify_both_classes(tmp_path):
+    """One sigmoid unit (the brightness here): `model.outputs: sigmoid` exports [1 - p, p] under two labels."""
+    import keras
+    model = _keras_file(tmp_path, "binary", [keras.layers.Dense(1, activation="sigmoid")])
+    model.layers[-1].set_weights([np.full((3, 1), 8.0 / 3, np.float32), np.array([-4.0], np.float32)])
+    model.save(tmp_path / "binary.keras")
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(SPEC.format(name="binary", source="{kind: keras_file, path: binary.keras}", base="models")
+                         .replace("model:\n", "model:\n  outputs: sigmoid\n  labels: [dark, bright]\n", 1))
+    result = export(load_spec(spec_path), log=lambda _: None)
+    assert result.provenance["num_classes"] == 2
+    assert result.provenance["verification"]["max_abs_diff"]["classify"] < 1e-4
+    dark, bright = (encode(np.full((24, 24, 3), v, np.uint8), "png") for v in (20, 235))
+    from exporter.verify import serialized_examples
+    loaded = LoadedModel.load(result.path)
+    try:
+        out = loaded.run(loaded.signatures["classify"], {"inputs": serialized_examples([dark, bright], "image/encoded")},
+                         ["classes", "scores"])
+        probabilities = loaded.run(loaded.signatures["serving_default"],
+                                   {"image_bytes": np.array([dark, bright], object)}, ["probabilities"])["probabilities"]
+    finally:
+        loaded.close()
+    assert [[c.decode() for c in row] for row in out["classes"]] == [["dark", "bright"], ["bright", "dark"]]
+    np.testing.assert_allclose(out["scores"].sum(axis=1), 1.0, atol=1e-6)
+    p = 1 / (1 + np.exp(-(8.0 * 235 / 255 - 4)))
+    np.testing.assert_allclose(probabilities[1], [1 - p, p], atol=1e-4)
+
+
+def test_sigmoid_on_a_model_with_several_units_is_one_line(tmp_path):
+    from exporter.export import ExportError
+    import keras
+    _keras_file(tmp_path, "three", [keras.layers.Dense(3, activation="sigmoid")])
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(SPEC.format(name="three", source="{kind: keras_file, path: three.keras}", base="models")
+                         .replace("model:\n", "model:\n  outputs: sigmoid\n", 1))
+    with pytest.raises(ExportError, match="sigmoid needs a model with one output unit .* this one has 3"):
+        export(load_spec(spec_path), log=lambda _: None)
+
+
+def test_a_logits_model_gets_a_softmax_and_verifies_against_it(tmp_path):
+    import keras
+    _keras_file(tmp_path, "logits", [keras.layers.Dense(4)])
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(SPEC.format(name="logits", source="{kind: keras_file, path: logits.keras}", base="models")
+                         .replace("model:\n", "model:\n  outputs: logits\n", 1))
+    result = export(load_spec(spec_path), log=lambda _: None)
+    assert max(result.provenance["verification"]["max_abs_diff"].values()) < 1e-4
+    answer = _served_top1(result.path, encode(bundled_photos()[2][1], "jpeg"))
+    assert answer.shape == (1, 4) and abs(float(answer.sum()) - 1.0) < 1e-5
