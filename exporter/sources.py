@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from spec.errors import HarnessError
 from spec.schema import (
     BuilderSource,
+    FrozenGraphSource,
     KerasApplicationSource,
     KerasFileSource,
     SavedModelSource,
@@ -151,6 +152,46 @@ def _saved_model(spec: Spec, source: SavedModelSource) -> SourceModel:
     return SourceModel(loaded, call, f"SavedModel {path} signature {source.signature}")
 
 
+def _frozen_graph(spec: Spec, source: FrozenGraphSource) -> SourceModel:
+    """A TF1 frozen GraphDef, imported into a function pruned from its input to its output tensor."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    path = spec.resolve(source.path)
+    where = spec.where("model", "source", "path")
+    try:
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.ParseFromString(path.read_bytes())
+    except OSError as exc:
+        raise SourceError(f"{where}: model.source.path: cannot read {path}: {exc.strerror or exc}") from None
+    except DecodeError:
+        raise SourceError(f"{where}: model.source.path: {path} is not a binary GraphDef (a SavedModel directory "
+                          "is kind: saved_model; a text .pbtxt graph must be converted with "
+                          "tf.io.write_graph(graph_def, dir, name, as_text=False))") from None
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+    placeholders = [n.name + ":0" for n in graph_def.node if n.op == "Placeholder"]
+    tensors = {}
+    for key in ("input", "output"):
+        name = getattr(source, key)
+        try:
+            tensors[key] = wrapped.graph.as_graph_element(name)
+        except (KeyError, ValueError):
+            hint = f"its placeholders are {', '.join(placeholders) or 'none'}" if key == "input" else \
+                f"its last node is {graph_def.node[-1].name + ':0' if graph_def.node else 'none'}"
+            raise SourceError(f"{spec.where('model', 'source', key)}: model.source.{key}: {path} has no tensor "
+                              f"'{name}'; {hint}") from None
+    shape = tensors["input"].shape
+    if tensors["input"].dtype != tf.float32 or shape.rank not in (None, 4):
+        raise SourceError(f"{spec.where('model', 'source', 'input')}: model.source.input: '{source.input}' is "
+                          f"{tensors['input'].dtype.name} of shape {shape}; a frozen graph source needs a float32 "
+                          "image input N x H x W x C (the exporter adds decoding and preprocessing in front of it)")
+    function = wrapped.prune(tensors["input"], tensors["output"])
+    holder = tf.Module()
+    holder.graph_function = function
+    return SourceModel(holder, lambda images: function(tf.cast(images, tf.float32)),
+                       f"frozen graph {path} ({source.input} -> {source.output})")
+
+
 def load_source(spec: Spec) -> SourceModel:
     """Build or load the model the spec names (not used for saved_model sources in as_is mode)."""
     source = spec.model.source
@@ -160,4 +201,6 @@ def load_source(spec: Spec) -> SourceModel:
         return _keras_file(spec, source)
     if isinstance(source, BuilderSource):
         return _builder(spec, source)
+    if isinstance(source, FrozenGraphSource):
+        return _frozen_graph(spec, source)
     return _saved_model(spec, source)

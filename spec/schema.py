@@ -82,8 +82,22 @@ class BuilderSource(_Strict):
         return value
 
 
+class FrozenGraphSource(_Strict):
+    kind: Literal["frozen_graph"]
+    path: Path = Field(description="A frozen GraphDef (.pb, binary), as TF1 tutorials write with freeze_graph")
+    input: str = Field(description="The float image input tensor, e.g. 'input:0' (N x H x W x C, preprocessed)")
+    output: str = Field(description="The class-score output tensor, e.g. 'MobilenetV1/Predictions/Reshape_1:0'")
+
+    @field_validator("input", "output")
+    @classmethod
+    def _tensor_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[^:\s]+(:\d+)?", value):
+            raise ValueError(f"'{value}' is not a tensor name such as 'input:0'")
+        return value if ":" in value else value + ":0"
+
+
 Source = Annotated[
-    Union[KerasApplicationSource, KerasFileSource, SavedModelSource, BuilderSource],
+    Union[KerasApplicationSource, KerasFileSource, SavedModelSource, BuilderSource, FrozenGraphSource],
     Field(discriminator="kind"),
 ]
 

@@ -147,3 +147,41 @@ def test_a_logits_model_gets_a_softmax_and_verifies_against_it(tmp_path):
     assert max(result.provenance["verification"]["max_abs_diff"].values()) < 1e-4
     answer = _served_top1(result.path, encode(bundled_photos()[2][1], "jpeg"))
     assert answer.shape == (1, 4) and abs(float(answer.sum()) - 1.0) < 1e-5
+
+
+def _frozen_graph(path) -> np.ndarray:
+    """A TF1-style frozen graph: input:0 float [N, 24, 24, 3] -> prob:0, the softmax of mean colours; its weights."""
+    import tensorflow as tf
+    weights = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, 24, 24, 3], name="input")
+        tf.nn.softmax(tf.matmul(tf.reduce_mean(images, axis=[1, 2]), tf.constant(weights)) * 5.0, name="prob")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return weights
+
+
+def test_a_frozen_graph_is_wrapped_with_image_signatures(tmp_path):
+    import tensorflow as tf
+    weights = _frozen_graph(tmp_path / "frozen.pb")
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(SPEC.format(name="frozen", base="models", source="{kind: frozen_graph, path: frozen.pb, "
+                                     "input: input, output: 'prob:0'}"))
+    result = export(load_spec(spec_path), log=lambda _: None)
+    assert set(result.provenance["verification"]["max_abs_diff"]) == {"serving_default", "predict_tensor", "classify"}
+    jpeg = encode(bundled_photos()[0][1], "jpeg")
+    pixels = tf.image.resize(tf.io.decode_jpeg(jpeg, channels=3)[tf.newaxis], (24, 24)).numpy() / 255.0
+    logits = pixels.mean(axis=(1, 2)) @ weights * 5.0
+    want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(_served_top1(result.path, jpeg), want, atol=1e-5)
+
+
+def test_a_frozen_graph_tensor_that_is_not_there_is_one_line(tmp_path):
+    from exporter.sources import SourceError
+    _frozen_graph(tmp_path / "frozen.pb")
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(SPEC.format(name="frozen", base="models", source="{kind: frozen_graph, path: frozen.pb, "
+                                     "input: 'images:0', output: 'prob:0'}"))
+    with pytest.raises(SourceError, match=r"model.source.input: .* has no tensor 'images:0'; its placeholders are "
+                                          r"input:0"):
+        export(load_spec(spec_path), log=lambda _: None)
