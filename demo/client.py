@@ -117,7 +117,7 @@ class ModelClient:
     def predict_grpc(self, image: bytes, labels: Sequence[str], k: int) -> Answer:
         import grpc
 
-        request = image_grpc_request(image, self.model)
+        request = image_grpc_request(image, model=self.model)
         started = time.perf_counter()
         try:
             response = self._stub.Predict(request, timeout=TIMEOUT_S)

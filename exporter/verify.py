@@ -103,18 +103,36 @@ def verify_copy(source_dir: Path, version_dir: Path, skip: Path) -> Verification
 
     if tree_digest(source_dir) != tree_digest(version_dir, skip=skip):
         raise VerificationError(f"the files in {version_dir} differ from {source_dir}")
+    from server.errors import ServingError
+
     result = Verification(notes=["files byte-identical to the source"])
-    copy, original = LoadedModel.load(version_dir), LoadedModel.load(source_dir)
     try:
-        for name, sig in sorted(copy.signatures.items()):
-            if name.startswith("__") or not sig.inputs or any(i.dtype != 1 for i in sig.inputs.values()):
-                continue  # only float-input signatures can be probed without knowing the data
-            probe = {alias: np.full([2 if d == -1 else d for d in (spec.shape or (2, 1))], 1.5, np.float32)
-                     for alias, spec in sig.inputs.items()}
-            a = copy.run(sig, probe, list(sig.outputs))
-            b = original.run(original.signatures[name], probe, list(sig.outputs))
-            _check(name, max(float(np.max(np.abs(a[k] - b[k]))) for k in a), 0.0, result)
+        copy, original = LoadedModel.load(version_dir), LoadedModel.load(source_dir)
+    except ServingError as error:
+        raise VerificationError(f"{source_dir} does not load in a TF1 session, as TF Serving and this server load "
+                                f"a SavedModel: {error.message.splitlines()[0]}") from None
+    try:
+        return _compare_copy(copy, original, result)
+    except ServingError as error:
+        raise VerificationError(
+            f"{source_dir} loads, but running it in a TF1 session (as TF Serving and this server do) fails: "
+            f"{error.message.splitlines()[0]}" + (
+                "; a Keras 3 model saved with tf.saved_model.save does this: save it with model.export(path) "
+                "instead, or use model.source.kind: keras_file" if "Could not find variable" in error.message
+                else "")) from None
     finally:
         copy.close()
         original.close()
+
+
+def _compare_copy(copy, original, result: Verification) -> Verification:
+    """Float-input signatures of the copy and the original give identical answers on a probe."""
+    for name, sig in sorted(copy.signatures.items()):
+        if name.startswith("__") or not sig.inputs or any(i.dtype != 1 for i in sig.inputs.values()):
+            continue  # only float-input signatures can be probed without knowing the data
+        probe = {alias: np.full([2 if d == -1 else d for d in (spec.shape or (2, 1))], 1.5, np.float32)
+                 for alias, spec in sig.inputs.items()}
+        a = copy.run(sig, probe, list(sig.outputs))
+        b = original.run(original.signatures[name], probe, list(sig.outputs))
+        _check(name, max(float(np.max(np.abs(a[k] - b[k]))) for k in a), 0.0, result)
     return result

@@ -105,12 +105,10 @@ def _git_commit() -> str:
 
 def _signature_hash(version_dir: Path) -> str:
     """sha256 of the serving MetaGraph's signature map: equal hashes mean clients see the same API."""
-    from tensorflow.core.protobuf import saved_model_pb2
+    from exporter.describe import read_meta_graphs  # saved_model.pb or saved_model.pbtxt
 
-    saved = saved_model_pb2.SavedModel()
-    saved.ParseFromString((version_dir / "saved_model.pb").read_bytes())
     digest = hashlib.sha256()
-    for meta_graph in saved.meta_graphs:
+    for meta_graph in read_meta_graphs(version_dir):
         if "serve" in meta_graph.meta_info_def.tags:
             for name in sorted(meta_graph.signature_def):
                 digest.update(name.encode())
@@ -184,6 +182,7 @@ class Session:
     run_dir: Path
     rules: "validity.Rules"
     answers: dict = dataclasses.field(default_factory=dict)  # payloads.answer_spread: can the checks fail?
+    cells: list = dataclasses.field(default_factory=list)    # (protocol, payload) runs the payloads allow
     server_died: Optional[str] = None
     server_log: str = ""
 
@@ -230,7 +229,7 @@ def with_monitoring(spec: Spec, log: Callable[[str], None]) -> Spec:
 
 @contextlib.contextmanager
 def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], generators: "Generators",
-            cells: Sequence[tuple[str, str]], run_dir: Optional[Path] = None):
+            run_dir: Optional[Path] = None):
     """Export if needed, deploy (unless already up), check every (protocol, payload) cell's answers; stop at exit.
 
     Yields a Session with a fresh report directory and the Locust target; the deployment this started is stopped
@@ -239,17 +238,28 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
     from deploy.deployment import bring_up, deployment_for
     from exporter.export import ensure_exported
     from loadtests import correctness, run, validity
-    from loadtests.payloads import answer_spread, check_signatures, load_or_build, request_bytes
+    from loadtests.payloads import answer_spread, load_or_build, payload_plan, request_bytes
     from loadtests.servermetrics import metrics_url
 
-    settings = spec.benchmark
     version_dir = ensure_exported(spec, log)
-    check_signatures(spec, version_dir, list(dict.fromkeys(payload for _protocol, payload in cells)))
+    plan, payload_names = payload_plan(spec, version_dir, spec.benchmark.payloads)  # before anything is deployed
+    if plan is not None:
+        if spec.benchmark.floor:
+            raise SpecError(f"{spec.where('benchmark', 'floor')}: benchmark.floor mirrors this harness's image "
+                            f"signatures, and {version_dir} is benchmarked through its own signature "
+                            f"'{plan.signature}': drop FLOOR / benchmark.floor")
+        log(f"payloads: signature '{plan.signature}' of {version_dir}: image input '{plan.image_input}' "
+            f"({plan.image_kind}{'' if plan.image_kind == 'bytes' else f' {plan.height}x{plan.width}x{plan.channels}'})"
+            + "".join(f", '{e.alias}' = {e.value}" for e in plan.extras)
+            + f"; outputs {', '.join(plan.outputs)}; payloads {', '.join(payload_names)}")
+    spec = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"payloads": tuple(payload_names)})})
+    settings = spec.benchmark
+    cells = [(s.protocol, s.payload) for s in run.plan([1], settings.protocols, settings.payloads)]
     spec = with_monitoring(spec, log)
     deployment = deployment_for(spec, backend)
     started = bring_up(spec, deployment, log)
     try:
-        payloads, payload_file = load_or_build(spec, version_dir, settings.payloads, log)
+        payloads, payload_file = load_or_build(spec, version_dir, settings.payloads, log, plan=plan)
         endpoints = deployment.endpoints
         log(f"correctness: {len(payloads)} images x {len(cells)} protocol/payload pairs against the in-process answer")
         checked = correctness.check(payloads, endpoints.rest_url, endpoints.grpc_target, spec.name, cells)
@@ -290,7 +300,7 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
                 log("  note: the master listens on loopback, so only workers on this machine can join "
                     "(MASTER_BIND sets the address; TARGET_HOST the server's address as the workers see it)")
         current = Session(spec, version_dir, deployment, started, payloads, payload_file, checked, per_request,
-                          target, run_dir, validity.Rules.of(settings), answers)
+                          target, run_dir, validity.Rules.of(settings), answers, cells)
         try:
             yield current
         finally:
@@ -331,12 +341,11 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
     """Run the whole benchmark for `spec`; returns the process exit code (see EXIT_*)."""
     from loadtests import report, run
 
-    settings = spec.benchmark
-    cells = [(s.protocol, s.payload) for s in run.plan([1], settings.protocols, settings.payloads)]
-    open_loop = settings.mode == "open"
-    steps = run.plan(settings.users, settings.protocols, settings.payloads,
-                     rates=settings.rates if open_loop else None)
-    with session(spec, log, backend, generators, cells) as current:
+    with session(spec, log, backend, generators) as current:
+        settings = current.spec.benchmark  # the payloads as resolved for the served signatures
+        open_loop = settings.mode == "open"
+        steps = run.plan(settings.users, settings.protocols, settings.payloads,
+                         rates=settings.rates if open_loop else None)
         levels = f"rates {list(settings.rates)} req/s, {settings.arrival} arrivals" if open_loop \
             else f"users {list(settings.users)}"
         drain = settings.drain / 2 if open_loop else 0  # a typical drain: the window's last answers

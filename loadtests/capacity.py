@@ -195,11 +195,11 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
     if slo is None:
         raise SpecError("capacity needs a latency objective: --slo p99:100ms (make capacity SLO=p99:100ms) or "
                         "benchmark.slo in the spec")
-    cells = [(s.protocol, s.payload) for s in run.plan([1], settings.protocols, settings.payloads)]
     spec = spec.model_copy(update={"benchmark": settings.model_copy(update={"mode": "open"})})
     results: list[dict] = []
     runs: list[dict] = []
-    with session(spec, log, backend, generators, cells) as current:
+    with session(spec, log, backend, generators) as current:
+        cells = current.cells
         log(f"capacity at {slo}: {len(cells)} protocol/payload cells, precision {settings.precision:.0%}, "
             f"{settings.arrival} arrivals; writing to {current.run_dir}")
 

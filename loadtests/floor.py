@@ -63,8 +63,9 @@ def run_floor(spec: Spec, version_dir: Path, run_dir: Path, steps: Sequence, bac
     log(f"protocol floor: {floor.name}, the same signatures and {spec.model.input.height}x"
         f"{spec.model.input.width}x{spec.model.input.channels} preprocessing with an almost free head "
         f"({classes} classes), through the same {len(steps)} runs")
-    cells = list(dict.fromkeys((s.protocol, s.payload) for s in steps))
-    with bench.session(floor, log, backend, generators, cells, run_dir=run_dir / "floor") as current:
+    payloads = tuple(dict.fromkeys(s.payload for s in steps))
+    floor = floor.model_copy(update={"benchmark": floor.benchmark.model_copy(update={"payloads": payloads})})
+    with bench.session(floor, log, backend, generators, run_dir=run_dir / "floor") as current:
         results = run.sweep(steps, current.target, current.run_dir, current.per_request, current.payloads.sizes, log,
                             server_gone=current.server_gone, rules=current.rules)
     if current.server_died:

@@ -35,7 +35,7 @@ locust_runners.HEARTBEAT_LIVENESS = 30
 
 from loadtests.distributed import SAMPLES_WAIT_S as distributed_samples_wait  # noqa: E402
 from loadtests.distributed import MasterSide, WorkerSide  # noqa: E402
-from loadtests.payloads import PAYLOADS, PayloadSet  # noqa: E402
+from loadtests.payloads import GRPC_WIRE, PayloadSet  # noqa: E402
 from loadtests.recorder import Recorder, write_samples  # noqa: E402
 from loadtests.schedule import ARRIVALS, Schedule  # noqa: E402
 from loadtests.servermetrics import Scraper  # noqa: E402
@@ -51,7 +51,7 @@ def _arguments(parser) -> None:
     parser.add_argument("--model-name", default="", help="model to call (default: the spec's name)")
     parser.add_argument("--rest-url", default="", help="REST base URL (default: http://127.0.0.1:<serving.rest_port>)")
     parser.add_argument("--grpc-target", default="", help="gRPC host:port (default: 127.0.0.1:<serving.grpc_port>)")
-    parser.add_argument("--payload", default="image_b64", choices=list(PAYLOADS),
+    parser.add_argument("--payload", default="image_b64", choices=list(GRPC_WIRE),
                        help="image_b64: JPEG bytes; tensor_row / tensor_columnar: float tensor JSON (gRPC: tensor_content)")
     parser.add_argument("--payload-file", default="", include_in_web_ui=False,
                        help="prepared payloads (.npz); default: built or taken from the spec's cache")

@@ -33,7 +33,8 @@ from spec.contract import (
 from spec.errors import HarnessError
 
 SIGNATURE_FOR = {"image_b64": IMAGE_SIGNATURE, "tensor_row": TENSOR_SIGNATURE, "tensor_columnar": TENSOR_SIGNATURE}
-GRPC_WIRE = {"image_b64": IMAGE_INPUT, "tensor_row": "tensor_content", "tensor_columnar": "tensor_content"}
+GRPC_WIRE = {"image_b64": IMAGE_INPUT, "tensor_row": "tensor_content", "tensor_columnar": "tensor_content",
+             "tensor_uint8": "tensor_content"}  # tensor_uint8: only for a SavedModel's own uint8 image input
 PAYLOADS = tuple(SIGNATURE_FOR)
 # answers may differ by float noise (batching, thread counts); a top-1 within this of the max is the same answer
 SCORE_TOLERANCE = 1e-4
@@ -55,6 +56,8 @@ class PayloadSet:
     tensors: np.ndarray               # float32 [N, H, W, C], the model input after preprocessing
     expected: np.ndarray              # float32 [N, classes], in-process answer of serving_default
     source: dict = field(default_factory=dict)
+    batch_size: int = 1               # images per request: request i holds images i, i+1, ... (cyclically)
+    kind = "contract"
 
     def __len__(self) -> int:
         return len(self.jpegs)
@@ -74,7 +77,7 @@ class PayloadSet:
         """The .npz file's bytes: what a Locust master sends its workers, so they need no export or spec."""
         offsets = np.cumsum([0] + [len(j) for j in self.jpegs]).astype(np.int64)
         meta = {"model": self.model, "names": self.names, "sizes": self.sizes, "source": self.source,
-                "format": FORMAT}
+                "format": FORMAT, "batch_size": self.batch_size}
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
                  jpegs=np.frombuffer(b"".join(self.jpegs), np.uint8), offsets=offsets,
@@ -87,20 +90,28 @@ class PayloadSet:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "PayloadSet":
-        with np.load(io.BytesIO(blob)) as data:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes())
+            if meta.get("kind") == "foreign":
+                from loadtests.foreign import ForeignPayloadSet
+                return ForeignPayloadSet.from_arrays(meta, data)
             jpeg_blob, offsets = data["jpegs"].tobytes(), data["offsets"]
             jpegs = [jpeg_blob[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
             return cls(model=meta["model"], names=meta["names"], sizes=[tuple(s) for s in meta["sizes"]],
-                       jpegs=jpegs, tensors=data["tensors"], expected=data["expected"], source=meta["source"])
+                       jpegs=jpegs, tensors=data["tensors"], expected=data["expected"], source=meta["source"],
+                       batch_size=meta.get("batch_size", 1))
 
     # ------------------------------------------------------------------------------ rendering
 
+    def _images(self, index: int) -> list[int]:
+        return [(index + k) % len(self) for k in range(self.batch_size)]
+
     def rest_body(self, payload: str, index: int) -> bytes:
-        """The REST :predict body for one image in one encoding."""
+        """The REST :predict body for request `index` (batch_size images) in one encoding."""
+        chosen = self._images(index)
         if payload == "image_b64":
-            return image_rest_body(self.jpegs[index])
-        values = np.round(self.tensors[index:index + 1].astype(np.float64), JSON_DECIMALS).tolist()
+            return image_rest_body(*(self.jpegs[i] for i in chosen))
+        values = np.round(self.tensors[chosen].astype(np.float64), JSON_DECIMALS).tolist()
         key = "instances" if payload == "tensor_row" else "inputs"
         return json.dumps({"signature_name": TENSOR_SIGNATURE, key: values}, separators=(",", ":")).encode()
 
@@ -108,10 +119,11 @@ class PayloadSet:
         """The PredictRequest for one image (imports the serving protos, hence TensorFlow)."""
         from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
+        chosen = self._images(index)
         if payload == "image_b64":
-            return image_grpc_request(self.jpegs[index], model)
+            return image_grpc_request(*(self.jpegs[i] for i in chosen), model=model)
         request = _predict_request(model, SIGNATURE_FOR[payload])
-        array = np.ascontiguousarray(self.tensors[index:index + 1], dtype=np.float32)
+        array = np.ascontiguousarray(self.tensors[chosen], dtype=np.float32)
         tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=array.tobytes())
         tensor.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
         request.inputs[TENSOR_INPUT].CopyFrom(tensor)
@@ -120,21 +132,45 @@ class PayloadSet:
     # ------------------------------------------------------------------------------ checking
 
     def check(self, index: int, probabilities) -> Optional[str]:
-        """None if `probabilities` (the answer for image `index`) is right, else why it is wrong."""
+        """None if `probabilities` (the answer to request `index`) is right, else why it is wrong."""
+        if isinstance(probabilities, dict):
+            probabilities = probabilities.get(OUTPUT)
         classes = self.expected.shape[1]
         try:
             probs = np.asarray(probabilities, dtype=np.float64)
         except (TypeError, ValueError):
             return f"'{OUTPUT}' is not a numeric array"
-        if probs.shape != (1, classes):
-            return f"'{OUTPUT}' has shape {list(probs.shape)}, expected [1, {classes}] (batch of one)"
+        if probs.shape != (self.batch_size, classes):
+            return f"'{OUTPUT}' has shape {list(probs.shape)}, expected [{self.batch_size}, {classes}]"
         if not np.isfinite(probs).all():
             return f"'{OUTPUT}' holds NaN or Inf"
-        want, got = int(self.expected_top1[index]), int(probs[0].argmax())
-        if got != want and probs[0, want] < probs[0, got] - SCORE_TOLERANCE:
-            return (f"{self.names[index]}: top-1 class {got} (p={probs[0, got]:.5f}), but the model in-process "
-                    f"answers {want} (p={self.expected[index, want]:.5f})")
+        for row, image in enumerate(self._images(index)):
+            want, got = int(self.expected_top1[image]), int(probs[row].argmax())
+            if got != want and probs[row, want] < probs[row, got] - SCORE_TOLERANCE:
+                return (f"{self.names[image]}: top-1 class {got} (p={probs[row, got]:.5f}), but the model "
+                        f"in-process answers {want} (p={self.expected[image, want]:.5f})")
         return None
+
+    def answer_rest(self, body: bytes) -> dict:
+        return {OUTPUT: probabilities_from_rest(body)}
+
+    def answer_grpc(self, response) -> dict:
+        return {OUTPUT: probabilities_from_grpc(response)}
+
+    def compare(self, index: int, answer: dict) -> tuple[float, Optional[str]]:
+        """The correctness check's strict comparison: same top-1 and every score within SCORE_TOLERANCE."""
+        got = np.asarray(answer[OUTPUT], dtype=np.float64)
+        chosen = self._images(index)
+        expected = self.expected[chosen].astype(np.float64)
+        if got.shape != expected.shape:
+            return 0.0, f"answer shape {list(got.shape)}, in-process {list(expected.shape)}"
+        diff = float(np.abs(got - expected).max())
+        for row, image in enumerate(chosen):
+            top, want = int(got[row].argmax()), int(expected[row].argmax())
+            if top != want or diff > SCORE_TOLERANCE:
+                return diff, (f"image {self.names[image]}: top-1 {top} vs in-process {want}, max score difference "
+                              f"{diff:.2e} (allowed {SCORE_TOLERANCE:g})")
+        return diff, None
 
 
 def answer_spread(expected: np.ndarray) -> dict:
@@ -160,9 +196,10 @@ def answer_spread(expected: np.ndarray) -> dict:
             "distinct_top1": distinct, "reason": why}
 
 
-def image_rest_body(image: bytes) -> bytes:
-    """The REST :predict body sending one encoded image (JPEG or PNG) as b64 to serving_default."""
-    body = {"signature_name": IMAGE_SIGNATURE, "instances": [{"b64": base64.b64encode(image).decode("ascii")}]}
+def image_rest_body(*images: bytes) -> bytes:
+    """The REST :predict body sending encoded images (JPEG or PNG) as b64 to serving_default."""
+    body = {"signature_name": IMAGE_SIGNATURE,
+            "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -176,13 +213,13 @@ def _predict_request(model: str, signature: str):
     return request
 
 
-def image_grpc_request(image: bytes, model: str):
-    """The PredictRequest sending one encoded image's raw bytes (DT_STRING) to serving_default."""
+def image_grpc_request(*images: bytes, model: str):
+    """The PredictRequest sending encoded images' raw bytes (DT_STRING [N]) to serving_default."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
     request = _predict_request(model, IMAGE_SIGNATURE)
-    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[image])
-    tensor.tensor_shape.dim.append(tensor_shape_pb2.TensorShapeProto.Dim(size=1))
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=list(images))
+    tensor.tensor_shape.dim.append(tensor_shape_pb2.TensorShapeProto.Dim(size=len(images)))
     request.inputs[IMAGE_INPUT].CopyFrom(tensor)
     return request
 
@@ -248,7 +285,8 @@ def _images(spec) -> tuple[list[str], list[tuple[int, int]], list[bytes]]:
 
 
 def _model_sha256(version_dir: Path) -> str:
-    return hashlib.sha256((version_dir / "saved_model.pb").read_bytes()).hexdigest()
+    binary = version_dir / "saved_model.pb"
+    return hashlib.sha256((binary if binary.is_file() else version_dir / "saved_model.pbtxt").read_bytes()).hexdigest()
 
 
 def cache_path(spec, version_dir: Path) -> Path:
@@ -257,7 +295,8 @@ def cache_path(spec, version_dir: Path) -> Path:
     key.update(_model_sha256(version_dir).encode())
     key.update(spec.benchmark.images.model_dump_json().encode())
     key.update(spec.model.input.model_dump_json().encode())
-    key.update(f"{spec.name}/{FORMAT}".encode())
+    key.update(f"{spec.name}/{FORMAT}/{spec.benchmark.batch_size}/{spec.benchmark.signature}/".encode())
+    key.update(json.dumps(spec.benchmark.extra_inputs, sort_keys=True).encode())
     return spec.resolve(spec.benchmark.output_dir) / spec.name / ".payloads" / f"{key.hexdigest()[:16]}.npz"
 
 
@@ -319,13 +358,52 @@ def check_signatures(spec, version_dir: Path, payload_names: Sequence[str]) -> N
                                f"{user}: {problem}; {fix}")
 
 
-def build(spec, version_dir: Path, payload_names: Sequence[str]) -> PayloadSet:
+DEFAULT_PAYLOADS = ("image_b64", "tensor_row")
+
+
+def payload_plan(spec, version_dir: Path, payload_names: Sequence[str]):
+    """(None, payloads) for a model with this harness's signatures; (a foreign.Plan, payloads) for a SavedModel
+    served as is through a signature of its own. Raises PayloadError / ForeignError (exit 2) before any deployment.
+
+    For a signature of its own, the default payloads become those of the defaults that fit its image input (or the
+    one that does); payloads the spec names must each fit.
+    """
+    from loadtests.foreign import IMAGE_PAYLOADS, plan_for
+
+    as_is = getattr(spec.model.source, "mode", None) == "as_is"
+    if spec.benchmark.signature is None:
+        try:
+            check_signatures(spec, version_dir, payload_names)
+            return None, list(payload_names)
+        except PayloadError:
+            if not as_is:
+                raise
+    plan = plan_for(spec, version_dir)
+    fits = IMAGE_PAYLOADS[plan.image_kind]
+    if tuple(payload_names) == DEFAULT_PAYLOADS:
+        return plan, [p for p in payload_names if p in fits] or [fits[0]]
+    wrong = [p for p in payload_names if p not in fits]
+    if wrong:
+        raise PayloadError(f"{spec.where('benchmark', 'payloads')}: benchmark.payloads: {', '.join(wrong)} cannot "
+                           f"feed signature '{plan.signature}' of {version_dir} (its image input "
+                           f"'{plan.image_input}' is {plan.image_kind}); use {', '.join(fits)}")
+    return plan, list(payload_names)
+
+
+def build(spec, version_dir: Path, payload_names: Sequence[str], plan=None):
     """Encode the spec's images and compute the model's in-process answers (imports TensorFlow)."""
     import tensorflow as tf
 
     from exporter.preprocess import decode_batch
     from server.model import LoadedModel
 
+    if plan is not None:
+        from loadtests import foreign
+
+        names, sizes, jpegs = _images(spec)
+        payloads = foreign.build(spec, version_dir, plan, names, sizes, jpegs)
+        payloads.source["saved_model_sha256"] = _model_sha256(version_dir)
+        return payloads
     check_signatures(spec, version_dir, payload_names)
     model = LoadedModel.load(version_dir)
     try:
@@ -338,17 +416,18 @@ def build(spec, version_dir: Path, payload_names: Sequence[str]) -> PayloadSet:
         model.close()
     source = {"version_dir": str(version_dir),
               "saved_model_sha256": _model_sha256(version_dir)}
-    return PayloadSet(spec.name, names, sizes, jpegs, tensors.astype(np.float32), expected, source)
+    return PayloadSet(spec.name, names, sizes, jpegs, tensors.astype(np.float32), expected, source,
+                      spec.benchmark.batch_size)
 
 
 def load_or_build(spec, version_dir: Path, payload_names: Sequence[str] = PAYLOADS,
-                  log=print) -> tuple[PayloadSet, Path]:
+                  log=print, plan=None) -> tuple[PayloadSet, Path]:
     """The cached PayloadSet for this spec and version, building (and caching) it when absent."""
     path = cache_path(spec, version_dir)
     if path.exists():
         return PayloadSet.load(path), path
     log(f"encoding {spec.benchmark.images.count * len(spec.benchmark.images.resolutions)} images and computing "
         f"in-process answers with {version_dir}")
-    payloads = build(spec, version_dir, payload_names)
+    payloads = build(spec, version_dir, payload_names, plan)
     payloads.save(path)
     return payloads, path

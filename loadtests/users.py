@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional
 import grpc
 from locust import FastHttpUser, User, constant, task
 
-from loadtests.payloads import PayloadSet, probabilities_from_grpc, probabilities_from_rest
+from loadtests.payloads import PayloadSet
 from loadtests.schedule import Schedule
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -360,8 +360,8 @@ class RestUser(FastHttpUser):
                 exception = WrongAnswer(f"HTTP {status}: {body[:300].decode(errors='replace')}")
             else:
                 try:
-                    problem = ctx.payloads.check(i, probabilities_from_rest(body))
-                except (ValueError, KeyError, TypeError) as exc:
+                    problem = ctx.payloads.check(i, ctx.payloads.answer_rest(body))
+                except (ValueError, KeyError, TypeError, IndexError) as exc:
                     problem = f"unreadable :predict answer ({exc})"
                 if problem:
                     exception = WrongAnswer(problem)
@@ -385,7 +385,7 @@ class RestUser(FastHttpUser):
                 response.failure(f"HTTP {response.status_code}: {detail}")
                 return
             try:
-                problem = ctx.payloads.check(i, probabilities_from_rest(response.content))
+                problem = ctx.payloads.check(i, ctx.payloads.answer_rest(response.content))
             except (ValueError, KeyError, TypeError) as exc:
                 problem = f"unreadable :predict answer ({exc})"
             if problem:
@@ -431,8 +431,8 @@ class GrpcUser(User):
             answered(ctx, number)
             length = response.ByteSize()
             try:
-                problem = ctx.payloads.check(i, probabilities_from_grpc(response))
-            except ValueError as exc:
+                problem = ctx.payloads.check(i, ctx.payloads.answer_grpc(response))
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
                 problem = f"unreadable PredictResponse ({exc})"
             if problem:
                 exception = WrongAnswer(problem)

@@ -348,7 +348,15 @@ class BenchmarkSpec(_Strict):
     warmup: Duration = 5.0
     spawn_rate: float = Field(50.0, gt=0)
     protocols: tuple[Literal["rest", "grpc"], ...] = ("rest", "grpc")
-    payloads: tuple[Literal["image_b64", "tensor_row", "tensor_columnar"], ...] = ("image_b64", "tensor_row")
+    payloads: tuple[Literal["image_b64", "tensor_row", "tensor_columnar", "tensor_uint8"], ...] = (
+        "image_b64", "tensor_row")
+    signature: Optional[str] = Field(
+        None, description="A SavedModel served as is with signatures of its own: the predict signature to benchmark "
+        "(default serving_default); its image input is fed from the photos, every other input from extra_inputs")
+    extra_inputs: dict[str, Union[int, float, str, list]] = Field(
+        default_factory=dict, description="Inputs of that signature besides the image: a value (number or list), "
+        "or image_height / image_width (the size of the image sent)")
+    batch_size: int = Field(1, ge=1, le=256, description="Images per request")
     images: ImagesSpec = Field(default_factory=ImagesSpec)
     failure_threshold: float = Field(0.01, ge=0, le=1, description="Max failure ratio before bench exits non-zero")
     output_dir: Path = Field(Path("../reports"), description="Reports go to <output_dir>/<name>/<timestamp>/")
@@ -405,6 +413,14 @@ class BenchmarkSpec(_Strict):
     def judged(self) -> str:
         """The percentile field every run's stability and support is judged on: the SLO's, else p50."""
         return self.slo.key if self.slo else "p50_ms"
+
+    @field_validator("extra_inputs")
+    @classmethod
+    def _derived(cls, value: dict) -> dict:
+        for alias, given in value.items():
+            if isinstance(given, str) and given not in ("image_height", "image_width"):
+                raise ValueError(f"{alias}: '{given}' is neither a number, a list nor image_height / image_width")
+        return value
 
     @field_validator("users", "protocols", "payloads", "rates")
     @classmethod

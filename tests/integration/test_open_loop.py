@@ -45,6 +45,24 @@ def _runner(server, payloads, out_dir, rules, protocol="rest", **changes):
     return run
 
 
+ATTEMPTS = 3  # a run the harness itself flags as generator-limited (late starts, CPU) is measured again
+
+
+def _generator_kept_up(entry: dict) -> bool:
+    return not any(r.startswith("generator-bound") or "started late" in r for r in entry["invalid_reasons"])
+
+
+def _measured_while_the_generator_keeps_up(measure, kept_up=_generator_kept_up):
+    """`measure()` again (up to ATTEMPTS) while the harness says the load generator could not keep up: on a busy
+    2-core machine the generator loses its CPU to other processes, which the run reports rather than hides. The
+    checks then apply, unweakened, to a run the harness vouches for."""
+    for attempt in range(1, ATTEMPTS + 1):
+        entry = measure()
+        if kept_up(entry) or attempt == ATTEMPTS:
+            return entry
+        print(f"attempt {attempt}: the generator could not keep up (the machine is busy); measuring again")
+
+
 def test_capacity_matches_the_queue_theory_predicts(payloads, tmp_path):
     service_ms, slo = 20.0, SloSpec(percentile=90, latency_ms=100)
     rules = validity.Rules(judged_percentile=90, min_duration_s=1.0)
@@ -56,9 +74,12 @@ def test_capacity_matches_the_queue_theory_predicts(payloads, tmp_path):
             probes.append(rate)
             return run(Step("rest", "image_b64", rate=rate, tag=f"p{len(probes)}"), duration_s=window_s)
 
-        result = search(Cell("rest", "image_b64", "image_b64"), run_open,
-                        lambda: run(Step("rest", "image_b64", users=1, tag="probe"), duration_s=3.0), slo, rules,
-                        duration_s=8.0, precision=0.05, failure_threshold=0.01, log=print)
+        def capacity() -> dict:
+            probes.clear()
+            return search(Cell("rest", "image_b64", "image_b64"), run_open,
+                          lambda: run(Step("rest", "image_b64", users=1, tag="probe"), duration_s=3.0), slo, rules,
+                          duration_s=8.0, precision=0.05, failure_threshold=0.01, log=print)
+        result = _measured_while_the_generator_keeps_up(capacity, lambda r: r["limited_by"] != "generator")
         stats = server.stats()
     hold_ms = 1000.0 * stats["busy_s"] / stats["count"]  # the real service time (timers overshoot a little)
     outside_ms = result["closed_probe"]["p50_ms"] - hold_ms  # network and client: the same at any load
@@ -76,7 +97,7 @@ def test_open_loop_shows_a_stall_that_closed_loop_hides(payloads, tmp_path):
     with StandIn(payloads[1], service_ms=2.0, servers=8, stall_every=4.0, stall_s=1.0) as server:
         run = _runner(server, payloads, tmp_path, rules, duration_s=12.0)
         closed = run(Step("rest", "image_b64", users=1))
-        opened = run(Step("rest", "image_b64", rate=50.0))
+        opened = _measured_while_the_generator_keeps_up(lambda: run(Step("rest", "image_b64", rate=50.0)))
     print(f"closed loop: p99 {closed['p99_ms']:.1f} ms (max {closed['max_ms']:.0f} ms, {closed['requests']} requests);"
           f" open loop at 50/s: p99 {opened['p99_ms']:.1f} ms, service p99 {opened['service_p99_ms']:.1f} ms")
     assert closed["max_ms"] > 500  # the closed-loop user did wait through the stalls...
@@ -90,7 +111,7 @@ def test_a_constant_schedule_is_kept(payloads, tmp_path, protocol):
     rules = validity.Rules(min_duration_s=1.0)
     with StandIn(payloads[1], service_ms=0.0) as server:
         run = _runner(server, payloads, tmp_path, rules, protocol=protocol, arrival="constant")
-        entry = run(Step(protocol, "image_b64", rate=200.0))
+        entry = _measured_while_the_generator_keeps_up(lambda: run(Step(protocol, "image_b64", rate=200.0)))
     print(f"{protocol}: offered 200/s, achieved {entry['rps']:.1f}/s, late {entry['late_ratio']:.2%}, "
           f"p50 {entry['p50_ms']:.2f} ms (service {entry['service_p50_ms']:.2f} ms)")
     assert entry["rps"] == pytest.approx(200.0, rel=0.02)
