@@ -112,7 +112,7 @@ def _export_as_is(spec: Spec, staging: Path, log, started: float) -> dict:
     verification = {"enabled": spec.export.verify.enabled}
     if spec.export.verify.enabled:
         _step(log, started, "verifying the copy in a fresh session")
-        result = verify_copy(source_dir, staging, skip=PROVENANCE_FILE.parent)
+        result = verify_copy(source_dir, staging, skip=PROVENANCE_FILE)
         _step(log, started, f"verified: {result.summary()}")
         verification.update(max_abs_diff=result.max_abs_diff, notes=result.notes)
     return {"source": f"SavedModel {source_dir} (as is)", "verification": verification, "warmup_records": 0,

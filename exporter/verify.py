@@ -101,7 +101,7 @@ def verify_copy(source_dir: Path, version_dir: Path, skip: Path) -> Verification
     """An as-is SavedModel: byte-identical files, it loads in a fresh session, and float signatures agree."""
     from server.model import LoadedModel
 
-    if tree_digest(source_dir) != tree_digest(version_dir, skip=skip):
+    if tree_digest(source_dir, skip=skip) != tree_digest(version_dir, skip=skip):  # its provenance is ours
         raise VerificationError(f"the files in {version_dir} differ from {source_dir}")
     from server.errors import ServingError
 

@@ -89,12 +89,13 @@ def test_answers_that_ignore_the_input_make_the_check_uninformative(tmp_path):
 
 
 @pytest.mark.parametrize("payloads, says", [
-    ("image_b64", "signature 'serving_default' (inputs 'x' DT_FLOAT"),
-    ("tensor_row", "has no signature 'predict_tensor', which payload tensor_row needs"),
+    ("image_b64", "signature 'serving_default' has inputs 'x' DT_FLOAT [-1, 1]; the bench needs exactly one image "
+                  "input"),
+    ("tensor_row", "found 0 image inputs"),
 ])
 def test_a_signature_the_bench_cannot_feed_is_one_line_before_anything_is_deployed(tmp_path, payloads, says):
-    """TF Serving's half_plus_two (x -> y) served as is: exit 2 with what it has and what to set, no traceback,
-    and no server started."""
+    """TF Serving's half_plus_two (x [N, 1] -> y) served as is has no image input: exit 2 with what it has and
+    what the bench needs, no traceback, and no server started."""
     from tests.conftest import REPO
     testdata = REPO.parent / "shared" / "fixtures" / "tfserving_testdata" / "saved_model_half_plus_two_cpu"
     if not testdata.is_dir():
@@ -107,5 +108,5 @@ def test_a_signature_the_bench_cannot_feed_is_one_line_before_anything_is_deploy
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert says in errors[0], errors[0]
-    assert "model.source.mode: add_signatures" in errors[0]
+    assert "benchmark.extra_inputs" in errors[0]
     assert "starting half_plus_two" not in result.stdout  # refused before any deployment
