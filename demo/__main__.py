@@ -22,6 +22,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expects_text(version_dir: Path) -> str:
+    """'32x32x1, x / 255, values in [0, 1]' from the export's provenance; '' for a model we did not export."""
+    from exporter.export import read_provenance
+
+    expected = (read_provenance(version_dir) or {}).get("input")
+    if not expected:
+        return ""
+    low, high = expected["value_range"]
+    return (f"{expected['height']}x{expected['width']}x{expected['channels']}, {expected['formula']}, "
+            f"values in [{low:g}, {high:g}]")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from spec.errors import run_command
 
@@ -42,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
         if args.max_upload_mb <= 0:
             raise UsageError(f"--max-upload-mb must be positive (got {args.max_upload_mb:g})")
-        ensure_exported(spec)
+        version_dir = ensure_exported(spec)
         deployment = deployment_for(spec, args.backend)
         started = bring_up(spec, deployment)
         from demo.app import DemoConfig, DemoServer
@@ -52,7 +64,8 @@ def _serve(args: argparse.Namespace) -> int:
         client = ModelClient(endpoints.rest_url, endpoints.grpc_target, spec.name)
         config = DemoConfig(model=spec.name, labels=tuple(spec_labels(spec) or ()), top_k=spec.export.top_k,
                             max_upload_bytes=int(args.max_upload_mb * 1e6),
-                            deploy_hint=f"Start it with: make deploy SPEC={args.spec}")
+                            deploy_hint=f"Start it with: make deploy SPEC={args.spec}",
+                            expects=expects_text(version_dir))
         try:
             server = DemoServer((args.host, args.port), client, config)
         except OSError as exc:

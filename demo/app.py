@@ -43,6 +43,7 @@ class DemoConfig:
     top_k: int
     max_upload_bytes: int
     deploy_hint: str  # what to run when the model is down
+    expects: str = ""  # what the export's tensor input expects (size, preprocessing, value range)
 
 
 def inspect_upload(body: bytes, limit: int) -> dict:
@@ -145,7 +146,7 @@ class DemoHandler(BaseHTTPRequestHandler):
                 self._json(502, {"error": f"{exc}. {config.deploy_hint}"})
                 return
             self._json(200, {**meta, "labels": list(config.labels), "top_k": config.top_k,
-                             "max_upload_bytes": config.max_upload_bytes})
+                             "max_upload_bytes": config.max_upload_bytes, "expects": config.expects})
         elif path == "/api/samples":
             self._json(200, {"samples": self.server.samples.names()})
         elif path.startswith("/api/samples/"):

@@ -181,6 +181,9 @@ def answer_spread(expected: np.ndarray) -> dict:
     the check for some image.
     """
     expected = np.asarray(expected, np.float64)
+    if expected.ndim != 2 or expected.shape[1] == 0:
+        return {"informative": False, "images": len(expected), "max_score_spread": 0.0, "distinct_top1": 0,
+                "reason": "the signature has no numeric output to compare between images"}
     spread = float(np.ptp(expected, axis=0).max()) if len(expected) > 1 else 0.0
     distinct = len(set(expected.argmax(axis=1).tolist())) if len(expected) else 0
     informative = len(expected) > 1 and spread > INFORMATIVE_SPREAD
@@ -320,6 +323,11 @@ def check_signatures(spec, version_dir: Path, payload_names: Sequence[str]) -> N
     from server.model import signatures_of
     from server.tensors.dtypes import DType
 
+    foreign_only = [p for p in payload_names if p not in SIGNATURE_FOR]
+    if foreign_only:
+        raise PayloadError(f"{spec.where('benchmark', 'payloads')}: benchmark.payloads: {', '.join(foreign_only)} "
+                           f"feeds a SavedModel's own uint8 image input; {version_dir} has this harness's "
+                           f"signatures: use {', '.join(SIGNATURE_FOR)}")
     graphs = [g for g in read_meta_graphs(version_dir) if "serve" in g.meta_info_def.tags] or \
         read_meta_graphs(version_dir)
     signatures = signatures_of(graphs[0]) if graphs else {}

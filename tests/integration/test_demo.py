@@ -80,6 +80,8 @@ def test_upload_a_photo_and_see_both_protocols(demo):
             page.locator("#model-meta", has_text="version 1").wait_for()
             assert page.inner_text("#model-name") == "digits_cnn"
             assert "serving_default" in page.inner_text("#model-meta")
+            # what the export expects, from its provenance (digits: 32x32 grey, unit preprocessing)
+            assert "expects 32x32x1, x / 255, values in [0, 1]" in page.inner_text("#model-meta")
             page.set_input_files("#file", str(photo))
             shown = _results(page)
             for card in ("rest", "grpc"):

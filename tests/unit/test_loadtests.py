@@ -308,3 +308,20 @@ def test_exit_codes_order_failures_then_uninformative_then_invalid():
     assert exit_code({**base, "valid": False, "answers": {"informative": False}}) == 5
     assert exit_code({**base, "answers": {"informative": False, "accepted": True}}) == 0
     assert exit_code({**base, "failed": True, "answers": {"informative": False}}) == 1
+
+
+def test_tensor_uint8_on_this_harness_export_is_a_clear_error(tmp_path):
+    from loadtests.payloads import PayloadError, check_signatures
+    from spec.schema import Spec
+
+    spec = Spec.model_validate({"name": "m", "model": {"source": {"kind": "keras_application",
+                                                                  "application": "MobileNetV2"}}})
+    with pytest.raises(PayloadError, match="tensor_uint8 feeds a SavedModel's own uint8 image input"):
+        check_signatures(spec, tmp_path, ["image_b64", "tensor_uint8"])
+
+
+def test_answer_spread_of_a_signature_without_numeric_outputs_says_so():
+    from loadtests.payloads import answer_spread
+
+    spread = answer_spread(np.zeros((4, 0)))
+    assert not spread["informative"] and "no numeric output" in spread["reason"]
