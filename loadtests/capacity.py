@@ -151,8 +151,11 @@ LIMITS = {
 
 
 def write(results: Sequence[dict], out_dir: Path, slo) -> Path:
+    """capacity.json: standard JSON, a probe's NaN (a window with no answers) written as null."""
+    from loadtests.report import _plain
+
     path = out_dir / "capacity.json"
-    path.write_text(json.dumps({"slo": slo.model_dump(), "slo_text": str(slo), "results": list(results)},
+    path.write_text(json.dumps(_plain({"slo": slo.model_dump(), "slo_text": str(slo), "results": list(results)}),
                                indent=2, allow_nan=False, default=lambda value: None) + "\n")
     return path
 

@@ -216,3 +216,18 @@ def test_probe_windows_grow_until_the_percentile_is_supported():
     assert probe_window(1000.0, 99, rules, 10.0) == 10.0
     assert probe_window(50.0, 99, rules, 10.0) == pytest.approx(1000 * 1.15 / 50)
     assert probe_window(1.0, 99, rules, 10.0) == 100.0  # capped at 10 x the duration
+
+
+def test_capacity_json_stays_standard_json_when_a_probe_had_no_answers(tmp_path):
+    """A probe whose window held no answers has NaN percentiles: written as null, not a crash."""
+    import json
+
+    from loadtests.capacity import write
+    from spec.schema import SloSpec
+
+    results = [{"protocol": "rest", "payload": "image_b64", "capacity_rps": 855.0, "bracket": [855.0, 1282.4],
+                "probes": [{"offered_rps": 1709.9, "achieved_rps": 0.0, "p90_ms": float("nan"),
+                            "service_p50_ms": float("nan"), "valid": False}]}]
+    path = write(results, tmp_path, SloSpec(percentile=90, latency_ms=40))
+    probe = json.loads(path.read_text())["results"][0]["probes"][0]
+    assert probe["p90_ms"] is None and probe["service_p50_ms"] is None and probe["achieved_rps"] == 0.0
