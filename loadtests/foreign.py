@@ -301,10 +301,8 @@ class ForeignPayloadSet:
                    Plan.from_json(meta["plan"]), meta["batch_size"], meta["source"])
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        partial.write_bytes(self.to_bytes())
-        partial.rename(path)
+        from loadtests.payloads import save_atomically
+        save_atomically(path, self.to_bytes())
 
 
 def _array(value) -> np.ndarray:

@@ -68,10 +68,7 @@ class PayloadSet:
 
     def save(self, path: Path) -> None:
         """Write as one .npz (atomic rename), loadable without TensorFlow."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        partial.write_bytes(self.to_bytes())
-        partial.rename(path)
+        save_atomically(path, self.to_bytes())
 
     def to_bytes(self) -> bytes:
         """The .npz file's bytes: what a Locust master sends its workers, so they need no export or spec."""
@@ -171,6 +168,14 @@ class PayloadSet:
                 return diff, (f"image {self.names[image]}: top-1 {top} vs in-process {want}, max score difference "
                               f"{diff:.2e} (allowed {SCORE_TOLERANCE:g})")
         return diff, None
+
+
+def save_atomically(path: Path, blob: bytes) -> None:
+    """A payload file written whole or not at all (readers never see a partial one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    partial.write_bytes(blob)
+    partial.rename(path)
 
 
 def answer_spread(expected: np.ndarray) -> dict:
