@@ -13,7 +13,7 @@ SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf perf-harness perf-generator perf-cost reliability serve bench capacity worker demo deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-fast schema perf perf-harness perf-generator perf-cost reliability serve bench capacity tune worker demo deploy down status ui compose k8s clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +73,10 @@ bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open 
 
 capacity: $(READY) ## highest rate within a latency SLO per protocol x payload: make capacity SLO=p99:100ms [PRECISION=5%]
 	$(PY) -m loadtests capacity --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION))
+
+tune: $(READY) ## best TF Serving config under an SLO: make tune SLO=p99:200ms [BUDGET=20m] [STRATEGY=quick|grid]
+	$(PY) -m loadtests tune --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION)) \
+	  $(if $(BUDGET),--budget $(BUDGET)) $(if $(STRATEGY),--strategy $(STRATEGY))
 
 worker: $(READY) ## a load generator for another machine's bench: make worker MASTER=<host> [MASTER_PORT=5557]
 	@test -n "$(MASTER)" || { echo "usage: make worker MASTER=<bench machine address> [MASTER_PORT=5557]"; exit 2; }

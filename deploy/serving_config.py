@@ -103,6 +103,10 @@ def server_flags(spec: Spec, layout: ServerLayout, embedded: bool,
         flags.append(f"--tensorflow_intra_op_parallelism={serving.intra_op_parallelism}")
     if serving.inter_op_parallelism:
         flags.append(f"--tensorflow_inter_op_parallelism={serving.inter_op_parallelism}")
+    if serving.rest_api_num_threads:
+        flags.append(f"--rest_api_num_threads={serving.rest_api_num_threads}")
+    if serving.grpc_max_threads:
+        flags.append(f"--grpc_max_threads={serving.grpc_max_threads}")
     if embedded:
         flags += [f"--host={serving.host}", f"--max_request_bytes={serving.max_request_bytes}"]
     return flags

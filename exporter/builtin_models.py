@@ -1,4 +1,5 @@
-"""Models the harness can build itself, without downloads: a small CNN trained on scikit-learn's digits, and
+"""Models the harness can build itself, without downloads: a small CNN trained on scikit-learn's digits, two
+random-weight models whose cost is memory (weight_bound) or arithmetic (compute_bound), and
 the protocol floor (an almost free head behind the same signatures as any image model).
 
 Digits are 8x8 grey images (0..16). They are scaled to uint8, then resized and preprocessed with
@@ -76,3 +77,46 @@ def protocol_floor(input_spec: InputSpec, classes: int, seed: int = 0):
         keras.layers.GlobalAveragePooling2D(),
         keras.layers.Dense(classes, activation="softmax"),
     ], name="protocol_floor")
+
+
+def _calibrated(model, input_spec: InputSpec):
+    """The model with its softmax classifier scaled on the bundled photos: answers that differ by image."""
+    from exporter.calibrate import calibrate, photo_batch
+
+    calibrate(model, photo_batch(input_spec))
+    return model
+
+
+def weight_bound(input_spec: InputSpec, units: int = 4096, classes: int = 10, seed: int = 0):
+    """A model whose cost is reading one large weight matrix: the flattened pixels through a Dense layer of
+    `units` (at 64x64x3, 12288 x 4096 floats: 200 MB), then a softmax classifier.
+
+    One image costs a pass over the whole matrix; a batch of 16 costs little more, since the matrix is read once
+    per batch: the case where TF Serving's batching pays on a CPU. Random weights, calibrated on the bundled
+    photos so that different images get different answers.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    pixels = keras.Input((input_spec.height, input_spec.width, input_spec.channels))
+    hidden = keras.layers.Dense(units, activation="relu")(keras.layers.Flatten()(pixels))
+    scores = keras.layers.Dense(classes, activation="softmax")(hidden)
+    return _calibrated(keras.Model(pixels, scores, name="weight_bound"), input_spec)
+
+
+def compute_bound(input_spec: InputSpec, channels: int = 128, classes: int = 10, seed: int = 0):
+    """A model whose cost is arithmetic on each image: three 3x3 convolutions at full resolution (`channels`
+    wide), global pooling and a softmax classifier.
+
+    Its weights are small, so a batch costs about its size times one image: batching saves nothing at runtime and
+    only adds the wait in the batching queue. Random weights, calibrated like weight_bound's.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    pixels = keras.Input((input_spec.height, input_spec.width, input_spec.channels))
+    features = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(pixels)
+    for _ in range(2):
+        features = keras.layers.Conv2D(channels, 3, padding="same", activation="relu")(features)
+    scores = keras.layers.Dense(classes, activation="softmax")(keras.layers.GlobalAveragePooling2D()(features))
+    return _calibrated(keras.Model(pixels, scores, name="compute_bound"), input_spec)

@@ -2,6 +2,8 @@
 
 `python -m loadtests capacity --spec FILE --slo p99:100ms`: the highest rate within the SLO (make capacity).
 
+`python -m loadtests tune --spec FILE --slo p99:200ms [--budget 20m]`: the best serving configuration (make tune).
+
 `python -m loadtests worker --master-host HOST [--master-port 5557]`: a Locust worker for a bench run on
 another machine; it rejoins the master of every run of the sweep until interrupted.
 """
@@ -13,12 +15,13 @@ from typing import Optional, Sequence
 
 USAGE = ("usage: python -m loadtests bench --spec FILE [--users 1,4 | --mode open --rates 10,20] [--duration 30s] ...\n"
          "       python -m loadtests capacity --spec FILE --slo p99:100ms [--protocols ...] [--precision 5%]\n"
+         "       python -m loadtests tune --spec FILE --slo p99:200ms [--budget 20m] [--strategy quick|grid]\n"
          "       python -m loadtests worker --master-host HOST [--master-port 5557]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] not in (["bench"], ["capacity"], ["worker"]):
+    if argv[:1] not in (["bench"], ["capacity"], ["tune"], ["worker"]):
         print(USAGE, file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,7 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           protocols=args.protocols, payloads=args.payloads, output_dir=args.output_dir,
                           mode=getattr(args, "mode", None), rates=getattr(args, "rates", None), arrival=args.arrival,
                           max_in_flight=args.max_in_flight, slo=args.slo, precision=getattr(args, "precision", None),
-                          floor=getattr(args, "floor", None))
+                          floor=getattr(args, "floor", None), budget=getattr(args, "budget", None),
+                          strategy=getattr(args, "strategy", None))
     generators = Generators(workers=args.workers, remote_workers=args.remote_workers, master_bind=args.master_bind,
                             master_port=args.master_port, target_host=args.target_host)
     return main_bench(args.spec, overrides, args.backend, generators=generators, command=command)

@@ -39,6 +39,8 @@ class Overrides:
     slo: Optional[str] = None
     precision: Optional[str] = None
     floor: Optional[str] = None
+    budget: Optional[str] = None     # tune only
+    strategy: Optional[str] = None   # tune only
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
     """The spec with its benchmark section overridden, validated by the same rules as the file."""
     from pydantic import ValidationError
 
+    spec = _tune_overrides(spec, overrides)
     values = spec.benchmark.model_dump()
     changed = {}
     for key in ("users", "protocols", "payloads", "rates"):
@@ -90,6 +93,23 @@ def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
     if overrides.output_dir is not None:  # relative to where the command runs, not to the spec
         benchmark = benchmark.model_copy(update={"output_dir": Path(overrides.output_dir).resolve()})
     return spec.model_copy(update={"benchmark": benchmark})
+
+
+def _tune_overrides(spec: Spec, overrides: Overrides) -> Spec:
+    """The spec with BUDGET / STRATEGY applied to its tune section, validated like the file."""
+    from pydantic import ValidationError
+
+    from spec.tuning import TuneSpec
+
+    changed = {k: getattr(overrides, k) for k in ("budget", "strategy") if getattr(overrides, k) is not None}
+    if not changed:
+        return spec
+    try:
+        tune = TuneSpec.model_validate({**spec.tune.model_dump(), **changed})
+    except ValidationError as exc:
+        problems = "; ".join(f"{e['loc'][0]}={changed.get(e['loc'][0])!r}: {e['msg']}" for e in exc.errors())
+        raise SpecError(f"command-line override: {problems}") from None
+    return spec.model_copy(update={"tune": tune})
 
 
 def _git_commit() -> str:
@@ -140,7 +160,8 @@ def provenance(spec: Spec, version_dir: Path, deployment, reused: bool) -> dict:
         "model_version_dir": str(version_dir), "model_signature_sha256": _signature_hash(version_dir),
         "tensorflow": version("tensorflow"), "serving_version": serving_version, "image": image,
         "backend": deployment.backend, "server_started_by_bench": not reused,
-        "batching": spec.serving.batching.enabled, "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
+        "batching": spec.serving.batching.enabled,
+        "tuned_from": str(spec.tuned_from) if spec.tuned_from else None, "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
         "python": platform.python_version(), "locust": version("locust"), "grpcio": version("grpcio"),
         "git_commit": _git_commit(), "host": platform.node(),
         **deployment.server_identity,  # server (TF Serving or ours), base_image and its id: what really served
@@ -384,7 +405,13 @@ def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = N
 
     def body() -> int:
         generators.check()
-        spec = apply_overrides(load_spec(spec_path), overrides)
+        spec = apply_overrides(load_spec(spec_path, tuned=command != "tune"), overrides)
+        if command == "tune":
+            from loadtests.tune import tune
+            if spec.serving.tuned:
+                log(f"tune: serving.tuned ({spec.serving.tuned}) is not applied: the baseline is the spec's own "
+                    "serving section")
+            return tune(spec, log, backend, generators)
         if command == "capacity":
             from loadtests.capacity import capacity
             return capacity(spec, log, backend, generators)
@@ -396,17 +423,23 @@ def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = N
 def parse_args(argv: Sequence[str], command: str = "bench"):
     import argparse
 
-    description = ("Benchmark a spec's model over REST and gRPC and write a report." if command == "bench" else
-                   "Find the highest arrival rate each protocol and payload sustains within a latency SLO.")
+    description = {"bench": "Benchmark a spec's model over REST and gRPC and write a report.",
+                   "capacity": "Find the highest arrival rate each protocol and payload sustains within a latency SLO.",
+                   "tune": "Find the TF Serving configuration (batching, threads, image) with the highest capacity "
+                           "within a latency SLO."}[command]
     parser = argparse.ArgumentParser(prog=f"python -m loadtests {command}", description=description)
     parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML)")
     parser.add_argument("--slo", help="latency objective, e.g. p99:100ms (default: benchmark.slo)"
                         + ("; capacity searches for it" if command == "capacity" else
                            "; its percentile is the one each run's validity is judged on"))
-    if command == "capacity":
+    if command in ("capacity", "tune"):
         parser.add_argument("--precision", help="stop when the bracket is this close, e.g. 5%% (default: "
                             "benchmark.precision)")
-    else:
+    if command == "tune":
+        parser.add_argument("--budget", help="wall-clock budget of the search, e.g. 20m (default: tune.budget)")
+        parser.add_argument("--strategy", help="quick (coordinate search with pruning) or grid (every combination) "
+                            "(default: tune.strategy)")
+    elif command == "bench":
         parser.add_argument("--mode", help="closed (users) or open (rates) (default: benchmark.mode)")
         parser.add_argument("--rates", help="open loop: requests per second, e.g. 10,20,40 (default: benchmark.rates)")
         parser.add_argument("--users", help="concurrency levels, e.g. 1,4,16 (default: benchmark.users)")

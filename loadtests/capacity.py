@@ -71,7 +71,9 @@ def verdict(entry: dict, slo, failure_threshold: float) -> dict:
             "failure_ratio": entry["failure_ratio"], "window_s": entry["window_s"], "requests": entry["requests"],
             "valid": entry["valid"], "invalid_reasons": entry["invalid_reasons"],
             "meets_slo": bool(within and healthy and trusted(entry, slo)), "within_slo": bool(within),
-            "under_failure_threshold": bool(healthy)}
+            "under_failure_threshold": bool(healthy), "breakdown": entry.get("breakdown"),
+            "batch_size_mean": (entry.get("server") or {}).get("batch_size_mean"),
+            "server_core_ms_per_request": entry.get("server_core_ms_per_request")}
 
 
 def _generator_limited(row: dict) -> bool:
@@ -80,15 +82,24 @@ def _generator_limited(row: dict) -> bool:
 
 def search(cell: Cell, run_open: Callable[[float, float], dict], run_closed: Callable[[], dict], slo,
            rules: validity.Rules, duration_s: float, precision: float, failure_threshold: float,
-           log: Callable[[str], None] = print, max_probes: int = MAX_PROBES) -> dict:
-    """Bracket and bisect the highest passing rate for one cell; `run_open(rate, window_s)` returns a run entry."""
-    closed = run_closed()
-    cell.closed_probe = {"users": closed["users"], "rps": closed["rps"], slo.key: closed.get(slo.key),
-                         "p50_ms": closed["p50_ms"], "valid": closed["valid"]}
-    unloaded = closed.get(slo.key)
-    start = max(closed["rps"] / 2.0, 0.5)
-    log(f"  closed-loop probe: {closed['rps']:.1f} req/s at 1 user, {slo.key[:-3]} {unloaded or float('nan'):.1f} ms; "
-        f"open-loop search starts at {start:.1f} req/s")
+           log: Callable[[str], None] = print, max_probes: int = MAX_PROBES, start: Optional[float] = None,
+           prune: bool = False) -> dict:
+    """Bracket and bisect the highest passing rate for one cell; `run_open(rate, window_s)` returns a run entry.
+
+    `start` (a rate known to be near the answer, e.g. another configuration's capacity) replaces the closed-loop
+    probe; with `prune`, a first probe that fails ends the search at once (limited_by "pruned": below `start`).
+    """
+    if start is None:
+        closed = run_closed()
+        cell.closed_probe = {"users": closed["users"], "rps": closed["rps"], slo.key: closed.get(slo.key),
+                             "p50_ms": closed["p50_ms"], "valid": closed["valid"]}
+        unloaded = closed.get(slo.key)
+        start = max(closed["rps"] / 2.0, 0.5)
+        log(f"  closed-loop probe: {closed['rps']:.1f} req/s at 1 user, {slo.key[:-3]} "
+            f"{unloaded or float('nan'):.1f} ms; open-loop search starts at {start:.1f} req/s")
+    else:
+        log(f"  open-loop search starts at {start:.1f} req/s" + (" (pruned if it misses the SLO there)" if prune
+                                                                else ""))
     passed: Optional[float] = None
     failed: Optional[float] = None
 
@@ -122,6 +133,9 @@ def search(cell: Cell, run_open: Callable[[float, float], dict], run_closed: Cal
             failed = rate
             if passed is not None:
                 break
+            if prune:
+                cell.limited_by = "pruned"
+                break
             rate /= 2  # (also when the generator could not keep up: a lower rate it may)
             if rate < start * MIN_RATE_FRACTION:
                 cell.limited_by = cell.limited_by or "slo"
@@ -147,6 +161,7 @@ LIMITS = {
     "generator": "a lower bound: the load generator could not keep the schedule above it (add WORKERS)",
     "slo": "the SLO is out of reach even at a trickle of requests",
     "probes": f"the search stopped after {MAX_PROBES} probes before reaching the precision",
+    "pruned": "pruned: it missed the SLO at its first probe, already well below the best capacity found",
 }
 
 
@@ -183,58 +198,71 @@ class _ServerStopped(Exception):
     pass
 
 
-def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None) -> int:
-    """Run the capacity search of every protocol x payload of `spec`; returns the exit code."""
+def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = None, prune: bool = False,
+                  runs: Optional[list] = None) -> tuple[list[dict], bool]:
+    """The capacity search of every cell of a session (bench.Session) whose spec is in open mode.
+
+    `starts` maps (protocol, payload) to a starting rate (see search); every measured run entry is appended to
+    `runs`. Returns the cells' results and whether the server stopped (the search then ends early).
+    """
     import dataclasses
 
-    from loadtests import report, run
+    from loadtests import run
+
+    settings = current.spec.benchmark
+    slo = settings.slo
+    runs = [] if runs is None else runs
+    results: list[dict] = []
+
+    def measured(step, window_s: float, warmup_s: float) -> dict:
+        target = dataclasses.replace(current.target, duration_s=window_s, warmup_s=warmup_s)
+        log(f"  [{len(runs) + 1}] {step.label}: warm-up {warmup_s:g}s, measuring {window_s:.0f}s")
+        entry = run.run_and_measure(step, target, current.run_dir, current.per_request, current.payloads.sizes,
+                                    current.rules, current.server_gone)
+        if current.server_gone():
+            runs.append(entry)
+            raise _ServerStopped()
+        return entry
+
+    try:
+        for protocol, payload in current.cells:
+            log(f"{run.PROTOCOL_LABEL[protocol]} {wire_name(protocol, payload)}:")
+            cell = Cell(protocol, payload, wire_name(protocol, payload))
+
+            def run_open(rate: float, window_s: float) -> dict:
+                entry = measured(run.Step(protocol, payload, rate=rate, tag=f"p{len(cell.probes) + 1}"),
+                                 window_s, settings.warmup)
+                runs.append(entry)
+                return entry
+
+            def run_closed() -> dict:
+                short = max(2.0, min(settings.duration, 5.0))
+                return measured(run.Step(protocol, payload, users=1, tag="probe"), short, min(settings.warmup, 2.0))
+
+            start = (starts or {}).get((protocol, payload))
+            results.append(search(cell, run_open, run_closed, slo, current.rules, settings.duration,
+                                  settings.precision, settings.failure_threshold, log, start=start, prune=prune))
+    except _ServerStopped:
+        log("the server stopped: the search ends here")
+        return results, True
+    return results, False
+
+
+def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None) -> int:
+    """Run the capacity search of every protocol x payload of `spec`; returns the exit code."""
+    from loadtests import report
     from loadtests.bench import (EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators,
                                  _point_latest, session, uninformative)
-    from spec.errors import SpecError
 
     generators = generators or Generators()
+    spec = open_loop_spec(spec)
     settings = spec.benchmark
     slo = settings.slo
-    if slo is None:
-        raise SpecError("capacity needs a latency objective: --slo p99:100ms (make capacity SLO=p99:100ms) or "
-                        "benchmark.slo in the spec")
-    spec = spec.model_copy(update={"benchmark": settings.model_copy(update={"mode": "open"})})
-    results: list[dict] = []
     runs: list[dict] = []
     with session(spec, log, backend, generators) as current:
-        cells = current.cells
-        log(f"capacity at {slo}: {len(cells)} protocol/payload cells, precision {settings.precision:.0%}, "
+        log(f"capacity at {slo}: {len(current.cells)} protocol/payload cells, precision {settings.precision:.0%}, "
             f"{settings.arrival} arrivals; writing to {current.run_dir}")
-
-        def measured(step, window_s: float, warmup_s: float) -> dict:
-            target = dataclasses.replace(current.target, duration_s=window_s, warmup_s=warmup_s)
-            log(f"  [{len(runs) + 1}] {step.label}: warm-up {warmup_s:g}s, measuring {window_s:.0f}s")
-            entry = run.run_and_measure(step, target, current.run_dir, current.per_request, current.payloads.sizes,
-                                        current.rules, current.server_gone)
-            if current.server_gone():
-                runs.append(entry)
-                raise _ServerStopped()
-            return entry
-
-        try:
-            for protocol, payload in cells:
-                log(f"{run.PROTOCOL_LABEL[protocol]} {wire_name(protocol, payload)}:")
-                cell = Cell(protocol, payload, wire_name(protocol, payload))
-
-                def run_open(rate: float, window_s: float) -> dict:
-                    entry = measured(run.Step(protocol, payload, rate=rate, tag=f"p{len(cell.probes) + 1}"),
-                                     window_s, settings.warmup)
-                    runs.append(entry)
-                    return entry
-
-                def run_closed() -> dict:
-                    short = max(2.0, min(settings.duration, 5.0))
-                    return measured(run.Step(protocol, payload, users=1, tag="probe"), short, min(settings.warmup, 2.0))
-
-                results.append(search(cell, run_open, run_closed, slo, current.rules, settings.duration,
-                                      settings.precision, settings.failure_threshold, log))
-        except _ServerStopped:
-            log("the server stopped: the search ends here")
+        results, _stopped = measure_cells(current, log, runs=runs)
     summary = current.summary(runs, generators, len(runs), capacity=results)
     report.write(summary, current.run_dir)
     write(results, current.run_dir, slo)
@@ -248,3 +276,14 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
     if uninformative(summary):
         return EXIT_UNINFORMATIVE
     return EXIT_INVALID if any(r["limited_by"] in ("generator", "probes") for r in results) else EXIT_OK
+
+
+def open_loop_spec(spec, command: str = "capacity"):
+    """The spec in open mode, or a SpecError when it has no latency objective."""
+    from spec.errors import SpecError
+
+    settings = spec.benchmark
+    if settings.slo is None:
+        raise SpecError(f"{command} needs a latency objective: --slo p99:100ms (make {command} SLO=p99:100ms) or "
+                        "benchmark.slo in the spec")
+    return spec.model_copy(update={"benchmark": settings.model_copy(update={"mode": "open"})})

@@ -97,9 +97,52 @@ def _yaml_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if p not in SOURCE_KINDS)
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Load, validate and freeze a spec file. Raises SpecError naming file:line for every problem."""
-    return _load_spec(Path(path), listed_by=None)
+def load_spec(path: str | Path, tuned: bool = True) -> Spec:
+    """Load, validate and freeze a spec file. Raises SpecError naming file:line for every problem.
+
+    With serving.tuned set (and `tuned`), the serving section is the one make tune recommended.
+    """
+    spec = _load_spec(Path(path), listed_by=None)
+    return _apply_tuned(spec) if tuned and spec.serving.tuned else spec
+
+
+def tune_result_path(spec: Spec, reference: str) -> Path:
+    """The tune.json serving.tuned names: 'latest' of the model's tune runs, a tune directory, or a tune.json."""
+    if reference == "latest":
+        return spec.resolve(spec.benchmark.output_dir) / spec.name / "tune" / "latest" / "tune.json"
+    path = spec.resolve(Path(reference))
+    return path / "tune.json" if path.is_dir() else path
+
+
+def _apply_tuned(spec: Spec) -> Spec:
+    import json
+
+    from pydantic import ValidationError
+
+    from spec.tuning import apply_config
+
+    where = spec.where("serving", "tuned")
+    path = tune_result_path(spec, spec.serving.tuned)
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{where}: serving.tuned: {spec.serving.tuned!r}: there is no tune result at {path}; run "
+                        f"make tune SPEC={spec.origin} SLO=p99:200ms first, or remove serving.tuned") from None
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{where}: serving.tuned: {path} cannot be read as a tune result ({exc})") from None
+    best = result.get("best") if isinstance(result, dict) else None
+    if not isinstance(best, dict) or not isinstance(best.get("config"), dict):
+        raise SpecError(f"{where}: serving.tuned: {path} has no recommendation (no trial met the SLO, or the search "
+                        "did not finish its baseline): rerun make tune, or remove serving.tuned")
+    if result.get("model") != spec.name:
+        raise SpecError(f"{where}: serving.tuned: {path} tuned model {result.get('model')!r}, not {spec.name!r}")
+    try:
+        serving = apply_config(spec.serving, best["config"])
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise SpecError(f"{where}: serving.tuned: the configuration in {path} is not valid here: {exc}") from None
+    tuned = spec.model_copy(update={"serving": serving})
+    tuned._tuned_from = path
+    return tuned
 
 
 def _load_spec(path: Path, listed_by: Optional[Path]) -> Spec:

@@ -235,6 +235,13 @@ class ServingSpec(_Strict):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     intra_op_parallelism: int = Field(0, ge=0, description="0 lets TensorFlow decide")
     inter_op_parallelism: int = Field(0, ge=0, description="0 lets TensorFlow decide")
+    rest_api_num_threads: int = Field(0, ge=0, description="HTTP worker threads (--rest_api_num_threads); 0 keeps "
+                                      "the server's default, 4 x CPUs")
+    grpc_max_threads: int = Field(0, ge=0, description="gRPC threads (--grpc_max_threads); 0 keeps the server's "
+                                  "default, 4 x CPUs")
+    tuned: Optional[str] = Field(None, description="'latest' (or a tune directory or tune.json): serve the "
+                                 "configuration make tune recommended; it replaces batching, the thread counts "
+                                 "and, on the docker backend, the image")
     rest_api_timeout_ms: int = Field(30000, ge=1)
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger requests get 413 / RESOURCE_EXHAUSTED")
     readiness_timeout_s: float = Field(180.0, gt=0)
@@ -432,17 +439,22 @@ class BenchmarkSpec(_Strict):
 
 # ------------------------------------------------------------------------------------ the spec
 
+from spec.tuning import TuneSpec  # noqa: E402  (it builds on _Strict and parse_duration above)
+
+
 class Spec(_Strict):
     name: str = Field(description="Model name, as clients address it (/v1/models/<name>)")
     model: ModelSpec
     export: ExportSpec = Field(default_factory=ExportSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    tune: TuneSpec = Field(default_factory=TuneSpec)
 
     _origin: Optional[Path] = PrivateAttr(None)
     _lines: dict = PrivateAttr(default_factory=dict)
     _sha256: str = PrivateAttr("")
     _companions: tuple = PrivateAttr(())
+    _tuned_from: Optional[Path] = PrivateAttr(None)
 
     @field_validator("name")
     @classmethod
@@ -454,6 +466,11 @@ class Spec(_Strict):
     @property
     def origin(self) -> Optional[Path]:
         return self._origin
+
+    @property
+    def tuned_from(self) -> Optional[Path]:
+        """The tune.json whose recommendation serving.tuned applied (None: the serving section as written)."""
+        return self._tuned_from
 
     @property
     def sha256(self) -> str:

@@ -1,0 +1,189 @@
+"""make tune against the embedded server, on models whose answer is known by construction:
+
+* weight_bound (a 200 MB weight matrix read per batch): batching pays, and tune must find it (>= 1.5x);
+* compute_bound (arithmetic per image): batching saves nothing, and tune must not recommend it, saying why;
+* digits_cnn: an interrupted search resumes where it stopped, a configuration that fails to deploy is recorded
+  as failed while the search goes on, and nothing is left running.
+
+The searches are restricted to a few configurations and short windows (a CI budget); what they check is the
+decision, from capacities measured in the same run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from spec.loader import load_spec
+from tests.conftest import REPO, run_cli, write_spec
+from tests.serverproc import free_port
+
+pytestmark = pytest.mark.slow
+
+SHORT = {"benchmark.duration": "3s", "benchmark.warmup": "1s", "benchmark.min_duration": "2s",
+         "benchmark.precision": "20%", "benchmark.images.count": 4, "benchmark.late_tolerance": "20ms",
+         "benchmark.drain": "5s"}
+FIXED = {"tune.intra_op_parallelism": [0], "tune.inter_op_parallelism": [0], "tune.grpc_max_threads": [0],
+         "tune.rest_api_num_threads": [0], "tune.max_enqueued_batches": [64]}
+
+
+def _spec(tmp_path, base: str, **overrides):
+    values = {"export.base_path": str(tmp_path / "models"), "serving.grpc_port": free_port(),
+              "serving.rest_port": free_port(), "benchmark.output_dir": str(tmp_path / "reports"),
+              "benchmark.protocols": ["grpc"], "benchmark.payloads": ["image_b64"], **SHORT, **FIXED}
+    values.update(overrides)
+    return write_spec(tmp_path, base, **values)
+
+
+def _tune(spec_path, *extra, timeout=1500):
+    return run_cli("-m", "loadtests", "tune", "--spec", str(spec_path), *extra, timeout=timeout)
+
+
+def _result(spec_path) -> dict:
+    spec = load_spec(spec_path, tuned=False)
+    return json.loads((spec.resolve(spec.benchmark.output_dir) / spec.name / "tune" / "latest" /
+                       "tune.json").read_text())
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _nothing_running(spec_path) -> None:
+    spec = load_spec(spec_path, tuned=False)
+    assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)
+    found = subprocess.run(["pgrep", "-f", f"rest_api_port={spec.serving.rest_port}"], capture_output=True,
+                           text=True).stdout.strip()
+    assert not found, f"a server is still running: {found}"
+
+
+def test_tune_turns_batching_on_where_it_pays(tmp_path):
+    spec_path = _spec(tmp_path, "specs/weight_bound.yaml", **{
+        "tune.batching": [False, True], "tune.max_batch_size": [4, 16], "tune.batch_timeout_micros": [2000],
+        "tune.num_batch_threads": [2], "tune.budget": "20m"})
+    done = _tune(spec_path)
+    assert done.returncode in (0, 4), done.stdout[-4000:] + done.stderr[-3000:]
+    result = _result(spec_path)
+    assert result["complete"] and len(result["trials"]) == 3, [t["label"] for t in result["trials"]]
+    baseline, best = result["baseline"], result["best"]
+    assert not baseline["config"]["batching"] and baseline["capacity_rps"] > 0
+    assert best["config"]["batching"] and best["config"]["max_batch_size"] >= 4, result["headline"]
+    assert best["capacity_rps"] >= 1.5 * baseline["capacity_rps"], (best["capacity_rps"], baseline["capacity_rps"])
+    assert result["batching"]["recommended"] and "batching pays" in result["batching"]["why"]
+    assert "--enable_batching=true" in best["flags"] and "max_batch_size { value:" in best["batching_parameters"]
+    assert "enabled: true" in best["spec_fragment"]
+    winner = next(t for t in result["trials"] if t["index"] == best["trial"])
+    parts = winner["breakdown"]["grpc image_bytes"]
+    assert parts["batch_size_mean"] > 1 and parts["queue_ms"] > 0, parts
+    assert result["pareto"] and all(p["slo_ms"] <= 200 for p in result["pareto"])
+    run_dir = tmp_path / "reports" / "weight_bound" / "tune" / "latest"
+    for name in ("tune.html", "pareto.png", "trials/01/report.html", "trials/01/capacity.json"):
+        assert (run_dir / name).is_file(), name
+    assert "x the default's capacity" in done.stdout
+    # serving.tuned: latest serves the recommendation
+    tuned = write_spec(tmp_path, str(spec_path), **{"serving.tuned": "latest"})
+    serving = load_spec(tuned).serving
+    assert serving.batching.enabled and serving.batching.max_batch_size == best["config"]["max_batch_size"]
+    _nothing_running(spec_path)
+
+
+def test_tune_keeps_batching_off_where_it_does_not_pay_and_says_why(tmp_path):
+    spec_path = _spec(tmp_path, "specs/compute_bound.yaml", **{
+        "tune.batching": [False, True], "tune.max_batch_size": [8], "tune.batch_timeout_micros": [5000],
+        "tune.num_batch_threads": [1], "tune.budget": "20m"})
+    done = _tune(spec_path)
+    assert done.returncode in (0, 4), done.stdout[-4000:] + done.stderr[-3000:]
+    result = _result(spec_path)
+    assert len(result["trials"]) == 2
+    assert not result["best"]["config"]["batching"], result["headline"]
+    verdict = result["batching"]
+    assert not verdict["recommended"] and "batching is not recommended" in verdict["why"], verdict
+    assert "in the batching queue" in verdict["why"] and verdict["queue_ms"] > 0
+    assert verdict["cost_measure"] == "server_core_ms_per_request"
+    assert verdict["runtime_gain"] < 1.0 + result["min_gain"], verdict  # the CPU per request did not fall
+    assert verdict["why"] in done.stdout
+    _nothing_running(spec_path)
+
+
+def _digits_spec(tmp_path, digits_export, **more):
+    spec_path, version_dir = digits_export
+    return _spec(tmp_path, "specs/digits_cnn.yaml", **{
+        "export.base_path": str(version_dir.parents[1]), "benchmark.slo": "p99:100ms",
+        "tune.batching": [False, True], "tune.max_batch_size": [4, 8], "tune.batch_timeout_micros": [1000],
+        "tune.num_batch_threads": [1], "tune.budget": "30m", "benchmark.precision": "50%", **more})
+
+
+def test_an_interrupted_tune_resumes_and_leaves_nothing_running(tmp_path, digits_export):
+    spec_path = _digits_spec(tmp_path, digits_export)
+    proc = subprocess.Popen([sys.executable, "-m", "loadtests", "tune", "--spec", str(spec_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen, deadline = "", time.monotonic() + 600
+    while "trial 2:" not in seen and time.monotonic() < deadline:  # trial 1 is checkpointed, trial 2 begins
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+    assert "trial 2:" in seen, seen[-3000:] + proc.stderr.read()[-3000:]
+    time.sleep(8)  # into trial 2's deployment or first probe
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    _nothing_running(spec_path)
+    first = _result(spec_path)
+    assert not first["complete"] and len(first["trials"]) == 1
+    done = _tune(spec_path)
+    assert done.returncode in (0, 4), done.stdout[-4000:] + done.stderr[-3000:]
+    assert "tune: resuming" in done.stdout and "1 trials done" in done.stdout
+    result = _result(spec_path)
+    assert result["complete"] and result["report_dir"] == first["report_dir"]
+    assert [t["index"] for t in result["trials"]] == [1, 2, 3]
+    assert result["trials"][0] == first["trials"][0], "the baseline was not measured again"
+    _nothing_running(spec_path)
+
+
+def test_a_configuration_that_fails_to_deploy_is_recorded_and_the_search_goes_on(tmp_path, digits_export,
+                                                                                monkeypatch):
+    import deploy.deployment
+    from deploy.embedded import DeployError
+    from loadtests.tune import tune
+
+    spec_path = _digits_spec(tmp_path, digits_export)
+    real = deploy.deployment.bring_up
+
+    def bring_up(spec, deployment, log=print):
+        if spec.serving.batching.enabled and spec.serving.batching.max_batch_size == 4:
+            raise DeployError("the server refused this configuration (a stand-in for a failed deployment)")
+        return real(spec, deployment, log)
+
+    monkeypatch.setattr(deploy.deployment, "bring_up", bring_up)
+    lines = []
+    code = tune(load_spec(spec_path), log=lines.append)
+    assert code in (0, 4), "\n".join(lines[-40:])
+    result = _result(spec_path)
+    statuses = {t["index"]: t["status"] for t in result["trials"]}
+    assert statuses[2] == "failed" and "refused this configuration" in result["trials"][1]["error"], statuses
+    assert statuses[3] in ("measured", "limited", "pruned"), statuses
+    assert result["complete"] and result["coverage"]["failed"] == 1
+    assert result["best"]["trial"] != 2
+    _nothing_running(spec_path)
+
+
+def test_tune_mistakes_are_one_line(tmp_path, digits_export):
+    spec_path = _digits_spec(tmp_path, digits_export)
+    for args, says in ((("--slo", "soon"), "not an SLO"), (("--budget", "soon"), "not a duration"),
+                       (("--strategy", "random"), "'quick' or 'grid'"),
+                       (("--protocols", "smtp"), "protocols")):
+        done = _tune(spec_path, *args, timeout=120)
+        assert done.returncode == 2 and says in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+    no_slo = write_spec(tmp_path, str(spec_path), **{"benchmark.slo": None})
+    done = _tune(no_slo, timeout=120)
+    assert done.returncode == 2 and "tune needs a latency objective" in done.stderr

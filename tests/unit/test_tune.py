@@ -1,0 +1,218 @@
+"""make tune's parts without a server: the space, the strategies as replays, the recommendation rule, the
+batching explanation, the records, serving.tuned and the spec's tune section."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from deploy.serving_config import ServerLayout, server_flags
+from loadtests import tunereport, tunespace
+from loadtests.tune import label, trial_record
+from spec.errors import SpecError
+from spec.loader import load_spec
+from spec.tuning import apply_config, config_of
+
+SPEC = textwrap.dedent("""\
+    name: toy
+    model:
+      source: {kind: keras_application, application: MobileNetV2, weights: null}
+    benchmark:
+      slo: p99:200ms
+    """)
+
+
+def _spec(tmp_path, extra: str = "", body: str = SPEC):
+    path = tmp_path / "toy.yaml"
+    path.write_text(body + textwrap.dedent(extra))
+    return load_spec(path)
+
+
+def _trial(index, config, capacity, status="measured", queue=None, model=None, batch=None, cpu=None):
+    return {"index": index, "config": tunespace.normal(config), "label": f"t{index}", "status": status,
+            "capacity_rps": capacity, "valid": status == "measured", "invalid_reasons": [],
+            "cells": [{"protocol": "grpc", "payload": "image_b64", "wire": "image_bytes", "capacity_rps": capacity,
+                       "bracket": [capacity, None], "limited_by": None}],
+            "breakdown": {"grpc image_bytes": {"queue_ms": queue, "model_ms_per_request": model,
+                                               "batch_size_mean": batch, "server_core_ms_per_request": cpu}}}
+
+
+def test_the_default_space_comes_from_the_machine_and_the_slo(tmp_path):
+    spec = _spec(tmp_path)
+    space = tunespace.derive(spec, [("grpc", "image_b64")], "embedded", log=lambda line: None, cpus=2)
+    assert space.candidates("batching") == (False, True)
+    assert space.candidates("max_batch_size") == (4, 8, 16, 32)
+    assert space.candidates("batch_timeout_micros") == (0, 1000, 2000, 5000, 10000)
+    assert space.candidates("num_batch_threads") == (1, 2)
+    assert space.candidates("intra_op_parallelism") == (0, 1, 2)
+    assert space.candidates("grpc_max_threads") == (0, "sized")
+    assert space.candidates("rest_api_num_threads") == (0,), "no REST cell: REST threads are not searched"
+    assert space.baseline == {"batching": False, "intra_op_parallelism": 0, "inter_op_parallelism": 0,
+                              "rest_api_num_threads": 0, "grpc_max_threads": 0, "image": "cpu"}
+    tight = _spec(tmp_path, body=SPEC.replace("p99:200ms", "p99:6ms") + "  batch_size: 8\n")
+    space = tunespace.derive(tight, [("rest", "image_b64")], "embedded", log=lambda line: None, cpus=4)
+    assert space.candidates("batch_timeout_micros") == (0, 1000), "at most a quarter of the SLO's 6 ms"
+    assert space.candidates("max_batch_size") == (8, 16, 32), "never below the request's batch of 8"
+    assert space.candidates("num_batch_threads") == (1, 4)
+
+
+def test_a_listed_knob_is_held_to_its_candidates_and_bad_lists_are_spec_errors(tmp_path):
+    spec = _spec(tmp_path, """\
+        tune:
+          batching: [true]
+          max_batch_size: [16]
+          budget: 90s
+        """)
+    assert spec.tune.budget == 90.0
+    space = tunespace.derive(spec, [("grpc", "image_b64")], "embedded", log=lambda line: None, cpus=2)
+    assert space.candidates("batching") == (True,) and space.candidates("max_batch_size") == (16,)
+    for bad, says in (("budget: soon", "not a duration"), ("max_batch_size: [8, 8]", "more than once"),
+                      ("max_batch_size: []", "at least one candidate"), ("strategy: random", "quick"),
+                      ("num_batch_threads: [0]", "below 1"), ("turbo: true", "turbo")):
+        with pytest.raises(SpecError) as error:
+            _spec(tmp_path, f"tune:\n  {bad}\n")
+        assert "toy.yaml:" in str(error.value) and says in str(error.value), (bad, str(error.value))
+
+
+def _space(**values):
+    defaults = {"batching": (False, True), "max_batch_size": (4, 16), "batch_timeout_micros": (2000,),
+                "num_batch_threads": (2,), "max_enqueued_batches": (64,), "allowed_batch_sizes": ("any",),
+                "intra_op_parallelism": (0,), "inter_op_parallelism": (0,), "rest_api_num_threads": (0,),
+                "grpc_max_threads": (0,), "image": ("cpu",)}
+    baseline = {"batching": False, "intra_op_parallelism": 0, "inter_op_parallelism": 0,
+                "rest_api_num_threads": 0, "grpc_max_threads": 0, "image": "cpu"}
+    return tunespace.Space({**defaults, **values}, baseline, 0.10)
+
+
+def test_quick_search_replays_the_trials_it_has_and_follows_the_best():
+    space = _space(intra_op_parallelism=(0, 1))
+    first = tunespace.next_config(space, "quick", [])
+    assert first == space.baseline
+    trials = [_trial(1, first, 50.0)]
+    second = tunespace.next_config(space, "quick", trials)
+    assert second["batching"] and second["max_batch_size"] == 4, "batching on, from the first candidate"
+    trials.append(_trial(2, second, 150.0))
+    third = tunespace.next_config(space, "quick", trials)
+    assert third["max_batch_size"] == 16 and third["batching"]
+    trials.append(_trial(3, third, 155.0))  # within 10% of trial 2: not a new best
+    fourth = tunespace.next_config(space, "quick", trials)
+    assert fourth == dict(second, intra_op_parallelism=1), "the serving knobs start from the best (trial 2)"
+    trials.append(_trial(4, fourth, 20.0, status="pruned"))
+    assert tunespace.next_config(space, "quick", trials) is None
+    assert tunereport.best_trial(trials, 0.10)["index"] == 3, "the recommendation is the highest capacity"
+
+
+def test_a_gain_inside_min_gain_keeps_the_baseline_and_the_grid_covers_every_combination():
+    space = _space()
+    trials = [_trial(1, space.baseline, 100.0), _trial(2, dict(space.baseline, batching=True, max_batch_size=4,
+                                                               batch_timeout_micros=2000, num_batch_threads=2,
+                                                               max_enqueued_batches=64, allowed_batch_sizes="any"),
+                                                         108.0)]
+    assert tunereport.best_trial(trials, 0.10)["index"] == 1
+    assert tunereport.best_trial(trials, 0.05)["index"] == 2
+    grid = space.grid()
+    assert grid[0] == space.baseline and len(grid) == 3, grid  # off; on with 4; on with 16
+    assert all("max_batch_size" not in c for c in grid if not c["batching"])
+    done = [_trial(i + 1, c, 10.0) for i, c in enumerate(grid[:2])]
+    assert tunespace.next_config(space, "grid", done) == grid[2]
+
+
+def test_sized_thread_counts_follow_the_baselines_requests_in_flight():
+    space = _space(grpc_max_threads=(0, "sized"))
+    cells = [{"protocol": "grpc", "capacity_rps": 300.0}]
+    assert tunespace.sized(space, cells, 200.0, cpus=2).candidates("grpc_max_threads") == (0, 120)
+    assert tunespace.sized(space, [{"protocol": "grpc", "capacity_rps": 1.0}], 200.0,
+                           cpus=2).candidates("grpc_max_threads") == (0, 2), "never fewer than the CPUs"
+
+
+def test_the_batching_explanation_reads_the_breakdown():
+    space = _space()
+    on = dict(space.baseline, batching=True, max_batch_size=16, batch_timeout_micros=5000, num_batch_threads=1,
+              max_enqueued_batches=64, allowed_batch_sizes="any")
+    no_gain = [_trial(1, space.baseline, 100.0, model=7.0), _trial(2, on, 80.0, queue=4.2, model=6.9, batch=2.1)]
+    best = tunereport.best_trial(no_gain, 0.10)
+    verdict = tunereport.batching_verdict(no_gain, best, no_gain[0], 0.10)
+    assert not verdict["recommended"]
+    assert "4.2 ms in the batching queue" in verdict["why"] and "queue time without a runtime gain" in verdict["why"]
+    assert "model time per request 7.0 ms without" in verdict["why"], "no CPU figures: the model time"
+    pays = [_trial(1, space.baseline, 100.0, model=9.0), _trial(2, on, 300.0, queue=2.0, model=1.5, batch=9.0)]
+    verdict = tunereport.batching_verdict(pays, tunereport.best_trial(pays, 0.10), pays[0], 0.10)
+    assert verdict["recommended"] and "6.00x less" in verdict["why"] and "batches of 9.0" in verdict["why"]
+    # under load unbatched requests share the cores: their model time is long, their CPU cost is what counts
+    loaded = [_trial(1, space.baseline, 220.0, model=30.7, cpu=8.2),
+              _trial(2, on, 156.0, queue=5.2, model=6.0, batch=2.2, cpu=8.0)]
+    verdict = tunereport.batching_verdict(loaded, tunereport.best_trial(loaded, 0.10), loaded[0], 0.10)
+    assert not verdict["recommended"] and verdict["cost_measure"] == "server_core_ms_per_request"
+    assert "server CPU per request 8.2 core-ms without batching against 8.0" in verdict["why"]
+    assert "queue time without a runtime gain" in verdict["why"]
+
+
+def test_a_trial_record_says_pruned_limited_or_failed():
+    slo = type("Slo", (), {"key": "p99_ms"})()
+    baseline = {"batching": False}
+    on = {"batching": True, "max_batch_size": 8, "batch_timeout_micros": 0, "num_batch_threads": 1,
+          "max_enqueued_batches": 4, "allowed_batch_sizes": "any"}
+
+    def result(limited_by, capacity, probes=()):
+        return {"protocol": "grpc", "payload": "image_b64", "wire": "image_bytes", "capacity_rps": capacity,
+                "bracket": [capacity or None, 40.0], "limited_by": limited_by, "probes": list(probes)}
+    passing = {"offered_rps": 30.0, "achieved_rps": 29.5, "p99_ms": 80.0, "meets_slo": True,
+               "breakdown": {"queue_ms": 1.0, "model_ms": 8.0}, "batch_size_mean": 4.0}
+    cells = [("grpc", "image_b64")]
+    ok = trial_record(2, on, baseline, [result(None, 30.0, [passing])], False, slo, 0.0, "d", cells)
+    assert ok["status"] == "measured" and ok["capacity_rps"] == 30.0 and ok["valid"]
+    assert ok["breakdown"]["grpc image_bytes"]["model_ms_per_request"] == 2.0
+    pruned = trial_record(3, on, baseline, [result("pruned", 0.0)], False, slo, 0.0, "d", cells)
+    assert pruned["status"] == "pruned" and pruned["capacity_rps"] is None and pruned["pruned_below_rps"]
+    limited = trial_record(4, on, baseline, [result("generator", 30.0, [passing])], False, slo,
+                           0.0, "d", cells)
+    assert limited["status"] == "limited" and not limited["valid"] and limited["capacity_rps"] == 30.0
+    failed = trial_record(5, on, baseline, [], False, slo, 0.0, "d", cells, error="DeployError: x")
+    assert failed["status"] == "failed" and tunespace.score(failed) is None
+
+
+def test_labels_say_what_changed():
+    base = {"batching": False, "intra_op_parallelism": 0, "grpc_max_threads": 0}
+    assert label(base, base) == "the baseline (the spec's configuration)"
+    on = dict(base, batching=True, max_batch_size=16, batch_timeout_micros=2000, num_batch_threads=2,
+              max_enqueued_batches=64, allowed_batch_sizes="any", grpc_max_threads=24)
+    assert label(on, base) == ("batching max_batch_size 16, timeout 2 ms, 2 threads, queue 64; gRPC threads 24")
+
+
+def test_configs_round_trip_and_reach_the_server_flags(tmp_path):
+    spec = _spec(tmp_path)
+    config = dict(config_of(spec.serving), batching=True, max_batch_size=16, batch_timeout_micros=1000,
+                  num_batch_threads=2, max_enqueued_batches=8, allowed_batch_sizes="powers_of_two",
+                  rest_api_num_threads=12, grpc_max_threads=6)
+    serving = apply_config(spec.serving, config)
+    assert serving.batching.allowed_batch_sizes == (1, 2, 4, 8, 16)
+    assert config_of(serving) == config
+    tuned = spec.model_copy(update={"serving": serving})
+    flags = server_flags(tuned, ServerLayout.in_image(tuned), embedded=False)
+    assert "--enable_batching=true" in flags and "--rest_api_num_threads=12" in flags
+    assert "--grpc_max_threads=6" in flags
+    assert not any("threads" in f for f in server_flags(spec, ServerLayout.in_image(spec), embedded=False))
+
+
+def test_serving_tuned_applies_the_latest_recommendation(tmp_path):
+    body = SPEC + "serving:\n  tuned: latest\n"
+    with pytest.raises(SpecError) as error:
+        _spec(tmp_path, body=body)
+    assert "toy.yaml:" in str(error.value) and "make tune" in str(error.value)
+    latest = tmp_path.parent / "reports" / "toy" / "tune" / "latest"
+    latest.mkdir(parents=True, exist_ok=True)
+    config = {"batching": True, "max_batch_size": 8, "batch_timeout_micros": 1000, "num_batch_threads": 2,
+              "max_enqueued_batches": 64, "allowed_batch_sizes": "any", "intra_op_parallelism": 0,
+              "inter_op_parallelism": 0, "rest_api_num_threads": 0, "grpc_max_threads": 0, "image": "cpu"}
+    (latest / "tune.json").write_text(json.dumps({"model": "toy", "best": {"config": config}}))
+    spec = _spec(tmp_path, body=body)
+    assert spec.serving.batching.enabled and spec.serving.batching.max_batch_size == 8
+    assert spec.tuned_from == latest / "tune.json"
+    assert not load_spec(tmp_path / "toy.yaml", tuned=False).serving.batching.enabled
+    (latest / "tune.json").write_text(json.dumps({"model": "other", "best": {"config": config}}))
+    with pytest.raises(SpecError, match="tuned model 'other'"):
+        _spec(tmp_path, body=body)
+    (latest / "tune.json").write_text(json.dumps({"model": "toy", "best": None}))
+    with pytest.raises(SpecError, match="no recommendation"):
+        _spec(tmp_path, body=body)
