@@ -205,6 +205,8 @@ def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None
     space = tunespace.derive(spec, cells, backend, log)
     wanted = search_key(spec, cells, space, backend)
     state = _resumable(spec, wanted, log)
+    if state is not None and state["trials"] and state["trials"][0]["status"] == "failed":
+        state["trials"] = []  # a baseline that could not be measured is measured again, not skipped
     if state is not None:
         tune_dir = Path(state["report_dir"])
         log(f"tune: resuming {tune_dir}: {len(state['trials'])} trials done, {state['elapsed_s'] / 60:.1f} of "

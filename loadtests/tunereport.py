@@ -139,6 +139,9 @@ def headline(result: dict) -> str:
         return (f"the spec's configuration is the best found: {best['capacity_rps']:.1f} req/s at {slo}; no other of "
                 f"the {measured} measured configurations beat it by more than {result['min_gain']:.0%}")
     bound = " (a lower bound: the load generator was the limit)" if best["lower_bound"] else ""
+    if not best["gain"]:
+        return (f"{best['label']}: {best['capacity_rps']:.1f} req/s at {slo}, where the default met the SLO at no "
+                f"rate{bound}")
     return f"{best['label']}: {best['gain']:.1f}x the default's capacity at {slo} ({best['capacity_rps']:.1f} req/s){bound}"
 
 

@@ -216,3 +216,26 @@ def test_serving_tuned_applies_the_latest_recommendation(tmp_path):
     (latest / "tune.json").write_text(json.dumps({"model": "toy", "best": None}))
     with pytest.raises(SpecError, match="no recommendation"):
         _spec(tmp_path, body=body)
+
+
+def test_the_headline_says_what_the_best_buys_even_when_the_default_met_the_slo_at_no_rate():
+    best = {"label": "batching max_batch_size 16", "capacity_rps": 40.0, "gain": None, "lower_bound": False,
+            "is_baseline": False}
+    result = {"best": best, "slo_text": "p99 <= 20 ms", "trials": [], "min_gain": 0.1}
+    assert tunereport.headline(result) == ("batching max_batch_size 16: 40.0 req/s at p99 <= 20 ms, where the "
+                                           "default met the SLO at no rate")
+    best.update(gain=3.14, lower_bound=True)
+    assert tunereport.headline(result).startswith("batching max_batch_size 16: 3.1x the default's capacity")
+    assert "lower bound" in tunereport.headline(result)
+
+
+def test_a_checkpoint_is_rewritten_whole(tmp_path):
+    result = {"model": "toy", "complete": False, "slo": {"percentile": 99.0, "latency_ms": 200.0},
+              "slo_text": "p99 <= 200 ms", "strategy": "quick", "backend": "embedded", "elapsed_s": 1.0,
+              "budget_s": 60.0, "stopped_by": None, "trials": [], "best": None, "pareto": [],
+              "baseline": None, "headline": "h", "batching": {"why": "w"}, "min_gain": 0.1,
+              "coverage": {"trials": 0, "grid_size": None}, "nan": float("nan")}
+    tunereport.write(result, tmp_path)
+    written = json.loads((tmp_path / "tune.json").read_text())
+    assert written["nan"] is None and not (tmp_path / "tune.json.partial").exists()
+    assert "unfinished" in (tmp_path / "tune.html").read_text()
