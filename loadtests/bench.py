@@ -168,8 +168,9 @@ def provenance(spec: Spec, version_dir: Path, deployment, reused: bool) -> dict:
     }
 
 
-def _run_dir(spec: Spec) -> Path:
-    base = spec.resolve(spec.benchmark.output_dir) / spec.name
+def _run_dir(spec: Spec, *under: str) -> Path:
+    """A new <output_dir>/<model>/<under...>/<UTC timestamp>[-N]/ directory."""
+    base = spec.resolve(spec.benchmark.output_dir).joinpath(spec.name, *under)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = base / stamp
     suffix = 1

@@ -171,11 +171,11 @@ class PayloadSet:
 
 
 def save_atomically(path: Path, blob: bytes) -> None:
-    """A payload file written whole or not at all (readers never see a partial one)."""
+    """A file (payloads, a tune checkpoint) written whole or not at all (readers never see a partial one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.npz")
+    partial = path.with_name(path.name + ".partial")
     partial.write_bytes(blob)
-    partial.rename(path)
+    partial.replace(path)
 
 
 def answer_spread(expected: np.ndarray) -> dict:

@@ -8,7 +8,6 @@ space and settings in tune/latest and resumes it. Ctrl-C stops the trial's serve
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import math
@@ -20,17 +19,6 @@ from loadtests import tunespace
 from spec.errors import HarnessError, SpecError
 
 TUNE_FILE = "tune.json"
-
-
-def _tune_dir(spec) -> Path:
-    base = spec.resolve(spec.benchmark.output_dir) / spec.name / "tune"
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_dir, suffix = base / stamp, 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = base / f"{stamp}-{suffix}"
-    run_dir.mkdir(parents=True)
-    return run_dir
 
 
 def search_key(spec, cells, space: tunespace.Space, backend: str) -> str:
@@ -47,7 +35,9 @@ def search_key(spec, cells, space: tunespace.Space, backend: str) -> str:
 
 
 def _resumable(spec, wanted_key: str, log) -> Optional[dict]:
-    latest = spec.resolve(spec.benchmark.output_dir) / spec.name / "tune" / "latest" / TUNE_FILE
+    from spec.loader import tune_result_path
+
+    latest = tune_result_path(spec, "latest")
     try:
         state = json.loads(latest.read_text())
     except (OSError, ValueError):
@@ -189,7 +179,8 @@ def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None
     """Search the configurations of `spec`'s tune section; returns the exit code."""
     from deploy.deployment import already_serving, deployment_for
     from loadtests import tunereport
-    from loadtests.bench import EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators, _point_latest, with_monitoring
+    from loadtests.bench import (EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators, _point_latest, _run_dir,
+                                 with_monitoring)
     from loadtests.capacity import open_loop_spec
     from loadtests.run import plan
 
@@ -212,17 +203,15 @@ def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None
         log(f"tune: resuming {tune_dir}: {len(state['trials'])} trials done, {state['elapsed_s'] / 60:.1f} of "
             f"{options.budget / 60:g} minutes of the budget used")
     else:
-        tune_dir = _tune_dir(spec)
+        tune_dir = _run_dir(spec, "tune")
         state = {"model": spec.name, "key": wanted, "report_dir": str(tune_dir), "complete": False, "trials": [],
                  "elapsed_s": 0.0, "answers": {}}
         _point_latest(tune_dir)
     state.update(slo=slo.model_dump(), slo_text=str(slo), strategy=options.strategy, budget_s=options.budget,
                  backend=backend, cells=[list(c) for c in cells], min_gain=options.min_gain,
                  space={k: list(v) for k, v in space.values.items()}, baseline_config=space.baseline)
-    size = space.size(options.strategy) if "sized" not in json.dumps(space.values) else None
     log(f"tune: {options.strategy} search of {len(cells)} cell(s) at {slo} on the {backend} backend, budget "
-        f"{options.budget / 60:g} min" + (f", {size} configurations in the grid" if size else "")
-        + f"; writing to {tune_dir}")
+        f"{options.budget / 60:g} min; writing to {tune_dir}")
     stopped_by = "done"
     while True:
         trials = state["trials"]

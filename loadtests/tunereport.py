@@ -281,13 +281,10 @@ def html_page(result: dict, plot: Optional[str]) -> str:
 
 def write(result: dict, out_dir: Path) -> None:
     """tune.json replaced whole (a checkpoint interrupted mid-write leaves the previous one), then tune.html."""
-    import os
-
+    from loadtests.payloads import save_atomically
     from loadtests.report import _plain
 
     text = json.dumps(_plain(result), indent=2, allow_nan=False, default=lambda value: None) + "\n"
-    partial = out_dir / "tune.json.partial"
-    partial.write_text(text)
-    os.replace(partial, out_dir / "tune.json")
+    save_atomically(out_dir / "tune.json", text.encode())
     plot = plot_pareto(result, out_dir) if result["complete"] else None
     (out_dir / "tune.html").write_text(html_page(result, plot))

@@ -69,10 +69,6 @@ class Space:
                 unique.append(config)
         return unique
 
-    def size(self, strategy: str) -> Optional[int]:
-        """How many configurations the grid holds (quick: None, it depends on the results)."""
-        return len(self.grid()) if strategy == "grid" else None
-
 
 def derive(spec, cells: Sequence[tuple[str, str]], backend: str, log=print, cpus: Optional[int] = None) -> Space:
     """The search space of `spec`'s tune section, with the defaults filled from the model and the machine."""
