@@ -11,9 +11,13 @@ NATIVE := build/native/libskeleton.so
 READY := $(STAMP) $(NATIVE)
 SPEC ?= specs/mobilenet_v2.yaml
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# RESULTS_DB=postgresql://user@host/db: where bench, capacity and tune record their results (and history reads)
+ifdef RESULTS_DB
+export TFSB_RESULTS_DB := $(RESULTS_DB)
+endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf perf-harness perf-generator perf-cost reliability serve bench capacity tune worker demo deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-fast schema perf perf-harness perf-generator perf-cost reliability serve bench capacity tune compare history worker demo deploy down status ui compose k8s clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +77,14 @@ bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open 
 
 capacity: $(READY) ## highest rate within a latency SLO per protocol x payload: make capacity SLO=p99:100ms [PRECISION=5%]
 	$(PY) -m loadtests capacity --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION))
+
+compare: $(READY) ## B against A with 95% intervals and verdicts: make compare A=reports/m/<ts1> B=reports/m/<ts2> [FAIL_ON=p99:+10%]
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<report dir> B=<report dir> [FAIL_ON=p99:+10%] [MIN_EFFECT=5%] [OUTPUT=DIR]"; exit 2; }
+	$(PY) -m loadtests compare $(A) $(B) $(if $(FAIL_ON),--fail-on $(FAIL_ON)) $(if $(MIN_EFFECT),--min-effect $(MIN_EFFECT)) \
+	  $(if $(OUTPUT),--output $(OUTPUT))
+
+history: $(READY) ## the recorded bench, capacity and tune results of SPEC's model (table and plot) [RESULTS_DB=URL]
+	$(PY) -m loadtests history --spec $(SPEC) $(if $(RESULTS_DB),--db $(RESULTS_DB))
 
 tune: $(READY) ## best TF Serving config under an SLO: make tune SLO=p99:200ms [BUDGET=20m] [STRATEGY=quick|grid]
 	$(PY) -m loadtests tune --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION)) \

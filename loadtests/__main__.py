@@ -4,6 +4,10 @@
 
 `python -m loadtests tune --spec FILE --slo p99:200ms [--budget 20m]`: the best serving configuration (make tune).
 
+`python -m loadtests compare A B [--fail-on p99:+10%]`: B against A, with intervals and verdicts (make compare).
+
+`python -m loadtests history --spec FILE`: the recorded results of a model over time (make history).
+
 `python -m loadtests worker --master-host HOST [--master-port 5557]`: a Locust worker for a bench run on
 another machine; it rejoins the master of every run of the sweep until interrupted.
 """
@@ -16,15 +20,23 @@ from typing import Optional, Sequence
 USAGE = ("usage: python -m loadtests bench --spec FILE [--users 1,4 | --mode open --rates 10,20] [--duration 30s] ...\n"
          "       python -m loadtests capacity --spec FILE --slo p99:100ms [--protocols ...] [--precision 5%]\n"
          "       python -m loadtests tune --spec FILE --slo p99:200ms [--budget 20m] [--strategy quick|grid]\n"
+         "       python -m loadtests compare A B [--fail-on p99:+10%] [--min-effect 5%] [--output DIR]\n"
+         "       python -m loadtests history --spec FILE [--db URL]\n"
          "       python -m loadtests worker --master-host HOST [--master-port 5557]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] not in (["bench"], ["capacity"], ["tune"], ["worker"]):
+    if argv[:1] not in (["bench"], ["capacity"], ["tune"], ["worker"], ["compare"], ["history"]):
         print(USAGE, file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if argv[0] == "compare":
+        from loadtests.compare import main_compare
+        return main_compare(argv[1:])
+    if argv[0] == "history":
+        from loadtests.history import main_history
+        return main_history(argv[1:])
     if argv[0] == "worker":
         from loadtests.worker import main_worker
         from spec.errors import run_command

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from spec.errors import SpecError
 from spec.schema import BenchmarkSpec, Spec
 
-EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_UNINFORMATIVE = 0, 1, 4, 5  # user errors (2), mismatches (3), Ctrl-C
-# (130): spec.errors
+EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_UNINFORMATIVE, EXIT_THRESHOLD = 0, 1, 4, 5, 6  # user errors (2),
+# mismatches (3), Ctrl-C (130): spec.errors; a broken make compare --fail-on rule (7): loadtests.compare
 REPO = Path(__file__).resolve().parents[1]
 
 if TYPE_CHECKING:
@@ -217,10 +217,14 @@ class Session:
         return None if status == "AVAILABLE" else (self.deployment.alive() or f"{endpoints.status_url}: {status}")
 
     def summary(self, results: list[dict], generators: "Generators", runs_planned: int, **extra) -> dict:
+        """summary.json's content: settings, provenance, correctness, every run and the thresholds' verdicts."""
+        from loadtests.figures import threshold_rows
+        from spec.thresholds import broken, evaluate
+
         settings = self.spec.benchmark
         failed = bool(self.server_died) or any(r["failure_ratio"] > settings.failure_threshold for r in results)
         invalid = [r for r in results if not r["valid"]]
-        return {
+        summary = {
             "model": self.spec.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "report_dir": str(self.run_dir), "mode": settings.mode, "failure_threshold": settings.failure_threshold,
             "failed": failed, "valid": not invalid, "invalid_runs": len(invalid),
@@ -232,10 +236,15 @@ class Session:
                          "payloads": list(settings.payloads), "images": self.payloads.names,
                          "workers": generators.workers, "remote_workers": generators.remote_workers,
                          "slo": settings.slo.model_dump() if settings.slo else None,
+                         "repeats": settings.repeats, "thresholds": settings.thresholds,
                          "validity": dataclasses.asdict(self.rules)},
             "provenance": provenance(self.spec, self.version_dir, self.deployment, reused=not self.started),
             "correctness": self.checked, "answers": self.answers, "runs": results, **extra,
         }
+        verdicts = evaluate(settings.threshold_rules, threshold_rows(summary), capacity="capacity" in extra)
+        summary["thresholds"] = verdicts
+        summary["thresholds_passed"] = not broken(verdicts) if verdicts else None
+        return summary
 
 
 def with_monitoring(spec: Spec, log: Callable[[str], None]) -> Spec:
@@ -349,10 +358,12 @@ def uninformative(summary: dict) -> bool:
 
 
 def exit_code(summary: dict) -> int:
-    """1 when a run failed (or the server died), else 5 when no answer check could fail, else 4 when a run was
-    invalid, else 0."""
+    """1 when a run failed (or the server died), else 6 when a threshold is broken, else 5 when no answer check
+    could fail, else 4 when a run was invalid, else 0."""
     if summary["failed"]:
         return EXIT_FAILURES
+    if summary.get("thresholds_passed") is False:
+        return EXIT_THRESHOLD
     if uninformative(summary):
         return EXIT_UNINFORMATIVE
     return EXIT_INVALID if not summary["valid"] else EXIT_OK
@@ -366,16 +377,19 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
     with session(spec, log, backend, generators) as current:
         settings = current.spec.benchmark  # the payloads as resolved for the served signatures
         open_loop = settings.mode == "open"
-        steps = run.plan(settings.users, settings.protocols, settings.payloads,
-                         rates=settings.rates if open_loop else None)
+        steps = repeated(run.plan(settings.users, settings.protocols, settings.payloads,
+                                  rates=settings.rates if open_loop else None), settings.repeats)
         levels = f"rates {list(settings.rates)} req/s, {settings.arrival} arrivals" if open_loop \
             else f"users {list(settings.users)}"
         drain = settings.drain / 2 if open_loop else 0  # a typical drain: the window's last answers
         total = len(steps) * (settings.warmup + settings.duration + drain + 8)
-        log(f"sweep: {len(steps)} {settings.mode}-loop runs ({levels}), about {total / 60:.1f} minutes; "
+        times = f", {settings.repeats} repeats interleaved" if settings.repeats > 1 else ""
+        log(f"sweep: {len(steps)} {settings.mode}-loop runs ({levels}{times}), about {total / 60:.1f} minutes; "
             f"writing to {current.run_dir}")
         results = run.sweep(steps, current.target, current.run_dir, current.per_request, current.payloads.sizes, log,
                             server_gone=current.server_gone, rules=current.rules)
+        for step, entry in zip(steps, results):
+            entry["repeat"] = int(step.tag[3:]) if step.tag.startswith("rep") else 1
     floor = None
     if settings.floor and not current.server_died:
         from loadtests.floor import beside, run_floor
@@ -392,9 +406,28 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
     _point_latest(current.run_dir)
     log(report.terminal_summary(summary))
     log(f"\nreport: {current.run_dir / 'report.html'}\nsummary: {current.run_dir / 'summary.json'}")
+    record_history(spec, "bench", summary, current.run_dir, log)
     if current.server_died:
         report_server_death(current, len(results), len(steps))
     return exit_code(summary)
+
+
+def repeated(steps: Sequence["run.Step"], repeats: int) -> list["run.Step"]:
+    """The sweep `repeats` times, interleaved (all of it, then all of it again), each repeat's steps tagged."""
+    if repeats <= 1:
+        return list(steps)
+    return [dataclasses.replace(step, tag=f"rep{k}") for k in range(1, repeats + 1) for step in steps]
+
+
+def record_history(spec: Spec, kind: str, summary: dict, run_dir: Path, log: Callable[[str], None]) -> None:
+    """Add the result to the results database (benchmark.results_db, or TFSB_RESULTS_DB) unless it is 'off'."""
+    from loadtests import history
+
+    where = history.database_url(spec)
+    if where is None:
+        return
+    history.record(where, kind, summary, run_dir)
+    log(f"history: recorded in {history.display(where)} (make history SPEC={spec.origin})")
 
 
 def main_bench(spec_path: Path, overrides: Overrides, backend: Optional[str] = None,

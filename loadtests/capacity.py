@@ -251,8 +251,8 @@ def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = 
 def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None) -> int:
     """Run the capacity search of every protocol x payload of `spec`; returns the exit code."""
     from loadtests import report
-    from loadtests.bench import (EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators,
-                                 _point_latest, session, uninformative)
+    from loadtests.bench import (EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_THRESHOLD, EXIT_UNINFORMATIVE,
+                                 Generators, _point_latest, record_history, session, uninformative)
 
     generators = generators or Generators()
     spec = open_loop_spec(spec)
@@ -268,11 +268,15 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
     write(results, current.run_dir, slo)
     _point_latest(current.run_dir)
     log(terminal_table(results, slo))
+    log("\n".join(report.threshold_lines(summary)))
     log(f"\nreport: {current.run_dir / 'report.html'}\ncapacity: {current.run_dir / 'capacity.json'}")
+    record_history(spec, "capacity", summary, current.run_dir, log)
     if current.server_died:
         from loadtests.bench import report_server_death
         report_server_death(current, len(runs), None, during="capacity search")
         return EXIT_FAILURES
+    if summary["thresholds_passed"] is False:
+        return EXIT_THRESHOLD
     if uninformative(summary):
         return EXIT_UNINFORMATIVE
     return EXIT_INVALID if any(r["limited_by"] in ("generator", "probes") for r in results) else EXIT_OK

@@ -245,11 +245,34 @@ def _fmt(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def threshold_lines(summary: dict) -> list[str]:
+    """The terminal's thresholds block: every rule's verdict, failures first named."""
+    verdicts = summary.get("thresholds") or []
+    if not verdicts:
+        return []
+    broken = [v for v in verdicts if v["passed"] is False]
+    lines = [f"\n  thresholds: {'PASSED' if not broken else f'{len(broken)} BROKEN'} "
+             f"({sum(v['passed'] is True for v in verdicts)} passed, {len(broken)} broken, "
+             f"{sum(v['passed'] is None for v in verdicts)} not evaluated)"]
+    for v in sorted(verdicts, key=lambda v: v["passed"] is not False):
+        where = f"{v['protocol']} {v.get('wire') or v['payload']} at {v['level']:g}" if v["protocol"] else ""
+        state = {True: "pass", False: "FAIL", None: "n/a "}[v["passed"]]
+        value = "" if v["value"] is None else f" = {v['value']:.4g}"
+        lines.append(f"    {state} {v['threshold']:32} {where}{value}{'  ' + v['note'] if v['note'] else ''}")
+    return lines
+
+
 def terminal_summary(summary: dict) -> str:
-    """One screen: per comparison and level, p50 and throughput of each protocol and their REST/gRPC ratio."""
-    runs = summary["runs"]
-    lines = [f"{summary['model']}: {len(runs)} runs on {served_by(summary.get('provenance', {}))}, "
-             f"report in {summary['report_dir']}"]
+    """One screen: per comparison and level, p50 and throughput of each protocol and their REST/gRPC ratio
+    (repeats folded into their median), then the breakdown, the floor, validity and the thresholds."""
+    from loadtests.figures import folded
+
+    measured = summary["runs"]
+    runs = folded(measured)
+    repeats = max((r["repeats"] for r in runs), default=1)
+    lines = [f"{summary['model']}: {len(measured)} runs on {served_by(summary.get('provenance', {}))}, "
+             f"report in {summary['report_dir']}" + (f" (figures: the median of {repeats} repeats)" if repeats > 1
+                                                      else "")]
     for rest_payload, grpc_wire in pairs(runs):
         lines.append(f"\n  REST {rest_payload or '-'}  vs  gRPC {grpc_wire or '-'}")
         name = "rate" if runs and runs[0]["mode"] == "open" else "users"
@@ -276,7 +299,7 @@ def terminal_summary(summary: dict) -> str:
         lines.append(f"\n  ! INVALID: {len(invalid)} of {len(runs)} runs cannot be trusted as measured:")
         for r in invalid:
             lines.append(f"    {r['protocol']} {r['wire']} {_level(r)}: {'; '.join(r['invalid_reasons'])}")
-    failing = [r for r in runs if r["failure_ratio"] > summary["failure_threshold"]]
+    failing = [r for r in measured if r["failure_ratio"] > summary["failure_threshold"]]
     if summary.get("server_died"):
         lines.append(f"  SERVER STOPPED during the sweep: {summary['server_died']}; "
                      f"{len(runs)} of {summary['runs_planned']} runs measured")
@@ -284,6 +307,7 @@ def terminal_summary(summary: dict) -> str:
         reason = next(iter(r["failure_reasons"]), "")
         lines.append(f"  FAILED {r['protocol']} {r['wire']} users={r['users']}: {r['failures']}/{r['requests']} "
                      f"failed (threshold {summary['failure_threshold']:.2%}); first reason: {reason}")
+    lines += threshold_lines(summary)
     return "\n".join(lines)
 
 
@@ -302,10 +326,12 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html_report(summary: dict, plots: Sequence[str], breakdown_plot: bool = False) -> str:
-    """A self-contained page (plots are files beside it) with the runs, correctness and provenance."""
+def html_body(summary: dict) -> dict:
+    """The report page's verdict paragraphs and its tables (runs, thresholds, breakdown, floor, correctness,
+    provenance) as HTML; reportpage adds the headline and the charts."""
     esc = html.escape
-    runs = [[esc(r["protocol"]), esc(r["wire"]), esc(_level(r)), str(r["requests"]),
+    runs = [[esc(r["protocol"]), esc(r["wire"]), esc(_level(r)) + (f" #{r['repeat']}" if r.get("repeat", 1) > 1 else ""),
+             str(r["requests"]),
              f"{r['failures']} ({r['failure_ratio']:.2%})", _fmt(r["rps"], 1), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]),
              _fmt(r["p95_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"]), _fmt(r["service_p50_ms"]),
              _fmt(r["service_p99_ms"]), "n/a" if r["late_ratio"] is None else f"{r['late_ratio']:.2%}",
@@ -334,35 +360,36 @@ def html_report(summary: dict, plots: Sequence[str], breakdown_plot: bool = Fals
     if summary.get("server_died"):
         verdict += (f"<p class=bad>The model server stopped during the sweep ({esc(summary['server_died'])}): "
                     f"{len(summary['runs'])} of {summary['runs_planned']} runs were measured.</p>")
-    images = "".join(f"<img src='{esc(p)}' alt='{esc(p)}'>" for p in plots)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(summary['model'])}: REST vs gRPC on {esc(served_by(summary['provenance']))}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th {{ background: #f3f3f3; }}
-img {{ max-width: 100%; display: block; margin: 1em 0; }}
-.bound {{ color: #b35900; }} .bad {{ color: #b00020; font-weight: bold; }}
-</style></head><body>
-<h1>{esc(summary['model'])}: REST vs gRPC on {esc(served_by(summary['provenance']))}</h1>
-<p>{esc(summary['created'])}. {_mode_note(summary)} Latency percentiles are computed from every successful
-request of each measured window (warm-up excluded), not from Locust's rounded buckets. Throughput counts
-successful requests.</p>
-{verdict}{notes}
-{_capacity_section(summary)}<h2>Plots</h2>{images}
-<h2>Runs</h2>
-{_table(runs, ["protocol", "payload", "rate" if summary.get("mode") == "open" else "users", "requests",
-               "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "service p50 ms",
-               "service p99 ms", "late", "KiB/request", "generator CPU", "server CPU %", "valid", "Locust report"])}
-{_breakdown_section(summary, breakdown_plot) if any("server" in r for r in summary["runs"]) else ""}
-{_floor_section(summary)}
-<h2>Correctness before the sweep</h2>
-{_answers_note(summary.get("answers"))}
-{_table(correctness, ["protocol", "payload", "images", "max |score - in-process|", "top-1 equal"])}
-<h2>Provenance</h2><table>{provenance}</table>
-</body></html>
-"""
+    intro = (f"<p>{esc(summary['created'])}. {_mode_note(summary)} Latency percentiles are computed from every "
+             "successful request of each measured window (warm-up excluded), not from Locust's rounded buckets. "
+             "Throughput counts successful requests. The charts are drawn from the data in this page: hover a point "
+             "or a bar for its values. PNG copies of the main plots are beside this file.</p>")
+    tables = (f"{_capacity_section(summary)}{_thresholds_section(summary)}<h2>Runs</h2>"
+              + _table(runs, ["protocol", "payload", "rate" if summary.get("mode") == "open" else "users", "requests",
+                              "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "service p50 ms",
+                              "service p99 ms", "late", "KiB/request", "generator CPU", "server CPU %", "valid",
+                              "Locust report"])
+              + (_breakdown_section(summary, False) if any("server" in r for r in summary["runs"]) else "")
+              + _floor_section(summary) + "<h2>Correctness before the sweep</h2>"
+              + _answers_note(summary.get("answers"))
+              + _table(correctness, ["protocol", "payload", "images", "max |score - in-process|", "top-1 equal"])
+              + f"<h2>Provenance</h2><table>{provenance}</table>")
+    return {"verdict": intro + verdict + notes, "tables": tables}
+
+
+def _thresholds_section(summary: dict) -> str:
+    verdicts = summary.get("thresholds") or []
+    if not verdicts:
+        return ""
+    esc = html.escape
+    state = {True: "<b class=good>pass</b>", False: "<b class=bad>FAIL</b>", None: "not evaluated"}
+    rows = [[state[v["passed"]], esc(v["threshold"]), esc(f"{v['protocol']} {v.get('wire') or v['payload']}")
+             if v["protocol"] else "", "" if v["level"] is None else f"{v['level']:g}",
+             _fmt(v["value"], 4) if v["value"] is not None else "", esc(v["note"])] for v in verdicts]
+    broken = sum(v["passed"] is False for v in verdicts)
+    return ("<h2>Thresholds</h2>" + (f"<p class=bad>{broken} threshold check(s) broken: the command exits 6.</p>"
+                                    if broken else "<p class=good>Every evaluated threshold passed.</p>")
+            + _table(rows, ["", "threshold (benchmark.thresholds)", "protocol payload", "level", "value", "note"]))
 
 
 def _answers_note(answers: Optional[dict]) -> str:
@@ -397,8 +424,7 @@ def _capacity_section(summary: dict) -> str:
             "<p>The highest open-loop arrival rate whose run was valid, within the SLO and under the failure "
             "threshold (bracketed by doubling, then bisected); every probe is in the runs below and in "
             "capacity.json.</p>"
-            + _table(rows, ["protocol", "payload", "capacity req/s", "bracket (pass - fail)", "probes", "note"])
-            + "<img src='capacity.png' alt='latency against offered load'>")
+            + _table(rows, ["protocol", "payload", "capacity req/s", "bracket (pass - fail)", "probes", "note"]))
 
 
 def plot_capacity(results: Sequence[dict], slo: dict, out_dir: Path) -> str:
@@ -445,11 +471,17 @@ def _plain(value):
 
 
 def write(summary: dict, out_dir: Path) -> None:
-    """summary.json, the plots and report.html into out_dir."""
+    """summary.json (with its headline), PNG copies of the main plots and the interactive report.html."""
+    from loadtests import reportpage
+    from loadtests.figures import folded
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    summary["headline"] = reportpage.headline(summary)
     (out_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n")
-    plots = plot(summary["runs"], out_dir) if summary["runs"] else []
-    breakdown = plot_breakdown(summary["runs"], out_dir) if summary["runs"] else None
+    runs = folded(summary["runs"]) if summary.get("capacity") is None else summary["runs"]
+    if runs:
+        plot(runs, out_dir)
+        plot_breakdown(runs, out_dir)
     if summary.get("capacity"):
         plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir)
-    (out_dir / "report.html").write_text(html_report(summary, plots, breakdown is not None))
+    (out_dir / "report.html").write_text(reportpage.page(summary, out_dir))

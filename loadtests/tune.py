@@ -248,6 +248,9 @@ def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None
     result = _checkpoint(state, tune_dir, spec, space)
     log("\n" + tunereport.terminal(result))
     log(f"\ntune: {tune_dir / 'tune.html'}\n      {tune_dir / TUNE_FILE}")
+    from loadtests.bench import record_history
+    from loadtests.history import tune_summary
+    record_history(spec, "tune", tune_summary(result, tune_dir), tune_dir, log)
     answers = result.get("answers") or {}
     if answers and not answers.get("informative", True) and not answers.get("accepted"):
         return EXIT_UNINFORMATIVE

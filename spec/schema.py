@@ -397,6 +397,15 @@ class BenchmarkSpec(_Strict):
     accept_uninformative_answers: bool = Field(
         False, description="Benchmark even when the model gives the same answer for every benchmark image (so no "
         "answer check can fail): the report still says so, but the exit code is not 5")
+    repeats: int = Field(1, ge=1, le=20, description="Run the whole sweep this many times, interleaved (every "
+                         "level once, then again): make compare uses the variation between repeats for its intervals")
+    thresholds: Optional[dict[str, Any]] = Field(
+        None, description="k6-style pass/fail rules evaluated after each bench or capacity run, e.g. p99_ms: '< 120', "
+        "failure_ratio: '< 0.001', grpc: {rps: '> 40'}, rest/image_b64: {p99_ms: '< 200'}, capacity_rps: '> 30'; "
+        "a broken one makes the command exit 6 after the report")
+    results_db: str = Field("results.sqlite", description="Where every bench, capacity and tune result is recorded: "
+                            "a SQLite file (relative to output_dir) or a database URL (postgresql://user@host/db); "
+                            "'off' records nothing; the environment variable TFSB_RESULTS_DB overrides it")
     floor: bool = Field(False, description="Also export the protocol floor (the same input signatures and "
                         "preprocessing, an almost free head), run it through the same sweep and report it beside "
                         "the model: what the protocol and codec cost alone")
@@ -410,6 +419,19 @@ class BenchmarkSpec(_Strict):
     @classmethod
     def _slo(cls, value: Any) -> Any:
         return None if value is None or isinstance(value, SloSpec) else parse_slo(value)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value: Optional[dict]) -> Optional[dict]:
+        from spec.thresholds import parse
+        parse(value)  # a malformed rule is a spec error naming its key
+        return value
+
+    @property
+    def threshold_rules(self):
+        """The parsed thresholds (spec.thresholds.Threshold), in the order written."""
+        from spec.thresholds import parse
+        return parse(self.thresholds)
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -1,0 +1,357 @@
+"""`make compare A=<report dir> B=<report dir>`: did B get slower or faster than A, with a 95% interval.
+
+Runs are matched by protocol, payload and level. For p50, p99 and throughput each match gets A, B, the change in
+percent (B over A) with a 95% confidence interval, and a verdict. The interval comes from the variation between
+runs where there is some:
+- both sides repeated (benchmark.repeats >= 2): a Welch t interval on the log of the per-repeat figures;
+- otherwise a block bootstrap: each run's window is cut into consecutive time blocks, blocks are resampled with
+  replacement and the figure recomputed from their samples, so slow drift and stalls inside a run widen the
+  interval where a per-request bootstrap would not see them.
+A change smaller than the minimum effect is `no change` whatever its significance; otherwise it is `slower` or
+`faster` when the interval excludes zero.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from loadtests.figures import grouped
+from spec.errors import SpecError
+
+EXIT_REGRESSION = 7
+METRICS = ("p50", "p99", "rps")
+BLOCKS = 10
+RESAMPLES = 2000
+DEFAULT_MIN_EFFECT = 0.05
+_RULE = re.compile(r"^\s*(p50|p99|rps)\s*:\s*([+-]?)\s*(\d+(?:\.\d*)?)\s*%\s*$")
+
+
+@dataclass(frozen=True)
+class FailOn:
+    """`p99:+10%`: broken when p99 is `slower` by more than 10%; `rps:-5%`: when throughput drops by more."""
+    metric: str
+    limit_pct: float  # signed: the bad direction
+
+    @property
+    def text(self) -> str:
+        return f"{self.metric}:{self.limit_pct:+g}%"
+
+    def broken_by(self, row: dict) -> bool:
+        if row["metric"] != self.metric or row["verdict"] == "no change" or row["change_pct"] is None:
+            return False
+        bad = "faster" if self.metric == "rps" else "slower"
+        return row["verdict"] == bad and abs(row["change_pct"]) > abs(self.limit_pct)
+
+
+def parse_fail_on(text: Optional[str]) -> list[FailOn]:
+    """Comma-separated rules; SpecError naming the rule when one is malformed."""
+    rules = []
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        match = _RULE.match(part)
+        if not match:
+            raise SpecError(f"--fail-on {part!r}: write metric:change, e.g. p99:+10% or rps:-5% (metrics "
+                            f"{', '.join(METRICS)})")
+        metric, sign, number = match.groups()
+        bad_sign = -1.0 if metric == "rps" else 1.0
+        if sign and (sign == "-") != (bad_sign < 0):
+            raise SpecError(f"--fail-on {part!r}: a {'drop' if metric == 'rps' else 'rise'} is what makes "
+                            f"{metric} worse: write {metric}:{'-' if bad_sign < 0 else '+'}{number}%")
+        rules.append(FailOn(metric, bad_sign * float(number)))
+    return rules
+
+
+def parse_effect(text: Optional[str]) -> float:
+    if text is None:
+        return DEFAULT_MIN_EFFECT
+    match = re.match(r"^\s*(\d+(?:\.\d*)?)\s*(%?)\s*$", text)
+    value = float(match.group(1)) / (100.0 if match.group(2) or float(match.group(1)) >= 1 else 1.0) if match else -1
+    if not 0 <= value < 1:
+        raise SpecError(f"--min-effect {text!r}: give a percentage below 100, e.g. 5%")
+    return value
+
+
+def load_run(path: Path, side: str) -> tuple[Path, dict]:
+    """A report directory (or its summary.json, or a `latest` link) and its summary; SpecError when it is none."""
+    path = Path(path)
+    summary_file = path / "summary.json" if path.is_dir() else path
+    if not summary_file.is_file():
+        raise SpecError(f"{side}={path}: no summary.json there; give a report directory such as "
+                        "reports/<model>/<timestamp> (or reports/<model>/latest)")
+    try:
+        summary = json.loads(summary_file.read_text())
+        summary["runs"]
+    except (ValueError, KeyError, TypeError):
+        raise SpecError(f"{side}={summary_file}: not a bench summary.json (no runs)") from None
+    if summary.get("capacity") is not None:
+        raise SpecError(f"{side}={path}: a capacity search, not a bench; compare matches bench runs (the capacity "
+                        "of each search is in make history)")
+    return summary_file.parent.resolve(), summary
+
+
+# ------------------------------------------------------------------------ the figures and their intervals
+
+def _blocks(run: dict, run_dir: Path, side: str) -> dict:
+    """The run's samples cut into BLOCKS time blocks: good latencies per block and completions per block."""
+    path = run_dir / "samples" / run["samples_file"]
+    if not path.is_file():
+        raise SpecError(f"{side}: {path} is missing: compare recomputes every figure from the samples of the run")
+    with np.load(path) as data:
+        t, latency, ok, due = data["t"], data["latency_ms"], data["ok"], data["due"]
+        meta = json.loads(data["meta"].tobytes())
+    window = float(meta["window_s"] or run["window_s"])
+    key = due if run["mode"] == "open" else t
+    inside = (key >= 0) & (key < window) & ok
+    index = np.minimum((key[inside] / window * BLOCKS).astype(int), BLOCKS - 1)
+    latencies = [latency[inside][index == b] for b in range(BLOCKS)]
+    done = ok & (t >= 0) & (t <= window)
+    completions = np.bincount(np.minimum((t[done] / window * BLOCKS).astype(int), BLOCKS - 1), minlength=BLOCKS)
+    return {"latencies": latencies, "completions": completions, "block_s": window / BLOCKS}
+
+
+def _figure(metric: str, latencies: Sequence[np.ndarray], completions: np.ndarray, block_s: float) -> float:
+    if metric == "rps":
+        return float(completions.sum() / (len(completions) * block_s))
+    pooled = np.concatenate(latencies) if latencies else np.array([])
+    return float(np.percentile(pooled, 50 if metric == "p50" else 99)) if pooled.size else float("nan")
+
+
+def _bootstrap(side_runs: list[dict], metric: str, rng: np.random.Generator) -> np.ndarray:
+    """RESAMPLES bootstrap figures of one side: blocks resampled within each run, repeats' figures averaged
+    (geometrically)."""
+    logs = np.zeros(RESAMPLES)
+    for blocks in side_runs:
+        picks = rng.integers(0, BLOCKS, size=(RESAMPLES, BLOCKS))
+        values = np.empty(RESAMPLES)
+        for i, pick in enumerate(picks):
+            values[i] = _figure(metric, [blocks["latencies"][b] for b in pick], blocks["completions"][pick],
+                                blocks["block_s"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs += np.log(values)
+    return logs / len(side_runs)
+
+
+def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """95% interval of mean(log b) - mean(log a), Welch's t."""
+    from scipy import stats
+
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    diff = float(b.mean() - a.mean())
+    if se == 0:
+        return diff, diff
+    df = (va + vb) ** 2 / ((va ** 2 / (a.size - 1) if va else 0) + (vb ** 2 / (b.size - 1) if vb else 0))
+    half = float(stats.t.ppf(0.975, df)) * se
+    return diff - half, diff + half
+
+
+def _value(run: dict, metric: str) -> float:
+    return run["rps"] if metric == "rps" else run[f"{metric}_ms"]
+
+
+def _pct(log_ratio: float) -> Optional[float]:
+    return (math.exp(log_ratio) - 1.0) * 100.0 if math.isfinite(log_ratio) else None
+
+
+def verdict(metric: str, change_pct: Optional[float], ci: Optional[Sequence[float]], min_effect: float) -> str:
+    """`slower`, `faster` or `no change`: a change under min_effect, or an interval across zero, is no change."""
+    if change_pct is None or ci is None or None in ci or abs(change_pct) < min_effect * 100.0:
+        return "no change"
+    if ci[0] > 0 or ci[1] < 0:
+        up = ci[0] > 0
+        return ("faster" if up else "slower") if metric == "rps" else ("slower" if up else "faster")
+    return "no change"
+
+
+def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, seed: int = 0) -> list[dict]:
+    """One row per matched (protocol, payload, level) and metric."""
+    (dir_a, sum_a), (dir_b, sum_b) = a, b
+    if sum_a.get("mode") != sum_b.get("mode"):
+        raise SpecError(f"A is a {sum_a.get('mode')}-loop bench and B a {sum_b.get('mode')}-loop one: their levels "
+                        "(users against rates) do not match")
+    groups_a, groups_b = grouped(sum_a["runs"]), grouped(sum_b["runs"])
+    common = [key for key in groups_a if key in groups_b]
+    if not common:
+        raise SpecError(f"A ({dir_a}) and B ({dir_b}) have no protocol, payload and level in common: "
+                        f"A has {sorted(groups_a)}, B has {sorted(groups_b)}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key in common:
+        runs_a, runs_b = groups_a[key], groups_b[key]
+        repeats = len(runs_a) >= 2 and len(runs_b) >= 2
+        blocks = None if repeats else ([_blocks(r, dir_a, "A") for r in runs_a], [_blocks(r, dir_b, "B") for r in runs_b])
+        for metric in METRICS:
+            la = np.log([_value(r, metric) for r in runs_a])
+            lb = np.log([_value(r, metric) for r in runs_b])
+            if not (np.all(np.isfinite(la)) and np.all(np.isfinite(lb))):
+                low = high = change = None
+            elif repeats:
+                change = _pct(float(lb.mean() - la.mean()))
+                low, high = (_pct(x) for x in _welch(la, lb))
+            else:
+                change = _pct(float(lb.mean() - la.mean()))
+                diffs = _bootstrap(blocks[1], metric, rng) - _bootstrap(blocks[0], metric, rng)
+                diffs = diffs[np.isfinite(diffs)]
+                low, high = ((_pct(float(np.percentile(diffs, 2.5))), _pct(float(np.percentile(diffs, 97.5))))
+                             if diffs.size else (None, None))
+            ci = None if low is None or high is None else [round(low, 2), round(high, 2)]
+            rows.append({"protocol": key[0], "payload": key[1], "wire": runs_a[0]["wire"], "level": key[2],
+                         "metric": metric, "a": float(np.exp(la.mean())) if np.all(np.isfinite(la)) else None,
+                         "b": float(np.exp(lb.mean())) if np.all(np.isfinite(lb)) else None,
+                         "change_pct": None if change is None else round(change, 2), "ci95_pct": ci,
+                         "verdict": verdict(metric, change, ci, min_effect),
+                         "method": "repeats" if repeats else "block bootstrap",
+                         "repeats": [len(runs_a), len(runs_b)],
+                         "valid": all(r["valid"] for r in runs_a + runs_b)})
+    return rows
+
+
+# ------------------------------------------------------------------------ output
+
+def _level(row: dict, mode: str) -> str:
+    return f"{row['level']:g}/s" if mode == "open" else f"{row['level']:g} users"
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _change(row: dict) -> str:
+    return "n/a" if row["change_pct"] is None else f"{row['change_pct']:+.1f}%"
+
+
+def _ci(ci) -> str:
+    return "n/a" if not ci else f"[{ci[0]:+.1f}%, {ci[1]:+.1f}%]"
+
+
+def headline(rows: Sequence[dict], broken: Sequence[dict]) -> str:
+    """One sentence: what changed, by how much at worst, and whether a --fail-on rule broke."""
+    changed = [r for r in rows if r["verdict"] != "no change"]
+    if not changed:
+        text = f"no change in any of {len(rows)} figures"
+    else:
+        worst = max(changed, key=lambda r: abs(r["change_pct"]))
+        slower = sum(r["verdict"] == "slower" for r in changed)
+        text = (f"{slower} of {len(rows)} figures slower, {len(changed) - slower} faster; the largest change: "
+                f"{'REST' if worst['protocol'] == 'rest' else 'gRPC'} {worst['wire']} {worst['metric']} "
+                f"{worst['change_pct']:+.1f}% (95% CI {_ci(worst['ci95_pct'])})")
+    return text + (f"; {len(broken)} --fail-on breach(es)" if broken else "")
+
+
+def terminal(result: dict) -> str:
+    mode = result["mode"]
+    lines = [f"compare: A {result['a']}\n         B {result['b']}",
+             f"  minimum effect {result['min_effect_pct']:g}%; intervals: " + ", ".join(sorted({r['method'] for r in result['rows']})),
+             f"  {'protocol payload':22} {'level':>10} {'metric':>6} | {'A':>9} {'B':>9} | {'change':>8} "
+             f"{'95% CI':>18} | verdict"]
+    for r in result["rows"]:
+        name = f"{'REST' if r['protocol'] == 'rest' else 'gRPC'} {r['wire']}"
+        flag = "" if r["valid"] else "  (an invalid run)"
+        lines.append(f"  {name:22} {_level(r, mode):>10} {r['metric']:>6} | {_fmt(r['a']):>9} {_fmt(r['b']):>9} | "
+                     f"{_change(r):>8} {_ci(r['ci95_pct']):>18} | {r['verdict']}{flag}")
+    lines.append(f"\n  {result['headline']}")
+    for b in result["broken"]:
+        lines.append(f"  FAIL-ON {b['rule']}: {b['protocol']} {b['wire']} {_level(b, mode)} {b['metric']} "
+                     f"{b['change_pct']:+.1f}%")
+    return "\n".join(lines)
+
+
+def _forest(rows: Sequence[dict]) -> str:
+    """An inline SVG: each row's change and interval against zero and the minimum effect."""
+    shown = [r for r in rows if r["change_pct"] is not None]
+    if not shown:
+        return ""
+    bound = max([abs(x) for r in shown for x in ([r["change_pct"]] + (r["ci95_pct"] or []))] + [10.0]) * 1.1
+    width, left, row_h = 760, 300, 18
+    height = row_h * len(shown) + 30
+
+    def x(value: float) -> float:
+        return left + (value + bound) / (2 * bound) * (width - left - 20)
+    marks = [f"<line x1='{x(0):.1f}' y1='0' x2='{x(0):.1f}' y2='{height - 20}' stroke='#888'/>"]
+    for i, r in enumerate(shown):
+        y = 14 + i * row_h
+        colour = {"slower": "#b00020", "faster": "#1b7f3b"}.get(r["verdict"], "#555")
+        label = html.escape(f"{r['protocol']} {r['wire']} {r['level']:g} {r['metric']}")
+        marks.append(f"<text x='4' y='{y + 4}' font-size='11'>{label}</text>")
+        if r["ci95_pct"]:
+            marks.append(f"<line x1='{x(r['ci95_pct'][0]):.1f}' y1='{y}' x2='{x(r['ci95_pct'][1]):.1f}' y2='{y}' "
+                         f"stroke='{colour}' stroke-width='2'/>")
+        marks.append(f"<circle cx='{x(r['change_pct']):.1f}' cy='{y}' r='4' fill='{colour}'><title>"
+                     f"{r['change_pct']:+.1f}% {html.escape(_ci(r['ci95_pct']))}: {r['verdict']}</title></circle>")
+    marks.append(f"<text x='{x(-bound):.1f}' y='{height - 4}' font-size='10'>{-bound:.0f}%</text>"
+                 f"<text x='{x(0) - 4:.1f}' y='{height - 4}' font-size='10'>0</text>"
+                 f"<text x='{x(bound) - 30:.1f}' y='{height - 4}' font-size='10'>+{bound:.0f}%</text>")
+    return f"<svg width='{width}' height='{height}' role='img' aria-label='changes'>{''.join(marks)}</svg>"
+
+
+def html_page(result: dict) -> str:
+    esc = html.escape
+    body = "".join(
+        f"<tr class='{r['verdict'].replace(' ', '-')}'><td>{esc(r['protocol'])}</td><td>{esc(r['wire'])}</td>"
+        f"<td>{esc(_level(r, result['mode']))}</td><td>{r['metric']}</td><td>{_fmt(r['a'])}</td><td>{_fmt(r['b'])}</td>"
+        f"<td>{_change(r)}</td>"
+        f"<td>{esc(_ci(r['ci95_pct']))}</td><td><b>{r['verdict']}</b></td><td>{esc(r['method'])}</td>"
+        f"<td>{'yes' if r['valid'] else 'no'}</td></tr>" for r in result["rows"])
+    broken = "".join(f"<p class=slower>FAIL-ON {esc(b['rule'])}: {esc(b['protocol'])} {esc(b['wire'])} "
+                     f"{esc(_level(b, result['mode']))} {b['metric']} {b['change_pct']:+.1f}%</p>" for b in result["broken"])
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>compare: {esc(result['model'])}</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 2em; }} table {{ border-collapse: collapse; font-size: 13px; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }} th {{ background: #f3f3f3; }}
+.slower {{ color: #b00020; }} .faster {{ color: #1b7f3b; }}</style></head><body>
+<h1>{esc(result['model'])}: B against A</h1><p><b>{esc(result['headline'])}</b></p>{broken}
+<p>A: <code>{esc(result['a'])}</code><br>B: <code>{esc(result['b'])}</code></p>
+<p>Change is B over A. Intervals are 95%: a Welch t interval on the log of the per-repeat figures when both sides
+have two or more repeats (benchmark.repeats), otherwise a bootstrap of {BLOCKS} consecutive time blocks of each run.
+A change under the minimum effect ({result['min_effect_pct']:g}%) is <i>no change</i> whatever its interval.</p>
+{_forest(result['rows'])}
+<table><thead><tr>{''.join(f'<th>{h}</th>' for h in ('protocol', 'payload', 'level', 'metric', 'A', 'B', 'change', '95% CI', 'verdict', 'interval', 'valid'))}</tr></thead>
+<tbody>{body}</tbody></table></body></html>
+"""
+
+
+def compare(path_a: Path, path_b: Path, fail_on: Optional[str] = None, min_effect: Optional[str] = None,
+            output: Optional[Path] = None, log=print) -> int:
+    """Compare two bench reports; writes compare.json and compare.html; returns 0, or 7 when --fail-on broke."""
+    from loadtests.payloads import save_atomically
+
+    rules, effect = parse_fail_on(fail_on), parse_effect(min_effect)
+    a, b = load_run(path_a, "A"), load_run(path_b, "B")
+    rows = compare_rows(a, b, effect)
+    broken = [{**row, "rule": rule.text} for rule in rules for row in rows if rule.broken_by(row)]
+    result = {"model": b[1]["model"], "a": str(a[0]), "b": str(b[0]), "mode": b[1]["mode"],
+              "min_effect_pct": effect * 100.0, "fail_on": [r.text for r in rules], "rows": rows,
+              "broken": broken, "passed": not broken, "headline": headline(rows, broken)}
+    out = Path(output).resolve() if output else b[0]
+    out.mkdir(parents=True, exist_ok=True)
+    save_atomically(out / "compare.json", (json.dumps(result, indent=2) + "\n").encode())
+    save_atomically(out / "compare.html", html_page(result).encode())
+    log(terminal(result))
+    log(f"\ncompare: {out / 'compare.html'}\n         {out / 'compare.json'}")
+    return EXIT_REGRESSION if broken else 0
+
+
+def main_compare(argv: Sequence[str]) -> int:
+    """`python -m loadtests compare A B [--fail-on p99:+10%] [--min-effect 5%] [--output DIR]`."""
+    import argparse
+
+    from spec.errors import run_command
+
+    parser = argparse.ArgumentParser(prog="python -m loadtests compare",
+                                     description="Compare two bench reports: change, 95% interval and verdict per "
+                                                 "protocol, payload, level and metric.")
+    parser.add_argument("a", type=Path, help="the reference report directory (reports/<model>/<timestamp>)")
+    parser.add_argument("b", type=Path, help="the report to judge against it")
+    parser.add_argument("--fail-on", help=f"exit {EXIT_REGRESSION} when a figure gets worse by more than this, "
+                        "e.g. p99:+10%%,rps:-5%% (only changes judged slower count)")
+    parser.add_argument("--min-effect", help=f"changes smaller than this are 'no change' (default "
+                        f"{DEFAULT_MIN_EFFECT:.0%})")
+    parser.add_argument("--output", type=Path, help="where compare.json and compare.html go (default: B's directory)")
+    args = parser.parse_args(argv)
+    return run_command(lambda: compare(args.a, args.b, args.fail_on, args.min_effect, args.output),
+                       interrupted="compare: interrupted")

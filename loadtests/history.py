@@ -1,0 +1,286 @@
+"""The results history: every bench, capacity and tune result in a database, and `make history` over it.
+
+SQLite by default (`<output_dir>/results.sqlite`), or any SQLAlchemy URL, e.g. a team's shared PostgreSQL
+(`postgresql+psycopg://user@host/db`; `postgresql://` is read the same way). Two tables: `results` (one row per
+command run, with what makes it traceable: git commit, model signature hash, serving version) and `figures` (its
+key figures per protocol, payload and level).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+from spec.errors import SpecError
+
+ENV = "TFSB_RESULTS_DB"
+FIGURES = ("p50_ms", "p99_ms", "rps", "capacity_rps")
+
+
+def database_url(spec, given: Optional[str] = None) -> Optional[str]:
+    """The database to use: `given`, else $TFSB_RESULTS_DB, else benchmark.results_db; None when it is 'off'."""
+    where = given or os.environ.get(ENV) or spec.benchmark.results_db
+    if where.strip().lower() == "off":
+        return None
+    if "://" in where:
+        return "postgresql+psycopg://" + where.split("://", 1)[1] if where.startswith("postgresql://") else where
+    return f"sqlite:///{spec.resolve(spec.benchmark.output_dir) / where}"
+
+
+def display(url: str) -> str:
+    """The URL without its password."""
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 (an unparsable URL is shown as given; connecting reports it)
+        return url
+
+
+def _tables():
+    from sqlalchemy import Boolean, Column, Float, ForeignKey, Integer, MetaData, String, Table, Text
+
+    metadata = MetaData()
+    results = Table(
+        "results", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("recorded_at", String(32), nullable=False), Column("kind", String(16), nullable=False),
+        Column("model", String(200), nullable=False, index=True), Column("report_dir", Text),
+        Column("spec", Text), Column("spec_sha256", String(64)), Column("git_commit", String(80)),
+        Column("model_signature_sha256", String(64)), Column("serving_version", String(80)),
+        Column("server", Text), Column("backend", String(16)), Column("image", Text), Column("host", String(200)),
+        Column("mode", String(8)), Column("valid", Boolean), Column("failed", Boolean),
+        Column("thresholds_passed", Boolean), Column("note", Text))
+    figures = Table(
+        "figures", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("result_id", Integer, ForeignKey("results.id"), nullable=False, index=True),
+        Column("protocol", String(8)), Column("payload", String(32)), Column("wire", String(32)),
+        Column("level", Float), Column("repeats", Integer), Column("valid", Boolean),
+        *(Column(name, Float) for name in FIGURES))
+    return metadata, results, figures
+
+
+def _engine(url: str):
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return create_engine(url)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise SpecError(f"results database {display(url)!r} ({ENV} or benchmark.results_db): not a database URL "
+                        f"this harness can open ({exc}); use a file name, sqlite:///PATH or "
+                        "postgresql://user@host/db") from None
+
+
+def _call(url: str, action: Callable):
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return action()
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise SpecError(f"results database {display(url)}: {reason}; check {ENV} or benchmark.results_db "
+                        "(the report itself is written)") from None
+
+
+def _number(value) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def rows_of(kind: str, summary: dict) -> tuple[dict, list[dict]]:
+    """The `results` row and the `figures` rows of one result (a bench or capacity summary, or a tune result)."""
+    from loadtests.figures import folded
+
+    provenance = summary.get("provenance") or {}
+    result = {"recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": kind,
+              "model": summary["model"], "report_dir": str(summary.get("report_dir", "")),
+              "mode": summary.get("mode"), "valid": summary.get("valid"), "failed": summary.get("failed"),
+              "thresholds_passed": summary.get("thresholds_passed"), "note": summary.get("headline"),
+              **{k: provenance.get(k) for k in ("spec", "spec_sha256", "git_commit", "model_signature_sha256",
+                                                "serving_version", "server", "backend", "image", "host")}}
+    result["serving_version"] = None if result["serving_version"] is None else str(result["serving_version"])
+    figures = []
+    if kind == "bench":
+        for r in folded(summary["runs"]):
+            figures.append({"protocol": r["protocol"], "payload": r["payload"], "wire": r["wire"],
+                            "level": float(r["level"]), "repeats": r["repeats"], "valid": r["valid"],
+                            **{k: _number(r.get(k)) for k in ("p50_ms", "p99_ms", "rps")}, "capacity_rps": None})
+    else:  # capacity, or tune (its best configuration's cells)
+        for c in summary.get("capacity") or []:
+            figures.append({"protocol": c["protocol"], "payload": c["payload"], "wire": c["wire"], "level": None,
+                            "repeats": 1, "valid": c["limited_by"] not in ("generator", "probes"),
+                            "p50_ms": None, "p99_ms": None, "rps": None,
+                            "capacity_rps": _number(c["capacity_rps"])})
+    return result, figures
+
+
+def record(url: str, kind: str, summary: dict, run_dir: Path) -> int:
+    """Insert one result and its figures; returns its id. SpecError (one line) when the database refuses."""
+    from sqlalchemy import insert
+
+    metadata, results, figures = _tables()
+    result, rows = rows_of(kind, summary)
+    result["report_dir"] = str(run_dir)
+    engine = _engine(url)
+
+    def write() -> int:
+        with engine.begin() as connection:
+            metadata.create_all(connection)
+            result_id = connection.execute(insert(results).values(**result)).inserted_primary_key[0]
+            if rows:
+                connection.execute(insert(figures), [{**row, "result_id": result_id} for row in rows])
+            return int(result_id)
+    try:
+        return _call(url, write)
+    finally:
+        engine.dispose()
+
+
+def tune_summary(result: dict, tune_dir: Path) -> dict:
+    """A tune result as history records it: the best configuration's cells, provenance from its trial."""
+    best = result.get("best")
+    trial = next((t for t in result["trials"] if best and t["index"] == best.get("trial")), None)
+    provenance = {}
+    if trial is not None:
+        summary_file = Path(trial["report_dir"]) / "summary.json"
+        if summary_file.exists():
+            provenance = json.loads(summary_file.read_text()).get("provenance") or {}
+    return {"model": result["model"], "report_dir": str(tune_dir), "mode": "open",
+            "valid": bool(best and best.get("valid")), "failed": False, "thresholds_passed": None,
+            "headline": result.get("headline"), "provenance": provenance,
+            "capacity": trial["cells"] if trial else []}
+
+
+def load(url: str, model: str, limit: int = 50) -> list[dict]:
+    """The model's last `limit` results, oldest first, each with its figures."""
+    from sqlalchemy import inspect, select
+
+    metadata, results, figures = _tables()
+    engine = _engine(url)
+
+    def read() -> list[dict]:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table("results"):
+                return []
+            chosen = connection.execute(select(results).where(results.c.model == model)
+                                        .order_by(results.c.id.desc()).limit(limit)).mappings().all()
+            out = [dict(row) for row in reversed(chosen)]
+            by_id = {row["id"]: row for row in out}
+            for row in out:
+                row["figures"] = []
+            if by_id:
+                for fig in connection.execute(select(figures).where(figures.c.result_id.in_(list(by_id)))
+                                              .order_by(figures.c.id)).mappings():
+                    by_id[fig["result_id"]]["figures"].append(dict(fig))
+            return out
+    try:
+        return _call(url, read)
+    finally:
+        engine.dispose()
+
+
+def key_figures(result: dict) -> list[dict]:
+    """Per protocol and payload: p50 and p99 at the lowest level, the highest throughput, the capacity."""
+    cells: dict[tuple, list[dict]] = {}
+    for fig in result["figures"]:
+        cells.setdefault((fig["protocol"], fig["wire"]), []).append(fig)
+    out = []
+    for (protocol, wire), figs in cells.items():
+        lowest = min((f for f in figs if f["level"] is not None), key=lambda f: f["level"], default=None)
+        rps = [f["rps"] for f in figs if f["rps"] is not None]
+        capacity = [f["capacity_rps"] for f in figs if f["capacity_rps"] is not None]
+        out.append({"cell": f"{protocol} {wire}", "level": lowest and lowest["level"],
+                    "p50_ms": lowest and lowest["p50_ms"], "p99_ms": lowest and lowest["p99_ms"],
+                    "max_rps": max(rps) if rps else None, "capacity_rps": max(capacity) if capacity else None,
+                    "valid": all(f["valid"] is not False for f in figs)})
+    return out
+
+
+def _cell(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: list[dict]) -> str:
+    """The terminal table: one line per result and protocol/payload, oldest first."""
+    lines = [f"{'recorded (UTC)':20} {'kind':8} {'commit':12} {'signature':12} {'serving':10} {'backend':8} "
+             f"{'protocol payload':22} {'p50 ms':>8} {'p99 ms':>8} {'max rps':>8} {'capacity':>8}  valid"]
+    for result in results:
+        head = (f"{result['recorded_at'][:19].replace('T', ' '):20} {result['kind']:8} "
+                f"{(result['git_commit'] or '?')[:12]:12} {(result['model_signature_sha256'] or '?')[:12]:12} "
+                f"{(result['serving_version'] or '?')[:10]:10} {(result['backend'] or '?'):8} ")
+        figures = key_figures(result) or [{"cell": "(no figures)", "p50_ms": None, "p99_ms": None,
+                                           "max_rps": None, "capacity_rps": None, "valid": result["valid"]}]
+        for fig in figures:
+            lines.append(head + f"{fig['cell']:22} {_cell(fig['p50_ms']):>8} {_cell(fig['p99_ms']):>8} "
+                         f"{_cell(fig['max_rps'], 1):>8} {_cell(fig['capacity_rps'], 1):>8}  "
+                         f"{'yes' if fig['valid'] and result['valid'] is not False else 'no'}")
+            head = " " * len(head)
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> Path:
+    """history.png: each protocol/payload's p50 (lowest level), highest throughput and capacity, run after run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("p50_ms", "p50 at the lowest level (ms)"), ("max_rps", "highest throughput (req/s)"),
+              ("capacity_rps", "capacity under the SLO (req/s)"))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    labels = [f"{i + 1}\n{(r['git_commit'] or '?')[:7]}" for i, r in enumerate(results)]
+    for ax, (key, title) in zip(axes, panels):
+        series: dict[str, list] = {}
+        for i, result in enumerate(results):
+            for figure in key_figures(result):
+                if figure[key] is not None:
+                    series.setdefault(figure["cell"], []).append((i, figure[key]))
+        for name, points in series.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], "-o", label=name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(results)), labels, fontsize=7)
+        ax.set_xlabel("result (oldest first) and git commit")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main_history(argv) -> int:
+    """`python -m loadtests history --spec FILE [--db URL] [--limit N]`."""
+    import argparse
+
+    from spec.errors import run_command
+    from spec.loader import load_spec
+
+    parser = argparse.ArgumentParser(prog="python -m loadtests history",
+                                     description="The recorded bench, capacity and tune results of a spec's model.")
+    parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML)")
+    parser.add_argument("--db", help=f"the results database (default: ${ENV}, else benchmark.results_db)")
+    parser.add_argument("--limit", type=int, default=50, help="the last N results (default 50)")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        spec = load_spec(args.spec)
+        url = database_url(spec, args.db)
+        if url is None:
+            raise SpecError(f"{spec.where('benchmark', 'results_db')}: benchmark.results_db is 'off': nothing is "
+                            "recorded, so there is no history; give --db URL")
+        results = load(url, spec.name, args.limit)
+        if not results:
+            print(f"no results of '{spec.name}' recorded in {display(url)} yet: run make bench SPEC={args.spec}")
+            return 0
+        print(f"{spec.name}: {len(results)} results in {display(url)}\n{table(results)}")
+        out = plot(results, spec.resolve(spec.benchmark.output_dir) / spec.name / "history.png")
+        print(f"\nplot: {out}")
+        return 0
+
+    return run_command(body, interrupted="history: interrupted")
