@@ -1,0 +1,206 @@
+"""Thresholds, compare's intervals and verdicts, repeats folded, and the results history (SQLite), on plain data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from loadtests import compare, history
+from loadtests.figures import folded, threshold_rows
+from loadtests.recorder import write_samples
+from spec.errors import SpecError
+from spec.loader import load_spec
+from spec.thresholds import broken, evaluate, parse
+from tests.conftest import write_spec
+
+
+def _row(protocol="rest", payload="image_b64", level=1, **figures):
+    return {"protocol": protocol, "payload": payload, "wire": payload if protocol == "rest" else "image_bytes",
+            "level": level, **figures}
+
+
+def test_thresholds_parse_scopes_and_compare_as_written():
+    rules = parse({"p99_ms": "< 120", "failure_ratio": "<= 0.1%", "grpc": {"rps": ["> 40", "< 1e4"]},
+                   "rest/image_b64": {"p50_ms": ">=1"}})
+    assert [(r.scope, r.metric, r.op, r.limit) for r in rules] == [
+        ("all", "p99_ms", "<", 120.0), ("all", "failure_ratio", "<=", 0.001), ("grpc", "rps", ">", 40.0),
+        ("grpc", "rps", "<", 1e4), ("rest/image_b64", "p50_ms", ">=", 1.0)]
+    rows = [_row("rest", p99_ms=119.9, p50_ms=1.0, rps=10.0, failure_ratio=0.001),
+            _row("grpc", p99_ms=120.0, p50_ms=0.5, rps=40.5, failure_ratio=0.0)]
+    verdicts = evaluate(rules, rows)
+    passed = {(v["threshold"], v["protocol"]): v["passed"] for v in verdicts}
+    assert passed == {("p99_ms < 120", "rest"): True, ("p99_ms < 120", "grpc"): False,  # 120 is not < 120
+                      ("failure_ratio <= 0.001", "rest"): True, ("failure_ratio <= 0.001", "grpc"): True,
+                      ("grpc: rps > 40", "grpc"): True, ("grpc: rps < 10000", "grpc"): True,
+                      ("rest/image_b64: p50_ms >= 1", "rest"): True}
+    assert [v["protocol"] for v in broken(verdicts)] == ["grpc"]
+
+
+def test_a_threshold_without_a_value_is_failed_or_not_evaluated_never_passed():
+    verdicts = evaluate(parse({"p50_ms": "< 10", "capacity_rps": "> 3", "tensor_row": {"rps": "> 1"}}),
+                        [_row(p50_ms=float("nan"))])
+    state = {v["threshold"]: (v["passed"], v["note"]) for v in verdicts}
+    assert state["p50_ms < 10"] == (False, "no value measured")
+    assert state["capacity_rps > 3"][0] is None and "make capacity" in state["capacity_rps > 3"][1]
+    assert state["tensor_row: rps > 1"][0] is None and "no run of tensor_row" in state["tensor_row: rps > 1"][1]
+    capacity = {"capacity": [{"protocol": "grpc", "payload": "image_b64", "wire": "image_bytes", "capacity_rps": 50.0}],
+                "runs": [{**_row("grpc", p99_ms=80.0), "mode": "open", "offered_rps": 50.0}]}
+    rows = threshold_rows(capacity)
+    assert rows[0]["capacity_rps"] == 50.0 and rows[0]["p99_ms"] == 80.0  # the probe at the capacity found
+    assert [v["passed"] for v in evaluate(parse({"capacity_rps": "> 60"}), rows, capacity=True)] == [False]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"p99": "< 1"}, "unknown metric 'p99'"), ({"p99_ms": "under 5"}, "is not a threshold"),
+    ({"p99_ms": 5}, "is not a threshold"), ({"grpc": "< 5"}, "a protocol or payload scope holds metrics"),
+    ({"rps": "> 5%"}, "a percent limit only fits a ratio"), ({"grpc": {"p95": "< 3"}}, "grpc.p95: unknown metric")])
+def test_bad_threshold_syntax_is_one_spec_error_naming_the_key(tmp_path, bad, message):
+    path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.thresholds": bad})
+    with pytest.raises(SpecError, match=message) as caught:
+        load_spec(path)
+    assert "benchmark.thresholds" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_repeats_fold_into_their_median_and_are_valid_only_together():
+    runs = [{**_row(p50_ms=v, rps=100.0 / v), "repeat": i + 1, "valid": i != 1, "invalid_reasons": ["x"] * (i == 1),
+             "requests": 10, "failures": 0} for i, v in enumerate((1.0, 9.0, 2.0))]
+    [row] = folded(runs)
+    assert row["p50_ms"] == 2.0 and row["rps"] == 50.0 and row["repeats"] == 3 and row["requests"] == 30
+    assert not row["valid"] and row["invalid_reasons"] == ["repeat 2: x"]
+
+
+def test_fail_on_rules_and_minimum_effect_parse():
+    assert [(r.metric, r.limit_pct) for r in compare.parse_fail_on("p99:+10%, rps:-5%,p50:3%")] == [
+        ("p99", 10.0), ("rps", -5.0), ("p50", 3.0)]
+    for bad in ("p99:+10", "p99:-10%", "rps:+5%", "latency:5%"):
+        with pytest.raises(SpecError, match="--fail-on"):
+            compare.parse_fail_on(bad)
+    assert compare.parse_effect("5%") == 0.05 and compare.parse_effect("0.1") == 0.1 and compare.parse_effect("2") == 0.02
+    with pytest.raises(SpecError, match="--min-effect"):
+        compare.parse_effect("lots")
+
+
+@pytest.mark.parametrize("metric, change, ci, effect, expected", [
+    ("p99", 12.0, [5.0, 20.0], 0.05, "slower"), ("p99", -12.0, [-20.0, -5.0], 0.05, "faster"),
+    ("rps", 12.0, [5.0, 20.0], 0.05, "faster"), ("rps", -12.0, [-20.0, -5.0], 0.05, "slower"),
+    ("p50", 12.0, [-1.0, 25.0], 0.05, "no change"),   # the interval crosses zero
+    ("p50", 3.0, [2.0, 4.0], 0.05, "no change"),      # significant but under the minimum effect
+    ("p50", 3.0, [2.0, 4.0], 0.0, "slower"), ("p50", None, None, 0.05, "no change")])
+def test_verdicts(metric, change, ci, effect, expected):
+    assert compare.verdict(metric, change, ci, effect) == expected
+
+
+def _fake_run(run_dir, name, latencies_ms, window_s=10.0, protocol="grpc", repeat=1):
+    """A run entry and its samples file: requests spread evenly over the window with the given latencies."""
+    n = len(latencies_ms)
+    t = np.linspace(0.0, window_s, n, endpoint=False)
+    part = {"t": list(t), "latency_ms": list(latencies_ms), "ok": [True] * n, "image": [0] * n,
+            "due": [float("nan")] * n, "service_ms": list(latencies_ms), "late": [False] * n,
+            "window_s": window_s, "in_flight_mean": None, "cpu_percent": 10.0, "failures": {}}
+    write_samples(run_dir / "samples" / f"{name}.npz", [part], None, 0.0)
+    lat = np.asarray(latencies_ms)
+    return {**_row(protocol), "mode": "closed", "users": 1, "samples_file": f"{name}.npz", "window_s": window_s,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "rps": n / window_s,
+            "valid": True, "invalid_reasons": [], "repeat": repeat}
+
+
+def _side(tmp_path, name, runs):
+    directory = tmp_path / name
+    directory.mkdir(exist_ok=True)
+    made = [_fake_run(directory, f"{name}{i}", lat, repeat=i + 1) for i, lat in enumerate(runs)]
+    return directory, {"model": "m", "mode": "closed", "runs": made}
+
+
+def test_block_bootstrap_sees_drift_inside_a_run_that_a_request_bootstrap_would_not(tmp_path):
+    rng = np.random.default_rng(1)
+    steady = 10.0 + rng.normal(0, 0.2, 2000)
+    drifting = np.linspace(8.0, 13.0, 2000) + rng.normal(0, 0.2, 2000)  # the same mean, drifting over the run
+    a = _side(tmp_path, "a", [steady])
+    rows = {r["metric"]: r for r in compare.compare_rows(a, _side(tmp_path, "b", [steady * 1.2]), 0.05)}
+    assert rows["p50"]["verdict"] == "slower" and rows["p50"]["method"] == "block bootstrap"
+    assert 18 < rows["p50"]["change_pct"] < 22 and rows["p50"]["ci95_pct"][0] > 15
+    assert rows["rps"]["verdict"] == "no change" and rows["rps"]["ci95_pct"] == [0.0, 0.0]  # same count
+    drift = {r["metric"]: r for r in compare.compare_rows(a, _side(tmp_path, "c", [drifting]), 0.05)}["p50"]
+    width = drift["ci95_pct"][1] - drift["ci95_pct"][0]
+    per_request = 2 * 1.96 * np.std(drifting) * 1.25 / np.sqrt(2000) / 10.5 * 100  # ~ the median's own interval
+    assert width > 3 * per_request  # the blocks carry the drift into the interval
+
+
+def test_repeats_use_the_variation_between_them(tmp_path):
+    rng = np.random.default_rng(2)
+    a = _side(tmp_path, "a", [10.0 + rng.normal(0, 0.1, 500) for _ in range(3)])
+    same = _side(tmp_path, "b", [10.0 * f + rng.normal(0, 0.1, 500) for f in (0.9, 1.0, 1.1)])  # noisy repeats
+    rows = {r["metric"]: r for r in compare.compare_rows(a, same, 0.05)}
+    assert rows["p50"]["method"] == "repeats" and rows["p50"]["repeats"] == [3, 3]
+    assert rows["p50"]["verdict"] == "no change" and rows["p50"]["ci95_pct"][1] - rows["p50"]["ci95_pct"][0] > 20
+    slower = _side(tmp_path, "c", [15.0 + rng.normal(0, 0.1, 500) for _ in range(3)])
+    row = {r["metric"]: r for r in compare.compare_rows(a, slower, 0.05)}["p50"]
+    assert row["verdict"] == "slower" and 45 < row["ci95_pct"][0] <= row["change_pct"] <= row["ci95_pct"][1] < 55
+
+
+def test_compare_writes_json_and_html_and_exits_7_on_a_broken_rule(tmp_path, capsys):
+    a_dir, a = _side(tmp_path, "a", [np.full(300, 10.0)])
+    b_dir, b = _side(tmp_path, "b", [np.linspace(19.0, 21.0, 300)])
+    for directory, summary in ((a_dir, a), (b_dir, b)):
+        (directory / "summary.json").write_text(json.dumps(summary))
+    assert compare.compare(a_dir, b_dir, fail_on="p50:+50%") == 7
+    result = json.loads((b_dir / "compare.json").read_text())
+    assert [b["metric"] for b in result["broken"]] == ["p50"] and not result["passed"]  # the rule names p50 only
+    assert {"protocol", "payload", "level", "metric", "a", "b", "change_pct", "ci95_pct", "verdict"} <= set(result["rows"][0])
+    assert "<svg" in (b_dir / "compare.html").read_text() and "FAIL-ON p50:+50%" in capsys.readouterr().out
+    assert compare.compare(a_dir, b_dir, fail_on="p50:+150%", output=tmp_path / "out") == 0
+
+
+def test_compare_mistakes_are_one_line(tmp_path):
+    with pytest.raises(SpecError, match="no summary.json"):
+        compare.load_run(tmp_path, "A")
+    (tmp_path / "summary.json").write_text(json.dumps({"runs": [], "capacity": []}))
+    with pytest.raises(SpecError, match="a capacity search"):
+        compare.load_run(tmp_path, "A")
+    a = _side(tmp_path, "a", [np.full(50, 1.0)])
+    b_dir, b = _side(tmp_path, "b", [np.full(50, 1.0)])
+    b["runs"][0]["level"] = 4
+    with pytest.raises(SpecError, match="no protocol, payload and level in common"):
+        compare.compare_rows(a, (b_dir, b), 0.05)
+    (b_dir / "samples" / "b0.npz").unlink()
+    b["runs"][0]["level"] = 1
+    with pytest.raises(SpecError, match="is missing"):
+        compare.compare_rows(a, (b_dir, b), 0.05)
+
+
+def test_history_records_and_lists_in_sqlite(tmp_path):
+    spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.output_dir": str(tmp_path / "r")}))
+    url = history.database_url(spec)
+    assert url == f"sqlite:///{tmp_path / 'r' / 'results.sqlite'}"
+    provenance = {"git_commit": "abc123", "model_signature_sha256": "f" * 64, "serving_version": "2.21.0",
+                  "backend": "embedded"}
+    for p50 in (5.0, 7.0):
+        runs = [{**_row(p50_ms=p50, p99_ms=2 * p50, rps=100.0), "valid": True, "invalid_reasons": [], "requests": 1,
+                 "failures": 0}]
+        history.record(url, "bench", {"model": "digits_cnn", "runs": runs, "provenance": provenance, "valid": True,
+                                      "failed": False, "mode": "closed", "headline": f"p50 {p50}"}, tmp_path)
+    history.record(url, "capacity", {"model": "digits_cnn", "runs": [], "provenance": provenance, "capacity": [
+        {"protocol": "grpc", "payload": "image_b64", "wire": "image_bytes", "capacity_rps": 42.0,
+         "limited_by": None}]}, tmp_path)
+    results = history.load(url, "digits_cnn")
+    assert [r["kind"] for r in results] == ["bench", "bench", "capacity"]
+    assert [r["figures"][0]["p50_ms"] for r in results[:2]] == [5.0, 7.0]
+    text = history.table(results)
+    assert "abc123" in text and "42.0" in text and text.count("rest image_b64") == 2
+    assert history.load(url, "another") == []
+    assert history.plot(results, tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_history_database_choice_and_its_errors(tmp_path, monkeypatch):
+    spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.results_db": "off"}))
+    assert history.database_url(spec) is None
+    monkeypatch.setenv("TFSB_RESULTS_DB", "postgresql://u:secret@127.0.0.1:1/x")
+    url = history.database_url(spec)
+    assert url.startswith("postgresql+psycopg://") and "secret" not in history.display(url)
+    with pytest.raises(SpecError, match="results database postgresql\\+psycopg://u:\\*\\*\\*@127.0.0.1:1/x: .*"
+                                        "TFSB_RESULTS_DB") as caught:
+        history.load(url, "m")  # nothing listens on port 1
+    assert "secret" not in str(caught.value)
+    with pytest.raises(SpecError, match="not a database URL"):
+        history.load("nosuchdb://x", "m")
