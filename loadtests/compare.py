@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from loadtests.figures import grouped
+from loadtests.report import fmt
 from spec.errors import SpecError
 
 EXIT_REGRESSION = 7
@@ -218,10 +219,6 @@ def _level(row: dict, mode: str) -> str:
     return f"{row['level']:g}/s" if mode == "open" else f"{row['level']:g} users"
 
 
-def _fmt(value, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def _change(row: dict) -> str:
     return "n/a" if row["change_pct"] is None else f"{row['change_pct']:+.1f}%"
 
@@ -253,7 +250,7 @@ def terminal(result: dict) -> str:
     for r in result["rows"]:
         name = f"{'REST' if r['protocol'] == 'rest' else 'gRPC'} {r['wire']}"
         flag = "" if r["valid"] else "  (an invalid run)"
-        lines.append(f"  {name:22} {_level(r, mode):>10} {r['metric']:>6} | {_fmt(r['a']):>9} {_fmt(r['b']):>9} | "
+        lines.append(f"  {name:22} {_level(r, mode):>10} {r['metric']:>6} | {fmt(r['a']):>9} {fmt(r['b']):>9} | "
                      f"{_change(r):>8} {_ci(r['ci95_pct']):>18} | {r['verdict']}{flag}")
     lines.append(f"\n  {result['headline']}")
     for b in result["broken"]:
@@ -294,7 +291,7 @@ def html_page(result: dict) -> str:
     esc = html.escape
     body = "".join(
         f"<tr class='{r['verdict'].replace(' ', '-')}'><td>{esc(r['protocol'])}</td><td>{esc(r['wire'])}</td>"
-        f"<td>{esc(_level(r, result['mode']))}</td><td>{r['metric']}</td><td>{_fmt(r['a'])}</td><td>{_fmt(r['b'])}</td>"
+        f"<td>{esc(_level(r, result['mode']))}</td><td>{r['metric']}</td><td>{fmt(r['a'])}</td><td>{fmt(r['b'])}</td>"
         f"<td>{_change(r)}</td>"
         f"<td>{esc(_ci(r['ci95_pct']))}</td><td><b>{r['verdict']}</b></td><td>{esc(r['method'])}</td>"
         f"<td>{'yes' if r['valid'] else 'no'}</td></tr>" for r in result["rows"])

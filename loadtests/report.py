@@ -1,7 +1,6 @@
 """The bench report: summary.json, report.html with plots, and a one-screen terminal summary."""
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
@@ -36,7 +35,7 @@ def _level_name(runs) -> str:
     return "offered load (requests/s)" if runs and runs[0]["mode"] == "open" else "concurrent users"
 
 
-def _level(run: dict) -> str:
+def level_text(run: dict) -> str:
     return f"{run['level']:g}/s" if run["mode"] == "open" else str(run["users"])
 
 
@@ -85,7 +84,7 @@ def plot(runs: Sequence[dict], out_dir: Path) -> list[str]:
                    label=f"{'REST' if r['protocol'] == 'rest' else 'gRPC'} {r['wire']}", s=22)
     ax.set_xscale("log")
     ax.set_xlabel("request size (KiB, log scale)")
-    ax.set_ylabel(f"p50 latency per image (ms), {_level(min(runs, key=lambda r: r['level']))}"
+    ax.set_ylabel(f"p50 latency per image (ms), {level_text(min(runs, key=lambda r: r['level']))}"
                   + (" user(s)" if runs[0]["mode"] == "closed" else ""))
     ax.set_title("latency against image/request size", fontsize=10)
     ax.grid(alpha=0.3)
@@ -129,7 +128,7 @@ def plot_breakdown(runs: Sequence[dict], out_dir: Path) -> Optional[str]:
                     labelled.add(label)
                     bottom += height
                 ax.text(x, bottom, "REST" if protocol == "rest" else "gRPC", ha="center", va="bottom", fontsize=6)
-        ax.set_xticks(range(len(levels)), [_level({"level": v, "users": v, "mode": runs[0]["mode"]}) for v in levels])
+        ax.set_xticks(range(len(levels)), [level_text({"level": v, "users": v, "mode": runs[0]["mode"]}) for v in levels])
         ax.set_xlabel(_level_name(runs))
         ax.set_ylabel("mean latency from send (ms)")
         ax.set_title(" vs ".join(filter(None, [rest_payload and f"REST {rest_payload}",
@@ -148,58 +147,18 @@ def breakdown_lines(runs: Sequence[dict]) -> list[str]:
              "CPU in core-ms per request)"]
     for r in runs:
         parts, server = r.get("breakdown"), r.get("server") or {}
-        head = f"    {_name(r):22} {_level(r):>7}: "
+        head = f"    {_name(r):22} {level_text(r):>7}: "
         if not parts:
             lines.append(head + f"no server metrics ({server.get('reason', 'not scraped')})")
             continue
-        queue = f" + queue {_fmt(parts['queue_ms'])}" if parts.get("queue_ms") is not None else ""
+        queue = f" + queue {fmt(parts['queue_ms'])}" if parts.get("queue_ms") is not None else ""
         batch = (f"  batch {server['batch_size_mean']:.1f}, padding {server['padding_ratio']:.0%}"
                  if server.get("batching") else "")
-        lines.append(head + f"{_fmt(parts['client_mean_ms'])} = outside {_fmt(parts['outside_server_ms'])} + server "
-                     f"{_fmt(parts['server_overhead_ms'])}{queue} + model {_fmt(parts['model_ms'])}  | CPU server "
-                     f"{_fmt(r.get('server_core_ms_per_request'))}, generator "
-                     f"{_fmt(r.get('generator_core_ms_per_request'))}{batch}")
+        lines.append(head + f"{fmt(parts['client_mean_ms'])} = outside {fmt(parts['outside_server_ms'])} + server "
+                     f"{fmt(parts['server_overhead_ms'])}{queue} + model {fmt(parts['model_ms'])}  | CPU server "
+                     f"{fmt(r.get('server_core_ms_per_request'))}, generator "
+                     f"{fmt(r.get('generator_core_ms_per_request'))}{batch}")
     return lines
-
-
-def _breakdown_section(summary: dict, has_plot: bool) -> str:
-    esc = html.escape
-    rows = []
-    for r in summary["runs"]:
-        server, parts = r.get("server") or {}, r.get("breakdown") or {}
-        if not server.get("available"):
-            rows.append([esc(r["protocol"]), esc(r["wire"]), esc(_level(r)),
-                         f"<td colspan=13 style='text-align:left'>no server metrics: {esc(server.get('reason', ''))}"])
-            continue
-
-        def bucketed(q: int) -> str:
-            bounds = server.get(f"request_p{q}_bucket_ms") or [None, None]
-            return (f"{_fmt(server.get(f'request_p{q}_ms'))} <small>[{_fmt(bounds[0])}, "
-                    f"{_fmt(bounds[1]) if bounds[1] is not None else '&infin;'})</small>")
-        rows.append([esc(r["protocol"]), esc(r["wire"]), esc(_level(r)), _fmt(parts.get("client_mean_ms")),
-                     _fmt(parts.get("outside_server_ms")), _fmt(parts.get("server_overhead_ms")),
-                     _fmt(parts.get("queue_ms")), _fmt(parts.get("model_ms")), _fmt(server.get("request_mean_ms")),
-                     bucketed(50), bucketed(99), f"{server['requests']} / {server.get('client_requests', 'n/a')}",
-                     _fmt(server.get("batch_size_mean")) + (f" ({server['padding_ratio']:.0%} padding)"
-                                                             if server.get("batching") else ""),
-                     _fmt(r.get("server_core_ms_per_request")), _fmt(r.get("generator_core_ms_per_request"))])
-    body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row) + "</tr>"
-                   for row in rows)
-    header = ["protocol", "payload", "level", "client mean", "outside server", "server overhead", "queue", "model",
-              "server mean", "server p50 [bucket)", "server p99 [bucket)", "server / client requests",
-              "batch size", "server core-ms/req", "generator core-ms/req"]
-    source = next((r["server"]["source"] for r in summary["runs"] if (r.get("server") or {}).get("source")), None)
-    return ("<h2>Where the time goes</h2><p>From the server's own Prometheus metrics"
-            + (f" (<code>{esc(source)}</code>)" if source else "") + ", scraped as each window opened and closed: "
-            "only their differences count. Means in ms from the client's send: outside the server is the client's "
-            "mean minus TF Serving's request_latency (network, the client's encoding and decoding, the load "
-            "generator); server overhead is request_latency minus runtime_latency (parsing the request, "
-            "serialising the answer); runtime_latency includes the batching queue, so the model's share is the "
-            "runtime minus the queue. Server percentiles are interpolated inside TF Serving's histogram buckets, "
-            "whose bounds follow them.</p>"
-            + (f"<img src='{BREAKDOWN_PLOT}' alt='breakdown'>" if has_plot else "")
-            + f"<table><thead><tr>{''.join(f'<th>{esc(h)}</th>' for h in header)}</tr></thead>"
-            f"<tbody>{body}</tbody></table>")
 
 
 def floor_lines(summary: dict) -> list[str]:
@@ -212,34 +171,13 @@ def floor_lines(summary: dict) -> list[str]:
     for row in floor["beside"]:
         share = "n/a" if row["floor_share"] is None else f"{row['floor_share']:.0%}"
         flag = "" if row["floor_valid"] else " !"
-        lines.append(f"    {_name(row):22} {_level(row):>7} | {_fmt(row['model_p50_ms']):>7} "
-                     f"{_fmt(row['floor_p50_ms']):>7} | {_fmt(row['model_mean_ms']):>7} {_fmt(row['floor_mean_ms']):>7} "
+        lines.append(f"    {_name(row):22} {level_text(row):>7} | {fmt(row['model_p50_ms']):>7} "
+                     f"{fmt(row['floor_p50_ms']):>7} | {fmt(row['model_mean_ms']):>7} {fmt(row['floor_mean_ms']):>7} "
                      f"{share:>6}{flag}")
     return lines
 
 
-def _floor_section(summary: dict) -> str:
-    floor = summary.get("floor")
-    if not floor:
-        return ""
-    esc = html.escape
-    rows = [[esc(row["protocol"]), esc(row["wire"]), esc(_level(row)), _fmt(row["model_p50_ms"]),
-             _fmt(row["floor_p50_ms"]), _fmt(row["model_mean_ms"]), _fmt(row["floor_mean_ms"]),
-             "n/a" if row["floor_share"] is None else f"{row['floor_share']:.0%}", _fmt(row["model_rps"], 1),
-             _fmt(row["floor_rps"], 1), _fmt(row["floor_outside_server_ms"]), _fmt(row["floor_server_overhead_ms"]),
-             _fmt(row["floor_model_ms"]), "yes" if row["floor_valid"] else "<b class=bad>no</b>"]
-            for row in floor["beside"]]
-    return (f"<h2>Protocol floor</h2><p><code>{esc(floor['model'])}</code> has this model's signatures, input size "
-            "and preprocessing (decoding and resizing in the graph) but an almost free head "
-            f"(<code>{esc(floor['function'])}</code>, {floor['classes']} classes). Run through the same sweep, it "
-            "shows what each protocol and payload costs before any model work: the floor's share is its mean "
-            "latency over the model's. Its runs are in <code>floor/</code>.</p>"
-            + _table(rows, ["protocol", "payload", "level", "model p50 ms", "floor p50 ms", "model mean ms",
-                            "floor mean ms", "floor share", "model req/s", "floor req/s", "floor outside server",
-                            "floor server overhead", "floor model (decode, preprocess)", "floor valid"]))
-
-
-def _fmt(value, digits: int = 2) -> str:
+def fmt(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -282,11 +220,11 @@ def terminal_summary(summary: dict) -> str:
         grpc = {r["level"]: r for r in _series(runs, "grpc", grpc_wire)} if grpc_wire else {}
         for level in sorted(set(rest) | set(grpc)):
             a, b = rest.get(level), grpc.get(level)
-            p50 = _fmt(a["p50_ms"] / b["p50_ms"]) + "x" if a and b and b["p50_ms"] else "n/a"
-            rps = _fmt(a["rps"] / b["rps"]) + "x" if a and b and b["rps"] else "n/a"
+            p50 = fmt(a["p50_ms"] / b["p50_ms"]) + "x" if a and b and b["p50_ms"] else "n/a"
+            rps = fmt(a["rps"] / b["rps"]) + "x" if a and b and b["rps"] else "n/a"
             invalid = " !" if (a and not a["valid"]) or (b and not b["valid"]) else ""
-            lines.append(f"  {_level(a or b):>7} | {_fmt(a and a['p50_ms']):>9} {_fmt(a and a['rps'], 1):>9} | "
-                         f"{_fmt(b and b['p50_ms']):>9} {_fmt(b and b['rps'], 1):>9} | {p50:>13} {rps:>13}{invalid}")
+            lines.append(f"  {level_text(a or b):>7} | {fmt(a and a['p50_ms']):>9} {fmt(a and a['rps'], 1):>9} | "
+                         f"{fmt(b and b['p50_ms']):>9} {fmt(b and b['rps'], 1):>9} | {p50:>13} {rps:>13}{invalid}")
     answers = summary.get("answers") or {}
     if answers and not answers["informative"]:
         lines.append(f"\n  ! CORRECTNESS NOT INFORMATIVE: {answers['reason']}"
@@ -298,7 +236,7 @@ def terminal_summary(summary: dict) -> str:
     if invalid:
         lines.append(f"\n  ! INVALID: {len(invalid)} of {len(runs)} runs cannot be trusted as measured:")
         for r in invalid:
-            lines.append(f"    {r['protocol']} {r['wire']} {_level(r)}: {'; '.join(r['invalid_reasons'])}")
+            lines.append(f"    {r['protocol']} {r['wire']} {level_text(r)}: {'; '.join(r['invalid_reasons'])}")
     failing = [r for r in measured if r["failure_ratio"] > summary["failure_threshold"]]
     if summary.get("server_died"):
         lines.append(f"  SERVER STOPPED during the sweep: {summary['server_died']}; "
@@ -318,113 +256,6 @@ def served_by(provenance: dict) -> str:
     base_id = (provenance.get("base_image_id") or "")[:19]
     detail = f" ({base}{', ' + base_id if base_id else ''})" if base else ""
     return f"{provenance.get('backend', '')}: {server}{detail}"
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def html_body(summary: dict) -> dict:
-    """The report page's verdict paragraphs and its tables (runs, thresholds, breakdown, floor, correctness,
-    provenance) as HTML; reportpage adds the headline and the charts."""
-    esc = html.escape
-    runs = [[esc(r["protocol"]), esc(r["wire"]), esc(_level(r)) + (f" #{r['repeat']}" if r.get("repeat", 1) > 1 else ""),
-             str(r["requests"]),
-             f"{r['failures']} ({r['failure_ratio']:.2%})", _fmt(r["rps"], 1), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]),
-             _fmt(r["p95_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"]), _fmt(r["service_p50_ms"]),
-             _fmt(r["service_p99_ms"]), "n/a" if r["late_ratio"] is None else f"{r['late_ratio']:.2%}",
-             f"{r['bytes_per_request'] / 1024:.1f}",
-             _fmt(r["generator_cpu_percent"], 0) + ("% <b class=bound>generator-bound</b>" if r["generator_bound"]
-                                                    else "%"),
-             _fmt(r["server_cpu_percent"], 0),
-             "yes" if r["valid"] else "<b class=bad>no</b>: " + esc("; ".join(r["invalid_reasons"])),
-             f"<a href='{esc(r['locust_html'])}'>Locust</a>"]
-            for r in summary["runs"]]
-    correctness = [[esc(c["protocol"]), esc(c["wire"]), str(c["images"]), f"{c['max_abs_diff']:.2e}",
-                    "yes" if c["top1_equal"] else "no"] for c in summary["correctness"]]
-    provenance = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in summary["provenance"].items())
-    bound = sum(r["generator_bound"] for r in summary["runs"])
-    notes = (f"<p class=bound>{bound} run(s) were generator-bound: the load generator used more than 80% of a core, "
-             "so those numbers understate the server.</p>" if bound else "")
-    verdict = ("<p class=bad>FAILED: a run's failure ratio exceeded the threshold.</p>" if summary["failed"] else "")
-    answers = summary.get("answers") or {}
-    if answers and not answers["informative"]:
-        verdict += (f"<p class=bad>CORRECTNESS NOT INFORMATIVE: {esc(answers['reason'])}"
-                    + (" (accepted by benchmark.accept_uninformative_answers)" if answers.get("accepted") else "")
-                    + "</p>")
-    if summary.get("invalid_runs"):
-        verdict += (f"<p class=bad>INVALID: {summary['invalid_runs']} of {len(summary['runs'])} runs broke a validity "
-                    "rule (see the valid column): their numbers cannot be trusted as measured.</p>")
-    if summary.get("server_died"):
-        verdict += (f"<p class=bad>The model server stopped during the sweep ({esc(summary['server_died'])}): "
-                    f"{len(summary['runs'])} of {summary['runs_planned']} runs were measured.</p>")
-    intro = (f"<p>{esc(summary['created'])}. {_mode_note(summary)} Latency percentiles are computed from every "
-             "successful request of each measured window (warm-up excluded), not from Locust's rounded buckets. "
-             "Throughput counts successful requests. The charts are drawn from the data in this page: hover a point "
-             "or a bar for its values. PNG copies of the main plots are beside this file.</p>")
-    tables = (f"{_capacity_section(summary)}{_thresholds_section(summary)}<h2>Runs</h2>"
-              + _table(runs, ["protocol", "payload", "rate" if summary.get("mode") == "open" else "users", "requests",
-                              "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "service p50 ms",
-                              "service p99 ms", "late", "KiB/request", "generator CPU", "server CPU %", "valid",
-                              "Locust report"])
-              + (_breakdown_section(summary, False) if any("server" in r for r in summary["runs"]) else "")
-              + _floor_section(summary) + "<h2>Correctness before the sweep</h2>"
-              + _answers_note(summary.get("answers"))
-              + _table(correctness, ["protocol", "payload", "images", "max |score - in-process|", "top-1 equal"])
-              + f"<h2>Provenance</h2><table>{provenance}</table>")
-    return {"verdict": intro + verdict + notes, "tables": tables}
-
-
-def _thresholds_section(summary: dict) -> str:
-    verdicts = summary.get("thresholds") or []
-    if not verdicts:
-        return ""
-    esc = html.escape
-    state = {True: "<b class=good>pass</b>", False: "<b class=bad>FAIL</b>", None: "not evaluated"}
-    rows = [[state[v["passed"]], esc(v["threshold"]), esc(f"{v['protocol']} {v.get('wire') or v['payload']}")
-             if v["protocol"] else "", "" if v["level"] is None else f"{v['level']:g}",
-             _fmt(v["value"], 4) if v["value"] is not None else "", esc(v["note"])] for v in verdicts]
-    broken = sum(v["passed"] is False for v in verdicts)
-    return ("<h2>Thresholds</h2>" + (f"<p class=bad>{broken} threshold check(s) broken: the command exits 6.</p>"
-                                    if broken else "<p class=good>Every evaluated threshold passed.</p>")
-            + _table(rows, ["", "threshold (benchmark.thresholds)", "protocol payload", "level", "value", "note"]))
-
-
-def _answers_note(answers: Optional[dict]) -> str:
-    if not answers:
-        return ""
-    if answers["informative"]:
-        return (f"<p>Informative: the in-process answers depend on the image ({answers['distinct_top1']} different "
-                f"top-1 classes over {answers['images']} images, scores differing by up to "
-                f"{answers['max_score_spread']:.3f}), so a wrong answer fails the check.</p>")
-    return f"<p class=bad>Not informative: {html.escape(answers['reason'])}.</p>"
-
-
-def _mode_note(summary: dict) -> str:
-    if summary.get("mode") == "open":
-        return ("Open loop: requests start at scheduled times whether or not earlier ones have answered, and latency "
-                "runs from the scheduled time (queueing included); service time runs from the actual send.")
-    return "Closed loop: each user sends its next request when the last one has answered."
-
-
-def _capacity_section(summary: dict) -> str:
-    results = summary.get("capacity")
-    if not results:
-        return ""
-    from loadtests.capacity import LIMITS
-
-    esc = html.escape
-    slo = summary["settings"]["slo"]
-    rows = [[esc(r["protocol"]), esc(r["wire"]), f"<b>{r['capacity_rps']:.1f}</b>",
-             esc(" - ".join("n/a" if b is None else f"{b:.1f}" for b in r["bracket"])), str(len(r["probes"])),
-             esc(LIMITS[r["limited_by"]])] for r in results]
-    return (f"<h2>Capacity at p{slo['percentile']:g} &le; {slo['latency_ms']:g} ms</h2>"
-            "<p>The highest open-loop arrival rate whose run was valid, within the SLO and under the failure "
-            "threshold (bracketed by doubling, then bisected); every probe is in the runs below and in "
-            "capacity.json.</p>"
-            + _table(rows, ["protocol", "payload", "capacity req/s", "bracket (pass - fail)", "probes", "note"]))
 
 
 def plot_capacity(results: Sequence[dict], slo: dict, out_dir: Path) -> str:
@@ -479,9 +310,10 @@ def write(summary: dict, out_dir: Path) -> None:
     summary["headline"] = reportpage.headline(summary)
     (out_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n")
     runs = folded(summary["runs"]) if summary.get("capacity") is None else summary["runs"]
+    pngs = []
     if runs:
-        plot(runs, out_dir)
-        plot_breakdown(runs, out_dir)
+        pngs += plot(runs, out_dir)
+        pngs += filter(None, [plot_breakdown(runs, out_dir)])
     if summary.get("capacity"):
-        plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir)
-    (out_dir / "report.html").write_text(reportpage.page(summary, out_dir))
+        pngs.append(plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir))
+    (out_dir / "report.html").write_text(reportpage.page(summary, out_dir, pngs))

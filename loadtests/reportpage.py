@@ -10,11 +10,11 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
-from loadtests import report
+from loadtests import report, reporttables
 from loadtests.figures import folded
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -102,7 +102,7 @@ def headline(summary: dict) -> str:
         return f"{faster} is {change:.0%} faster than {slower} at p50 over {span}; {tail}"
     lowest = min(runs, key=lambda r: r["level"])
     peak = max(runs, key=lambda r: r["rps"])
-    return (f"{_name(lowest)}: p50 {report._fmt(lowest['p50_ms'])} ms at {_level_label(lowest['level'], mode)}, "
+    return (f"{_name(lowest)}: p50 {report.fmt(lowest['p50_ms'])} ms at {_level_label(lowest['level'], mode)}, "
             f"peak {peak['rps']:.1f} req/s ({_name(peak)}); {tail}")
 
 
@@ -176,8 +176,8 @@ def _chart(chart_id: str, note: str = "", picker: str = "") -> str:
     return f"<figure>{select}<div class='chart' id='{chart_id}'></div><figcaption>{note}</figcaption></figure>"
 
 
-def page(summary: dict, run_dir: Path) -> str:
-    """The whole report.html."""
+def page(summary: dict, run_dir: Path, pngs: Sequence[str] = ()) -> str:
+    """The whole report.html; pngs: the static plots written beside it, linked for slides and tickets."""
     esc = html.escape
     data = page_data(summary, run_dir)
     capacity = summary.get("capacity")
@@ -203,7 +203,10 @@ def page(summary: dict, run_dir: Path) -> str:
     if data["breakdown"]:
         charts.append("<h2>Where the time goes (chart)</h2>" + _chart("chart-breakdown", "stacked means from the "
                                                                        "client's send; see the table below"))
-    body = report.html_body(summary)
+    if pngs:
+        charts.append("<p class=files>Static copies (PNG) beside this page: "
+                      + ", ".join(f"<a href='{esc(name)}'>{esc(name)}</a>" for name in pngs) + ".</p>")
+    body = reporttables.html_body(summary)
     blob = json.dumps(data, allow_nan=False).replace("</", "<\\/")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(summary['model'])}: {esc(headline(summary))}</title>

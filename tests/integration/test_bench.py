@@ -101,8 +101,12 @@ def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
     assert provenance["server_started_by_bench"] and provenance["cpu_count"] == os.cpu_count()
     assert len(provenance["model_signature_sha256"]) == 64 and provenance["git_commit"]
     page = (latest / "report.html").read_text()
-    assert "latency.png" in page and "throughput.png" in page and "latency_vs_size.png" in page
-    assert "Where the time goes" in page and (latest / "breakdown.png").exists() and "breakdown.png" in page
+    for chart in ("chart-latency", "chart-throughput", "chart-pairs", "chart-timeline", "chart-cdf", "chart-breakdown"):
+        assert f"id='{chart}'" in page, chart
+    for png in ("latency.png", "throughput.png", "latency_vs_size.png", "breakdown.png"):
+        assert f"href='{png}'" in page and (latest / png).stat().st_size > 1000, png
+    data = json.loads(page.split('id="report-data">', 1)[1].split("</script>", 1)[0].replace("<\\/", "</"))
+    assert len(data["runs"]) == len(runs) and "Where the time goes" in page
     assert "where the time goes" in result.stdout and "= outside " in result.stdout
     assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)  # it stopped what it started
 
@@ -336,5 +340,6 @@ def test_capacity_command_writes_capacity_json_and_its_plot(tmp_path, digits_exp
     summary = json.loads((latest / "summary.json").read_text())
     assert summary["mode"] == "open" and len(summary["runs"]) == len(cell["probes"])
     page = (latest / "report.html").read_text()
-    assert "capacity.png" in page and "Capacity at p90" in page and (latest / "capacity.png").stat().st_size > 1000
+    assert "id='chart-capacity'" in page and "Capacity at p90" in page
+    assert "href='capacity.png'" in page and (latest / "capacity.png").stat().st_size > 1000
     assert "capacity at p90 <= 40 ms" in result.stdout

@@ -246,8 +246,8 @@ def test_report_files_and_terminal_ratios(tmp_path):
     assert "generator-bound" in page and "FAILED" in page and "abc" in page
     served = "docker: tfserve-bench embedded server (tfserve-bench/standin-serving:2.21.0, sha256:0123456789ab)"
     assert f"<h1>m: REST vs gRPC on {served}</h1>" in page and served in text  # never passed off as TF Serving
-    for name in report.PLOTS:  # PNG copies beside the page, which itself needs no other file
-        assert (tmp_path / name).stat().st_size > 1000 and name not in page
+    for name in report.PLOTS:  # PNG copies beside the page, linked; the page itself needs no other file
+        assert (tmp_path / name).stat().st_size > 1000 and f"href='{name}'" in page
     assert "src=" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "id=\"report-data\"" in page and "id='chart-latency'" in page
     # gRPC/REST p50: 8/10 at one user, 20/13 at four: geometric mean 1.109, so REST is 1 - 1/1.109 = 10% faster
