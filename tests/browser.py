@@ -9,16 +9,21 @@ import pytest
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def launch(playwright):
+    """Debian's Chromium, headless, from Playwright; the test is skipped, saying why, when it is not installed."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+
+
 def render(path: Path, hover: str | None = None, select: dict | None = None) -> dict:
     """Load `path` from the file system with the network cut off; returns the console errors, any request that
     left the page's own file, each chart's marks (points, lines, bars) and, given `hover`, the tooltip it shows."""
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
     out: dict = {"errors": [], "requests": [], "charts": {}, "tip": None}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = launch(playwright)
         try:
             context = browser.new_context(offline=True)
             page = context.new_page()

@@ -105,7 +105,7 @@ def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
         assert f"id='{chart}'" in page, chart
     for png in ("latency.png", "throughput.png", "latency_vs_size.png", "breakdown.png"):
         assert f"href='{png}'" in page and (latest / png).stat().st_size > 1000, png
-    data = json.loads(page.split('id="report-data">', 1)[1].split("</script>", 1)[0].replace("<\\/", "</"))
+    data = json.loads(page.split('id="report-data">', 1)[1].split("</script>", 1)[0])  # JSON reads <\/ as </
     assert len(data["runs"]) == len(runs) and "Where the time goes" in page
     assert "where the time goes" in result.stdout and "= outside " in result.stdout
     assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)  # it stopped what it started

@@ -4,7 +4,6 @@ working; the page's screenshot for the README is taken here. Upload limits are c
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -13,11 +12,11 @@ import numpy as np
 import pytest
 
 from exporter.images import bundled_photos, encode
+from tests.browser import launch
 from tests.conftest import REPO, write_spec
 from tests.serverproc import ServerProcess, free_port, page_process
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = REPO / "docs" / "demo.png"
 
 
@@ -53,12 +52,6 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def _browser(playwright):
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-
-
 def _results(page) -> dict:
     page.locator("#rest ol li .label").first.wait_for()
     page.locator("#grpc ol li .label").first.wait_for()
@@ -73,7 +66,7 @@ def test_upload_a_photo_and_see_both_protocols(demo):
     url, _, tmp_path = demo
     photo = _photo(tmp_path, "chelsea")
     with sync_playwright() as playwright:
-        browser = _browser(playwright)
+        browser = launch(playwright)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 720})
             page.goto(url)
@@ -107,7 +100,7 @@ def test_a_text_file_and_a_model_that_is_down_get_a_message_and_the_page_keeps_w
     text.write_text("this is not a photo\n")
     photo = _photo(tmp_path, "astronaut", "png")
     with sync_playwright() as playwright:
-        browser = _browser(playwright)
+        browser = launch(playwright)
         try:
             page = browser.new_page()
             page.goto(url)

@@ -2,7 +2,6 @@
 both users from the class picker and sees requests counted for REST and for gRPC."""
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 
@@ -10,16 +9,16 @@ import pytest
 
 from spec.loader import load_spec
 from loadtests.payloads import load_or_build
+from tests.browser import CHROMIUM, launch
 from tests.conftest import write_spec
 from tests.serverproc import ServerProcess, free_port, page_process
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture()
 def locust_ui(tmp_path, digits_export):
-    if CHROMIUM is None:
+    if CHROMIUM is None:  # before the export and the server
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
     spec_path, version_dir = digits_export
     spec_path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{
@@ -42,7 +41,7 @@ def test_swarm_from_the_web_ui_counts_rest_and_grpc(locust_ui):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = launch(playwright)
         try:
             page = browser.new_page()
             page.goto(locust_ui)
@@ -74,7 +73,7 @@ def test_an_open_loop_test_from_the_web_ui_keeps_its_rate(locust_ui):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = launch(playwright)
         try:
             page = browser.new_page()
             page.goto(locust_ui)
