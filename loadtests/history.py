@@ -77,15 +77,15 @@ def _engine(url: str):
                         "postgresql://user@host/db") from None
 
 
-def _call(url: str, action: Callable):
+def _call(url: str, action: Callable, note: str = ""):
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         return action()
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise SpecError(f"results database {display(url)}: {reason}; check {ENV} or benchmark.results_db "
-                        "(the report itself is written)") from None
+        raise SpecError(f"results database {display(url)}: {reason}; check {ENV} or benchmark.results_db"
+                        + note) from None
 
 
 def _number(value) -> Optional[float]:
@@ -136,7 +136,7 @@ def record(url: str, kind: str, summary: dict, run_dir: Path) -> int:
                 connection.execute(insert(figures), [{**row, "result_id": result_id} for row in rows])
             return int(result_id)
     try:
-        return _call(url, write)
+        return _call(url, write, " (the report itself is written)")
     finally:
         engine.dispose()
 
