@@ -233,6 +233,7 @@ class Session:
                          "arrival": settings.arrival, "max_in_flight": settings.max_in_flight,
                          "duration_s": settings.duration, "warmup_s": settings.warmup,
                          "spawn_rate": settings.spawn_rate, "protocols": list(settings.protocols),
+                         "grpc_client": settings.grpc_client,
                          "payloads": list(settings.payloads), "images": self.payloads.names,
                          "workers": generators.workers, "remote_workers": generators.remote_workers,
                          "slo": settings.slo.model_dump() if settings.slo else None,
@@ -323,7 +324,7 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
                             master_bind=generators.master_bind, master_port=generators.master_port,
                             arrival=settings.arrival, seed=settings.images.seed,
                             max_in_flight=settings.max_in_flight, late_tolerance_ms=settings.late_tolerance * 1000.0,
-                            drain_s=settings.drain)
+                            drain_s=settings.drain, grpc_client=settings.grpc_client)
         if target.distributed:
             log(f"load generators: a Locust master on {target.master_bind}:{target.master_port or '<free port>'} "
                 f"with {generators.workers} local and {generators.remote_workers} remote workers per run")

@@ -11,6 +11,7 @@ With --master / --worker, loadtests/distributed.py carries payloads, the window 
 """
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ locust_runners.HEARTBEAT_LIVENESS = 30
 
 from loadtests.distributed import SAMPLES_WAIT_S as distributed_samples_wait  # noqa: E402
 from loadtests.distributed import MasterSide, WorkerSide  # noqa: E402
+from loadtests.leangrpc import grpc_message  # noqa: E402
 from loadtests.payloads import GRPC_WIRE, PayloadSet  # noqa: E402
 from loadtests.recorder import Recorder, write_samples  # noqa: E402
 from loadtests.schedule import ARRIVALS, Schedule  # noqa: E402
@@ -63,6 +65,9 @@ def _arguments(parser) -> None:
                        help="pid of the model server, to report its CPU use over the window")
     parser.add_argument("--metrics-url", default="", include_in_web_ui=False,
                        help="the server's Prometheus page, scraped as the window opens and closes")
+    parser.add_argument("--grpc-client", default="lean", choices=["lean", "grpcio"],
+                        help="gRPC users' client: lean (pre-rendered HTTP/2 frames, a fraction of the CPU per call) "
+                        "or grpcio (the official stub; also for a target that needs TLS)")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="open loop: requests per second over all users and workers, sent on schedule whether "
                         "or not earlier ones have answered (latency from the scheduled time); 0: closed loop")
@@ -137,10 +142,13 @@ def _prepare(environment, **_kwargs) -> None:
         ctx.rest_bodies = [payloads.rest_body(ctx.payload, i) for i in range(len(payloads))]
         if any(issubclass(cls, GrpcUser) for cls in environment.user_classes):
             ctx.grpc_requests = [payloads.grpc_request(ctx.payload, i, ctx.model) for i in range(len(payloads))]
+            if options.grpc_client == "lean":
+                ctx.grpc_messages = [grpc_message(r.SerializeToString()) for r in ctx.grpc_requests]
         RestUser.host = environment.host or ctx.rest_url
         rendered = [render_rest_request(RestUser.host, ctx.rest_path, body) for body in ctx.rest_bodies]
         ctx.rest_requests = rendered if all(r is not None for r in rendered) else []
         environment.loadtest = ctx
+        gc.freeze()  # what is alive now (TensorFlow's protos, Locust) is never collected: no long pauses mid-run
         ready.set()
         if isinstance(cluster, WorkerSide):
             cluster.announce_ready()

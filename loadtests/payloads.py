@@ -170,6 +170,52 @@ class PayloadSet:
         return diff, None
 
 
+class Verdicts:
+    """The load test's answer checks, each distinct answer checked once.
+
+    Every answer is checked; an answer byte-identical to one already checked for the same request has the same
+    verdict, which is remembered (a model on CPU gives the same bytes for the same image), so thousands of identical
+    answers are not parsed again. Answers that differ every time are all checked; memory stays bounded.
+    """
+    KEPT = 4096
+
+    def __init__(self, payloads: PayloadSet):
+        self.payloads = payloads
+        self.known: dict[tuple[int, bytes], Optional[str]] = {}
+        self.checked = 0  # answers actually parsed and checked (the rest were byte-identical to one of them)
+
+    def rest(self, image: int, body: bytes) -> Optional[str]:
+        """None if `body` is the right :predict answer to request `image`, else why not."""
+        key = (image, body)
+        if key in self.known:
+            return self.known[key]
+        try:
+            verdict = self.payloads.check(image, self.payloads.answer_rest(body))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            verdict = f"unreadable :predict answer ({exc})"
+        return self._remember(key, verdict)
+
+    def grpc(self, image: int, message: bytes) -> Optional[str]:
+        """As `rest`, for a serialized PredictResponse."""
+        key = (image, message)
+        if key in self.known:
+            return self.known[key]
+        from google.protobuf.message import DecodeError
+        from tensorflow_serving.apis import predict_pb2
+        try:
+            verdict = self.payloads.check(image, self.payloads.answer_grpc(predict_pb2.PredictResponse.FromString(message)))
+        except (DecodeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            verdict = f"unreadable PredictResponse ({exc})"
+        return self._remember(key, verdict)
+
+    def _remember(self, key: tuple[int, bytes], verdict: Optional[str]) -> Optional[str]:
+        self.checked += 1
+        if len(self.known) >= self.KEPT:
+            self.known.clear()
+        self.known[key] = verdict
+        return verdict
+
+
 def save_atomically(path: Path, blob: bytes) -> None:
     """A file (payloads, a tune checkpoint) written whole or not at all (readers never see a partial one)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,7 @@ class Target:
     remote_workers: int = 0       # workers started elsewhere (python -m loadtests worker) the master waits for
     master_bind: str = "127.0.0.1"
     master_port: int = 0          # 0: a free port per step (only local workers)
+    grpc_client: str = "lean"     # GrpcUser's client: lean (loadtests/leangrpc.py) or grpcio
     # open loop (steps with a rate)
     arrival: str = "poisson"
     seed: int = 0
@@ -121,7 +122,7 @@ def locust_command(step: Step, target: Target, out_dir: Path, master_port: Optio
                "--stop-timeout", "10", "--exit-code-on-error", "0", "--loglevel", "WARNING",
                "--csv", str(prefix), "--html", f"{prefix}.html",
                "--model-name", target.model, "--rest-url", target.rest_url, "--grpc-target", target.grpc_target,
-               "--payload", step.payload, "--payload-file", str(target.payload_file),
+               "--payload", step.payload, "--payload-file", str(target.payload_file), "--grpc-client", target.grpc_client,
                "--samples-out", str(out_dir / "samples" / f"{step.slug}.npz"),
                "--measure", f"{target.warmup_s},{target.duration_s}"]
     if step.rate is not None:

@@ -14,13 +14,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
+import gevent
+import gevent.event
+import gevent.pool
 import grpc
 from locust import FastHttpUser, User, constant, task
 
-from loadtests.payloads import PayloadSet
+from loadtests.leangrpc import GrpcError, LeanGrpc
+from loadtests.payloads import PayloadSet, Verdicts
 from loadtests.schedule import Schedule
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
 CONTEXT_WAIT_S = 150.0
 
 
@@ -31,31 +36,31 @@ class WrongAnswer(Exception):
 class OpenLoop:
     """A process's open-loop schedule: due times, the cap on requests in flight, and what is still unanswered.
 
-    Drivers (one per user, usually one per process) sleep until each request is due and hand it to a pool of at
-    most `max_in_flight` greenlets; when the pool is full the driver waits, so that request (and those queued
-    behind it) start late, and are counted late. Latency runs from the due time; service time from the send.
+    One driver per process sleeps until the next request is due and starts every request due by then (see
+    drive_open_loop). When `max_in_flight` requests are unanswered the driver waits for an answer, so that request
+    (and those queued behind it) start late, and are counted late. Latency runs from the due time; service time
+    from the send.
     """
 
     def __init__(self, schedule: Schedule, max_in_flight: int, late_tolerance_s: float):
-        import gevent.pool
-        from gevent.event import Event
-
         self.schedule = schedule
         self.max_in_flight = max_in_flight
+        self.cap = max_in_flight  # this process's share of the cap
         self.late_tolerance_s = late_tolerance_s
-        self.pool = gevent.pool.Pool(max_in_flight)
-        self.started = Event()
+        self.started = gevent.event.Event()
+        self.room = gevent.event.Event()  # set when fewer than `cap` requests are unanswered
+        self.room.set()
         self.t0 = 0.0
         self._due: Optional[Iterator[float]] = None
-        self.slots_started = False
-        self.lead = 0.001  # how early the slots wake: gevent's recent timer lateness
+        self.driving = False
+        self.pool = None  # greenlets of the senders that block (set by drive_open_loop when one is used)
+        self.lead = 0.001  # how early the driver wakes: gevent's recent timer lateness
         self.unanswered: dict[int, float] = {}  # request number -> due time (perf_counter), due and not answered
         self._numbers = itertools.count()
 
     def resize(self, max_in_flight: int) -> None:
         """This process's cap (its share of the run's), before the schedule starts."""
-        import gevent.pool
-        self.pool = gevent.pool.Pool(max_in_flight)
+        self.cap = max_in_flight
 
     def start(self, share: int = 0, shares: int = 1, delay_s: float = 0.0) -> None:
         """Begin the schedule `delay_s` from now as share `share` of `shares` (a master tells each worker which)."""
@@ -70,17 +75,22 @@ class OpenLoop:
     def due(self, at: float) -> int:
         number = next(self._numbers)
         self.unanswered[number] = at
+        if len(self.unanswered) >= self.cap:
+            self.room.clear()
         return number
 
     def answered(self, number: int) -> None:
         self.unanswered.pop(number, None)
+        if len(self.unanswered) < self.cap:
+            self.room.set()
 
     def unanswered_before(self, t: float) -> list[float]:
         """Due times of the requests due before t that have no answer yet."""
         return [due for due in self.unanswered.values() if due < t]
 
     def stop(self) -> None:
-        self.pool.kill(block=False)
+        if self.pool is not None:
+            self.pool.kill(block=False)
 
 
 @dataclass
@@ -91,15 +101,20 @@ class LoadContext:
     rest_url: str
     grpc_target: str
     payloads: PayloadSet
+    verdicts: Optional[Verdicts] = None  # the answer checks, remembered per distinct answer (set in __post_init__)
     rest_bodies: list[bytes] = field(default_factory=list)
     rest_requests: list[bytes] = field(default_factory=list)  # whole HTTP requests for LeanHttp (plain http)
-    grpc_requests: list = field(default_factory=list)
+    grpc_requests: list = field(default_factory=list)  # PredictRequests, for grpcio
+    grpc_messages: list[bytes] = field(default_factory=list)  # the same, framed for the lean client (--grpc-client lean)
     open_loop: Optional[OpenLoop] = None
     outstanding: int = 0  # requests sent (closed loop) or due (open loop) and not yet answered
     outstanding_area: float = 0.0  # integral of `outstanding` over time (request-seconds), for Little's law
     _changed_at: float = field(default_factory=time.perf_counter)
     _users: itertools.count = field(default_factory=itertools.count)
     _images: itertools.count = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.verdicts = Verdicts(self.payloads)
 
     @property
     def rest_path(self) -> str:
@@ -138,42 +153,47 @@ def shared_context(environment) -> LoadContext:
     return environment.loadtest
 
 
-def drive_open_loop(ctx: LoadContext, send: Callable[[int, float, int], None]) -> None:
-    """Send ctx's requests at their due times, for ever (Locust kills this greenlet when the run stops).
+def drive_open_loop(ctx: LoadContext, start: Callable[[int, float, int], None]) -> None:
+    """Start ctx's requests at their due times, for ever (Locust kills this greenlet when the run stops).
 
-    The process's in-flight cap is a set of long-lived slots (this greenlet and max_in_flight - 1 more in the
-    run's pool): each takes the next due time, sleeps until it, sends and waits for the answer, then takes the
-    next. A request due while every slot is busy starts when one frees, and counts as late. No greenlet is
-    made per request, and requests due together go out in one turn of the event loop. gevent's timers fire
-    about 1 ms late (epoll waits in whole milliseconds), so slots wake early by the recent lateness.
-    `send(image, due, number)` sends one request.
+    One driver per process: it sleeps until the next due time, then starts every request due by the time it is
+    awake, in one turn of the event loop, and sleeps again. `start(image, due, number)` must not wait for the
+    answer: the lean REST path writes the request and returns (each connection's reader greenlet takes the answer),
+    other senders are run in greenlets (`spawning`). So the schedule costs one timer per wake-up, not one per
+    request. gevent's timers fire about 1 ms late (epoll waits in whole milliseconds): the driver wakes early by
+    half the recent lateness. Further users of the same process (the web UI can start several) wait idle.
     """
     loop = ctx.open_loop
     loop.started.wait()
-    if not loop.slots_started:
-        loop.slots_started = True
-        for _ in range(loop.pool.size - 1):
-            loop.pool.spawn(_slot, ctx, send)
-    _slot(ctx, send)
+    if loop.driving:
+        gevent.event.Event().wait()  # one driver per process; this user idles until the run stops
+    loop.driving = True
+    due = loop.next_due()
+    while True:
+        now = time.perf_counter()
+        wait = due - now - loop.lead / 2
+        if wait > 0:
+            gevent.sleep(wait)
+            now = time.perf_counter()
+            loop.lead = min(WAKE_LEAD_MAX_S, 0.95 * loop.lead + 0.05 * (now - (due - loop.lead / 2)))
+        horizon = now + loop.lead / 2
+        while due <= horizon:
+            if not loop.room.is_set():
+                loop.room.wait()  # the cap: this request (and those behind it) start late
+            ctx.in_flight(+1, since=due)
+            start(ctx.next_image(), due, loop.due(due))
+            due = loop.next_due()
+
+
+def spawning(ctx: LoadContext, send: Callable[[int, float, int], None]) -> Callable[[int, float, int], None]:
+    """A start function for a sender that waits for its answer: each request runs in a greenlet of its own."""
+    loop = ctx.open_loop
+    if loop.pool is None:
+        loop.pool = gevent.pool.Group()
+    return lambda image, due, number: loop.pool.spawn(send, image, due, number)
 
 
 WAKE_LEAD_MAX_S = 0.002
-
-
-def _slot(ctx: LoadContext, send: Callable[[int, float, int], None]) -> None:
-    import gevent
-
-    loop = ctx.open_loop
-    while True:
-        due = loop.next_due()
-        now = time.perf_counter()
-        wait = due - now - loop.lead / 2  # half the mean lateness: gevent's is either ~0 or ~1 ms
-        if wait > 0:
-            gevent.sleep(wait)
-            lag = time.perf_counter() - (now + wait)
-            loop.lead = min(WAKE_LEAD_MAX_S, 0.95 * loop.lead + 0.05 * lag)
-        ctx.in_flight(+1, since=due)
-        send(ctx.next_image(), due, loop.due(due))
 
 
 def answered(ctx: LoadContext, number: Optional[int]) -> None:
@@ -183,11 +203,14 @@ def answered(ctx: LoadContext, number: Optional[int]) -> None:
         ctx.open_loop.answered(number)
 
 
-def next_request(user, send: Callable[..., None]) -> None:
-    """One turn of a user's task: open loop, become a schedule slot (for good); closed loop, send the next image."""
+def next_request(user, send: Callable[..., None], start: Optional[Callable[[int, float, int], None]] = None) -> None:
+    """One turn of a user's task: open loop, become the process's driver (for good); closed loop, send the next image.
+
+    `start`: the open-loop way to begin a request without waiting for it (default: `send` in a greenlet).
+    """
     ctx = user.ctx
     if ctx.open_loop is not None:
-        drive_open_loop(ctx, send)
+        drive_open_loop(ctx, start or spawning(ctx, send))
         return
     i = user.index
     user.index = (i + 1) % len(ctx.payloads)
@@ -225,11 +248,16 @@ class LeanHttp:
     def __init__(self, host: str, port: int, timeout_s: float = 60.0):
         self.address = (host, port)
         self.timeout_s = timeout_s
-        self.idle: list = []
+        self.idle: list = []  # closed loop: idle sockets
+        self.idle_conns: list[_Conn] = []  # open loop: idle connections, each with its reader parked in recv
+        self.conns: set[_Conn] = set()
 
-    def _connect(self):
+    def _connect(self, timeout_s: Optional[float] = -1.0):
+        """A connected socket. Open loop passes None: a reader parked on an idle connection must not time out,
+        and an answer that never comes is counted by the window's drain, not by a timer per request."""
         import socket
-        sock = socket.create_connection(self.address, timeout=self.timeout_s)
+        sock = socket.create_connection(self.address, timeout=self.timeout_s if timeout_s == -1.0 else timeout_s)
+        sock.settimeout(self.timeout_s if timeout_s == -1.0 else timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
@@ -248,10 +276,83 @@ class LeanHttp:
             sock.close()
         return status, body
 
+    def start(self, raw: bytes, job, on_answer: Callable) -> None:
+        """Open loop: write one request and return; `on_answer(job, status, body, error)` runs when it is answered.
+
+        Each connection has a reader greenlet parked in recv: the answer wakes it, it hands the connection back to
+        the idle list and calls on_answer. So a request costs the driver one write, and the answer one wake-up,
+        as in closed loop. A connection the server closes while idle is dropped.
+        """
+        conn = self.idle_conns.pop() if self.idle_conns else None
+        if conn is None:
+            try:
+                conn = _Conn(self._connect(timeout_s=None))
+            except OSError as exc:
+                on_answer(job, 0, b"", exc)
+                return
+            conn.reader = gevent.spawn(self._read_answers, conn, on_answer)
+            self.conns.add(conn)
+        conn.job = job
+        try:
+            sent = conn.sock.send(raw)  # does not wait: an idle connection's send buffer is empty
+        except OSError as exc:
+            self._drop(conn)
+            conn.job = None
+            on_answer(job, 0, b"", exc)
+            return
+        if sent < len(raw):  # a large body: the rest goes out in a greenlet, so the driver keeps its schedule
+            gevent.spawn(self._send_rest, conn, raw, sent)
+
+    def _send_rest(self, conn, raw: bytes, sent: int) -> None:
+        try:
+            conn.sock.sendall(memoryview(raw)[sent:])
+        except OSError:
+            conn.sock.close()  # the reader's recv fails and reports it
+
+    def _read_answers(self, conn, on_answer: Callable) -> None:
+        while True:
+            try:
+                status, body, keep = _read_response(conn.sock)
+            except (OSError, ValueError) as exc:
+                job, conn.job = conn.job, None
+                self._drop(conn)
+                if job is not None:
+                    on_answer(job, 0, b"", exc)
+                return
+            job, conn.job = conn.job, None
+            if keep:
+                self.idle_conns.append(conn)
+            else:
+                self._drop(conn)
+            on_answer(job, status, body, None)
+            if not keep:
+                return
+
+    def _drop(self, conn) -> None:
+        if conn in self.idle_conns:
+            self.idle_conns.remove(conn)
+        self.conns.discard(conn)
+        conn.sock.close()
+
     def close(self) -> None:
         for sock in self.idle:
             sock.close()
         self.idle.clear()
+        for conn in list(self.conns):
+            conn.sock.close()
+            conn.reader.kill(block=False)
+        self.conns.clear()
+        self.idle_conns.clear()
+
+
+class _Conn:
+    """An open-loop connection: its socket, its reader greenlet and the request it is waiting on."""
+    __slots__ = ("sock", "reader", "job")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.reader = None
+        self.job = None
 
 
 def _read_response(sock) -> tuple[int, bytes, bool]:
@@ -318,9 +419,37 @@ def render_rest_request(rest_url: str, path: str, body: bytes) -> Optional[bytes
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-class RestUser(FastHttpUser):
+class _LeanPaths:
+    """What RestUser and GrpcUser share: the lean client's closed- and open-loop paths and the answer's handling.
+
+    A user sets `self.lean` (None: its general client) and gives `_send_lean` (closed loop, timed around the
+    exchange), `_wire(i)` (request i's pre-rendered bytes) and `_problem(...)` (why an answer is wrong, or None).
+    """
+    request_type = ""
+
+    def _predict(self, general: Callable[..., None]) -> None:
+        if self.lean is not None:
+            next_request(self, self._send_lean, self._start_lean)
+        else:
+            next_request(self, general)
+
+    def _start_lean(self, i: int, due: float, number: int) -> None:
+        """Open loop: write the request; the connection's reader calls _answer with the job."""
+        self.lean.start(self._wire(i), (i, due, number, time.time(), time.perf_counter()), self._answer)
+
+    def _answer(self, job: tuple, status, body: bytes, error: Optional[BaseException]) -> None:
+        ended = time.perf_counter()
+        i, due, number, start_time, started = job
+        answered(self.ctx, number)
+        problem = self._problem(i, status, body, error)
+        report(self, self.request_type, i, due, start_time, started, ended, len(body),
+               WrongAnswer(problem) if problem else None)
+
+
+class RestUser(_LeanPaths, FastHttpUser):
     """POST /v1/models/<model>:predict with the run's JSON bodies: back to back, or on the open-loop schedule."""
     wait_time = constant(0)
+    request_type = "REST"
     host = "http://127.0.0.1:8501"  # replaced by --rest-url (or Locust's host field) when a test starts
 
     def on_start(self) -> None:
@@ -338,34 +467,28 @@ class RestUser(FastHttpUser):
 
     @task
     def predict(self) -> None:
-        next_request(self, self._send if self.lean is not None else self._send_general)
+        self._predict(self._send_general)
 
-    def _send(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
-        """The lean path: one pre-rendered request on a keep-alive connection, timed around the exchange."""
-        ctx = self.ctx
+    def _send_lean(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
+        """Closed loop: one pre-rendered request on a keep-alive connection, timed around it."""
         start_time = time.time()
         started = time.perf_counter()
-        exception: Optional[BaseException] = None
-        body = b""
         try:
-            status, body = self.lean.request(ctx.rest_requests[i])
+            status, body = self.lean.request(self.ctx.rest_requests[i])
         except (OSError, ValueError) as exc:
-            ended = time.perf_counter()
-            answered(ctx, number)
-            exception = WrongAnswer(f"HTTP 0: {type(exc).__name__}: {exc}")
+            self._answer((i, due, number, start_time, started), 0, b"", exc)
         else:
-            ended = time.perf_counter()
-            answered(ctx, number)
-            if status != 200:
-                exception = WrongAnswer(f"HTTP {status}: {body[:300].decode(errors='replace')}")
-            else:
-                try:
-                    problem = ctx.payloads.check(i, ctx.payloads.answer_rest(body))
-                except (ValueError, KeyError, TypeError, IndexError) as exc:
-                    problem = f"unreadable :predict answer ({exc})"
-                if problem:
-                    exception = WrongAnswer(problem)
-        report(self, "REST", i, due, start_time, started, ended, len(body), exception)
+            self._answer((i, due, number, start_time, started), status, body, None)
+
+    def _wire(self, i: int) -> bytes:
+        return self.ctx.rest_requests[i]
+
+    def _problem(self, i: int, status: int, body: bytes, error: Optional[BaseException]) -> Optional[str]:
+        if error is not None:
+            return f"HTTP 0: {type(error).__name__}: {error}"
+        if status != 200:
+            return f"HTTP {status}: {body[:300].decode(errors='replace')}"
+        return self.ctx.verdicts.rest(i, body)
 
     def _send_general(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
         """Through Locust's FastHttpSession (https, or a Host typed into the web UI with a path)."""
@@ -384,37 +507,59 @@ class RestUser(FastHttpUser):
                 detail = (response.text or "")[:300] if response.status_code else str(response.error)
                 response.failure(f"HTTP {response.status_code}: {detail}")
                 return
-            try:
-                problem = ctx.payloads.check(i, ctx.payloads.answer_rest(response.content))
-            except (ValueError, KeyError, TypeError) as exc:
-                problem = f"unreadable :predict answer ({exc})"
+            problem = ctx.verdicts.rest(i, response.content)
             if problem:
                 response.failure(problem)
 
 
-class GrpcUser(User):
-    """PredictionService.Predict with the run's PredictRequests, one channel per user; timed around the call."""
+class GrpcUser(_LeanPaths, User):
+    """PredictionService.Predict with the run's PredictRequests, one connection per user; timed around the call.
+
+    By default through loadtests/leangrpc.py (pre-rendered HTTP/2 frames: what the server sees is the same call);
+    with --grpc-client grpcio, through the official tensorflow-serving-api stub on a grpcio channel.
+    """
     wait_time = constant(0)
+    request_type = "gRPC"
 
     def on_start(self) -> None:
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
-
         self.ctx: LoadContext = shared_context(self.environment)
         self.index = self.ctx.first_image()
-        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
-        self.channel = grpc.insecure_channel(self.ctx.grpc_target, options=options)
-        self.predict_call = prediction_service_pb2_grpc.PredictionServiceStub(self.channel).Predict
-        self.url = f"grpc://{self.ctx.grpc_target}/tensorflow.serving.PredictionService/Predict"
+        self.url = f"grpc://{self.ctx.grpc_target}{PREDICT_PATH}"
+        self.lean = LeanGrpc(self.ctx.grpc_target, PREDICT_PATH) if self.ctx.grpc_messages else None
+        self.channel = None
+        if self.lean is None:
+            from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+            options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                       ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+            self.channel = grpc.insecure_channel(self.ctx.grpc_target, options=options)
+            self.predict_call = prediction_service_pb2_grpc.PredictionServiceStub(self.channel).Predict
 
     def on_stop(self) -> None:
-        self.channel.close()
+        if self.lean is not None:
+            self.lean.close()
+        if self.channel is not None:
+            self.channel.close()
 
     @task
     def predict(self) -> None:
-        next_request(self, self._send)
+        self._predict(self._send)
+
+    def _send_lean(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
+        """Closed loop: one call on this user's connection, timed around it."""
+        start_time = time.time()
+        started = time.perf_counter()
+        body, error = self.lean.call(self.ctx.grpc_messages[i])
+        self._answer((i, due, number, start_time, started), None, body, error)
+
+    def _wire(self, i: int) -> bytes:
+        return self.ctx.grpc_messages[i]
+
+    def _problem(self, i: int, status: Optional[str], body: bytes, error: Optional[GrpcError]) -> Optional[str]:
+        return f"{error.code}: {error.details}" if error is not None else self.ctx.verdicts.grpc(i, body)
 
     def _send(self, i: int, due: Optional[float] = None, number: Optional[int] = None) -> None:
+        """Through grpcio (--grpc-client grpcio)."""
         ctx = self.ctx
         start_time = time.time()
         started = time.perf_counter()
@@ -430,10 +575,7 @@ class GrpcUser(User):
             ended = time.perf_counter()
             answered(ctx, number)
             length = response.ByteSize()
-            try:
-                problem = ctx.payloads.check(i, ctx.payloads.answer_grpc(response))
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                problem = f"unreadable PredictResponse ({exc})"
+            problem = ctx.verdicts.grpc(i, response.SerializeToString())
             if problem:
                 exception = WrongAnswer(problem)
         report(self, "gRPC", i, due, start_time, started, ended, length, exception)

@@ -364,6 +364,10 @@ class BenchmarkSpec(_Strict):
         default_factory=dict, description="Inputs of that signature besides the image: a value (number or list), "
         "or image_height / image_width (the size of the image sent)")
     batch_size: int = Field(1, ge=1, le=256, description="Images per request")
+    grpc_client: Literal["lean", "grpcio"] = Field(
+        "lean", description="gRPC users' client: lean (pre-rendered HTTP/2 frames, loadtests/leangrpc.py: a fraction "
+        "of grpcio's CPU per call, so the generator adds less to each figure) or grpcio (the official stub, to "
+        "cross-check a result or for a server that needs TLS)")
     images: ImagesSpec = Field(default_factory=ImagesSpec)
     failure_threshold: float = Field(0.01, ge=0, le=1, description="Max failure ratio before bench exits non-zero")
     output_dir: Path = Field(Path("../reports"), description="Reports go to <output_dir>/<name>/<timestamp>/")
