@@ -47,10 +47,18 @@ def headroom(server, payload_file: Path, out_dir: Path, protocol: str, users: in
               + ("kept" if ok else "not kept"), flush=True)
         return ok
 
+    kept_cpu = {}
+
+    def keeps_at(rate: float) -> bool:
+        ok = keeps(rate)
+        if ok:
+            kept_cpu[rate] = runs[-1]["generator_cpu_percent"]
+        return ok
+
     low, high = None, None
     rate = closed["rps"] * 0.5
     while low is None or high is None:
-        if keeps(rate):
+        if keeps_at(rate):
             low = rate
             rate *= 1.5
         else:
@@ -60,12 +68,14 @@ def headroom(server, payload_file: Path, out_dir: Path, protocol: str, users: in
             break
     while low and high and (high - low) / low > 0.05:
         middle = (low + high) / 2
-        if keeps(middle):
+        if keeps_at(middle):
             low = middle
         else:
             high = middle
     return {"protocol": protocol, "closed_rps": closed["rps"], "closed_generator_cpu": closed["generator_cpu_percent"],
-            "open_rps": low or 0.0, "ratio": (low or 0.0) / closed["rps"] if closed["rps"] else 0.0}
+            "open_rps": low or 0.0, "open_generator_cpu": kept_cpu.get(low, float("nan")),
+            "server_cpu": closed.get("server_cpu_percent") or float("nan"),
+            "ratio": (low or 0.0) / closed["rps"] if closed["rps"] else 0.0}
 
 
 def main() -> int:
@@ -84,9 +94,13 @@ def main() -> int:
                 print(f"{protocol}: closed loop with {args.users} users, then open-loop rates", flush=True)
                 results.append(headroom(server, payload_file, Path(tmp), protocol, args.users, args.seconds))
     print(f"\none Locust process against a server that answers at once (goal: open loop >= {GOAL:.1f}x closed)")
-    print(f"  {'protocol':8} | {'closed loop req/s':>17} | {'open loop req/s (<1% late)':>26} | {'open/closed':>11}")
+    print(f"  {'protocol':8} | {'closed loop req/s (CPU)':>23} | {'open loop req/s, <1% late (CPU)':>31} | "
+          f"{'open/closed':>11} | server CPU, closed")
     for r in results:
-        print(f"  {r['protocol']:8} | {r['closed_rps']:17.1f} | {r['open_rps']:26.1f} | {r['ratio']:10.2f}x")
+        print(f"  {r['protocol']:8} | {r['closed_rps']:15.1f} ({r['closed_generator_cpu']:3.0f}%) | "
+              f"{r['open_rps']:23.1f} ({r['open_generator_cpu']:3.0f}%) | {r['ratio']:10.2f}x | {r['server_cpu']:.0f}%")
+    print("  (CPU: the generator's, % of one core. A generator well under 100% in closed loop means the stand-in "
+          "server, not the generator, set that figure)")
     met = all(r["ratio"] >= GOAL for r in results)
     print(f"  goal {'met' if met else 'NOT met'}")
     return 0 if met else 1
