@@ -105,8 +105,9 @@ class _Stream:
 class Connection:
     """One HTTP/2 connection. `threaded`: a reader greenlet takes every answer (open loop); else `call` reads."""
 
-    def __init__(self, address: tuple[str, int], timeout_s: Optional[float], threaded: bool):
-        self.sock = socket.create_connection(address, timeout=timeout_s)
+    def __init__(self, address: tuple[str, int], connect_timeout_s: float, threaded: bool):
+        self.sock = socket.create_connection(address, timeout=connect_timeout_s)
+        self.sock.settimeout(None)  # answers are timed per call (call's deadline, open loop's drain), not per read
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = Decoder()
         self.decoded: dict[bytes, list] = {}  # header blocks that change no table -> their fields (see _decode)
@@ -147,7 +148,7 @@ class Connection:
             stream.pending = view[sendable:]
         if not self._write(b"".join(frames)):
             return
-        if stream.pending is not None:
+        if stream.pending is not None and self.reader is not None:  # closed loop: `call` sends the rest itself
             gevent.spawn(self._send_pending, stream_id, stream)
 
     def _data_frames(self, stream: _Stream, stream_id: int, view: memoryview, last: bool) -> list[bytes]:
@@ -164,7 +165,7 @@ class Connection:
 
     def _send_pending(self, stream_id: int, stream: _Stream) -> None:
         """The rest of a message larger than the server's windows: sent as WINDOW_UPDATEs open them."""
-        while stream.pending is not None and not stream.done and self.closed is None:
+        while stream.pending is not None and not stream.done and not self.dead:
             sendable = min(len(stream.pending), stream.send_window, self.peer_window)
             if sendable <= 0:
                 self.window_opened.clear()
@@ -408,7 +409,7 @@ class LeanGrpc:
             if self._sync is not None:
                 self._sync.close()
             try:
-                self._sync = Connection(self.address, None, threaded=False)
+                self._sync = Connection(self.address, self.timeout_s, threaded=False)
             except OSError as exc:
                 return b"", GrpcError("UNAVAILABLE", f"cannot connect to {self.address[0]}:{self.address[1]} ({exc})")
         return self._sync.call(self.headers, message, self.timeout_s)
@@ -419,7 +420,7 @@ class LeanGrpc:
         if conn is None:
             self.connections = [c for c in self.connections if not c.dead]
             try:
-                conn = Connection(self.address, None, threaded=True)
+                conn = Connection(self.address, self.timeout_s, threaded=True)
             except OSError as exc:
                 on_answer(job, None, b"", GrpcError("UNAVAILABLE", f"cannot connect to {self.address[0]}:"
                                                                    f"{self.address[1]} ({exc})"))

@@ -161,3 +161,28 @@ def test_remembered_header_blocks_give_what_the_decoder_gives_as_the_table_chang
         assert got == reference.decode(block, raw=True)
         assert [(n.decode(), v.decode()) for n, v in got] == headers
     assert remembered >= 3  # the steady state's repeated blocks came from memory
+
+
+def test_open_loop_large_messages_wait_for_the_servers_windows_and_share_the_connection(server, monkeypatch):
+    """Five 2 MB requests started at once on one connection: the rest of each goes out as windows open."""
+    from loadtests.leangrpc import Connection
+
+    waited = []
+    send_pending = Connection._send_pending
+    monkeypatch.setattr(Connection, "_send_pending", lambda self, *a: (waited.append(a[0]), send_pending(self, *a)))
+    client = LeanGrpc(server, PATH)
+    answers = {}
+    try:
+        requests = [b"big:%08d" % 64 + bytes([i]) * (2 << 20) for i in range(5)]
+        for i, request in enumerate(requests):
+            client.start(grpc_message(request), i, lambda job, status, body, error: answers.__setitem__(job, (body, error)))
+        client.start(grpc_message(b"small"), "small", lambda job, status, body, error: answers.__setitem__(job, (body, error)))
+        with gevent.Timeout(60):
+            while len(answers) < 6:
+                gevent.sleep(0.01)
+        for i, request in enumerate(requests):
+            assert answers[i] == (hashlib.sha256(request).digest() * 2, None)
+        assert answers["small"] == (b"answer to small", None)
+        assert waited  # some requests were larger than the windows allowed at once
+    finally:
+        client.close()
