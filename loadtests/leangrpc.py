@@ -19,6 +19,7 @@ No TLS and no compression: a target that needs either uses grpcio (`--grpc-clien
 """
 from __future__ import annotations
 
+import math
 import struct
 from typing import Callable, Optional
 
@@ -73,11 +74,13 @@ def _literal(name_index: int, name: bytes, value: bytes) -> bytes:
     return head + _integer(len(value), 7) + value
 
 
-def request_headers(authority: str, path: str) -> bytes:
-    """The HPACK block of a unary call: POST, http, the method's path, the authority, gRPC's content type, te."""
+def request_headers(authority: str, path: str, timeout_s: Optional[float] = None) -> bytes:
+    """The HPACK block of a unary call: POST, http, the method's path, the authority, gRPC's content type, te,
+    and the deadline (grpc-timeout, as grpcio sends for a call with a timeout; a proxy or server may need one)."""
+    deadline = _literal(0, b"grpc-timeout", b"%dS" % math.ceil(timeout_s)) if timeout_s else b""
     return (b"\x83\x86"  # :method POST and :scheme http, from the static table (indexes 3 and 6)
             + _literal(4, b"", path.encode()) + _literal(1, b"", authority.encode())
-            + _literal(31, b"", b"application/grpc") + _literal(0, b"te", b"trailers"))
+            + _literal(31, b"", b"application/grpc") + _literal(0, b"te", b"trailers") + deadline)
 
 
 def grpc_message(serialized: bytes) -> bytes:
@@ -398,7 +401,7 @@ class LeanGrpc:
         if not host or not port.isdigit():
             raise ValueError(f"a gRPC target is host:port (got {target!r})")
         self.address = (host.strip("[]"), int(port))
-        self.headers = request_headers(target, method_path)
+        self.headers = request_headers(target, method_path, timeout_s)
         self.timeout_s = timeout_s
         self.connections: list[Connection] = []
         self._sync: Optional[Connection] = None

@@ -39,9 +39,10 @@ def test_hpack_integers_and_the_request_block_decode_as_written():
     assert _integer(10, 5) == b"\x0a"  # RFC 7541 C.1.1
     assert _integer(1337, 5) == b"\x1f\x9a\x0a"  # C.1.2
     assert _integer(42, 8) == b"\x2a"  # C.1.3
-    fields = Decoder().decode(request_headers("127.0.0.1:8500", PATH))
+    fields = Decoder().decode(request_headers("127.0.0.1:8500", PATH, 60.0))
     assert fields == [(":method", "POST"), (":scheme", "http"), (":path", PATH), (":authority", "127.0.0.1:8500"),
-                      ("content-type", "application/grpc"), ("te", "trailers")]
+                      ("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "60S")]
+    assert ("grpc-timeout", "1S") in Decoder().decode(request_headers("h:1", PATH, 0.2))
     assert grpc_message(b"abc") == b"\x00\x00\x00\x00\x03abc"
 
 
