@@ -101,7 +101,7 @@ class LoadContext:
     rest_url: str
     grpc_target: str
     payloads: PayloadSet
-    verdicts: Optional[Verdicts] = None  # the answer checks, remembered per distinct answer (set in __post_init__)
+    verdicts: Verdicts = field(init=False)  # the answer checks, remembered per distinct answer
     rest_bodies: list[bytes] = field(default_factory=list)
     rest_requests: list[bytes] = field(default_factory=list)  # whole HTTP requests for LeanHttp (plain http)
     grpc_requests: list = field(default_factory=list)  # PredictRequests, for grpcio
@@ -252,18 +252,18 @@ class LeanHttp:
         self.idle_conns: list[_Conn] = []  # open loop: idle connections, each with its reader parked in recv
         self.conns: set[_Conn] = set()
 
-    def _connect(self, timeout_s: Optional[float] = -1.0):
-        """A connected socket. Open loop passes None: a reader parked on an idle connection must not time out,
-        and an answer that never comes is counted by the window's drain, not by a timer per request."""
+    def _connect(self, timeout_s: Optional[float]):
+        """A connected socket whose reads time out after timeout_s. Open loop passes None: a reader parked on an
+        idle connection must not time out, and an answer that never comes is counted by the window's drain."""
         import socket
-        sock = socket.create_connection(self.address, timeout=self.timeout_s if timeout_s == -1.0 else timeout_s)
-        sock.settimeout(self.timeout_s if timeout_s == -1.0 else timeout_s)
+        sock = socket.create_connection(self.address, timeout=self.timeout_s)
+        sock.settimeout(timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
     def request(self, raw: bytes) -> tuple[int, bytes]:
         """(status, body) of one request; raises OSError (or ValueError for a malformed answer)."""
-        sock = self.idle.pop() if self.idle else self._connect()
+        sock = self.idle.pop() if self.idle else self._connect(self.timeout_s)
         try:
             sock.sendall(raw)
             status, body, keep = _read_response(sock)
