@@ -25,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 
+from loadtests import jsonfloat
 from spec.errors import HarnessError
 
 DERIVED = ("image_height", "image_width")
@@ -199,7 +200,7 @@ class ForeignPayloadSet:
                 return [{"b64": base64.b64encode(v).decode("ascii")} for v in array.reshape(-1)] \
                     if array.ndim else {"b64": base64.b64encode(array.item()).decode("ascii")}
             if array.dtype.kind == "f":
-                return np.round(array.astype(np.float64), 6).tolist()
+                return array  # written at full precision by jsonfloat.dumps
             return array.tolist()
         body: dict = {"signature_name": self.plan.signature}
         if columnar:
@@ -209,7 +210,7 @@ class ForeignPayloadSet:
         else:
             lists = {alias: plain(alias, array) for alias, array in values.items()}
             body["instances"] = [{alias: lists[alias][k] for alias in lists} for k in range(self.batch_size)]
-        return json.dumps(body, separators=(",", ":")).encode()
+        return jsonfloat.dumps(body).encode()
 
     def grpc_request(self, payload: str, index: int, model: str):
         from tensorflow_serving.apis import predict_pb2
