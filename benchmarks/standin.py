@@ -8,6 +8,9 @@ PayloadSet (each with that image's expected probabilities, so the users' answer 
   deterministic single-server queue, M/D/1 under Poisson arrivals); 0 ms answers at once.
 * `--stall-every P --stall-s D`: the whole server freezes for D seconds every P seconds (a garbage-collection
   pause, a noisy neighbour): requests arriving in a stall wait for its end.
+* `--delays 40x4,10` (`--cycle`): the service time follows a schedule from the first request on: 40 ms for 4 s,
+  then 10 ms from then on; with --cycle every step has a length and the schedule repeats (`10x2,40x2`: a server
+  that never settles). It replaces --service-ms.
 * `GET /stats`: requests answered and the seconds servers were held, so a test can compare with theory.
 
 One asyncio loop serves both protocols (a small HTTP/1.1 reader and grpc.aio with raw bytes in and out), so the
@@ -22,6 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -75,15 +79,33 @@ def _answers(payload_file: Path, model: str) -> tuple[dict, dict]:
 class Timing:
     """Service time on k servers, plus periodic stalls of the whole server."""
 
-    def __init__(self, service_ms: float, servers: int, stall_every: float, stall_s: float):
+    def __init__(self, service_ms: float, servers: int, stall_every: float, stall_s: float,
+                 delays: Optional[list[tuple[float, Optional[float]]]] = None, cycle: bool = False):
         self.service_s = service_ms / 1000.0
         self.servers = asyncio.Semaphore(servers)
         self.stall_every, self.stall_s = stall_every, stall_s
         self.started = time.monotonic()
+        self.delays, self.cycle = delays or [], cycle
+        self.first: Optional[float] = None
         self.count = 0
         self.busy_s = 0.0
 
+    def _scheduled_service_s(self) -> float:
+        """The service time the --delays schedule gives now (seconds since the first request)."""
+        now = time.monotonic()
+        self.first = self.first if self.first is not None else now
+        into = now - self.first
+        if self.cycle:
+            into %= sum(length for _, length in self.delays)
+        for delay_ms, length in self.delays:
+            if length is None or into < length:
+                return delay_ms / 1000.0
+            into -= length
+        return self.delays[-1][0] / 1000.0
+
     async def serve(self) -> None:
+        if self.delays:
+            self.service_s = self._scheduled_service_s()
         if self.stall_every:
             into = (time.monotonic() - self.started) % self.stall_every
             if into > self.stall_every - self.stall_s:  # the last stall_s of every period
@@ -128,7 +150,8 @@ async def _serve(args) -> None:
     import grpc
 
     rest, grpc_answers = _answers(Path(args.payload_file), args.model)
-    timing = Timing(args.service_ms, args.servers, args.stall_every, args.stall_s)
+    timing = Timing(args.service_ms, args.servers, args.stall_every, args.stall_s, parse_delays(args.delays, args.cycle),
+                    args.cycle)
 
     async def predict(request: bytes, context) -> bytes:
         answer = grpc_answers.get(request)
@@ -150,6 +173,18 @@ async def _serve(args) -> None:
         await http.serve_forever()
 
 
+def parse_delays(text: str, cycle: bool) -> list[tuple[float, Optional[float]]]:
+    """'40x4,10' -> [(40.0, 4.0), (10.0, None)]: milliseconds for seconds; the last may go on for ever (not with
+    cycle)."""
+    steps: list[tuple[float, Optional[float]]] = []
+    for number, item in enumerate(filter(None, (part.strip() for part in text.split(","))), 1):
+        delay, _, length = item.partition("x")
+        steps.append((float(delay), float(length) if length else None))
+        if steps[-1][1] is None and (cycle or number < len(text.split(","))):
+            raise SystemExit(f"--delays: step {number} ({item!r}) needs a length in seconds (MSxSECONDS)")
+    return steps
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.standin", description=__doc__.splitlines()[0])
     parser.add_argument("--payload-file", required=True)
@@ -160,6 +195,8 @@ def main(argv=None) -> int:
     parser.add_argument("--servers", type=int, default=1)
     parser.add_argument("--stall-every", type=float, default=0.0)
     parser.add_argument("--stall-s", type=float, default=0.0)
+    parser.add_argument("--delays", default="", help="a service-time schedule from the first request: 40x4,10")
+    parser.add_argument("--cycle", action="store_true", help="repeat the --delays schedule")
     args = parser.parse_args(argv)
     try:
         asyncio.run(_serve(args))
@@ -172,7 +209,7 @@ class StandIn:
     """Run the stand-in as a child process on free loopback ports: `with StandIn(payload_file, ...) as s:`."""
 
     def __init__(self, payload_file: Path, service_ms: float = 0.0, servers: int = 1, stall_every: float = 0.0,
-                 stall_s: float = 0.0, model: str = "stand_in"):
+                 stall_s: float = 0.0, model: str = "stand_in", delays: str = "", cycle: bool = False):
         from server.process import free_port
 
         self.model = model
@@ -181,6 +218,8 @@ class StandIn:
                         "--model", model, "--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port),
                         "--service-ms", str(service_ms), "--servers", str(servers),
                         "--stall-every", str(stall_every), "--stall-s", str(stall_s)]
+        if delays:
+            self.command += ["--delays", delays] + (["--cycle"] if cycle else [])
         self.process = None
 
     @property

@@ -46,6 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = argv[0]
     args = parse_args(argv[1:], command)
     overrides = Overrides(users=getattr(args, "users", None), duration=args.duration, warmup=args.warmup,
+                          max_duration=args.max_duration, slo_confidence=args.slo_confidence,
                           protocols=args.protocols, payloads=args.payloads, output_dir=args.output_dir,
                           mode=getattr(args, "mode", None), rates=getattr(args, "rates", None), arrival=args.arrival,
                           max_in_flight=args.max_in_flight, slo=args.slo, precision=getattr(args, "precision", None),

@@ -28,6 +28,8 @@ class Overrides:
     """Command-line overrides of the spec's benchmark section (None keeps the spec's value)."""
     users: Optional[str] = None
     duration: Optional[str] = None
+    max_duration: Optional[str] = None
+    slo_confidence: Optional[str] = None
     warmup: Optional[str] = None
     protocols: Optional[str] = None
     payloads: Optional[str] = None
@@ -79,7 +81,8 @@ def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
         if raw is not None:
             items = [item.strip() for item in raw.split(",") if item.strip()]
             changed[key] = [int(i) if key == "users" and i.lstrip("-").isdigit() else i for i in items]
-    for key in ("duration", "warmup", "output_dir", "mode", "arrival", "max_in_flight", "slo", "precision", "floor"):
+    for key in ("duration", "max_duration", "slo_confidence", "warmup", "output_dir", "mode", "arrival",
+                "max_in_flight", "slo", "precision", "floor"):
         if getattr(overrides, key) is not None:
             changed[key] = getattr(overrides, key)
     if not changed:
@@ -231,7 +234,8 @@ class Session:
             "server_died": self.server_died, "runs_planned": runs_planned,
             "settings": {"mode": settings.mode, "users": list(settings.users), "rates": list(settings.rates),
                          "arrival": settings.arrival, "max_in_flight": settings.max_in_flight,
-                         "duration_s": settings.duration, "warmup_s": settings.warmup,
+                         "duration_s": settings.duration, "max_duration_s": settings.longest,
+                         "warmup_s": settings.warmup, "slo_confidence": settings.slo_confidence,
                          "spawn_rate": settings.spawn_rate, "protocols": list(settings.protocols),
                          "grpc_client": settings.grpc_client,
                          "payloads": list(settings.payloads), "images": self.payloads.names,
@@ -318,6 +322,8 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
         rest_url, grpc_target = generators.endpoints(endpoints.rest_url, endpoints.grpc_target)
         target = run.Target(model=spec.name, rest_url=rest_url, grpc_target=grpc_target,
                             payload_file=payload_file, warmup_s=settings.warmup, duration_s=settings.duration,
+                            max_duration_s=settings.longest, stability_percent=settings.stability_percent,
+                            judged_percentile=validity.Rules.of(settings).judged_percentile,
                             spawn_rate=settings.spawn_rate, server_pid=getattr(deployment, "server_pid", None),
                             metrics_url=metrics_url(rest_url, spec.serving.monitoring.path),
                             workers=generators.workers, remote_workers=generators.remote_workers,
@@ -483,7 +489,11 @@ def parse_args(argv: Sequence[str], command: str = "bench"):
     parser.add_argument("--arrival", help="open loop: poisson or constant (default: benchmark.arrival)")
     parser.add_argument("--max-in-flight", help="open loop: cap on requests in flight (default: "
                         "benchmark.max_in_flight)")
-    parser.add_argument("--duration", help="measured window per run, e.g. 30s (default: benchmark.duration)")
+    parser.add_argument("--duration", help="the least each run measures, e.g. 30s (default: benchmark.duration)")
+    parser.add_argument("--max-duration", help="the most a run measures while its last three sub-windows disagree, "
+                        "e.g. 90s (default: benchmark.max_duration, 3 x duration)")
+    parser.add_argument("--slo-confidence", help="judge the SLO on the percentile's upper confidence bound at this "
+                        "level, e.g. 0.99 (default: benchmark.slo_confidence: the measured percentile)")
     parser.add_argument("--warmup", help="warm-up per run, e.g. 5s (default: benchmark.warmup)")
     parser.add_argument("--protocols", help="rest,grpc (default: benchmark.protocols)")
     parser.add_argument("--payloads", help="image_b64,tensor_row,tensor_columnar (default: benchmark.payloads)")

@@ -42,7 +42,10 @@ class Cell:
 
 def probe_window(rate: float, slo_percentile: float, rules: validity.Rules, duration_s: float) -> float:
     """A window long enough for the SLO percentile to be supported at `rate` (within MAX_WINDOW_FACTOR)."""
-    needed = validity.needed_samples(slo_percentile, rules.min_tail_samples) * 1.15 / rate
+    needed = validity.needed_samples(slo_percentile, rules.min_tail_samples)
+    if rules.judge_on_bound:
+        needed = max(needed, validity.bound_samples(slo_percentile, rules.confidence))
+    needed = needed * 1.15 / rate
     return float(min(max(duration_s, needed), duration_s * MAX_WINDOW_FACTOR))
 
 
@@ -61,12 +64,14 @@ def trusted(entry: dict, slo) -> bool:
     return len(latency_moves) == len(entry["invalid_reasons"]) and _worst_part_within(entry, slo)
 
 
-def verdict(entry: dict, slo, failure_threshold: float) -> dict:
-    """A probe's row in capacity.json."""
-    value = entry.get(slo.key)
+def verdict(entry: dict, slo, failure_threshold: float, on_bound: bool = False) -> dict:
+    """A probe's row in capacity.json. on_bound: the SLO is judged on the percentile's upper confidence bound
+    (benchmark.slo_confidence), which a probe with too few samples for one cannot meet."""
+    value = entry.get(slo.key + "_upper") if on_bound else entry.get(slo.key)
     within = value is not None and math.isfinite(value) and value <= slo.latency_ms
     healthy = entry["failure_ratio"] <= failure_threshold
-    return {"offered_rps": entry["offered_rps"], "achieved_rps": entry["rps"], slo.key: value,
+    return {"offered_rps": entry["offered_rps"], "achieved_rps": entry["rps"], slo.key: entry.get(slo.key),
+            slo.key + "_upper": entry.get(slo.key + "_upper"), "judged_on": slo.key + "_upper" if on_bound else slo.key,
             "service_p50_ms": entry.get("service_p50_ms"), "late_ratio": entry.get("late_ratio"),
             "failure_ratio": entry["failure_ratio"], "window_s": entry["window_s"], "requests": entry["requests"],
             "valid": entry["valid"], "invalid_reasons": entry["invalid_reasons"],
@@ -105,18 +110,20 @@ def search(cell: Cell, run_open: Callable[[float, float], dict], run_closed: Cal
 
     def probe(rate: float) -> bool:
         window = probe_window(rate, slo.percentile, rules, duration_s)
-        row = verdict(run_open(rate, window), slo, failure_threshold)
+        row = verdict(run_open(rate, window), slo, failure_threshold, rules.judge_on_bound)
         if not row["meets_slo"] and row["within_slo"] and row["under_failure_threshold"] \
                 and not _generator_limited(row) and len(cell.probes) + 1 < max_probes:
             log(f"    {rate:.1f} req/s: within the SLO but invalid ({'; '.join(row['invalid_reasons'])}): "
                 f"measuring again with a {2 * window:.0f} s window")
             row["retried"] = True
             cell.probes.append(row)
-            row = verdict(run_open(rate, 2 * window), slo, failure_threshold)
+            row = verdict(run_open(rate, 2 * window), slo, failure_threshold, rules.judge_on_bound)
         cell.probes.append(row)
-        shown = row[slo.key]
+        shown, bound = row[slo.key], row[slo.key + "_upper"]
         log(f"    {rate:8.1f} req/s offered, {row['achieved_rps']:8.1f} achieved, {slo.key[:-3]} "
-            f"{shown if shown is not None else float('nan'):8.1f} ms: " + ("PASS" if row["meets_slo"] else "fail")
+            f"{shown if shown is not None else float('nan'):8.1f} ms"
+            + (f" (bound {bound if bound is not None else float('nan'):.1f} ms at {rules.confidence:.0%})"
+               if rules.judge_on_bound else "") + ": " + ("PASS" if row["meets_slo"] else "fail")
             + ("" if row["valid"] else f" (invalid: {'; '.join(row['invalid_reasons'])})"))
         if _generator_limited(row):
             cell.limited_by = "generator"
@@ -215,7 +222,9 @@ def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = 
     results: list[dict] = []
 
     def measured(step, window_s: float, warmup_s: float) -> dict:
-        target = dataclasses.replace(current.target, duration_s=window_s, warmup_s=warmup_s)
+        # a probe's window may be longer than benchmark.duration: it may settle for as many times longer
+        longest = current.target.longest_s * window_s / current.target.duration_s
+        target = dataclasses.replace(current.target, duration_s=window_s, warmup_s=warmup_s, max_duration_s=longest)
         log(f"  [{len(runs) + 1}] {step.label}: warm-up {warmup_s:g}s, measuring {window_s:.0f}s")
         entry = run.run_and_measure(step, target, current.run_dir, current.per_request, current.payloads.sizes,
                                     current.rules, current.server_gone)

@@ -10,9 +10,15 @@ Imported only by loadtests/locustfile.py (after Locust's monkey-patching). Messa
   master -> worker  schedule        open loop: this worker's share of the arrival schedule (k of n), to start
                                     at once; sent when every worker is ready, so the shares start together
   master -> worker  begin_window    the warm-up is over: forget what was recorded, measure from now
-  master -> worker  end_window      the window is over: stop recording (open loop: once the requests due in
-                                    the window have answered, or the drain time is up) and answer with
-  worker -> master  samples         every request of the window (Recorder.snapshot), merged by the master
+  master -> worker  boundary        a sub-window ends: mark it (time, CPU, requests in flight) and answer with
+  worker -> master  progress        the samples recorded since the last boundary (open loop: once the requests
+                                    due before it have answered, or a grace time is up), so the master can
+                                    judge whether the run has settled (loadtests/settling.py)
+  master -> worker  end_window      the window is over, its figures come from the span of sub-windows given:
+                                    stop recording (open loop: once the requests due in the window have
+                                    answered, or the drain time is up) and answer with
+  worker -> master  samples         every request since the window began (Recorder.snapshot, times from the
+                                    span's start), merged by the master
 
 The master decides the window (as a single process does) and writes the one samples file `run.py` reads.
 """
@@ -47,6 +53,9 @@ class MasterSide:
         self.runner.register_message("need_payloads", self._on_need_payloads)
         self.runner.register_message("samples", self._on_samples)
         self.runner.register_message("ready", self._on_ready)
+        self.runner.register_message("progress", self._on_progress)
+        self.progress: dict[int, dict[str, dict]] = {}
+        self._progress_changed = Event()
 
     def _on_ready(self, environment, msg, **_kwargs) -> None:
         self.ready.add(msg.node_id)
@@ -84,14 +93,35 @@ class MasterSide:
         return len(workers)
 
     def begin_window(self) -> None:
+        self.progress.clear()
         self.runner.send_message("begin_window")
 
-    def end_window(self, wait_s: float = SAMPLES_WAIT_S) -> list[dict]:
-        """Close every worker's window and collect their samples (those that answer within wait_s)."""
+    def _on_progress(self, environment, msg, **_kwargs) -> None:
+        self.progress.setdefault(int(msg.data["number"]), {})[msg.node_id] = msg.data
+        self._progress_changed.set()
+
+    def boundary(self, number: int, grace_s: float) -> list[dict]:
+        """Sub-window `number` has ended: every worker marks it; returns what they recorded since the last one
+        (those that answer within the grace time and SAMPLES_WAIT_S; a late answer joins the next boundary's)."""
+        self.runner.send_message("boundary", {"number": number, "grace_s": grace_s})
+        expected = {worker.id for worker in self.runner.clients.all}
+        deadline = time.monotonic() + grace_s + SAMPLES_WAIT_S
+        while not expected <= set(self.progress.get(number, {})) and time.monotonic() < deadline:
+            self._progress_changed.clear()
+            self._progress_changed.wait(timeout=0.5)
+        missing = expected - set(self.progress.get(number, {}))
+        if missing:
+            log.warning("sub-window %d: no samples in time from %s (they join a later boundary's)", number,
+                        ", ".join(sorted(missing)))
+        return [part for n in sorted(self.progress) if n <= number for part in self.progress.pop(n).values()]
+
+    def end_window(self, span: Optional[tuple[int, int]] = None, settled: Optional[dict] = None,
+                   wait_s: float = SAMPLES_WAIT_S) -> list[dict]:
+        """Close every worker's window on `span` and collect their samples (those that answer within wait_s)."""
         self.parts.clear()
         self._all_in.clear()
         self._expected = {worker.id for worker in self.runner.clients.all}
-        self.runner.send_message("end_window")
+        self.runner.send_message("end_window", {"span": list(span) if span else None, "settled": settled or {}})
         if self._expected and not self._all_in.wait(timeout=wait_s):
             missing = sorted(self._expected - set(self.parts))
             log.warning("no samples from %d of %d workers within %.0fs: %s", len(missing), len(self._expected),
@@ -106,13 +136,15 @@ class WorkerSide:
     start_schedule(share, shares) starts its share of an open-loop schedule.
     """
 
-    def __init__(self, environment, recorder, begin: Callable[[], None], end: Callable[[], None],
-                 start_schedule: Callable[[int, int], None]):
+    def __init__(self, environment, recorder, begin: Callable[[], None], end: Callable[[Optional[tuple], dict], None],
+                 start_schedule: Callable[[int, int], None], boundary: Callable[[float], dict]):
         self.runner = environment.runner
         self.recorder = recorder
         self.payloads: Optional[PayloadSet] = None
         self.arrived = Event()
         self._end = end
+        self._boundary = boundary
+        self.runner.register_message("boundary", self._on_boundary)
         self.runner.register_message("payloads", self._on_payloads)
         self.runner.register_message("begin_window", lambda **_kw: begin())
         self.runner.register_message("end_window", self._on_end_window)
@@ -128,9 +160,18 @@ class WorkerSide:
         """Tell the master this worker's requests are rendered (its users can send from now on)."""
         self.runner.send_message("ready")
 
+    def _on_boundary(self, environment, msg, **_kwargs) -> None:
+        def mark_and_send() -> None:
+            part = self._boundary(float(msg.data["grace_s"]))
+            self.runner.send_message("progress", {"number": msg.data["number"], **part})
+        gevent.spawn(mark_and_send)  # it may wait for answers: never block the message loop
+
     def _on_end_window(self, environment, msg, **_kwargs) -> None:
+        data = msg.data or {}
+        span = tuple(data["span"]) if data.get("span") else None
+
         def close_and_send() -> None:
-            self._end()
+            self._end(span, data.get("settled") or {})
             self.runner.send_message("samples", self.recorder.snapshot())
         gevent.spawn(close_and_send)  # never block the worker's message loop (heartbeats) while draining
 

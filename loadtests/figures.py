@@ -11,6 +11,8 @@ from typing import Iterable, Sequence
 # the figures folded over repeats (every other field is the first repeat's)
 FOLDED = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms", "rps", "failure_ratio", "late_ratio",
           "service_p50_ms", "service_p99_ms", "generator_cpu_percent", "server_cpu_percent")
+# upper confidence bounds fold into the largest: a median of bounds is no bound at the stated confidence
+UPPER = ("p50_ms_upper", "p90_ms_upper", "p95_ms_upper", "p99_ms_upper")
 
 
 def cell_key(run: dict) -> tuple[str, str, float]:
@@ -40,6 +42,10 @@ def folded(runs: Sequence[dict]) -> list[dict]:
             rows.append({**group[0], "repeats": 1})
             continue
         row = {**group[0], **{k: _median([r.get(k) for r in group]) for k in FOLDED if k in group[0]}}
+        for key in UPPER:
+            bounds = [r.get(key) for r in group]
+            if key in group[0]:
+                row[key] = None if None in bounds else max(bounds)
         row["repeats"] = len(group)
         row["valid"] = all(r["valid"] for r in group)
         row["invalid_reasons"] = [f"repeat {r.get('repeat', i + 1)}: {reason}" for i, r in enumerate(group)

@@ -41,6 +41,8 @@ from loadtests.payloads import GRPC_WIRE, PayloadSet  # noqa: E402
 from loadtests.recorder import Recorder, write_samples  # noqa: E402
 from loadtests.schedule import ARRIVALS, Schedule  # noqa: E402
 from loadtests.servermetrics import Scraper  # noqa: E402
+from loadtests.settling import Window, facts as settled_facts, measure_until_settled  # noqa: E402
+from loadtests.validity import Rules  # noqa: E402
 from loadtests.users import GrpcUser, LoadContext, OpenLoop, RestUser, render_rest_request  # noqa: E402
 
 __all__ = ["RestUser", "GrpcUser"]
@@ -60,7 +62,12 @@ def _arguments(parser) -> None:
     parser.add_argument("--samples-out", default="", include_in_web_ui=False,
                        help="write every measured sample to this .npz when Locust quits")
     parser.add_argument("--measure", default="", include_in_web_ui=False,
-                       help="WARMUP,DURATION in seconds: reset stats after warm-up, quit after the window")
+                       help="WARMUP,DURATION[,MAX_DURATION] in seconds: reset stats after warm-up, then measure at "
+                       "least DURATION and on, a third of DURATION at a time, until the last three thirds agree "
+                       "(at most MAX_DURATION, default DURATION), then quit")
+    parser.add_argument("--stability", default="10,50", include_in_web_ui=False,
+                       help="PERCENT,PERCENTILE: the last three sub-windows agree when throughput and this percentile "
+                       "stay within PERCENT of their mean, or within sampling noise")
     parser.add_argument("--server-pid", type=int, default=0, include_in_web_ui=False,
                        help="pid of the model server, to report its CPU use over the window")
     parser.add_argument("--metrics-url", default="", include_in_web_ui=False,
@@ -190,11 +197,12 @@ def _outstanding(environment):
     return ctx.area_now if ctx is not None else None
 
 
-def _end_window(environment, recorder: Recorder, drain_s: float) -> None:
-    """Close the window. Open loop: keep recording until the requests due in it have answered (or drain_s)."""
+def _end_window(environment, recorder: Recorder, drain_s: float, span=None, settled=None) -> None:
+    """Close the window on the span of sub-windows its figures come from. Open loop: keep recording until the
+    requests due in it have answered (or drain_s)."""
     ctx = getattr(environment, "loadtest", None)
     loop = ctx and ctx.open_loop
-    recorder.end_window(keep_recording=loop is not None)
+    recorder.end_window(keep_recording=loop is not None, span=span, settled=settled)
     if loop is None or recorder.window is None:
         recorder.stop()
         return
@@ -208,6 +216,22 @@ def _end_window(environment, recorder: Recorder, drain_s: float) -> None:
 
 
 @events.test_stop.add_listener
+def _boundary(environment, recorder: Recorder, grace_s: float) -> dict:
+    """Mark a sub-window boundary; return the samples since the last one, once the requests due before it have
+    answered (open loop; at most grace_s), so whether the run has settled is judged on complete sub-windows."""
+    mark = recorder.mark()
+    ctx = getattr(environment, "loadtest", None)
+    loop = ctx and ctx.open_loop
+    deadline = mark.wall + grace_s
+    while loop is not None and loop.unanswered_before(mark.wall) and time.perf_counter() < deadline:
+        gevent.sleep(0.01)
+    return recorder.take_new()
+
+
+def _grace_s(window: Window, drain_s: float) -> float:
+    return min(drain_s, window.width_s / 2.0)
+
+
 def _stop_open_loop(environment, **_kwargs) -> None:
     ctx = getattr(environment, "loadtest", None)
     if ctx is not None and ctx.open_loop is not None:
@@ -229,7 +253,9 @@ def _init(environment, **_kwargs) -> None:
             else _cached_payloads(environment).to_bytes())
     elif isinstance(runner, WorkerRunner):
         environment.cluster = WorkerSide(environment, recorder, begin=lambda: _begin_window(environment, recorder),
-                                         end=lambda: _end_window(environment, recorder, options.drain),
+                                         end=lambda span, settled: _end_window(environment, recorder, options.drain,
+                                                                               span, settled),
+                                         boundary=lambda grace_s: _boundary(environment, recorder, grace_s),
                                          start_schedule=lambda k, n: _start_schedule(environment, k, n))
     else:
         RestUser.host = _endpoints(options)[0]  # the class picker shows the spec's real REST address
@@ -237,6 +263,8 @@ def _init(environment, **_kwargs) -> None:
         # the serving protos import TensorFlow (seconds): pay it at start-up, not when a swarm starts
         from tensorflow_serving.apis import predict_pb2  # noqa: F401
     measure = [float(x) for x in options.measure.split(",")] if options.measure else None
+    if measure and len(measure) == 2:
+        measure.append(measure[1])  # no maximum: measure exactly the duration (still judged by sub-windows)
 
     @environment.events.spawning_complete.add_listener
     def _go(user_count, **_kw) -> None:
@@ -245,18 +273,27 @@ def _init(environment, **_kwargs) -> None:
             return  # a worker waits for its master's messages
 
         def begin() -> None:
-            runner.stats.reset_all()  # Locust's own CSV/HTML then cover the window only
+            runner.stats.reset_all()  # Locust's own CSV/HTML then cover the measured time only
             _begin_window(environment, recorder)
             if master:
                 environment.cluster.begin_window()
 
-        def end() -> None:
+        def boundary(window: Window):
+            grace_s = _grace_s(window, options.drain)
+            def at(number: int) -> list[dict]:
+                if master:  # every worker marks the boundary too and sends what it recorded since the last one
+                    recorder.mark()
+                    return environment.cluster.boundary(number, grace_s)
+                return [_boundary(environment, recorder, grace_s)]
+            return at
+
+        def end(span, settled: dict) -> None:
             if master:  # its window (and the server's CPU) ends now; the workers close (and drain) theirs
-                recorder.end_window()
+                recorder.end_window(span=span, settled=settled)
                 environment.worker_samples = environment.cluster.end_window(
-                    wait_s=options.drain + distributed_samples_wait)
+                    span, settled, wait_s=options.drain + distributed_samples_wait)
             else:
-                _end_window(environment, recorder, options.drain)
+                _end_window(environment, recorder, options.drain, span, settled)
             runner.quit()
 
         def run() -> None:
@@ -266,10 +303,16 @@ def _init(environment, **_kwargs) -> None:
                     environment.cluster.start_schedule()
             else:
                 _start_schedule(environment)
-            if measure:
-                warmup, duration = measure
-                gevent.spawn_later(warmup, begin)
-                gevent.spawn_later(warmup + duration, end)
+            if not measure:
+                return
+            warmup, duration, max_duration = measure
+            gevent.sleep(warmup)
+            begin()
+            window = Window(duration, max(duration, max_duration))
+            percent, percentile = (float(x) for x in options.stability.split(","))
+            settled = measure_until_settled(window, Rules(stability_percent=percent, judged_percentile=percentile),
+                                            bool(options.rate), recorder.marks[0].wall, boundary(window))
+            end((settled.first, settled.count), settled_facts(window, settled))
 
         gevent.spawn(run)
 
@@ -290,6 +333,7 @@ def _init(environment, **_kwargs) -> None:
 def _run_facts(options, recorder: Recorder) -> dict:
     """What the samples file says about how the load was offered, and the server's metrics around the window."""
     scrapes = recorder.scraper.facts() if recorder.scraper is not None else {}
+    scrapes["settled"] = recorder.settled
     if not options.rate:
         return {"mode": "closed", **scrapes}
     return {**scrapes, "mode": "open", "offered_rps": options.rate, "arrival": options.arrival, "seed": options.seed,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,15 @@ def process_cpu_seconds(pid: int) -> Optional[float]:
     return total
 
 
+@dataclass(frozen=True)
+class Mark:
+    """One sub-window boundary as this process saw it."""
+    wall: float                    # time.perf_counter()
+    cpu: float                     # this process's CPU seconds
+    server_cpu: Optional[float]    # the server's CPU seconds (None: not known)
+    outstanding: Optional[float]   # the users' request-seconds integral (None: not kept)
+
+
 class Recorder:
     """Collects every request answered inside the window: completion time, latency, service time, due time, ...
 
@@ -56,11 +66,13 @@ class Recorder:
         self.samples: list[tuple] = []
         self.failures: Counter = Counter()
         self.window: Optional[tuple[float, float]] = None
-        self._start: Optional[tuple[float, float, Optional[float]]] = None
+        self.marks: list[Mark] = []  # one per sub-window boundary, the first where measuring began
         self.cpu_percent: Optional[float] = None
         self.server_cpu_percent: Optional[float] = None
-        self._area = None  # () -> request-seconds outstanding so far (the users' own count, not the samples)
+        self._outstanding = None  # () -> request-seconds outstanding so far (the users' own count, not the samples)
         self.in_flight_mean: Optional[float] = None
+        self.settled: dict = {}  # how the window was settled (sub-window width, windows measured and used, stable)
+        self._taken = 0  # samples already handed out by take_new
 
     def _on_request(self, request_type, response_time, exception=None, context=None, **_kwargs) -> None:
         if not self.recording:
@@ -83,34 +95,62 @@ class Recorder:
 
     def begin_window(self, outstanding=None) -> None:
         """Forget the warm-up; measure from now. `outstanding()`: the users' request-seconds integral so far."""
-        if self.scraper is not None:
-            self.scraper.scrape("before")
         self.samples.clear()
         self.failures.clear()
-        server = process_cpu_seconds(self.server_pid) if self.server_pid else None
-        self._area = (outstanding, outstanding()) if outstanding is not None else None
-        self._start = (time.perf_counter(), time.process_time(), server)
+        self.marks.clear()
+        self._taken = 0
+        self._outstanding = outstanding
+        self.mark()
 
-    def end_window(self, keep_recording: bool = False) -> None:
-        """Close the window; compute the generator's (and server's) CPU use over it, in % of one core.
+    def mark(self) -> Mark:
+        """A sub-window boundary: the time, this process's and the server's CPU, the users' outstanding-request
+        integral and (in the process that times the window) the server's metrics page, all at this instant."""
+        if self.scraper is not None:
+            self.scraper.scrape(f"mark{len(self.marks)}")
+        mark = Mark(time.perf_counter(), time.process_time(),
+                    process_cpu_seconds(self.server_pid) if self.server_pid else None,
+                    self._outstanding() if self._outstanding is not None else None)
+        self.marks.append(mark)
+        return mark
 
-        keep_recording (open loop): answers still arriving are recorded until `stop`.
+    def take_new(self) -> dict:
+        """The samples recorded since the last call, as lists, times from the first mark (what a worker sends
+        its master at each sub-window boundary, so the master can judge whether the run has settled)."""
+        start = self.marks[0].wall if self.marks else 0.0
+        new = self.samples[self._taken:]
+        self._taken += len(new)
+        columns = list(zip(*new)) if new else [()] * 7
+        return {"t": [t - start for t in columns[0]], "latency_ms": list(columns[1]), "ok": list(columns[2]),
+                "due": [d - start for d in columns[4]]}
+
+    def end_window(self, keep_recording: bool = False, span: Optional[tuple[int, int]] = None,
+                   settled: Optional[dict] = None) -> None:
+        """Close the window on the sub-windows `span` = (first, last) mark (default: the first mark to now).
+
+        The window's CPU use (generator and server, in % of one core), requests in flight and server metrics
+        are taken between those two marks. keep_recording (open loop): answers still arriving are recorded until
+        `stop`.
         """
         self.recording = keep_recording
-        if self._start is None:
+        if not self.marks:
             return
-        wall0, cpu0, server0 = self._start
-        wall = time.perf_counter() - wall0
-        self.window = (wall0, wall0 + wall)
-        self.cpu_percent = 100.0 * (time.process_time() - cpu0) / wall
-        server1 = process_cpu_seconds(self.server_pid) if self.server_pid else None
-        if server0 is not None and server1 is not None:
-            self.server_cpu_percent = 100.0 * (server1 - server0) / wall
-        if self._area is not None:
-            area, area0 = self._area
-            self.in_flight_mean = (area() - area0) / wall
+        if span is None:
+            self.mark()
+            span = (0, len(self.marks) - 1)
+        first, last = max(0, min(span[0], len(self.marks) - 1)), max(0, min(span[1], len(self.marks) - 1))
+        begin, end = self.marks[first], self.marks[last]
+        wall = end.wall - begin.wall
+        self.window = (begin.wall, end.wall)
+        self.settled = dict(settled or {})
+        if wall <= 0:
+            return
+        self.cpu_percent = 100.0 * (end.cpu - begin.cpu) / wall
+        if begin.server_cpu is not None and end.server_cpu is not None:
+            self.server_cpu_percent = 100.0 * (end.server_cpu - begin.server_cpu) / wall
+        if begin.outstanding is not None and end.outstanding is not None:
+            self.in_flight_mean = (end.outstanding - begin.outstanding) / wall
         if self.scraper is not None:
-            self.scraper.scrape("after")
+            self.scraper.choose(f"mark{first}", f"mark{last}")
 
     def stop(self) -> None:
         self.recording = False
@@ -125,7 +165,7 @@ class Recorder:
                 "image": list(columns[3]), "due": [d - start for d in columns[4]], "service_ms": list(columns[5]),
                 "late": list(columns[6]),
                 "window_s": (self.window[1] - self.window[0]) if self.window else 0.0,
-                "in_flight_mean": self.in_flight_mean,
+                "in_flight_mean": self.in_flight_mean, "settled": self.settled,
                 "cpu_percent": self.cpu_percent, "failures": dict(self.failures)}
 
     def save(self, path: Path, finished_at: float, extra: Optional[dict] = None) -> None:

@@ -32,7 +32,8 @@ def _finite(value) -> Optional[float]:
 
 
 def _samples(run: dict, run_dir: Path) -> Optional[dict]:
-    """Latency over time (buckets of the window: p50, p99, count, failures) and the CDF, from the run's samples."""
+    """Latency over everything measured (buckets: p50, p99, count, failures; the sub-windows before the span the
+    figures come from included), the span used, and the CDF of the span, from the run's samples."""
     path = run_dir / "samples" / str(run.get("samples_file", ""))
     if not run.get("samples_file") or not path.is_file():
         return None
@@ -42,11 +43,14 @@ def _samples(run: dict, run_dir: Path) -> Optional[dict]:
     window = float(meta.get("window_s") or 0.0)
     if window <= 0:
         return None
-    key = due if run["mode"] == "open" else t
-    inside = (key >= 0) & (key < window)
-    bucket_s = window / TIMELINE_BUCKETS
-    index = np.minimum((key[inside] / bucket_s).astype(int), TIMELINE_BUCKETS - 1)
-    lat, good = latency[inside], ok[inside]
+    settled = meta.get("settled") or {}
+    before = float(settled.get("first_window", 0) * settled.get("sub_window_s", 0.0))  # measured before the span
+    key = (due if run["mode"] == "open" else t) + before  # from the moment measuring began
+    total = before + window
+    measured = (key >= 0) & (key < total)
+    bucket_s = total / TIMELINE_BUCKETS
+    index = np.minimum((key[measured] / bucket_s).astype(int), TIMELINE_BUCKETS - 1)
+    lat, good = latency[measured], ok[measured]
     timeline = []
     for b in range(TIMELINE_BUCKETS):
         mine = lat[(index == b) & good]
@@ -55,10 +59,12 @@ def _samples(run: dict, run_dir: Path) -> Optional[dict]:
             timeline.append([round((b + 0.5) * bucket_s, 3),
                              float(np.percentile(mine, 50)) if mine.size else None,
                              float(np.percentile(mine, 99)) if mine.size else None, int(mine.size), failed])
-    good_lat = lat[good]
+    in_span = (key >= before) & (key < total)
+    good_lat = latency[in_span & ok]
     cdf = ([[float(v), q / 100.0] for v, q in zip(np.percentile(good_lat, CDF_POINTS), CDF_POINTS)]
            if good_lat.size else [])
-    return {"timeline": timeline, "cdf": cdf, "bucket_s": bucket_s}
+    return {"timeline": timeline, "cdf": cdf, "bucket_s": bucket_s, "span": [round(before, 3), round(total, 3)],
+            "extended": bool(run.get("extended_s"))}
 
 
 def _level_label(level: float, mode: str) -> str:
@@ -192,8 +198,10 @@ def page(summary: dict, run_dir: Path, pngs: Sequence[str] = ()) -> str:
                                                           "lines are the capacities found"))
     if data["runs"]:
         charts.append("<h2>Latency over time within each run</h2>"
-                      + _chart("chart-timeline", "p50 and p99 per slice of the measured window (warm-up excluded): "
-                               "drift, stalls and warm-up left-overs show here", picker="pick-run"))
+                      + _chart("chart-timeline", "p50 and p99 per slice of everything measured (warm-up excluded): "
+                               "drift, stalls and warm-up left-overs show here; a run that had not settled by its "
+                               "duration went on measuring, and the dotted lines mark the span its figures come from",
+                               picker="pick-run"))
         charts.append("<h2>Latency distribution</h2>"
                       + _chart("chart-cdf", "every run at the level chosen (dashed: later repeats)", picker="pick-level")
                       .replace("<label>run", "<label>level"))

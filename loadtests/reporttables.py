@@ -15,9 +15,9 @@ def html_body(summary: dict) -> dict:
     runs = [[esc(r["protocol"]), esc(r["wire"]), esc(level_text(r)) + (f" #{r['repeat']}" if r.get("repeat", 1) > 1 else ""),
              str(r["requests"]),
              f"{r['failures']} ({r['failure_ratio']:.2%})", fmt(r["rps"], 1), fmt(r["p50_ms"]), fmt(r["p90_ms"]),
-             fmt(r["p95_ms"]), fmt(r["p99_ms"]), fmt(r["max_ms"]), fmt(r["service_p50_ms"]),
+             fmt(r["p95_ms"]), fmt(r["p99_ms"]), _bound_cell(r), fmt(r["max_ms"]), fmt(r["service_p50_ms"]),
              fmt(r["service_p99_ms"]), "n/a" if r["late_ratio"] is None else f"{r['late_ratio']:.2%}",
-             f"{r['bytes_per_request'] / 1024:.1f}",
+             f"{r['bytes_per_request'] / 1024:.1f}", _measured_cell(r),
              fmt(r["generator_cpu_percent"], 0) + ("% <b class=bound>generator-bound</b>" if r["generator_bound"]
                                                     else "%"),
              fmt(r["server_cpu_percent"], 0),
@@ -48,8 +48,9 @@ def html_body(summary: dict) -> dict:
              "or a bar for its values.</p>")
     tables = (f"{_capacity_section(summary)}{_thresholds_section(summary)}<h2>Runs</h2>"
               + _table(runs, ["protocol", "payload", "rate" if summary.get("mode") == "open" else "users", "requests",
-                              "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "service p50 ms",
-                              "service p99 ms", "late", "KiB/request", "generator CPU", "server CPU %", "valid",
+                              "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "upper bound ms", "max ms",
+                              "service p50 ms", "service p99 ms", "late", "KiB/request", "measured s", "generator CPU",
+                              "server CPU %", "valid",
                               "Locust report"])
               + (_breakdown_section(summary) if any("server" in r for r in summary["runs"]) else "")
               + _floor_section(summary) + "<h2>Correctness before the sweep</h2>"
@@ -57,6 +58,28 @@ def html_body(summary: dict) -> dict:
               + _table(correctness, ["protocol", "payload", "images", "max |score - in-process|", "top-1 equal"])
               + f"<h2>Provenance</h2><table>{provenance}</table>")
     return {"verdict": intro + verdict + notes, "tables": tables}
+
+
+def _measured_cell(run: dict) -> str:
+    """The span the figures come from; for an extended run also how long it measured in all, and why."""
+    measured = run.get("measured_s", run.get("window_s"))
+    if not run.get("extended_s"):
+        return fmt(measured, 1)
+    how = "settled" if run.get("stable") else "<b class=bad>did not settle</b>"
+    return (f"{fmt(measured, 1)} <span class=note>(extended {fmt(run['duration_s'], 0)} &rarr; "
+            f"{fmt(run['measured_total_s'], 0)} s, {how}; last {run['windows_used']} of {run['windows_total']} "
+            "sub-windows)</span>")
+
+
+def _bound_cell(run: dict) -> str:
+    """The judged percentile's upper confidence bound, or why there is none."""
+    bound = run.get("upper_bound")
+    if not bound:
+        return "n/a"
+    label = f"p{bound['percentile']:g} &le; "
+    if bound.get("value_ms") is None:
+        return f"<span class=note title='{html.escape(bound.get('reason', ''))}'>too few samples</span>"
+    return f"{label}{fmt(bound['value_ms'])} <span class=note>({bound['confidence']:.0%})</span>"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

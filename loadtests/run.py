@@ -29,6 +29,7 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 REPO = LOCUSTFILE.parents[1]
 USER_CLASS = {"rest": "RestUser", "grpc": "GrpcUser"}
 PROTOCOL_LABEL = {"rest": "REST", "grpc": "gRPC"}
+MAX_DURATION_FACTOR = 3.0  # benchmark.max_duration's default, in durations (see spec/schema.py)
 STARTUP_ALLOWANCE_S = 90.0  # Locust + gRPC stubs (which import TensorFlow) before the first user spawns
 
 
@@ -76,8 +77,11 @@ class Target:
     grpc_target: str
     payload_file: Path
     warmup_s: float
-    duration_s: float
+    duration_s: float             # measured at least; then a third at a time until the last three thirds agree
     spawn_rate: float
+    max_duration_s: Optional[float] = None  # ... up to this (None: MAX_DURATION_FACTOR x duration_s)
+    stability_percent: float = 10.0
+    judged_percentile: float = 50.0
     server_pid: Optional[int] = None
     metrics_url: Optional[str] = None  # the server's Prometheus page, scraped around each window
     workers: int = 0              # local `locust --worker` processes; 0 with no remote ones: one plain process
@@ -91,6 +95,12 @@ class Target:
     max_in_flight: int = 1000
     late_tolerance_ms: float = 5.0
     drain_s: float = 10.0
+
+    @property
+    def longest_s(self) -> float:
+        """The most a run measures (benchmark.max_duration)."""
+        return max(self.duration_s, self.max_duration_s if self.max_duration_s is not None
+                   else MAX_DURATION_FACTOR * self.duration_s)
 
     @property
     def distributed(self) -> bool:
@@ -115,7 +125,7 @@ def locust_command(step: Step, target: Target, out_dir: Path, master_port: Optio
     users = step.users if step.rate is None else target.processes  # open loop: one schedule driver per process
     spawn_s = users / target.spawn_rate
     drain_s = target.drain_s if step.rate is not None else 0.0
-    run_time = math.ceil(spawn_s + target.warmup_s + target.duration_s + drain_s + 30)  # a backstop
+    run_time = math.ceil(spawn_s + target.warmup_s + target.longest_s * 1.5 + drain_s + 30)  # a backstop
     prefix = out_dir / "locust" / step.slug
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
                "--users", str(users), "--spawn-rate", str(max(target.spawn_rate, users)), "--run-time", f"{run_time}s",
@@ -124,7 +134,8 @@ def locust_command(step: Step, target: Target, out_dir: Path, master_port: Optio
                "--model-name", target.model, "--rest-url", target.rest_url, "--grpc-target", target.grpc_target,
                "--payload", step.payload, "--payload-file", str(target.payload_file), "--grpc-client", target.grpc_client,
                "--samples-out", str(out_dir / "samples" / f"{step.slug}.npz"),
-               "--measure", f"{target.warmup_s},{target.duration_s}"]
+               "--measure", f"{target.warmup_s:g},{target.duration_s:g},{target.longest_s:g}",
+               "--stability", f"{target.stability_percent:g},{target.judged_percentile:g}"]
     if step.rate is not None:
         command += ["--rate", f"{step.rate:g}", "--arrival", target.arrival, "--seed", str(target.seed),
                     "--max-in-flight", str(target.max_in_flight), "--late-tolerance-ms", f"{target.late_tolerance_ms:g}",
@@ -153,8 +164,8 @@ def run_step(step: Step, target: Target, out_dir: Path) -> Path:
     log_path = out_dir / "locust" / f"{step.slug}.log"
     samples = out_dir / "samples" / f"{step.slug}.npz"
     drain_s = target.drain_s if step.rate is not None else 0.0
-    timeout = (STARTUP_ALLOWANCE_S + (step.users or 1) / target.spawn_rate + target.warmup_s + target.duration_s
-               + drain_s + 60)
+    timeout = (STARTUP_ALLOWANCE_S + (step.users or 1) / target.spawn_rate + target.warmup_s
+               + target.longest_s * 1.5 + drain_s + 60)
     port = (target.master_port or free_port(target.master_bind)) if target.distributed else None
     workers: list[subprocess.Popen] = []
     with open(log_path, "wb") as log:
@@ -248,16 +259,52 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
         "samples_file": str(samples_path.name), "locust_csv": f"locust/{step.slug}_stats.csv",
         "locust_html": f"locust/{step.slug}.html",
     }
+    entry.update(settling_fields(meta.get("settled") or {}, window))
+    entry.update(bound_fields(good, rules))
     key_t = due if open_loop else t
     entry["sub_windows"] = validity.sub_windows(t, key_t, ok, latency, window, rules.judged_percentile,
-                                                due=due if open_loop else None)
+                                                due=due if open_loop else None, width_s=entry["sub_window_s"])
     entry["invalid_reasons"] = validity.judge(entry, entry["sub_windows"], rules, server_stopped)
     entry["valid"] = not entry["invalid_reasons"]
+    if not meta.get("settled"):  # not timed by sub-windows (a samples file from before they were): judged now
+        entry["stable"] = not any(r.startswith("unstable:") for r in entry["invalid_reasons"])
     entry["server"] = servermetrics.server_block(meta.get("server_metrics"), model, step.protocol)
     entry["server"]["client_requests"] = int((ok & done_inside).sum())
     entry["breakdown"] = servermetrics.breakdown(entry)
     entry.update(servermetrics.cpu_per_request(entry, meta))
     return entry
+
+
+def settling_fields(settled: dict, window_s: float) -> dict:
+    """How long a run measured and which of its sub-windows its figures come from (summary.json fields)."""
+    if not settled:
+        width = window_s / validity.SUB_WINDOWS if window_s and math.isfinite(window_s) else None
+        return {"measured_s": window_s, "measured_total_s": window_s, "sub_window_s": width,
+                "windows_total": validity.SUB_WINDOWS, "windows_used": validity.SUB_WINDOWS, "stable": None,
+                "extended_s": 0.0, "duration_s": window_s, "max_duration_s": None}
+    width = settled["sub_window_s"]
+    total = settled["windows_total"] * width
+    return {"measured_s": window_s, "measured_total_s": total, "sub_window_s": width,
+            "windows_total": settled["windows_total"], "windows_used": settled["windows_used"],
+            "stable": bool(settled["stable"]), "extended_s": max(0.0, total - settled["duration_s"]),
+            "duration_s": settled["duration_s"], "max_duration_s": settled["max_duration_s"]}
+
+
+def bound_fields(good: np.ndarray, rules: validity.Rules) -> dict:
+    """Upper confidence bounds (at rules.confidence) of the standard percentiles and of the judged one
+    (`p99_ms_upper`, ...), from the order statistics; `upper_bound` says which is judged, or why there is none."""
+    q, level = rules.bound_percentile, rules.confidence
+    name = validity.pkey(q) + "_upper"
+    fields = {validity.pkey(p) + "_upper": validity.upper_bound(good, p, level)
+              for p in sorted(set(validity.STANDARD_PERCENTILES) | {q})}
+    bound = fields[name]
+    fields["upper_bound"] = {"field": name, "percentile": q, "confidence": level, "samples": int(good.size),
+                             "value_ms": bound}
+    if bound is None:
+        fields["upper_bound"]["reason"] = (
+            f"too few answers for a {level:.0%} bound on p{q:g}: {good.size} measured, "
+            f"{validity.bound_samples(q, level)} needed")
+    return fields
 
 
 def describe(entry: dict) -> str:
@@ -267,9 +314,20 @@ def describe(entry: dict) -> str:
     line = (f"        {entry['rps']:8.1f} req/s  p50 {entry['p50_ms']:7.2f} ms{service}  p99 {entry['p99_ms']:7.2f} ms  "
             f"failures {entry['failures']}/{entry['requests']}{late}  generator CPU "
             f"{entry['generator_cpu_percent'] or 0:.0f}%")
+    line += settling_note(entry)
     if not entry["valid"]:
         line += "\n        INVALID: " + "; ".join(entry["invalid_reasons"])
     return line
+
+
+def settling_note(entry: dict) -> str:
+    """'' for a run that settled in its duration; else how far it was extended and where its figures come from."""
+    if not entry.get("extended_s"):
+        return ""
+    total, used = entry["measured_total_s"], entry["measured_s"]
+    how = "settled" if entry.get("stable") else "did not settle"
+    return (f"\n        extended {entry['duration_s']:g} s -> {total:.0f} s ({entry['windows_total']} sub-windows of "
+            f"{entry['sub_window_s']:.1f} s): {how}; figures from the last {entry['windows_used']} ({used:.1f} s)")
 
 
 def run_and_measure(step: Step, target: Target, out_dir: Path, request_bytes: dict, sizes,
@@ -290,7 +348,8 @@ def sweep(steps: Sequence[Step], target: Target, out_dir: Path, request_bytes: d
     """
     results = []
     for number, step in enumerate(steps, 1):
-        log(f"[{number}/{len(steps)}] {step.label}: warm-up {target.warmup_s:g}s, measuring {target.duration_s:g}s")
+        log(f"[{number}/{len(steps)}] {step.label}: warm-up {target.warmup_s:g}s, measuring {target.duration_s:g}s"
+            + (f" (up to {target.longest_s:g}s until it settles)" if target.longest_s > target.duration_s else ""))
         entry = run_and_measure(step, target, out_dir, request_bytes, sizes, rules, server_gone)
         log(describe(entry))
         results.append(entry)

@@ -1,7 +1,7 @@
 """Where a run's time went, by the server's own account: TF Serving's Prometheus metrics around the window.
 
-The load generator scrapes the server's metrics page just before its measured window opens and just after it
-closes (`Scraper`). Only the differences between the two scrapes count, so whatever the server did before (the
+The load generator scrapes the server's metrics page at the start of the span a run's figures come from and at
+its end (`Scraper`, which scrapes at every sub-window boundary and keeps those two). Only the differences between the two scrapes count, so whatever the server did before (the
 warm-up, earlier runs, other clients' traffic before the window) cancels out. From those deltas, per run:
 
 * `server`: the server's request latency (`:tensorflow:serving:request_latency`, for this model, API and
@@ -147,7 +147,8 @@ class Histogram:
 
 
 class Scraper:
-    """Fetches the metrics page at the window's start and end (in the process that times the window)."""
+    """Fetches the metrics page at every sub-window boundary (in the process that times the window); `choose`
+    keeps the two that bound the span the run's figures come from, as "before" and "after"."""
 
     def __init__(self, url: Optional[str], timeout_s: float = SCRAPE_TIMEOUT_S):
         self.url = url
@@ -165,6 +166,11 @@ class Scraper:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             self.scrapes[when] = {"error": f"{type(exc).__name__}: {reason}"}
+
+    def choose(self, before: str, after: str) -> None:
+        """Keep only the scrapes `before` and `after`, under those names (the others are forgotten)."""
+        chosen = {"before": self.scrapes.get(before), "after": self.scrapes.get(after)}
+        self.scrapes = {when: scrape for when, scrape in chosen.items() if scrape is not None}
 
     def facts(self) -> dict:
         return {"server_metrics": {"url": self.url, **self.scrapes}} if self.url else {}

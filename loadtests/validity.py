@@ -31,6 +31,9 @@ class Rules:
     min_tail_samples: int = 10
     max_late_ratio: float = 0.01
     judged_percentile: float = 50.0
+    bound_percentile: float = 99.0  # the percentile whose upper confidence bound every run reports (SLO's, else p99)
+    confidence: float = 0.99        # ... at this confidence (benchmark.slo_confidence)
+    judge_on_bound: bool = False    # capacity judges the SLO on that bound (benchmark.slo_confidence given)
 
     @classmethod
     def of(cls, benchmark) -> "Rules":
@@ -38,7 +41,10 @@ class Rules:
         return cls(min_duration_s=benchmark.min_duration, min_requests=benchmark.min_requests,
                    stability_percent=benchmark.stability_percent, min_tail_samples=benchmark.min_tail_samples,
                    max_late_ratio=benchmark.max_late_ratio,
-                   judged_percentile=benchmark.slo.percentile if benchmark.slo else 50.0)
+                   judged_percentile=benchmark.slo.percentile if benchmark.slo else 50.0,
+                   bound_percentile=benchmark.slo.percentile if benchmark.slo else 99.0,
+                   confidence=benchmark.slo_confidence or 0.99,
+                   judge_on_bound=benchmark.slo_confidence is not None)
 
 
 def pkey(percentile: float) -> str:
@@ -66,30 +72,37 @@ def spread_percent(values: Sequence[float]) -> float:
 
 
 def sub_windows(t_done: np.ndarray, t_key: np.ndarray, ok: np.ndarray, latency: np.ndarray, window_s: float,
-                percentile: float, due: Optional[np.ndarray] = None) -> list[dict]:
-    """Throughput and the percentile in each of SUB_WINDOWS equal parts of the window, with their noise bands.
+                percentile: float, due: Optional[np.ndarray] = None, width_s: Optional[float] = None) -> list[dict]:
+    """Throughput and the percentile in each sub-window of the window, with their noise bands.
 
-    t_done: completion times; t_key: the time a request belongs to its window by (due time open loop, completion
+    The window [0, window_s) is cut into parts of `width_s` (the run's sub-window), or into SUB_WINDOWS equal parts.
+    t_done: completion times; t_key: the time a request belongs to its part by (due time open loop, completion
     closed loop); both from the window's start. Open loop (`due` given), `pace` is the successful completions over
     the requests due in the part: 1 when the server keeps up, whatever the random arrivals did. `band` is where the
     part's percentile would fall (about 95% of the time) if nothing changed through the window: the pooled
     window's quantiles at q +- 2 sqrt(q(1-q)/n), n the part's answers.
     """
+    count = SUB_WINDOWS if not width_s else max(1, int(round(window_s / width_s)))
+    return parts_between(t_done, t_key, ok, latency, np.linspace(0.0, window_s, count + 1), percentile, due)
+
+
+def parts_between(t_done: np.ndarray, t_key: np.ndarray, ok: np.ndarray, latency: np.ndarray, edges,
+                  percentile: float, due: Optional[np.ndarray] = None) -> list[dict]:
+    """The parts of sub_windows between consecutive `edges` (seconds from the window's start)."""
     parts = []
-    edges = np.linspace(0.0, window_s, SUB_WINDOWS + 1)
-    inside = ok & (t_key >= 0) & (t_key < window_s)
-    pooled = np.sort(latency[inside])
+    edges = [float(e) for e in edges]
+    inside = ok & (t_key >= edges[0]) & (t_key < edges[-1])
+    pooled = latency[inside]
     q = percentile / 100.0
     for low, high in zip(edges[:-1], edges[1:]):
         done = int((ok & (t_done >= low) & (t_done < high)).sum())
         mine = latency[ok & (t_key >= low) & (t_key < high)]
-        part = {"from_s": float(low), "to_s": float(high), "rps": done / (high - low),
+        part = {"from_s": low, "to_s": high, "rps": done / (high - low),
                 pkey(percentile): float(np.percentile(mine, percentile)) if mine.size else float("nan"),
                 "requests": int(mine.size), "band": None}
         if mine.size and pooled.size:
             half = 2.0 * math.sqrt(q * (1.0 - q) / mine.size)
-            part["band"] = [float(np.quantile(pooled, max(0.0, q - half))),
-                            float(np.quantile(pooled, min(1.0, q + half)))]
+            part["band"] = [float(v) for v in np.quantile(pooled, [max(0.0, q - half), min(1.0, q + half)])]
         if due is not None:
             due_here = int(((due >= low) & (due < high)).sum())
             part["pace"] = done / due_here if due_here else float("nan")
@@ -116,6 +129,75 @@ def _unstable(parts: list[dict], field: str, limit_percent: float) -> Optional[f
     return spread
 
 
+def instabilities(parts: list[dict], rules: Rules) -> list[tuple[str, float]]:
+    """(what, spread %) of throughput and the judged percentile where the parts disagree beyond the rules."""
+    key = pkey(rules.judged_percentile)
+    pace = bool(parts) and all("pace" in p for p in parts)
+    found = []
+    for what, field in (("throughput against the offered load" if pace else "throughput", "pace" if pace else "rps"),
+                        (key[:-3], key)):
+        spread = _unstable(parts, field, rules.stability_percent)
+        if spread is not None:
+            found.append((what, spread))
+    return found
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Where a run's figures come from: sub-windows [first, count) of `width_s`, and whether they agree."""
+    first: int
+    count: int
+    width_s: float
+    stable: bool
+
+    @property
+    def used(self) -> int:
+        return self.count - self.first
+
+
+def settle(t_done: np.ndarray, t_key: np.ndarray, ok: np.ndarray, latency: np.ndarray, width_s: float, count: int,
+           rules: Rules, due: Optional[np.ndarray] = None, between=None) -> Settled:
+    """The last stable span of `count` sub-windows of `width_s` (times from the first one's start).
+
+    Stable when the last SUB_WINDOWS sub-windows agree (instabilities finds nothing); the span then reaches back
+    over every earlier sub-window that still agrees with it, so a run that settled early keeps all its samples.
+    Unstable: the span is the last SUB_WINDOWS sub-windows, and `stable` is False. `between(edges)`, when given,
+    replaces parts_between (the caller's cached version over the same samples).
+    """
+    between = between or (lambda edges: parts_between(t_done, t_key, ok, latency, edges, rules.judged_percentile, due))
+    last = max(0, count - SUB_WINDOWS)
+    if count < SUB_WINDOWS or instabilities(between([i * width_s for i in range(last, count + 1)]), rules):
+        return Settled(last, count, width_s, False)
+    first = last
+    while first > 0 and not instabilities(between([i * width_s for i in range(first - 1, count + 1)]), rules):
+        first -= 1
+    return Settled(first, count, width_s, True)
+
+
+def upper_bound(latencies: np.ndarray, percentile: float, confidence: float = 0.99) -> Optional[float]:
+    """An upper bound on the true `percentile` at `confidence`, from the order statistics alone.
+
+    The k-th smallest of n samples lies above the true q-quantile unless k or more samples fell below it, which
+    happens with probability P(Binomial(n, q) >= k); the bound is the smallest k whose chance of lying below the
+    quantile is at most 1 - confidence (no normality assumed, as MLPerf LoadGen's early-stopping estimate).
+    None when even the largest sample is not a bound at that confidence (too few samples: 459 for p99 at 99%).
+    """
+    from scipy.stats import binom
+
+    n = int(latencies.size)
+    if n == 0:
+        return None
+    k = int(binom.ppf(confidence, n, percentile / 100.0)) + 1  # P(Bin(n, q) <= k - 1) >= confidence
+    if k > n:
+        return None
+    return float(np.partition(latencies, k - 1)[k - 1])
+
+
+def bound_samples(percentile: float, confidence: float = 0.99) -> int:
+    """The fewest samples for which upper_bound gives a bound (the maximum is one when q^n <= 1 - confidence)."""
+    return math.ceil(math.log(1.0 - confidence) / math.log(percentile / 100.0) - 1e-12)
+
+
 def judge(entry: dict, parts: list[dict], rules: Rules, server_stopped: Optional[str] = None) -> list[str]:
     """The reasons a measured run is invalid (empty: valid). `entry` is the run's summary entry."""
     reasons = []
@@ -131,14 +213,15 @@ def judge(entry: dict, parts: list[dict], rules: Rules, server_stopped: Optional
         need = needed_samples(rules.judged_percentile, rules.min_tail_samples)
         reasons.append(f"{key[:-3]} rests on {good} answers; it needs {need} ({rules.min_tail_samples} above it, "
                        "benchmark.min_tail_samples): measure longer")
-    pace = parts and all("pace" in p for p in parts)
-    for what, field in (("throughput" if not pace else "throughput against the offered load", "pace" if pace
-                         else "rps"), (key[:-3], key)):
-        spread = _unstable(parts, field, rules.stability_percent)
-        if spread is not None:
-            shown = "n/a" if math.isinf(spread) else f"{spread:.0f}%"
-            reasons.append(f"unstable: {what} moved {shown} across the last {len(parts)} sub-windows, beyond "
-                           f"sampling noise (benchmark.stability_percent: {rules.stability_percent:g}%)")
+    for what, spread in instabilities(parts, rules):
+        shown = "n/a" if math.isinf(spread) else f"{spread:.0f}%"
+        reason = (f"unstable: {what} moved {shown} across the last {len(parts)} sub-windows, beyond "
+                  f"sampling noise (benchmark.stability_percent: {rules.stability_percent:g}%)")
+        total = entry.get("measured_total_s")
+        if total is not None and entry.get("max_duration_s"):
+            reason += (f", still after measuring {total:.0f} s (benchmark.max_duration: {entry['max_duration_s']:g} s):"
+                       " raise benchmark.max_duration, lower the load, or give the server and generator quieter cores")
+        reasons.append(reason)
     late = entry.get("late_ratio")
     if late is not None and late > rules.max_late_ratio:
         reasons.append(f"{late:.1%} of requests started late (more than {entry['late_tolerance_ms']:g} ms after "

@@ -351,7 +351,13 @@ class SloSpec(_Strict):
 
 class BenchmarkSpec(_Strict):
     users: tuple[Annotated[int, Field(ge=1)], ...] = (1, 4, 16)
-    duration: Duration = 20.0
+    duration: Duration = Field(20.0, description="Each run measures at least this long, judged in three sub-windows "
+                               "of a third of it each")
+    max_duration: Optional[Duration] = Field(
+        None, description="A run whose last three sub-windows disagree (benchmark.stability_percent, beyond sampling "
+        "noise) goes on measuring one sub-window at a time, up to this; its figures come from the last span that "
+        "agrees. Default: 3 x duration (six more sub-windows: a run still moving after that is drifting, not noisy, "
+        "and a sweep never takes more than three times its nominal length)")
     warmup: Duration = 5.0
     spawn_rate: float = Field(50.0, gt=0)
     protocols: tuple[Literal["rest", "grpc"], ...] = ("rest", "grpc")
@@ -391,6 +397,11 @@ class BenchmarkSpec(_Strict):
     stability_percent: float = Field(10.0, gt=0, description="Throughput and the judged percentile over the last "
                                      "three sub-windows must stay within this % of their mean")
     min_duration: Duration = Field(5.0, description="A run measuring less than this is invalid")
+    slo_confidence: Optional[float] = Field(
+        None, gt=0.5, lt=1, description="Judge the SLO on the percentile's upper confidence bound at this level "
+        "(0.99: the true p99 is below the bound with 99% confidence, from the order statistics) instead of the "
+        "measured percentile: capacity then only counts a rate whose bound meets the SLO. Every run reports the bound "
+        "at this level (default 0.99) as <percentile>_ms_upper")
     min_requests: int = Field(100, ge=1, description="A run with fewer requests in its window is invalid")
     min_tail_samples: int = Field(10, ge=1, description="A percentile is supported when at least this many samples "
                                   "lie above it (p99 needs 1000 requests at the default)")
@@ -414,10 +425,22 @@ class BenchmarkSpec(_Strict):
                         "preprocessing, an almost free head), run it through the same sweep and report it beside "
                         "the model: what the protocol and codec cost alone")
 
-    @field_validator("duration", "warmup", "late_tolerance", "drain", "min_duration", mode="before")
+    @field_validator("duration", "warmup", "late_tolerance", "drain", "min_duration", "max_duration", mode="before")
     @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @model_validator(mode="after")
+    def _max_duration(self) -> "BenchmarkSpec":
+        if self.max_duration is not None and self.max_duration < self.duration:
+            raise ValueError(f"max_duration ({self.max_duration:g} s) is shorter than duration ({self.duration:g} s): "
+                             "a run measures at least its duration; set max_duration to duration or more")
+        return self
+
+    @property
+    def longest(self) -> float:
+        """The most a run measures: max_duration, or 3 x duration."""
+        return self.max_duration if self.max_duration is not None else 3.0 * self.duration
 
     @field_validator("slo", mode="before")
     @classmethod

@@ -182,8 +182,10 @@ function drawAll() {
   }
   picker("pick-run", D.runs.map((r, i) => [i, r.label]), i => {
     const r = D.runs[i];
-    lineChart(chart("chart-timeline"), {xlabel: "seconds into the measured window", ylabel: "latency (ms)", logY: true,
-      xname: "t (s)", title: `${r.label}: per ${fmt(r.bucket_s)} s, p50 and p99`, series: [
+    lineChart(chart("chart-timeline"), {xlabel: "seconds since measuring began", ylabel: "latency (ms)", logY: true,
+      xname: "t (s)", title: `${r.label}: per ${fmt(r.bucket_s)} s, p50 and p99` + (r.extended ? " (extended until it settled)" : ""),
+      vlines: r.span ? [{x: r.span[0], color: "#555", label: "the figures come from here..."},
+                        {x: r.span[1], color: "#555", label: "...to here"}] : [], series: [
         {name: "p50", color: colorOf(r.name), points: r.timeline.map(b => [b[0], b[1], `${b[3]} requests`])},
         {name: "p99", color: colorOf(r.name), dash: "5 3", points: r.timeline.map(b => [b[0], b[2], `${b[3]} requests`])},
         {name: "failures", color: "#b00020", line: false, points: r.timeline.filter(b => b[4] > 0).map(b => [b[0], b[1], `${b[4]} failed`])}]});

@@ -204,3 +204,13 @@ def test_history_database_choice_and_its_errors(tmp_path, monkeypatch):
     assert "secret" not in str(caught.value)
     with pytest.raises(SpecError, match="not a database URL"):
         history.load("nosuchdb://x", "m")
+
+
+def test_thresholds_on_upper_bounds_judge_the_bound_and_fold_to_the_largest():
+    rules = parse({"p99_ms_upper": "< 120"})
+    assert [(r.metric, r.limit) for r in rules] == [("p99_ms_upper", 120.0)]
+    verdicts = evaluate(rules, [_row("rest", p99_ms=100.0, p99_ms_upper=130.0), _row("grpc", p99_ms_upper=None)])
+    assert [(v["protocol"], v["passed"]) for v in verdicts] == [("rest", False), ("grpc", False)]  # no bound: failed
+    runs = [{**_row(p99_ms_upper=v), "repeat": i + 1, "valid": True, "invalid_reasons": [], "requests": 10,
+             "failures": 0} for i, v in enumerate((10.0, 30.0, 20.0))]
+    assert folded(runs)[0]["p99_ms_upper"] == 30.0  # a median of bounds is no bound at the stated confidence

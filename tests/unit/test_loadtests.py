@@ -106,7 +106,8 @@ def test_locust_command_selects_the_user_and_measures_a_window(tmp_path):
     target = Target("m", "http://127.0.0.1:1", "127.0.0.1:2", tmp_path / "p.npz", 5, 20, 10, server_pid=42)
     command = locust_command(Step("grpc", "tensor_row", 8), target, tmp_path)
     assert command[-1] == "GrpcUser" and "--headless" in command
-    assert command[command.index("--measure") + 1] == "5,20"
+    assert command[command.index("--measure") + 1] == "5,20,60"  # max_duration: 3 x duration by default
+    assert command[command.index("--stability") + 1] == "10,50"
     assert command[command.index("--users") + 1] == "8" and command[command.index("--server-pid") + 1] == "42"
     assert command[command.index("--payload") + 1] == "tensor_row"
 

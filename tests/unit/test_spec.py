@@ -177,3 +177,18 @@ def test_inspect_cli_on_a_directory_without_a_model(tmp_path):
     result = run_cli("-m", "exporter", "inspect", str(tmp_path), timeout=120)
     assert result.returncode == 2 and "no saved_model.pb here; it has version directories: try" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_max_duration_and_slo_confidence_are_checked_where_they_are_written(tmp_path):
+    from tests.conftest import write_spec
+    spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.duration": "10s"}))
+    assert spec.benchmark.max_duration is None and spec.benchmark.longest == 30.0  # 3 x duration by default
+    spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.max_duration": "1m",
+                                                                      "benchmark.slo_confidence": 0.95}))
+    assert spec.benchmark.longest == 60.0 and spec.benchmark.slo_confidence == 0.95
+    for key, value, message in (("benchmark.max_duration", "5s", "max_duration .* is shorter than duration"),
+                                ("benchmark.slo_confidence", 1.5, "slo_confidence")):
+        path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.duration": "10s", key: value})
+        with pytest.raises(SpecError, match=message) as raised:
+            load_spec(path)
+        assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)

@@ -1,0 +1,146 @@
+"""Runs that settle (validity.settle), the percentile's confidence bound (validity.upper_bound) and the exact
+float JSON of REST payloads (loadtests/jsonfloat.py), on synthetic data whose answers are known."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from loadtests import jsonfloat, validity
+from loadtests.run import bound_fields, settling_fields
+from loadtests.settling import Gathered, Window
+
+RULES = validity.Rules(stability_percent=10.0, judged_percentile=50.0)
+
+
+def _closed_loop(latency_ms_at, seconds: float, users: int = 2, seed: int = 0):
+    """Samples of `users` closed-loop users for `seconds`, each request taking latency_ms_at(t) plus noise."""
+    rng = np.random.default_rng(seed)
+    t_done, latency = [], []
+    for _ in range(users):
+        t = 0.0
+        while t < seconds:
+            took = latency_ms_at(t) * rng.uniform(0.95, 1.05)
+            t += took / 1000.0
+            t_done.append(t)
+            latency.append(took)
+    order = np.argsort(t_done)
+    t_done, latency = np.asarray(t_done)[order], np.asarray(latency)[order]
+    return t_done, latency, np.ones(t_done.size, bool)
+
+
+def _settle(t, latency, ok, width, count):
+    return validity.settle(t, t, ok, latency, width, count, RULES)
+
+
+def test_a_steady_run_is_stable_and_keeps_every_sub_window():
+    t, latency, ok = _closed_loop(lambda t: 10.0, 12.0)
+    settled = _settle(t, latency, ok, 2.0, 6)
+    assert settled.stable and settled.first == 0 and settled.used == 6
+
+
+def test_a_step_change_is_unstable_until_three_sub_windows_after_it_agree():
+    t, latency, ok = _closed_loop(lambda t: 40.0 if t < 3.0 else 10.0, 20.0)
+    assert not _settle(t, latency, ok, 2.0, 3).stable  # 40 | blend | 10: a fixed 6 s window would end here
+    assert not _settle(t, latency, ok, 2.0, 4).stable  # blend | 10 | 10
+    settled = _settle(t, latency, ok, 2.0, 5)
+    assert settled.stable and settled.first == 2 and settled.used == 3  # the blend never joins the span
+    later = _settle(t, latency, ok, 2.0, 9)
+    assert later.stable and later.first == 2 and later.used == 7  # every agreeing sub-window after the change
+
+
+def test_a_server_that_alternates_never_settles():
+    t, latency, ok = _closed_loop(lambda t: 10.0 if int(t // 2) % 2 == 0 else 40.0, 18.0, users=4)
+    for count in range(3, 7):
+        settled = _settle(t, latency, ok, 3.0, count)
+        assert not settled.stable and settled.first == count - 3
+
+
+def test_noise_alone_never_counts_as_instability():
+    # few samples per sub-window: p50 wobbles by more than 10%, but within what its sample count allows
+    rng = np.random.default_rng(3)
+    t = np.sort(rng.uniform(0, 6, 90))
+    latency = rng.exponential(10.0, t.size)
+    assert validity.settle(t, t, np.ones(t.size, bool), latency, 2.0, 3,
+                           validity.Rules(stability_percent=10.0)).stable
+
+
+def test_gathered_samples_judge_as_the_whole_does():
+    t, latency, ok = _closed_loop(lambda t: 40.0 if t < 3.0 else 10.0, 10.0)
+    gathered = Gathered()
+    for chunk in np.array_split(np.arange(t.size), 7):
+        gathered.add({"t": t[chunk].tolist(), "latency_ms": latency[chunk].tolist(), "ok": ok[chunk].tolist(),
+                      "due": [math.nan] * chunk.size})
+    window = Window(6.0, 18.0)
+    assert window.width_s == 2.0 and window.max_windows == 9
+    assert gathered.settle(window, 5, RULES, open_loop=False) == _settle(t, latency, ok, 2.0, 5)
+
+
+def test_settling_fields_say_how_long_a_run_measured():
+    fields = settling_fields({"sub_window_s": 2.0, "windows_total": 5, "windows_used": 3, "stable": True,
+                              "duration_s": 6.0, "max_duration_s": 18.0}, 6.0)
+    assert fields["measured_s"] == 6.0 and fields["measured_total_s"] == 10.0 and fields["extended_s"] == 4.0
+    plain = settling_fields({}, 6.0)  # a samples file without sub-window marks: the whole window, 3 parts
+    assert plain["windows_used"] == 3 and plain["extended_s"] == 0.0 and plain["sub_window_s"] == 2.0
+
+
+# ------------------------------------------------------------------------------ the confidence bound
+
+def test_the_upper_bound_covers_the_true_p99_in_99_percent_of_trials():
+    true_p99 = math.log(100.0)  # the exponential distribution's 99th percentile
+    # the bound is about the q + 2.33 sqrt(q(1-q)/n) sample quantile: p99.55 at n = 2000; p99.7 is far beyond that
+    true_p997 = math.log(1000.0 / 3.0)
+    rng = np.random.default_rng(2026)
+    bounds = [validity.upper_bound(rng.exponential(1.0, 2000), 99.0, 0.99) for _ in range(3000)]
+    covered = np.mean([b >= true_p99 for b in bounds])
+    print(f"covered {covered:.4f}; median bound {np.median(bounds):.3f} against p99 {true_p99:.3f}")
+    assert covered >= 0.99
+    assert np.mean([b < true_p997 for b in bounds]) > 0.9  # not absurdly loose: below the true p99.7 as a rule
+
+
+def test_a_point_estimate_would_not_be_a_bound():
+    true_p99 = math.log(100.0)
+    rng = np.random.default_rng(7)
+    points = [np.percentile(rng.exponential(1.0, 2000), 99) for _ in range(1000)]
+    assert np.mean([p >= true_p99 for p in points]) < 0.7  # the measured p99 falls short about half the time
+
+
+def test_too_few_samples_give_no_bound_and_say_why():
+    assert validity.bound_samples(99.0, 0.99) == 459 and validity.bound_samples(50.0, 0.99) == 7
+    assert validity.upper_bound(np.arange(458.0), 99.0, 0.99) is None
+    assert validity.upper_bound(np.arange(459.0), 99.0, 0.99) == 458.0  # the maximum: 0.99^459 < 1%
+    fields = bound_fields(np.arange(100.0), validity.Rules(bound_percentile=99.0))
+    assert fields["p99_ms_upper"] is None and fields["p50_ms_upper"] is not None
+    assert fields["upper_bound"]["reason"] == "too few answers for a 99% bound on p99: 100 measured, 459 needed"
+
+
+# ------------------------------------------------------------------------------ exact float JSON
+
+def test_float_json_reads_back_to_exactly_the_float32_values():
+    rng = np.random.default_rng(11)
+    values = np.concatenate([rng.uniform(-1, 1, 5000), rng.normal(0, 1e-6, 500), rng.normal(0, 1e6, 500),
+                             [0.0, -0.0, 1.0, -1.0, 1e-30, 3.4e38, np.nextafter(np.float32(1), np.float32(2))]])
+    array = values.astype(np.float32).reshape(1, -1, 1)
+    parsed = np.asarray(json.loads(jsonfloat.float_json(array)), np.float64).astype(np.float32)  # as a server reads
+    assert parsed.shape == array.shape and np.array_equal(parsed, array)
+    # and no longer than it must be: at most 9 significant digits per float32
+    assert max(len(s.lstrip("-").replace(".", "").split("e")[0].strip("0")) for s in array.astype(str).ravel()) <= 9
+
+
+def test_six_decimals_would_not_be_exact():
+    array = np.float32([0.12345679, -0.9876543])
+    rounded = np.round(array.astype(np.float64), 6).astype(np.float32)
+    assert not np.array_equal(rounded, array)  # what the REST payloads sent before: a different input
+
+
+def test_float_json_refuses_what_json_cannot_carry():
+    with pytest.raises(jsonfloat.FloatJsonError, match="NaN or infinity"):
+        jsonfloat.float_json(np.float32([1.0, np.nan]))
+
+
+def test_dumps_writes_nested_bodies_with_exact_arrays():
+    array = np.float32([[0.1, 0.2]])
+    body = jsonfloat.dumps({"signature_name": "s", "inputs": {"x": array, "k": np.int64(3), "v": [array[0, 1]]}})
+    assert body == '{"signature_name":"s","inputs":{"x":[[0.1,0.2]],"k":3,"v":[0.2]}}'
