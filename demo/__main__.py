@@ -42,8 +42,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_command(lambda: _serve(args), interrupted="demo: stopped")
 
 
+def _port_free(host: str, port: int) -> None:
+    """DeployError now when the demo page's own port is taken (not after an export)."""
+    import socket
+
+    from deploy.embedded import DeployError
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise DeployError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                              "choose another port with PORT=...") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from deploy.deployment import bring_up, deployment_for
+    from deploy.deployment import bring_up, deployment_for, preflight
     from deploy.embedded import DeployError
     from exporter.export import ensure_exported, spec_labels
     from spec.errors import UsageError
@@ -54,8 +68,10 @@ def _serve(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
         if args.max_upload_mb <= 0:
             raise UsageError(f"--max-upload-mb must be positive (got {args.max_upload_mb:g})")
-        version_dir = ensure_exported(spec)
         deployment = deployment_for(spec, args.backend)
+        preflight(spec, deployment)  # the engine and the ports, before minutes of export or training
+        _port_free(args.host, args.port)
+        version_dir = ensure_exported(spec)
         started = bring_up(spec, deployment)
         from demo.app import DemoConfig, DemoServer
         from demo.client import ModelClient

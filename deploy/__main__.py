@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from deploy.deployment import already_serving, bring_up, deployment_for
+    from deploy.deployment import already_serving, bring_up, deployment_for, preflight
     from spec.loader import load_spec
 
     spec = load_spec(args.spec)
@@ -64,6 +64,7 @@ def _command(args: argparse.Namespace) -> int:
     deployment = deployment_for(spec, args.backend)
     if args.command == "up":
         from exporter.export import ensure_exported
+        preflight(spec, deployment)  # the engine and the ports, before minutes of export or training
         ensure_exported(spec)
         bring_up(spec, deployment)
         endpoints = deployment.endpoints

@@ -144,6 +144,15 @@ class DockerDeployment:
         return (container.attrs.get("State", {}).get("Pid") or None) if container else None
 
     @docker_client.translated
+    def preflight(self) -> None:
+        """Before any long step: the engine answers, and the spec's ports can be reached from a container."""
+        engine = self.engine  # DeployError naming the engine tried when none answers
+        if self.spec.serving.network != "host" and not engine.networks.list(names=["bridge"]):
+            raise DeployError(f"the Docker engine has no bridge network (dockerd runs with --bridge=none?), so a "
+                              f"container's ports cannot be published on {self.spec.serving.host}: set "
+                              f"serving.network: host in {self.spec.where('serving', 'network')}")
+
+    @docker_client.translated
     def build_image(self) -> str:
         """Prepare the context and build the image; returns its tag."""
         plan = build_plan(self.spec, self.log)

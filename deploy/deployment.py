@@ -34,6 +34,24 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def preflight(spec: Spec, deployment) -> None:
+    """Check what can be checked before any long step (export, training, an image build): the backend itself
+    (a Docker engine that answers, a network its ports can be reached on) and the spec's ports (free, or already
+    serving this model). Raises DeployError naming the problem and what to do."""
+    endpoints = deployment.endpoints
+    deployment.preflight()
+    if already_serving(endpoints):
+        return
+    _ports_free(spec, endpoints)
+
+
+def _ports_free(spec: Spec, endpoints: Endpoints) -> None:
+    for key, port in (("rest_port", endpoints.rest_port), ("grpc_port", endpoints.grpc_port)):
+        if port_in_use(endpoints.host, port):
+            raise DeployError(f"{spec.where('serving', key)}: serving.{key}: {endpoints.host}:{port} is in use by "
+                              f"something that does not serve '{spec.name}'; stop it or choose another port")
+
+
 def bring_up(spec: Spec, deployment, log: Callable[[str], None] = print) -> bool:
     """Start `deployment` and wait until the model is AVAILABLE over REST and gRPC.
 
@@ -47,10 +65,7 @@ def bring_up(spec: Spec, deployment, log: Callable[[str], None] = print) -> bool
     if already_serving(endpoints):
         log(f"'{spec.name}' is already served at {endpoints.rest_url} and {endpoints.grpc_target}; using it")
         return False
-    for key, port in (("rest_port", endpoints.rest_port), ("grpc_port", endpoints.grpc_port)):
-        if port_in_use(endpoints.host, port):
-            raise DeployError(f"{spec.where('serving', key)}: serving.{key}: {endpoints.host}:{port} is in use by "
-                              f"something that does not serve '{spec.name}'; stop it or choose another port")
+    _ports_free(spec, endpoints)  # again: a long export may have passed since preflight
     also = [served.name for served in spec.served[1:]]
     log(f"starting {spec.name} on the {deployment.backend} backend ({deployment.image})"
         + (f", also serving {', '.join(also)}" if also else ""))

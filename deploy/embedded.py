@@ -75,6 +75,9 @@ class EmbeddedDeployment:
             return self._proc.pid
         return self.pid()
 
+    def preflight(self) -> None:
+        """Nothing to check before a long step: the embedded server runs from this very installation."""
+
     def start(self) -> None:
         """Write the configs and start the server; returns once the process runs (not yet ready)."""
         running = self.pid()

@@ -271,12 +271,13 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
     Yields a Session with a fresh report directory and the Locust target; the deployment this started is stopped
     however the block ends (Ctrl-C included).
     """
-    from deploy.deployment import bring_up, deployment_for
+    from deploy.deployment import bring_up, deployment_for, preflight
     from exporter.export import ensure_exported
     from loadtests import correctness, run, validity
     from loadtests.payloads import answer_spread, load_or_build, payload_plan, request_bytes
     from loadtests.servermetrics import metrics_url
 
+    preflight(spec, deployment_for(spec, backend))  # the engine and the ports, before minutes of export or training
     version_dir = ensure_exported(spec, log)
     plan, payload_names = payload_plan(spec, version_dir, spec.benchmark.payloads)  # before anything is deployed
     if plan is not None:

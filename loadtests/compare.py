@@ -6,7 +6,12 @@ runs where there is some:
 - both sides repeated (benchmark.repeats >= 2): a Welch t interval on the log of the per-repeat figures;
 - otherwise a block bootstrap: each run's window is cut into consecutive time blocks, blocks are resampled with
   replacement and the figure recomputed from their samples, so slow drift and stalls inside a run widen the
-  interval where a per-request bootstrap would not see them.
+  interval where a per-request bootstrap would not see them. One run per side cannot see how much a second run
+  of the same setup would differ (a shared machine drifts between runs more than within one), so the interval
+  is widened by that run-to-run noise, estimated from the spread of the figure between each run's own
+  sub-windows (a run's sub-windows are consecutive short runs of the same setup): the bootstrap's half-width and
+  t(df) x sqrt(s_A^2 + s_B^2) combined in quadrature, s the standard deviation of the log figure over a run's
+  sub-windows and df their count less one per side.
 A change smaller than the minimum effect is `no change` whatever its significance; otherwise it is `slower` or
 `faster` when the interval excludes zero.
 """
@@ -22,6 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from loadtests import validity
 from loadtests.figures import grouped
 from loadtests.report import fmt
 from spec.errors import SpecError
@@ -113,7 +119,31 @@ def _blocks(run: dict, run_dir: Path, side: str) -> dict:
     latencies = [latency[inside][index == b] for b in range(BLOCKS)]
     done = ok & (t >= 0) & (t <= window)
     completions = np.bincount(np.minimum((t[done] / window * BLOCKS).astype(int), BLOCKS - 1), minlength=BLOCKS)
-    return {"latencies": latencies, "completions": completions, "block_s": window / BLOCKS}
+    # the run's sub-windows (as it was judged: settled runs record them), each a short run of the same setup
+    count = int((meta.get("settled") or {}).get("windows_used") or validity.SUB_WINDOWS)
+    edges = np.linspace(0.0, window, count + 1)
+    sub = {metric: [] for metric in METRICS}
+    for low, high in zip(edges[:-1], edges[1:]):
+        mine = latency[(key >= low) & (key < high) & ok]
+        sub["rps"].append(float((done & (t >= low) & (t < high)).sum() / (high - low)))
+        for metric in ("p50", "p99"):
+            sub[metric].append(float(np.percentile(mine, 50 if metric == "p50" else 99)) if mine.size else math.nan)
+    return {"latencies": latencies, "completions": completions, "block_s": window / BLOCKS, "sub_windows": sub}
+
+
+def _run_noise(side_runs: list[dict], metric: str) -> tuple[float, int]:
+    """(variance, degrees of freedom) of a side's log figure from run to run, estimated from the spread between
+    each run's sub-windows; averaged over the side's runs (their mean's variance: divided by their count)."""
+    variances, df = [], 0
+    for blocks in side_runs:
+        values = np.log(np.asarray(blocks["sub_windows"][metric], dtype=float))
+        values = values[np.isfinite(values)]
+        if values.size >= 2:
+            variances.append(float(values.var(ddof=1)))
+            df += values.size - 1
+    if not variances:
+        return math.inf, 0
+    return float(np.mean(variances)) / len(side_runs), df
 
 
 def _figure(metric: str, latencies: Sequence[np.ndarray], completions: np.ndarray, block_s: float) -> float:
@@ -170,8 +200,25 @@ def verdict(metric: str, change_pct: Optional[float], ci: Optional[Sequence[floa
     return "no change"
 
 
-def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, seed: int = 0) -> list[dict]:
-    """One row per matched (protocol, payload, level) and metric."""
+def _widened(diffs: np.ndarray, blocks: tuple[list[dict], list[dict]], metric: str) -> tuple[float, float, float]:
+    """(low, high) of the log change: the bootstrap's interval widened by the run-to-run noise, and that noise's
+    half-width alone (all in log units)."""
+    from scipy import stats
+
+    low, high = float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+    center = (low + high) / 2.0
+    (var_a, df_a), (var_b, df_b) = _run_noise(blocks[0], metric), _run_noise(blocks[1], metric)
+    if not (math.isfinite(var_a) and math.isfinite(var_b)):
+        return -math.inf, math.inf, math.inf  # no sub-windows to estimate it from: the interval claims nothing
+    noise = float(stats.t.ppf(0.975, max(1, df_a + df_b))) * math.sqrt(var_a + var_b)
+    half = math.hypot((high - low) / 2.0, noise)
+    return center - half, center + half, noise
+
+
+def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, seed: int = 0,
+                 run_noise: bool = True) -> list[dict]:
+    """One row per matched (protocol, payload, level) and metric. run_noise=False leaves a one-run-per-side
+    interval at the bootstrap's (which sees only the variation inside each run: for comparison in tests)."""
     (dir_a, sum_a), (dir_b, sum_b) = a, b
     if sum_a.get("mode") != sum_b.get("mode"):
         raise SpecError(f"A is a {sum_a.get('mode')}-loop bench and B a {sum_b.get('mode')}-loop one: their levels "
@@ -188,6 +235,7 @@ def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, 
         repeats = len(runs_a) >= 2 and len(runs_b) >= 2
         blocks = None if repeats else ([_blocks(r, dir_a, "A") for r in runs_a], [_blocks(r, dir_b, "B") for r in runs_b])
         for metric in METRICS:
+            noise_pct = None
             la = np.log([_value(r, metric) for r in runs_a])
             lb = np.log([_value(r, metric) for r in runs_b])
             if not (np.all(np.isfinite(la)) and np.all(np.isfinite(lb))):
@@ -199,15 +247,22 @@ def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, 
                 change = _pct(float(lb.mean() - la.mean()))
                 diffs = _bootstrap(blocks[1], metric, rng) - _bootstrap(blocks[0], metric, rng)
                 diffs = diffs[np.isfinite(diffs)]
-                low, high = ((_pct(float(np.percentile(diffs, 2.5))), _pct(float(np.percentile(diffs, 97.5))))
-                             if diffs.size else (None, None))
+                low = high = None
+                if diffs.size and run_noise:
+                    low_log, high_log, noise = _widened(diffs, blocks, metric)
+                    low, high = _pct(low_log), _pct(high_log)
+                    noise_pct = _pct(noise)
+                elif diffs.size:
+                    low, high = _pct(float(np.percentile(diffs, 2.5))), _pct(float(np.percentile(diffs, 97.5)))
             ci = None if low is None or high is None else [round(low, 2), round(high, 2)]
             rows.append({"protocol": key[0], "payload": key[1], "wire": runs_a[0]["wire"], "level": key[2],
                          "metric": metric, "a": float(np.exp(la.mean())) if np.all(np.isfinite(la)) else None,
                          "b": float(np.exp(lb.mean())) if np.all(np.isfinite(lb)) else None,
                          "change_pct": None if change is None else round(change, 2), "ci95_pct": ci,
                          "verdict": verdict(metric, change, ci, min_effect),
-                         "method": "repeats" if repeats else "block bootstrap",
+                         "method": "repeats" if repeats else ("block bootstrap + run-to-run noise" if run_noise
+                                                              else "block bootstrap"),
+                         "run_noise_pct": None if noise_pct is None else round(noise_pct, 2),
                          "repeats": [len(runs_a), len(runs_b)],
                          "valid": all(r["valid"] for r in runs_a + runs_b)})
     return rows
@@ -259,6 +314,12 @@ def terminal(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _noise(row: dict) -> str:
+    """The half-width the run-to-run noise adds to a one-run-per-side interval ('' where it does not apply)."""
+    noise = row.get("run_noise_pct")
+    return "" if noise is None else ("n/a" if not math.isfinite(noise) else f"&plusmn;{noise:.1f}%")
+
+
 def _forest(rows: Sequence[dict]) -> str:
     """An inline SVG: each row's change and interval against zero and the minimum effect."""
     shown = [r for r in rows if r["change_pct"] is not None]
@@ -294,6 +355,7 @@ def html_page(result: dict) -> str:
         f"<td>{esc(_level(r, result['mode']))}</td><td>{r['metric']}</td><td>{fmt(r['a'])}</td><td>{fmt(r['b'])}</td>"
         f"<td>{_change(r)}</td>"
         f"<td>{esc(_ci(r['ci95_pct']))}</td><td><b>{r['verdict']}</b></td><td>{esc(r['method'])}</td>"
+        f"<td>{_noise(r)}</td>"
         f"<td>{'yes' if r['valid'] else 'no'}</td></tr>" for r in result["rows"])
     broken = "".join(f"<p class=slower>FAIL-ON {esc(b['rule'])}: {esc(b['protocol'])} {esc(b['wire'])} "
                      f"{esc(_level(b, result['mode']))} {b['metric']} {b['change_pct']:+.1f}%</p>" for b in result["broken"])
@@ -304,10 +366,12 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }} th {{ 
 <h1>{esc(result['model'])}: B against A</h1><p><b>{esc(result['headline'])}</b></p>{broken}
 <p>A: <code>{esc(result['a'])}</code><br>B: <code>{esc(result['b'])}</code></p>
 <p>Change is B over A. Intervals are 95%: a Welch t interval on the log of the per-repeat figures when both sides
-have two or more repeats (benchmark.repeats), otherwise a bootstrap of {BLOCKS} consecutive time blocks of each run.
+have two or more repeats (benchmark.repeats), otherwise a bootstrap of {BLOCKS} consecutive time blocks of each run,
+widened by the run-to-run noise that one run per side cannot show, estimated from the spread between each run's
+sub-windows (the <i>run noise</i> column: the half-width it adds).
 A change under the minimum effect ({result['min_effect_pct']:g}%) is <i>no change</i> whatever its interval.</p>
 {_forest(result['rows'])}
-<table><thead><tr>{''.join(f'<th>{h}</th>' for h in ('protocol', 'payload', 'level', 'metric', 'A', 'B', 'change', '95% CI', 'verdict', 'interval', 'valid'))}</tr></thead>
+<table><thead><tr>{''.join(f'<th>{h}</th>' for h in ('protocol', 'payload', 'level', 'metric', 'A', 'B', 'change', '95% CI', 'verdict', 'interval', 'run noise', 'valid'))}</tr></thead>
 <tbody>{body}</tbody></table></body></html>
 """
 
