@@ -215,7 +215,6 @@ def _end_window(environment, recorder: Recorder, drain_s: float, span=None, sett
     recorder.stop()
 
 
-@events.test_stop.add_listener
 def _boundary(environment, recorder: Recorder, grace_s: float) -> dict:
     """Mark a sub-window boundary; return the samples since the last one, once the requests due before it have
     answered (open loop; at most grace_s), so whether the run has settled is judged on complete sub-windows."""
@@ -232,6 +231,7 @@ def _grace_s(window: Window, drain_s: float) -> float:
     return min(drain_s, window.width_s / 2.0)
 
 
+@events.test_stop.add_listener
 def _stop_open_loop(environment, **_kwargs) -> None:
     ctx = getattr(environment, "loadtest", None)
     if ctx is not None and ctx.open_loop is not None:

@@ -213,10 +213,11 @@ def judge(entry: dict, parts: list[dict], rules: Rules, server_stopped: Optional
         need = needed_samples(rules.judged_percentile, rules.min_tail_samples)
         reasons.append(f"{key[:-3]} rests on {good} answers; it needs {need} ({rules.min_tail_samples} above it, "
                        "benchmark.min_tail_samples): measure longer")
-    for what, spread in instabilities(parts, rules):
-        shown = "n/a" if math.isinf(spread) else f"{spread:.0f}%"
-        reason = (f"unstable: {what} moved {shown} across the last {len(parts)} sub-windows, beyond "
-                  f"sampling noise (benchmark.stability_percent: {rules.stability_percent:g}%)")
+    moved = [f"{what} moved {'n/a' if math.isinf(spread) else f'{spread:.0f}%'}"
+             for what, spread in instabilities(parts, rules)]
+    if moved:
+        reason = (f"unstable: {' and '.join(moved)} across the last {len(parts)} sub-windows, beyond sampling noise "
+                  f"(benchmark.stability_percent: {rules.stability_percent:g}%)")
         total = entry.get("measured_total_s")
         if total is not None and entry.get("max_duration_s"):
             reason += (f", still after measuring {total:.0f} s (benchmark.max_duration: {entry['max_duration_s']:g} s):"
