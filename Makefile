@@ -61,18 +61,18 @@ serve: $(READY) ## run the embedded server on SPEC's exported versions: make ser
 	  exec $(PY) -m server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
 
 # the load arguments bench, capacity and tune share (distributed load included)
-LOAD_ARGS = $(if $(DURATION),--duration $(DURATION)) $(if $(MAX_DURATION),--max-duration $(MAX_DURATION)) \
+LOAD_ARGS = $(strip $(if $(DURATION),--duration $(DURATION)) $(if $(MAX_DURATION),--max-duration $(MAX_DURATION)) \
 	  $(if $(WARMUP),--warmup $(WARMUP)) \
 	  $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) $(if $(PAYLOADS),--payloads $(PAYLOADS)) \
 	  $(if $(ARRIVAL),--arrival $(ARRIVAL)) $(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT)) \
 	  $(if $(SLO),--slo $(SLO)) $(if $(SLO_CONFIDENCE),--slo-confidence $(SLO_CONFIDENCE)) \
 	  $(if $(BACKEND),--backend $(BACKEND)) $(if $(WORKERS),--workers $(WORKERS)) \
 	  $(if $(REMOTE_WORKERS),--remote-workers $(REMOTE_WORKERS)) $(if $(MASTER_BIND),--master-bind $(MASTER_BIND)) \
-	  $(if $(MASTER_PORT),--master-port $(MASTER_PORT)) $(if $(TARGET_HOST),--target-host $(TARGET_HOST))
+	  $(if $(MASTER_PORT),--master-port $(MASTER_PORT)) $(if $(TARGET_HOST),--target-host $(TARGET_HOST)))
 
 bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open RATES=10,20 DURATION= MAX_DURATION= WORKERS= FLOOR=1)
-	$(PY) -m loadtests bench --spec $(SPEC) $(LOAD_ARGS) $(if $(USERS),--users $(USERS)) $(if $(MODE),--mode $(MODE)) \
-	  $(if $(RATES),--rates $(RATES)) $(if $(FLOOR),--floor $(FLOOR))
+	$(PY) -m loadtests bench --spec $(SPEC) $(strip $(LOAD_ARGS) $(if $(USERS),--users $(USERS)) \
+	  $(if $(MODE),--mode $(MODE)) $(if $(RATES),--rates $(RATES)) $(if $(FLOOR),--floor $(FLOOR)))
 
 capacity: $(READY) ## highest rate within a latency SLO per protocol x payload: make capacity SLO=p99:100ms [PRECISION=5%] [SLO_CONFIDENCE=0.99]
 	$(PY) -m loadtests capacity --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION))
