@@ -231,3 +231,23 @@ def test_capacity_json_stays_standard_json_when_a_probe_had_no_answers(tmp_path)
     path = write(results, tmp_path, SloSpec(percentile=90, latency_ms=40))
     probe = json.loads(path.read_text())["results"][0]["probes"][0]
     assert probe["p90_ms"] is None and probe["service_p50_ms"] is None and probe["achieved_rps"] == 0.0
+
+
+def test_capacity_on_the_confidence_bound_counts_only_rates_whose_bound_meets_the_slo():
+    """SLO_CONFIDENCE: a rate whose measured p90 meets the SLO but whose 99% upper bound does not is a fail."""
+    slo = SloSpec(percentile=90, latency_ms=100)
+
+    def entry(p90: float, bound) -> dict:
+        return {"offered_rps": 40.0, "rps": 40.0, "p90_ms": p90, "p90_ms_upper": bound, "service_p50_ms": 20.0,
+                "late_ratio": 0.0, "failure_ratio": 0.0, "window_s": 10.0, "requests": 400, "valid": True,
+                "invalid_reasons": []}
+    from loadtests.capacity import verdict
+    assert verdict(entry(95.0, 104.0), slo, 0.01)["meets_slo"]  # the point estimate: a pass
+    on_bound = verdict(entry(95.0, 104.0), slo, 0.01, on_bound=True)
+    assert not on_bound["meets_slo"] and on_bound["judged_on"] == "p90_ms_upper" and on_bound["p90_ms"] == 95.0
+    assert verdict(entry(90.0, 99.0), slo, 0.01, on_bound=True)["meets_slo"]
+    assert not verdict(entry(90.0, None), slo, 0.01, on_bound=True)["meets_slo"]  # too few samples for a bound
+    # and its probes are long enough for a bound as well as for the tail
+    bound_rules = validity.Rules(min_tail_samples=1, judge_on_bound=True, confidence=0.99)
+    assert probe_window(10.0, 99, bound_rules, 10.0) == pytest.approx(459 * 1.15 / 10.0)
+    assert probe_window(10.0, 99, validity.Rules(min_tail_samples=1), 10.0) == pytest.approx(100 * 1.15 / 10.0)
