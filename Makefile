@@ -17,10 +17,10 @@ export TFSB_RESULTS_DB := $(RESULTS_DB)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-fast schema perf perf-harness perf-generator perf-cost reliability serve bench capacity tune compare history worker demo deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-unit test-integration test-docker test-fast schema perf perf-harness perf-generator perf-cost reliability serve bench capacity tune compare history worker demo deploy down status ui compose k8s clean
 
-help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+help: ## list the targets, by audience
+	@awk 'BEGIN {FS = ":.*?## "} /^##@ / {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*?## / {printf "  make %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -33,33 +33,6 @@ $(STAMP): requirements.lock pyproject.toml
 $(NATIVE): server/skeleton.c server/native.py | $(STAMP)
 	@$(PY) -m server.native
 
-venv: $(READY) ## create .venv, install the pinned dependencies and build the C helpers
-
-export: $(READY) ## export the model of SPEC (default specs/mobilenet_v2.yaml) as a new version
-	$(PY) -m exporter --spec $(SPEC)
-
-inspect: $(READY) ## describe a SavedModel: make inspect DIR=models/<name>/<version>
-	@test -n "$(DIR)" || { echo "usage: make inspect DIR=<SavedModel directory>"; exit 2; }
-	$(PY) -m exporter inspect $(DIR)
-
-test: $(READY) ## run the whole test suite (unit, integration, docker)
-	$(PY) -m pytest $(PYTEST_ARGS)
-
-test-fast: $(READY) ## run the fast unit tests only
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
-
-schema: $(READY) ## regenerate specs/spec.schema.json from spec/schema.py
-	$(PY) -m spec.jsonschema specs/spec.schema.json
-
-perf: $(READY) ## server performance targets (overhead, REST decoding, batching); prints measured ratios
-	$(PY) -m benchmarks.perf --spec $(SPEC)
-
-serve: $(READY) ## run the embedded server on SPEC's exported versions: make serve SPEC=specs/digits_cnn.yaml
-	@$(PY) -c "from spec.loader import load_spec; s = load_spec('$(SPEC)'); print(s.name, s.model_dir, s.serving.grpc_port, s.serving.rest_port)" > .serve.args || { rm -f .serve.args; exit 2; }
-	@read name dir grpc rest < .serve.args; rm -f .serve.args; \
-	  test -d "$$dir" || { echo "no export at $$dir: run make export SPEC=$(SPEC) first"; exit 2; }; \
-	  exec $(PY) -m server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
-
 # the load arguments bench, capacity and tune share (distributed load included)
 LOAD_ARGS = $(strip $(if $(DURATION),--duration $(DURATION)) $(if $(MAX_DURATION),--max-duration $(MAX_DURATION)) \
 	  $(if $(WARMUP),--warmup $(WARMUP)) \
@@ -70,12 +43,18 @@ LOAD_ARGS = $(strip $(if $(DURATION),--duration $(DURATION)) $(if $(MAX_DURATION
 	  $(if $(REMOTE_WORKERS),--remote-workers $(REMOTE_WORKERS)) $(if $(MASTER_BIND),--master-bind $(MASTER_BIND)) \
 	  $(if $(MASTER_PORT),--master-port $(MASTER_PORT)) $(if $(TARGET_HOST),--target-host $(TARGET_HOST)))
 
+##@ Use the harness
+
 bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open RATES=10,20 DURATION= MAX_DURATION= WORKERS= FLOOR=1)
 	$(PY) -m loadtests bench --spec $(SPEC) $(strip $(LOAD_ARGS) $(if $(USERS),--users $(USERS)) \
 	  $(if $(MODE),--mode $(MODE)) $(if $(RATES),--rates $(RATES)) $(if $(FLOOR),--floor $(FLOOR)))
 
 capacity: $(READY) ## highest rate within a latency SLO per protocol x payload: make capacity SLO=p99:100ms [PRECISION=5%] [SLO_CONFIDENCE=0.99]
 	$(PY) -m loadtests capacity --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION))
+
+tune: $(READY) ## best TF Serving config under an SLO: make tune SLO=p99:200ms [BUDGET=20m] [STRATEGY=quick|grid]
+	$(PY) -m loadtests tune --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION)) \
+	  $(if $(BUDGET),--budget $(BUDGET)) $(if $(STRATEGY),--strategy $(STRATEGY))
 
 compare: $(READY) ## B against A with 95% intervals and verdicts: make compare A=reports/m/<ts1> B=reports/m/<ts2> [FAIL_ON=p99:+10%]
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<report dir> B=<report dir> [FAIL_ON=p99:+10%] [MIN_EFFECT=5%] [OUTPUT=DIR]"; exit 2; }
@@ -85,16 +64,12 @@ compare: $(READY) ## B against A with 95% intervals and verdicts: make compare A
 history: $(READY) ## the recorded bench, capacity and tune results of SPEC's model (table and plot) [RESULTS_DB=URL]
 	$(PY) -m loadtests history --spec $(SPEC) $(if $(RESULTS_DB),--db $(RESULTS_DB))
 
-tune: $(READY) ## best TF Serving config under an SLO: make tune SLO=p99:200ms [BUDGET=20m] [STRATEGY=quick|grid]
-	$(PY) -m loadtests tune --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION)) \
-	  $(if $(BUDGET),--budget $(BUDGET)) $(if $(STRATEGY),--strategy $(STRATEGY))
+export: $(READY) ## export the model of SPEC (default specs/mobilenet_v2.yaml) as a new version
+	$(PY) -m exporter --spec $(SPEC)
 
-worker: $(READY) ## a load generator for another machine's bench: make worker MASTER=<host> [MASTER_PORT=5557]
-	@test -n "$(MASTER)" || { echo "usage: make worker MASTER=<bench machine address> [MASTER_PORT=5557]"; exit 2; }
-	$(PY) -m loadtests worker --master-host $(MASTER) --master-port $(or $(MASTER_PORT),5557)
-
-demo: $(READY) ## a page to try SPEC's model on a photo over REST and gRPC: http://127.0.0.1:8080 (PORT=)
-	$(PY) -m demo --spec $(SPEC) $(if $(PORT),--port $(PORT)) $(if $(BACKEND),--backend $(BACKEND))
+inspect: $(READY) ## describe a SavedModel: make inspect DIR=models/<name>/<version>
+	@test -n "$(DIR)" || { echo "usage: make inspect DIR=<SavedModel directory>"; exit 2; }
+	$(PY) -m exporter inspect $(DIR)
 
 deploy: $(READY) ## serve SPEC's model (BACKEND=embedded|docker IMAGE=cpu|gpu|cpu-optimized|embedded) until AVAILABLE
 	$(PY) -m deploy up --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND)) $(if $(IMAGE),--image $(IMAGE))
@@ -105,17 +80,58 @@ down: $(READY) ## stop what make deploy started for SPEC
 status: $(READY) ## is SPEC's model running and AVAILABLE?
 	$(PY) -m deploy status --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
 
+serve: $(READY) ## run the embedded server on SPEC's exported versions: make serve SPEC=specs/digits_cnn.yaml
+	@$(PY) -c "from spec.loader import load_spec; s = load_spec('$(SPEC)'); print(s.name, s.model_dir, s.serving.grpc_port, s.serving.rest_port)" > .serve.args || { rm -f .serve.args; exit 2; }
+	@read name dir grpc rest < .serve.args; rm -f .serve.args; \
+	  test -d "$$dir" || { echo "no export at $$dir: run make export SPEC=$(SPEC) first"; exit 2; }; \
+	  exec $(PY) -m server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
+
+demo: $(READY) ## a page to try SPEC's model on a photo over REST and gRPC: http://127.0.0.1:8080 (PORT=)
+	$(PY) -m demo --spec $(SPEC) $(if $(PORT),--port $(PORT)) $(if $(BACKEND),--backend $(BACKEND))
+
+ui: deploy ## Locust web UI on http://127.0.0.1:8089 against the deployed model of SPEC
+	$(VENV)/bin/locust -f loadtests/locustfile.py --web-host 127.0.0.1 --web-port 8089 --class-picker --spec $(SPEC)
+
+worker: $(READY) ## a load generator for another machine's bench: make worker MASTER=<host> [MASTER_PORT=5557]
+	@test -n "$(MASTER)" || { echo "usage: make worker MASTER=<bench machine address> [MASTER_PORT=5557]"; exit 2; }
+	$(PY) -m loadtests worker --master-host $(MASTER) --master-port $(or $(MASTER_PORT),5557)
+
 compose: $(READY) ## render docker-compose.yaml (and its build context) for SPEC into .run/<model>-<port>/compose/
 	$(PY) -m deploy compose --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
 
 k8s: $(READY) ## render Kubernetes manifests (Deployment, Service, HPA) for SPEC into .run/<model>-<port>/k8s/
 	$(PY) -m deploy k8s --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
 
-ui: deploy ## Locust web UI on http://127.0.0.1:8089 against the deployed model of SPEC
-	$(VENV)/bin/locust -f loadtests/locustfile.py --web-host 127.0.0.1 --web-port 8089 --class-picker --spec $(SPEC)
+clean: ## remove exported models, reports, caches and our docker containers and images (keeps .venv)
+	-@test ! -x $(PY) || $(PY) -m deploy clean --spec $(SPEC) 2>/dev/null || true
+	rm -rf models reports .pytest_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
 
-reliability: $(READY) ## the server under load and faults (hot swap, corrupt version, SIGTERM, overload, soak SOAK=600)
-	$(PY) -m benchmarks.reliability $(if $(SOAK),--soak $(SOAK))
+##@ Develop it
+
+venv: $(READY) ## create .venv, install the pinned dependencies and build the C helpers
+
+test: $(READY) ## run the whole test suite (unit, integration, docker)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(READY) ## the unit tests: fast, nothing exported, no server started
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(READY) ## the integration tests: real exports and servers on free loopback ports
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-docker: $(READY) ## the Docker tests: a real engine (dockerd), offline stand-in images under tags of our own
+	$(PY) -m pytest tests/docker $(PYTEST_ARGS)
+
+test-fast: test-unit ## the unit tests (its name before test-unit)
+
+schema: $(READY) ## regenerate specs/spec.schema.json from spec/schema.py
+	$(PY) -m spec.jsonschema specs/spec.schema.json
+
+##@ Measure the harness itself
+
+perf: $(READY) ## server performance targets (overhead, REST decoding, batching); prints measured ratios
+	$(PY) -m benchmarks.perf --spec $(SPEC)
 
 perf-harness: $(READY) ## show that gRPC users run concurrently (10 users, 50 ms server: >= 150 req/s)
 	$(PY) -m benchmarks.grpc_concurrency
@@ -127,7 +143,5 @@ perf-cost: $(READY) ## what the harness adds: our users against wrk (REST) and h
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || { echo "needs wrk and h2load: apt-get install wrk nghttp2-client"; exit 2; }
 	$(PY) -m benchmarks.harness_cost
 
-clean: ## remove exported models, reports, caches and our docker containers and images (keeps .venv)
-	-@test ! -x $(PY) || $(PY) -m deploy clean --spec $(SPEC) 2>/dev/null || true
-	rm -rf models reports .pytest_cache
-	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+reliability: $(READY) ## the server under load and faults (hot swap, corrupt version, SIGTERM, overload, soak SOAK=600)
+	$(PY) -m benchmarks.reliability $(if $(SOAK),--soak $(SOAK))
