@@ -17,7 +17,7 @@ export TFSB_RESULTS_DB := $(RESULTS_DB)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-unit test-integration test-docker test-fast schema perf perf-harness perf-generator perf-cost reliability serve bench capacity tune compare history worker demo deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-unit test-integration test-docker test-fast schema docs docs-serve perf perf-harness perf-generator perf-cost reliability serve bench capacity tune compare history worker demo deploy down status ui compose k8s clean
 
 help: ## list the targets, by audience
 	@awk 'BEGIN {FS = ":.*?## "} /^##@ / {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*?## / {printf "  make %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -127,6 +127,13 @@ test-fast: test-unit ## the unit tests (its name before test-unit)
 
 schema: $(READY) ## regenerate specs/spec.schema.json from spec/schema.py
 	$(PY) -m spec.jsonschema specs/spec.schema.json
+
+docs: $(READY) ## build the documentation site into build/site (strict: a broken link or a missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	@echo "site: build/site/index.html (make docs-serve serves it on http://127.0.0.1:8000)"
+
+docs-serve: $(READY) ## serve the documentation site on http://127.0.0.1:8000, rebuilt as files change
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 ##@ Measure the harness itself
 

@@ -411,7 +411,7 @@ def main_compare(argv: Sequence[str]) -> int:
     parser.add_argument("--fail-on", help=f"exit {EXIT_REGRESSION} when a figure gets worse by more than this, "
                         "e.g. p99:+10%%,rps:-5%% (only changes judged slower count)")
     parser.add_argument("--min-effect", help=f"changes smaller than this are 'no change' (default "
-                        f"{DEFAULT_MIN_EFFECT:.0%})")
+                        f"{DEFAULT_MIN_EFFECT * 100:.0f}%%)")
     parser.add_argument("--output", type=Path, help="where compare.json and compare.html go (default: B's directory)")
     args = parser.parse_args(argv)
     return run_command(lambda: compare(args.a, args.b, args.fail_on, args.min_effect, args.output),

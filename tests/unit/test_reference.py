@@ -1,0 +1,40 @@
+"""The documentation's generated reference pages (spec/reference.py): every spec key and every command's flags,
+from the schema and the parsers themselves; every command's --help works (compare's crashed on a bare '%')."""
+from __future__ import annotations
+
+import pytest
+
+from spec import reference
+from spec.loader import json_schema
+
+
+def _keys(schema: dict, node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, child in node.get("properties", {}).items():
+        keys.append(prefix + key)
+        target = reference._resolve(schema, child)
+        if target is not child and "properties" in target:
+            keys += _keys(schema, target, f"{prefix}{key}.")
+    return keys
+
+
+def test_the_spec_page_lists_every_key_of_the_schema():
+    schema, page = json_schema(), reference.spec_page()
+    keys = _keys(schema, schema)
+    assert "benchmark.max_duration" in keys and "benchmark.slo_confidence" in keys and len(keys) > 100
+    for key in keys:
+        assert f"| `{key}` |" in page, key
+    assert "3 x duration" in page  # max_duration's default, from its description in the schema
+    assert "&lt;name&gt;" in page  # a placeholder is shown, not swallowed as an HTML tag
+
+
+@pytest.mark.parametrize("title, typed, entry, args", reference.COMMANDS, ids=[c[1] for c in reference.COMMANDS])
+def test_every_command_prints_its_help(title, typed, entry, args):
+    text = reference.help_text(entry, args)
+    assert "Traceback" not in text and text.lower().startswith("usage:"), text[-500:]
+
+
+def test_the_commands_page_holds_the_flags_of_bench_capacity_and_compare():
+    page = reference.commands_page()
+    for flag in ("--max-duration", "--slo-confidence", "--workers", "--fail-on", "--min-effect", "--rest_api_port"):
+        assert flag in page, flag
