@@ -148,9 +148,11 @@ class DockerDeployment:
         """Before any long step: the engine answers, and the spec's ports can be reached from a container."""
         engine = self.engine  # DeployError naming the engine tried when none answers
         if self.spec.serving.network != "host" and not engine.networks.list(names=["bridge"]):
-            raise DeployError(f"the Docker engine has no bridge network (dockerd runs with --bridge=none?), so a "
-                              f"container's ports cannot be published on {self.spec.serving.host}: set "
-                              f"serving.network: host in {self.spec.where('serving', 'network')}")
+            raise DeployError(f"serving.network: {self.spec.serving.network}: a container's ports "
+                              f"{', '.join(map(str, CONTAINER_PORTS))} are not published on {self.spec.serving.host} "
+                              "by this engine: it has no bridge network (dockerd runs with --bridge=none?). Set "
+                              f"serving.network: host in {self.spec.where('serving', 'network')} (the container "
+                              "shares the host's network and listens on the spec's ports)")
 
     @docker_client.translated
     def build_image(self) -> str:
