@@ -90,7 +90,8 @@ def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
     try:
         benchmark = BenchmarkSpec.model_validate({**values, **changed})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'][:1]))}={changed.get(e['loc'][0])!r}: {e['msg']}"
+        # a rule between keys (max_duration >= duration) has no location: its message names the keys
+        problems = "; ".join((f"{e['loc'][0]}={changed.get(e['loc'][0])!r}: " if e["loc"] else "") + e["msg"]
                              for e in exc.errors())
         raise SpecError(f"command-line override: {problems}") from None
     if overrides.output_dir is not None:  # relative to where the command runs, not to the spec

@@ -192,3 +192,11 @@ def test_max_duration_and_slo_confidence_are_checked_where_they_are_written(tmp_
         with pytest.raises(SpecError, match=message) as raised:
             load_spec(path)
         assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)
+
+
+def test_a_max_duration_override_shorter_than_duration_is_one_line(tmp_path):
+    from loadtests.bench import Overrides, apply_overrides
+    from tests.conftest import write_spec
+    spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.duration": "10s"}))
+    with pytest.raises(SpecError, match=r"command-line override: .*max_duration \(5 s\) is shorter than duration"):
+        apply_overrides(spec, Overrides(max_duration="5s"))  # a rule between keys has no location (was IndexError)
