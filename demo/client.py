@@ -52,7 +52,8 @@ class ModelClient:
 
     def __init__(self, rest_url: str, grpc_target: str, model: str):
         import grpc
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        from loadtests import wire
 
         self.rest_url, self.grpc_target, self.model = rest_url.rstrip("/"), grpc_target, model
         parts = urlsplit(self.rest_url)
@@ -61,7 +62,7 @@ class ModelClient:
         self._connection: Optional[http.client.HTTPConnection] = None
         self._channel = grpc.insecure_channel(grpc_target, options=[("grpc.max_send_message_length", 64 << 20),
                                                                     ("grpc.max_receive_message_length", 64 << 20)])
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._predict = wire.predict_method(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -120,7 +121,7 @@ class ModelClient:
         request = image_grpc_request(image, model=self.model)
         started = time.perf_counter()
         try:
-            response = self._stub.Predict(request, timeout=TIMEOUT_S)
+            response = self._predict(request, timeout=TIMEOUT_S)
         except grpc.RpcError as error:
             latency = (time.perf_counter() - started) * 1000
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

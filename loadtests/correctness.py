@@ -40,12 +40,13 @@ def check(payloads: PayloadSet, rest_url: str, grpc_target: str, model: str,
     Raises MismatchError naming the protocol, payload and image at the first disagreement.
     """
     import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from loadtests import wire
 
     results = []
     with grpc.insecure_channel(grpc_target, options=[("grpc.max_receive_message_length", 64 << 20),
                                                      ("grpc.max_send_message_length", 64 << 20)]) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        predict = wire.predict_method(channel)
         for protocol, payload in runs:
             where = f"{PROTOCOL_LABEL[protocol]} {wire_name(protocol, payload)}"
             worst = 0.0
@@ -55,8 +56,8 @@ def check(payloads: PayloadSet, rest_url: str, grpc_target: str, model: str,
                         answer = payloads.answer_rest(_rest_answer(rest_url, model, payloads.rest_body(payload, i)))
                     else:
                         try:
-                            answer = payloads.answer_grpc(stub.Predict(payloads.grpc_request(payload, i, model),
-                                                                       timeout=60))
+                            answer = payloads.answer_grpc(predict(payloads.grpc_request(payload, i, model),
+                                                                  timeout=60))
                         except grpc.RpcError as error:
                             raise MismatchError(f"{where}: Predict failed: {error.code().name}: "
                                                 f"{error.details()}") from None

@@ -213,17 +213,17 @@ class ForeignPayloadSet:
         return jsonfloat.dumps(body).encode()
 
     def grpc_request(self, payload: str, index: int, model: str):
-        from tensorflow_serving.apis import predict_pb2
-
+        from loadtests import wire
         from server.tensors.proto import array_to_proto
 
-        request = predict_pb2.PredictRequest()
+        request = wire.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = self.plan.signature
         for alias, array in self.inputs(index).items():
             tf_dtype = next(e.dtype for e in self.plan.extras if e.alias == alias) if alias != self.plan.image_input \
                 else None
-            request.inputs[alias].CopyFrom(array_to_proto(array, tf_dtype, as_content=array.dtype != object))
+            request.inputs[alias].CopyFrom(array_to_proto(array, tf_dtype, as_content=array.dtype != object,
+                                                          message=wire.TensorProto))
         return request
 
     # ------------------------------------------------------------------------------ answers

@@ -148,14 +148,15 @@ def _prepare(environment, **_kwargs) -> None:
                           grpc_target=grpc_target, payloads=payloads, open_loop=_open_loop(options))
         ctx.rest_bodies = [payloads.rest_body(ctx.payload, i) for i in range(len(payloads))]
         if any(issubclass(cls, GrpcUser) for cls in environment.user_classes):
-            ctx.grpc_requests = [payloads.grpc_request(ctx.payload, i, ctx.model) for i in range(len(payloads))]
+            ctx.grpc_requests = [payloads.grpc_request(ctx.payload, i, ctx.model).SerializeToString()
+                                 for i in range(len(payloads))]
             if options.grpc_client == "lean":
-                ctx.grpc_messages = [grpc_message(r.SerializeToString()) for r in ctx.grpc_requests]
+                ctx.grpc_messages = [grpc_message(r) for r in ctx.grpc_requests]
         RestUser.host = environment.host or ctx.rest_url
         rendered = [render_rest_request(RestUser.host, ctx.rest_path, body) for body in ctx.rest_bodies]
         ctx.rest_requests = rendered if all(r is not None for r in rendered) else []
         environment.loadtest = ctx
-        gc.freeze()  # what is alive now (TensorFlow's protos, Locust) is never collected: no long pauses mid-run
+        gc.freeze()  # what is alive now (the rendered requests, Locust) is never collected: no long pauses mid-run
         ready.set()
         if isinstance(cluster, WorkerSide):
             cluster.announce_ready()
@@ -259,9 +260,6 @@ def _init(environment, **_kwargs) -> None:
                                          start_schedule=lambda k, n: _start_schedule(environment, k, n))
     else:
         RestUser.host = _endpoints(options)[0]  # the class picker shows the spec's real REST address
-    if not master and any(issubclass(cls, GrpcUser) for cls in environment.user_classes or ()):
-        # the serving protos import TensorFlow (seconds): pay it at start-up, not when a swarm starts
-        from tensorflow_serving.apis import predict_pb2  # noqa: F401
     measure = [float(x) for x in options.measure.split(",")] if options.measure else None
     if measure and len(measure) == 2:
         measure.append(measure[1])  # no maximum: measure exactly the duration (still judged by sub-windows)

@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from loadtests import jsonfloat
+from loadtests import jsonfloat, wire
+from server.tensors.dtypes import DType
 from spec.contract import (
     IMAGE_INPUT,
     IMAGE_SIGNATURE,
@@ -114,17 +115,15 @@ class PayloadSet:
                                 key: self.tensors[chosen].astype(np.float32, copy=False)}).encode()
 
     def grpc_request(self, payload: str, index: int, model: str):
-        """The PredictRequest for one image (imports the serving protos, hence TensorFlow)."""
-        from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-
+        """The PredictRequest for request `index` (loadtests.wire's message: no TensorFlow import)."""
         chosen = self._images(index)
         if payload == "image_b64":
             return image_grpc_request(*(self.jpegs[i] for i in chosen), model=model)
         request = _predict_request(model, SIGNATURE_FOR[payload])
         array = np.ascontiguousarray(self.tensors[chosen], dtype=np.float32)
-        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=array.tobytes())
-        tensor.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
-        request.inputs[TENSOR_INPUT].CopyFrom(tensor)
+        tensor = request.inputs[TENSOR_INPUT]
+        tensor.dtype, tensor.tensor_content = DType.FLOAT, array.tobytes()
+        tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=d) for d in array.shape)
         return request
 
     # ------------------------------------------------------------------------------ checking
@@ -202,9 +201,8 @@ class Verdicts:
         if key in self.known:
             return self.known[key]
         from google.protobuf.message import DecodeError
-        from tensorflow_serving.apis import predict_pb2
         try:
-            verdict = self.payloads.check(image, self.payloads.answer_grpc(predict_pb2.PredictResponse.FromString(message)))
+            verdict = self.payloads.check(image, self.payloads.answer_grpc(wire.parse_response(message)))
         except (DecodeError, ValueError, KeyError, TypeError, IndexError) as exc:
             verdict = f"unreadable PredictResponse ({exc})"
         return self._remember(key, verdict)
@@ -259,9 +257,7 @@ def image_rest_body(*images: bytes) -> bytes:
 
 
 def _predict_request(model: str, signature: str):
-    from tensorflow_serving.apis import predict_pb2
-
-    request = predict_pb2.PredictRequest()
+    request = wire.PredictRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = signature
     request.output_filter.append(OUTPUT)
@@ -270,12 +266,11 @@ def _predict_request(model: str, signature: str):
 
 def image_grpc_request(*images: bytes, model: str):
     """The PredictRequest sending encoded images' raw bytes (DT_STRING [N]) to serving_default."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-
     request = _predict_request(model, IMAGE_SIGNATURE)
-    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=list(images))
-    tensor.tensor_shape.dim.append(tensor_shape_pb2.TensorShapeProto.Dim(size=len(images)))
-    request.inputs[IMAGE_INPUT].CopyFrom(tensor)
+    tensor = request.inputs[IMAGE_INPUT]
+    tensor.dtype = DType.STRING
+    tensor.string_val.extend(images)
+    tensor.tensor_shape.dim.add(size=len(images))
     return request
 
 

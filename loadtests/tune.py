@@ -208,7 +208,7 @@ def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None
                  "elapsed_s": 0.0, "answers": {}}
         _point_latest(tune_dir)
     state.update(slo=slo.model_dump(), slo_text=str(slo), strategy=options.strategy, budget_s=options.budget,
-                 backend=backend, cells=[list(c) for c in cells], min_gain=options.min_gain,
+                 backend=backend, cells=[list(c) for c in cells], min_gain=space.min_gain,
                  space={k: list(v) for k, v in space.values.items()}, baseline_config=space.baseline)
     log(f"tune: {options.strategy} search of {len(cells)} cell(s) at {slo} on the {backend} backend, budget "
         f"{options.budget / 60:g} min; writing to {tune_dir}")
@@ -227,7 +227,7 @@ def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None
                 f"takes about {_expected_s(trials) / 60:.1f} min): stopping after {len(trials)} trials")
             break
         index = len(trials) + 1
-        best = tunereport.best_trial(trials, options.min_gain)
+        best = tunereport.best_trial(trials, space.min_gain)
         prune = options.strategy == "quick" and index > 1
         log(f"\ntrial {index}: {label(config, space.baseline)}")
         began = time.monotonic()

@@ -109,7 +109,11 @@ def derive(spec, cells: Sequence[tuple[str, str]], backend: str, log=print, cpus
         raise SpecError(f"{spec.where('tune', 'max_batch_size')}: tune.max_batch_size {too_small} is below the "
                         f"request batch size {per_request} (benchmark.batch_size): such a server rejects every "
                         "request; list sizes of at least that")
-    return Space(values, baseline, tune.min_gain)
+    min_gain = max(tune.min_gain, settings.precision)
+    if min_gain > tune.min_gain:
+        log(f"tune: a configuration must beat the best by more than {min_gain:.0%} (benchmark.precision), not "
+            f"{tune.min_gain:.0%} (tune.min_gain): a capacity search only brackets a capacity to within its precision")
+    return Space(values, baseline, min_gain)
 
 
 def sized(space: Space, baseline_cells: Sequence[dict], slo_latency_ms: float, cpus: Optional[int] = None) -> Space:

@@ -20,12 +20,12 @@ import gevent.pool
 import grpc
 from locust import FastHttpUser, User, constant, task
 
+from loadtests import wire
 from loadtests.leangrpc import GrpcError, LeanGrpc
 from loadtests.payloads import PayloadSet, Verdicts
 from loadtests.schedule import Schedule
 
 JSON_HEADERS = {"Content-Type": "application/json"}
-PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
 CONTEXT_WAIT_S = 150.0
 
 
@@ -104,7 +104,7 @@ class LoadContext:
     verdicts: Verdicts = field(init=False)  # the answer checks, remembered per distinct answer
     rest_bodies: list[bytes] = field(default_factory=list)
     rest_requests: list[bytes] = field(default_factory=list)  # whole HTTP requests for LeanHttp (plain http)
-    grpc_requests: list = field(default_factory=list)  # PredictRequests, for grpcio
+    grpc_requests: list[bytes] = field(default_factory=list)  # serialized PredictRequests, for grpcio
     grpc_messages: list[bytes] = field(default_factory=list)  # the same, framed for the lean client (--grpc-client lean)
     open_loop: Optional[OpenLoop] = None
     outstanding: int = 0  # requests sent (closed loop) or due (open loop) and not yet answered
@@ -524,16 +524,14 @@ class GrpcUser(_LeanPaths, User):
     def on_start(self) -> None:
         self.ctx: LoadContext = shared_context(self.environment)
         self.index = self.ctx.first_image()
-        self.url = f"grpc://{self.ctx.grpc_target}{PREDICT_PATH}"
-        self.lean = LeanGrpc(self.ctx.grpc_target, PREDICT_PATH) if self.ctx.grpc_messages else None
+        self.url = f"grpc://{self.ctx.grpc_target}{wire.PREDICT_METHOD}"
+        self.lean = LeanGrpc(self.ctx.grpc_target, wire.PREDICT_METHOD) if self.ctx.grpc_messages else None
         self.channel = None
         if self.lean is None:
-            from tensorflow_serving.apis import prediction_service_pb2_grpc
-
             options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
                        ("grpc.max_send_message_length", 64 * 1024 * 1024)]
             self.channel = grpc.insecure_channel(self.ctx.grpc_target, options=options)
-            self.predict_call = prediction_service_pb2_grpc.PredictionServiceStub(self.channel).Predict
+            self.predict_call = wire.predict_method(self.channel, raw=True)  # bytes in, bytes out
 
     def on_stop(self) -> None:
         if self.lean is not None:
@@ -574,8 +572,8 @@ class GrpcUser(_LeanPaths, User):
         else:
             ended = time.perf_counter()
             answered(ctx, number)
-            length = response.ByteSize()
-            problem = ctx.verdicts.grpc(i, response.SerializeToString())
+            length = len(response)
+            problem = ctx.verdicts.grpc(i, response)
             if problem:
                 exception = WrongAnswer(problem)
         report(self, "gRPC", i, due, start_time, started, ended, length, exception)

@@ -22,7 +22,8 @@ class TuneSpec(BaseModel):
     budget: float = Field(1200.0, description="Wall-clock budget of the whole search, e.g. 20m; the search stops "
                           "before a configuration it expects to overrun it")
     min_gain: float = Field(0.10, ge=0, lt=10, description="A configuration replaces the best only when its "
-                            "capacity is higher by more than this fraction (run-to-run noise is not a gain)")
+                            "capacity is higher by more than this fraction (run-to-run noise is not a gain); never less than "
+                            "benchmark.precision, the resolution of a capacity search")
     prune_below: float = Field(0.7, gt=0, le=1, description="quick: a configuration whose first probe, at this "
                                "fraction of the best capacity so far, misses the SLO is pruned")
     batching: tuple[bool, ...] = Field((False, True), description="Batching off and/or on")

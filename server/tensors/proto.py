@@ -68,15 +68,19 @@ def _proto_to_array(proto) -> np.ndarray:
     return base.reshape(dims)
 
 
-def array_to_proto(array: np.ndarray, tf_dtype: Optional[int] = None, as_content: bool = False):
-    """numpy -> TensorProto with typed *_val fields (TF Serving's default) or tensor_content."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+def array_to_proto(array: np.ndarray, tf_dtype: Optional[int] = None, as_content: bool = False, message=None):
+    """numpy -> TensorProto with typed *_val fields (TF Serving's default) or tensor_content.
+
+    `message`: the TensorProto class to fill (TensorFlow's by default; a load generator passes loadtests.wire's).
+    """
+    if message is None:
+        from tensorflow.core.framework.tensor_pb2 import TensorProto as message
 
     array = np.asarray(array)
     if tf_dtype is None:
         tf_dtype = DType.STRING if array.dtype.kind in "OSU" else tf_dtype_of(array.dtype)
-    proto = tensor_pb2.TensorProto(dtype=tf_dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape]))
+    proto = message(dtype=tf_dtype)
+    proto.tensor_shape.dim.extend(proto.tensor_shape.Dim(size=int(d)) for d in array.shape)
     if tf_dtype == DType.STRING:
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.ravel())
     elif as_content:

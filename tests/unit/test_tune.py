@@ -118,6 +118,24 @@ def test_a_gain_inside_min_gain_keeps_the_baseline_and_the_grid_covers_every_com
     assert tunespace.next_config(space, "grid", done) == grid[2]
 
 
+def test_a_gain_must_exceed_the_capacity_searchs_precision_too(tmp_path):
+    """A capacity is bracketed to within benchmark.precision: a smaller difference between two trials is not
+    measured, so it cannot make a recommendation, whatever tune.min_gain says."""
+    lines = []
+    coarse = _spec(tmp_path, body=SPEC + "  precision: 20%\n")
+    space = tunespace.derive(coarse, [("grpc", "image_b64")], "embedded", log=lines.append, cpus=2)
+    assert space.min_gain == pytest.approx(0.20), space.min_gain
+    assert any("more than 20% (benchmark.precision)" in line for line in lines), lines
+    fine = _spec(tmp_path, body=SPEC + "  precision: 5%\n")
+    lines.clear()
+    assert tunespace.derive(fine, [("grpc", "image_b64")], "embedded", log=lines.append, cpus=2).min_gain == 0.10
+    assert not any("benchmark.precision" in line for line in lines)
+    trials = [_trial(1, space.baseline, 100.0), _trial(2, dict(space.baseline, batching=True, max_batch_size=8,
+                                                               batch_timeout_micros=1000, num_batch_threads=1),
+                                                         118.0)]
+    assert tunereport.best_trial(trials, space.min_gain)["index"] == 1, "18% is inside a 20% bracket"
+
+
 def test_sized_thread_counts_follow_the_baselines_requests_in_flight():
     space = _space(grpc_max_threads=(0, "sized"))
     cells = [{"protocol": "grpc", "capacity_rps": 300.0}]
