@@ -79,6 +79,7 @@ def headroom(server, payload_file: Path, out_dir: Path, protocol: str, users: in
 
 
 def main() -> int:
+    from benchmarks.figures import Figures
     from benchmarks.standin import StandIn, synthetic_payloads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -103,6 +104,18 @@ def main() -> int:
           "server, not the generator, set that figure)")
     met = all(r["ratio"] >= GOAL for r in results)
     print(f"  goal {'met' if met else 'NOT met'}")
+    figures = Figures("perf-generator", "make perf-generator", "One Locust process's open-loop headroom")
+    figures.note(f"One Locust process against a stand-in that answers at once: closed loop with {args.users} users, "
+                 f"and the highest constant rate it keeps open loop with under 1% late ({args.seconds:g} s windows). "
+                 "CPU is the generator's, in % of one core; a generator well under 100% in closed loop means the "
+                 "stand-in server, not the generator, set that figure.")
+    for r in results:
+        figures.add(f"{r['protocol']}: open loop / closed loop", r["ratio"], "{:.2f}x", f">= {GOAL:.1f}x",
+                    r["ratio"] >= GOAL,
+                    f"closed {r['closed_rps']:,.0f} req/s (generator {r['closed_generator_cpu']:.0f}%), "
+                    f"open {r['open_rps']:,.0f} req/s (generator {r['open_generator_cpu']:.0f}%), server CPU "
+                    f"{r['server_cpu']:.0f}% in closed loop")
+    figures.save(partial=args.protocols != "rest,grpc")
     return 0 if met else 1
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.figures import Figures
 from spec import contract as c
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -115,6 +116,16 @@ def main() -> int:
         print(f"  {name:38} {result['rps']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
               f"failures {result['failures']}/{result['requests']}  generator CPU {result['generator_cpu_percent']:.0f}%")
     met = all(r["rps"] >= TARGET_RPS and r["failures"] == 0 for r in (lean, fast))
+    figures = Figures("perf-harness", "make perf-harness", "gRPC users run concurrently")
+    figures.note(f"A stand-in server taking {SERVICE_MS:.0f} ms per call, {args.users} GrpcUsers, {args.seconds:g} s "
+                 f"windows: the ideal is {ideal:.0f} req/s.")
+    for name, result, goal in (("lean client (as in make bench)", lean, True), ("grpcio, gevent-safe", fast, True),
+                               ("grpcio, blocking (init_gevent off)", slow, False)):
+        ok = result["rps"] >= TARGET_RPS and result["failures"] == 0
+        figures.add(name, result["rps"], "{:.1f} req/s", f">= {TARGET_RPS:.0f} req/s" if goal else "",
+                    ok if goal else None, f"p50 {result['p50_ms']:.1f} ms, failures {result['failures']}/"
+                    f"{result['requests']}, generator CPU {result['generator_cpu_percent']:.0f}%")
+    figures.save()
     print(f"  ratio gevent-safe / blocking grpcio: {fast['rps'] / max(slow['rps'], 1e-9):.1f}x; "
           f"target >= {TARGET_RPS:.0f} req/s for both concurrent clients: {'met' if met else 'NOT met'}")
     return 0 if met else 1

@@ -26,6 +26,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from benchmarks.figures import Figures
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 GOALS = {"specs/digits_cnn.yaml": 1.15, "specs/mobilenet_v2.yaml": 1.02}
@@ -152,6 +154,18 @@ def main() -> int:
         print(f"  {Path(r['spec']).stem:24} {r['protocol']:11} {r['tool']:7} | {r['theirs_ms']:9.2f} "
               f"{r['ours_ms']:9.2f} {ratio:6.2f}x | {r['theirs_rps']:10.1f} {r['ours_rps']:9.1f} "
               f"{r['theirs_rps'] / r['ours_rps']:6.2f}x | {verdict}")
+    figures = Figures("perf-cost", "make perf-cost", "What the harness costs: our users against wrk and h2load")
+    figures.note(f"The same embedded server, model and one-image body; one connection, closed loop; {args.rounds} "
+                 f"interleaved rounds of {args.seconds:g} s (ours, theirs, ours, ...). The ratio is ours / theirs "
+                 "latency (p50 for REST, mean for gRPC: h2load gives no percentiles), the median of the rounds' "
+                 "ratios, so a drift of the machine between runs does not land on one side.")
+    for r in rows:
+        goal = r["goal"]
+        figures.add(f"{Path(r['spec']).stem}: {r['protocol']} against {r['tool']}", r["ratio"], "{:.2f}x",
+                    f"<= {goal:.2f}x" if goal is not None else "", (r["ratio"] <= goal) if goal is not None else None,
+                    f"{r['theirs_ms']:.2f} ms theirs, {r['ours_ms']:.2f} ms ours; {r['theirs_rps']:.1f} / "
+                    f"{r['ours_rps']:.1f} req/s" + ("" if goal is not None else " (grpcio, for comparison)"))
+    figures.save(partial=args.specs != ",".join(GOALS))
     return 0 if met else 1
 
 

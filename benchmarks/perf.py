@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.figures import Figures
 from spec import contract as c
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -216,6 +217,9 @@ def main(argv=None) -> int:
     print(f"model {spec.name} at {version_dir}; one JPEG of {len(jpeg)} bytes; {os.cpu_count()} CPUs")
 
     parts = set(args.only or ["overhead", "decoding", "batching"])
+    figures = Figures("perf", "make perf", "The embedded server against TensorFlow in-process")
+    figures.note(f"{spec.name}, one 640x480 JPEG of {len(jpeg)} bytes; p50 of {args.rounds} rounds of "
+                 f"{args.per_round} calls; batching runs of {args.seconds:g} s.")
     if "overhead" in parts:
         overhead = serving_overhead(version_dir, spec.name, jpeg, args.rounds, args.per_round)
         grpc_ratio = overhead["grpc"] / overhead["in_process"]
@@ -224,6 +228,10 @@ def main(argv=None) -> int:
               f"REST b64 {overhead['rest']:.2f} ms")
         print(f"   gRPC / in-process = {grpc_ratio:.3f} (target <= 1.05) {'PASS' if grpc_ratio <= 1.05 else 'FAIL'}")
         print(f"   REST / in-process = {rest_ratio:.3f} (target <= 1.10) {'PASS' if rest_ratio <= 1.10 else 'FAIL'}")
+        figures.add("gRPC p50 / in-process p50", grpc_ratio, "{:.3f}", "<= 1.05", grpc_ratio <= 1.05,
+                    f"{overhead['grpc']:.2f} ms vs {overhead['in_process']:.2f} ms")
+        figures.add("REST b64 p50 / in-process p50", rest_ratio, "{:.3f}", "<= 1.10", rest_ratio <= 1.10,
+                    f"{overhead['rest']:.2f} ms vs {overhead['in_process']:.2f} ms")
 
     if "decoding" in parts:
         decoding = rest_decoding(15)
@@ -238,6 +246,10 @@ def main(argv=None) -> int:
                   f"(1/{decoding['json_asarray_ms'] / python_ms:.1f})")
         else:
             print("   skeleton check in Python: the C helpers are not built (make venv builds them with a C compiler)")
+        figures.add("REST float-image decoding / (json.loads + numpy.asarray)", speedup, "1/{:.1f}",
+                    "<= 1/8", speedup >= 8,
+                    f"{decoding['ours_ms'][used]:.2f} ms vs {decoding['json_asarray_ms']:.2f} ms, "
+                    f"skeleton check in {used}")
 
     if "batching" in parts:
         batching = batching_throughput(version_dir, spec.name, jpeg, args.seconds, 16, args.batch_timeout_us,
@@ -251,6 +263,11 @@ def main(argv=None) -> int:
         print(f"   for scale, in-process: {ceiling['single_ms']:.1f} ms per image one at a time, "
               f"{ceiling['batched_ms']:.1f} ms per image in a batch of {batching['clients']} "
               f"({ceiling['gain']:.2f}x; the server's unbatched runs already overlap on the {os.cpu_count()} CPUs)")
+        figures.add(f"batching on / off, {batching['clients']} gRPC clients", gain, "{:.2f}", ">= 1.25",
+                    gain >= 1.25,
+                    f"{batching['rps_on']:.1f} vs {batching['rps_off']:.1f} req/s; in-process a batch is "
+                    f"{ceiling['gain']:.2f}x cheaper per image")
+    figures.save(partial=bool(args.only))
     return 0
 
 

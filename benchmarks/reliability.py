@@ -31,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from benchmarks.figures import Figures
 from spec import contract as c
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -176,7 +177,7 @@ def _server(tmp: Path, scenario: str, source: Path, *flags: str):
     return base, ServerProcess("--model_name=digits_cnn", f"--model_base_path={base}", *flags)
 
 
-def hot_version_change(source: Path, image: bytes, duration: float, poll: float, tmp: Path) -> bool:
+def hot_version_change(source: Path, image: bytes, duration: float, poll: float, tmp: Path) -> tuple[bool, str]:
     base, server = _server(tmp, "hot", source, f"--file_system_poll_wait_seconds={poll:g}")
     try:
         with Load(server.rest_port, server.grpc_port, image) as load:
@@ -197,15 +198,16 @@ def hot_version_change(source: Path, image: bytes, duration: float, poll: float,
     failed = _failures(records)
     ok = (not failed and not late_v1 and states.get("2") == "AVAILABLE" and states.get("1") in (None, "END")
           and code == 0)
-    print(f"1. hot version change under load ({duration:g}s, poll {poll:g}s): {_summary(records)}\n"
-          f"   version 2 answered {first_v2:.2f}s after it was dropped in, the last version-1 answer came "
-          f"{last_v1:.2f}s after (two poll periods: {2 * poll:g}s); {len(late_v1)} version-1 answers after its "
-          f"directory was removed; final status {states}; server exit {code}"
-          + ("" if ok else f"\n   FAILED: {[r.error for r in failed[:3]]}"))
-    return ok
+    line = (f"1. hot version change under load ({duration:g}s, poll {poll:g}s): {_summary(records)}\n"
+            f"   version 2 answered {first_v2:.2f}s after it was dropped in, the last version-1 answer came "
+            f"{last_v1:.2f}s after (two poll periods: {2 * poll:g}s); {len(late_v1)} version-1 answers after its "
+            f"directory was removed; final status {states}; server exit {code}"
+            + ("" if ok else f"\n   FAILED: {[r.error for r in failed[:3]]}"))
+    print(line)
+    return ok, line
 
 
-def corrupt_version(source: Path, image: bytes, duration: float, tmp: Path) -> bool:
+def corrupt_version(source: Path, image: bytes, duration: float, tmp: Path) -> tuple[bool, str]:
     base, server = _server(tmp, "corrupt", source, "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0")
     try:
         with Load(server.rest_port, server.grpc_port, image) as load:
@@ -223,14 +225,15 @@ def corrupt_version(source: Path, image: bytes, duration: float, tmp: Path) -> b
     v2 = status.get("2", {})
     ok = (not failed and status.get("1", {}).get("state") == "AVAILABLE" and v2.get("state") == "END"
           and v2.get("status", {}).get("error_code") not in (None, "OK") and code == 0)
-    print(f"2. corrupt version under load ({duration:g}s): {_summary(records)}; version 1 "
-          f"{status.get('1', {}).get('state')}, version 2 {v2.get('state')} "
-          f"({v2.get('status', {}).get('error_code')}: {str(v2.get('status', {}).get('error_message'))[:90]})"
-          + ("" if ok else f"\n   FAILED: {[r.error for r in failed[:3]]}"))
-    return ok
+    line = (f"2. corrupt version under load ({duration:g}s): {_summary(records)}; version 1 "
+            f"{status.get('1', {}).get('state')}, version 2 {v2.get('state')} "
+            f"({v2.get('status', {}).get('error_code')}: {str(v2.get('status', {}).get('error_message'))[:90]})"
+            + ("" if ok else f"\n   FAILED: {[r.error for r in failed[:3]]}"))
+    print(line)
+    return ok, line
 
 
-def graceful_stop(source: Path, image: bytes, duration: float, tmp: Path) -> bool:
+def graceful_stop(source: Path, image: bytes, duration: float, tmp: Path) -> tuple[bool, str]:
     _, server = _server(tmp, "sigterm", source)
     with Load(server.rest_port, server.grpc_port, image, rest_clients=3, grpc_clients=3) as load:
         time.sleep(duration)
@@ -244,13 +247,14 @@ def graceful_stop(source: Path, image: bytes, duration: float, tmp: Path) -> boo
     lost = [r for r in records if r.started < signalled and not r.ok]
     refused = [r for r in records if r.started >= signalled and not r.ok]
     ok = code == 0 and not lost and all(r.ok for r in in_flight)
-    print(f"3. SIGTERM under load: {len(in_flight)} requests in flight at the signal, all completed: "
-          f"{all(r.ok for r in in_flight)}; {len(lost)} requests sent before it failed; {len(refused)} later "
-          f"ones refused ({refused[0].error[:70] if refused else 'none'}); exit code {code}")
-    return ok
+    line = (f"3. SIGTERM under load: {len(in_flight)} requests in flight at the signal, all completed: "
+            f"{all(r.ok for r in in_flight)}; {len(lost)} requests sent before it failed; {len(refused)} later "
+            f"ones refused ({refused[0].error[:70] if refused else 'none'}); exit code {code}")
+    print(line)
+    return ok, line
 
 
-def overload(source: Path, image: bytes, duration: float, tmp: Path) -> bool:
+def overload(source: Path, image: bytes, duration: float, tmp: Path) -> tuple[bool, str]:
     batching = tmp / "batching.config"
     batching.write_text("max_batch_size { value: 2 }\nbatch_timeout_micros { value: 0 }\n"
                         "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n")
@@ -266,13 +270,14 @@ def overload(source: Path, image: bytes, duration: float, tmp: Path) -> bool:
     kinds = sorted({r.error.split(":")[0] for r in rejected})
     ms = lambda rs, q: float(np.percentile([(r.ended - r.started) * 1000 for r in rs], q)) if rs else float("nan")  # noqa: E731
     ok = bool(rejected) and kinds == ["UNAVAILABLE"] and bool(accepted) and code == 0
-    print(f"4. overload (24 gRPC clients, a one-batch queue of 2, {duration:g}s): {len(accepted)} accepted "
-          f"(p50 {ms(accepted, 50):.1f} ms, p99 {ms(accepted, 99):.1f} ms), {len(rejected)} refused as {kinds} "
-          f"(p50 {ms(rejected, 50):.2f} ms, p99 {ms(rejected, 99):.2f} ms); server exit {code}")
-    return ok
+    line = (f"4. overload (24 gRPC clients, a one-batch queue of 2, {duration:g}s): {len(accepted)} accepted "
+            f"(p50 {ms(accepted, 50):.1f} ms, p99 {ms(accepted, 99):.1f} ms), {len(rejected)} refused as {kinds} "
+            f"(p50 {ms(rejected, 50):.2f} ms, p99 {ms(rejected, 99):.2f} ms); server exit {code}")
+    print(line)
+    return ok, line
 
 
-def soak(source: Path, image: bytes, duration: float, tmp: Path) -> bool:
+def soak(source: Path, image: bytes, duration: float, tmp: Path) -> tuple[bool, str]:
     _, server = _server(tmp, "soak", source)
     try:
         with Load(server.rest_port, server.grpc_port, image) as load:
@@ -287,9 +292,10 @@ def soak(source: Path, image: bytes, duration: float, tmp: Path) -> bool:
     failed = _failures(records)
     growth = at_end / after_warmup - 1
     ok = not failed and growth <= 0.10 and code == 0
-    print(f"5. soak ({duration:g}s): {_summary(records)}; resident memory {after_warmup:.0f} MB after "
-          f"{warmup:g}s warm-up, {at_end:.0f} MB at the end ({growth:+.1%}; limit +10%); server exit {code}")
-    return ok
+    line = (f"5. soak ({duration:g}s): {_summary(records)}; resident memory {after_warmup:.0f} MB after "
+            f"{warmup:g}s warm-up, {at_end:.0f} MB at the end ({growth:+.1%}; limit +10%); server exit {code}")
+    print(line)
+    return ok, line
 
 
 def main(argv=None) -> int:
@@ -319,9 +325,16 @@ def main(argv=None) -> int:
                      4: lambda: overload(version_dir, image, length * 0.5, tmp),
                      5: lambda: soak(version_dir, image, soak_s, tmp)}
         for number in sorted(chosen):
-            results.append((number, scenarios[number]()))
-    failed = [n for n, ok in results if not ok]
+            results.append((number, *scenarios[number]()))
+    failed = [n for n, ok, _ in results if not ok]
     print("reliability: all passed" if not failed else f"reliability: scenario(s) {failed} FAILED")
+    figures = Figures("reliability", "make reliability", "The server under load and faults")
+    figures.note(f"{Path(args.spec).stem}, closed-loop REST (b64) and gRPC (bytes) clients; {length:g} s scenarios, "
+                 f"a {soak_s:g} s soak. Each scenario passes or fails on behaviour, never on a time.")
+    for number, ok, line in results:
+        name, _, figures_text = line.partition(": ")
+        figures.add(name.split(". ", 1)[1], "passed" if ok else "FAILED", detail=figures_text.replace("\n", " "))
+    figures.save(partial=args.quick or bool(args.only) or args.soak is not None)
     return 1 if failed else 0
 
 

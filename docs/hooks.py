@@ -1,7 +1,9 @@
-"""MkDocs hook: adds the generated reference pages (spec/reference.py) to the site at build time."""
+"""MkDocs hooks: the generated reference pages (spec/reference.py), and the measuring targets' figures
+(docs/data/*.json)."""
 from __future__ import annotations
 
 import os
+import re
 
 from mkdocs.structure.files import File
 
@@ -16,3 +18,15 @@ def on_files(files, config):
     for uri, builder in GENERATED.items():
         files.append(File.generated(config, uri, content=getattr(reference, builder)()))
     return files
+
+
+FIGURES = re.compile(r"<!-- figures: ([a-z0-9_-]+) -->")
+
+
+def on_page_markdown(markdown, page, config, files):
+    """Put each measuring target's last full run (docs/data/<name>.json) where a page says `<!-- figures: name -->`."""
+    if "<!-- figures:" not in markdown:
+        return markdown
+    from benchmarks.figures import render
+
+    return FIGURES.sub(lambda m: render(m.group(1)), markdown)

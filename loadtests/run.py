@@ -5,7 +5,7 @@ Locust monkey-patches on import, so it never runs in this process: each step is
 measured window to an .npz (full-resolution latencies) plus Locust's own CSV and HTML.
 With workers, that process is a Locust master (it measures the window and merges the samples) and
 each worker is one more `locust --worker` process on this machine, or on another one
-(`python -m loadtests worker`, see the README).
+(`python -m loadtests worker`, see docs/guides/distributed.md).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """make demo in a real browser: headless Chromium (Debian's) driven by Playwright uploads a photo and sees both
 protocols' classes and latencies, gets a clear message for a text file and when the model is down, and keeps
-working; the page's screenshot for the README is taken here. Upload limits are checked over plain HTTP."""
+working; the page's screenshot for the documentation (docs/demo.png) is taken here. Upload limits are checked over plain HTTP."""
 from __future__ import annotations
 
 import json

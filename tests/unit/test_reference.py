@@ -6,6 +6,7 @@ import pytest
 
 from spec import reference
 from spec.loader import json_schema
+from tests.conftest import REPO
 
 
 def _keys(schema: dict, node: dict, prefix: str = "") -> list[str]:
@@ -38,3 +39,26 @@ def test_the_commands_page_holds_the_flags_of_bench_capacity_and_compare():
     page = reference.commands_page()
     for flag in ("--max-duration", "--slo-confidence", "--workers", "--fail-on", "--min-effect", "--rest_api_port"):
         assert flag in page, flag
+
+
+def test_the_readme_is_short_and_every_link_in_it_and_the_changelog_leads_somewhere():
+    """The README is the front page (the manual is the site): at most 200 lines, and a link to a file or a heading
+    that moved or never existed fails here, since MkDocs's strict build does not read the README."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    assert readme.count("\n") < 200, readme.count("\n")
+
+    def slug(heading: str) -> str:  # Python-Markdown's toc slug, as the site and GitHub both number them
+        text = re.sub(r"[^\w\s-]", "", heading.strip().lower())
+        return re.sub(r"[\s]+", "-", text)
+
+    for name in ("README.md", "CHANGELOG.md"):
+        for target in re.findall(r"\]\(([^)\s]+)\)", (REPO / name).read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            assert (REPO / path).exists(), f"{name} links to {path}, which does not exist"
+            if anchor:
+                headings = [slug(h) for h in re.findall(r"^#+ (.+)$", (REPO / path).read_text(), re.M)]
+                assert anchor in headings, f"{name} links to {target}: no such heading ({headings})"
