@@ -3,7 +3,13 @@
 Runs are matched by protocol, payload and level. For p50, p99 and throughput each match gets A, B, the change in
 percent (B over A) with a 95% confidence interval, and a verdict. The interval comes from the variation between
 runs where there is some:
-- both sides repeated (benchmark.repeats >= 2): a Welch t interval on the log of the per-repeat figures;
+- both sides repeated (benchmark.repeats >= 2): a Welch t interval on the log of the per-repeat figures,
+  widened by bench-to-bench noise. The repeats' spread says how well each bench's mean is known, not how far a
+  second bench of the same setup, minutes later, would land: every repeat of a bench shares the machine's state
+  of those minutes, so more repeats narrow a Welch interval while that offset stays. A bench's offset is taken
+  to vary as much as one run does, so the Welch half-width is combined (in quadrature) with
+  t(df) x sqrt(s_A^2 + s_B^2), s the standard deviation of the log figure between a side's repeats, df the
+  repeats less one per side (the one-run case below does the same with a run's sub-windows);
 - otherwise a block bootstrap: each run's window is cut into consecutive time blocks, blocks are resampled with
   replacement and the figure recomputed from their samples, so slow drift and stalls inside a run widen the
   interval where a per-request bootstrap would not see them. One run per side cannot see how much a second run
@@ -200,6 +206,13 @@ def verdict(metric: str, change_pct: Optional[float], ci: Optional[Sequence[floa
     return "no change"
 
 
+def _bench_noise(la: np.ndarray, lb: np.ndarray) -> float:
+    """Half-width (log units) of the difference a second bench of each side could show: t x sqrt(s_A^2 + s_B^2)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, la.size + lb.size - 2)) * math.sqrt(la.var(ddof=1) + lb.var(ddof=1))
+
+
 def _widened(diffs: np.ndarray, blocks: tuple[list[dict], list[dict]], metric: str) -> tuple[float, float, float]:
     """(low, high) of the log change: the bootstrap's interval widened by the run-to-run noise, and that noise's
     half-width alone (all in log units)."""
@@ -217,8 +230,9 @@ def _widened(diffs: np.ndarray, blocks: tuple[list[dict], list[dict]], metric: s
 
 def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, seed: int = 0,
                  run_noise: bool = True) -> list[dict]:
-    """One row per matched (protocol, payload, level) and metric. run_noise=False leaves a one-run-per-side
-    interval at the bootstrap's (which sees only the variation inside each run: for comparison in tests)."""
+    """One row per matched (protocol, payload, level) and metric. run_noise=False leaves an interval at what the
+    runs alone show (the repeats' Welch interval, or a one-run bootstrap's, which sees only the variation inside
+    each run): for comparison in tests."""
     (dir_a, sum_a), (dir_b, sum_b) = a, b
     if sum_a.get("mode") != sum_b.get("mode"):
         raise SpecError(f"A is a {sum_a.get('mode')}-loop bench and B a {sum_b.get('mode')}-loop one: their levels "
@@ -241,8 +255,15 @@ def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, 
             if not (np.all(np.isfinite(la)) and np.all(np.isfinite(lb))):
                 low = high = change = None
             elif repeats:
-                change = _pct(float(lb.mean() - la.mean()))
-                low, high = (_pct(x) for x in _welch(la, lb))
+                diff = float(lb.mean() - la.mean())
+                change = _pct(diff)
+                low_log, high_log = _welch(la, lb)
+                if run_noise:
+                    noise = _bench_noise(la, lb)
+                    half = math.hypot((high_log - low_log) / 2.0, noise)
+                    low_log, high_log = diff - half, diff + half
+                    noise_pct = _pct(noise)
+                low, high = _pct(low_log), _pct(high_log)
             else:
                 change = _pct(float(lb.mean() - la.mean()))
                 diffs = _bootstrap(blocks[1], metric, rng) - _bootstrap(blocks[0], metric, rng)

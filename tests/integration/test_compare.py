@@ -121,7 +121,8 @@ def test_the_same_setup_twice_is_no_change_everywhere(benches):
     result = _compare(dir_a, dir_c)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads((dir_c / "compare.json").read_text())["rows"]  # B's directory by default
-    assert len(rows) == 6 and all(r["verdict"] == "no change" for r in rows), rows
+    brief = [(r["protocol"], r["metric"], r["a"], r["b"], r["change_pct"], r["ci95_pct"], r["verdict"]) for r in rows]
+    assert len(rows) == 6 and all(r["verdict"] == "no change" for r in rows), brief
     assert all(r["ci95_pct"][0] <= r["change_pct"] <= r["ci95_pct"][1] for r in rows)
     assert "no change in any of 6 figures" in result.stdout
 
