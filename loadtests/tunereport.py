@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -57,7 +58,7 @@ def batching_verdict(trials: Sequence[dict], best: Optional[dict], baseline: Opt
     gain = (without / with_batching) if without and with_batching else None
     shown = lambda value: "n/a" if value is None else f"{value:.1f} {unit}"
     runtime = (f"{what} {shown(without)} without batching against {shown(with_batching)} with it"
-               + (f" ({gain:.2f}x less)" if gain else "")
+               + ((f" ({gain:.2f}x less)" if gain >= 1.0 else f" ({1.0 / gain:.2f}x more)") if gain else "")
                + (f", in batches of {batch:.1f} on average" if batch else ""))
     mine = tunespace.score(best_on)
     theirs = tunespace.score(reference) if reference else None
@@ -69,6 +70,12 @@ def batching_verdict(trials: Sequence[dict], best: Optional[dict], baseline: Opt
     else:
         verdict = ("queue time without a runtime gain" if not gain or gain < 1.0 + min_gain else
                    "a runtime gain that the queue time and the batch timeout eat up")
+        top = tunespace.ceiling(reference) if reference else None
+        if reference and reference["status"] == "limited" and mine and theirs and mine > theirs * (1.0 + min_gain):
+            verdict += (f"; and {theirs:.1f} req/s without batching is a lower bound (the load generator was the "
+                        "limit" + (f", below {top:.1f} req/s" if top and math.isfinite(top) else "")
+                        + "), so a higher capacity with batching that does not cost less per request is not a gain "
+                        "shown (add WORKERS)")
         why = (f"batching is not recommended: the best batching trial (#{best_on['index']}: {best_on['label']}) "
                f"reached {capacity}; its requests waited {_ms(queue)} in the batching queue, {runtime}: {verdict}")
     return {"recommended": recommended, "why": why, "best_batching_trial": best_on["index"],
@@ -135,10 +142,11 @@ def headline(result: dict) -> str:
     if best is None:
         return f"no configuration could be measured at {slo}"
     measured = sum(1 for t in result["trials"] if t["status"] in ("measured", "limited"))
-    if best["is_baseline"]:
-        return (f"the spec's configuration is the best found: {best['capacity_rps']:.1f} req/s at {slo}; no other of "
-                f"the {measured} measured configurations beat it by more than {result['min_gain']:.0%}")
     bound = " (a lower bound: the load generator was the limit)" if best["lower_bound"] else ""
+    if best["is_baseline"]:
+        return (f"the spec's configuration is the best found: {best['capacity_rps']:.1f} req/s at {slo}{bound}; no "
+                f"other of the {measured} measured configurations showed a gain over it of more than "
+                f"{result['min_gain']:.0%}")
     if not best["gain"]:
         return (f"{best['label']}: {best['capacity_rps']:.1f} req/s at {slo}, where the default met the SLO at no "
                 f"rate{bound}")

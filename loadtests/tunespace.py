@@ -137,14 +137,52 @@ def score(trial: dict) -> Optional[float]:
     return trial.get("capacity_rps") if trial.get("status") in ("measured", "limited") else None
 
 
+def ceiling(trial: dict) -> Optional[float]:
+    """Where a trial's capacity may really lie at most: its own figure when measured; for a limited trial (a
+    cell's search stopped where the generator could not keep up, or out of probes) the geometric mean of each such
+    cell's failing rate, the rest at their capacity (inf: no failing rate was found, so no ceiling is known)."""
+    if trial.get("status") != "limited":
+        return score(trial)
+    tops = []
+    for cell in trial.get("cells", []):
+        if cell.get("limited_by") in ("generator", "probes"):
+            failed = (cell.get("bracket") or [None, None])[1]
+            if not failed:
+                return math.inf
+            tops.append(failed)
+        else:
+            tops.append(cell.get("capacity_rps") or 0.0)
+    return math.prod(tops) ** (1.0 / len(tops)) if tops else math.inf
+
+
+def cost_gain(trial: dict, than: dict) -> Optional[float]:
+    """How many times less server CPU per answered request `trial` needs than `than`, at their capacities (the
+    geometric mean over the cells both measured; None without the figures)."""
+    ratios = []
+    for name, parts in (trial.get("breakdown") or {}).items():
+        mine = (parts or {}).get("server_core_ms_per_request")
+        theirs = ((than.get("breakdown") or {}).get(name) or {}).get("server_core_ms_per_request")
+        if mine and theirs:
+            ratios.append(theirs / mine)
+    return math.prod(ratios) ** (1.0 / len(ratios)) if ratios else None
+
+
 def better(trial: dict, than: Optional[dict], min_gain: float) -> bool:
-    """Whether `trial` replaces `than` as the best: higher by more than min_gain (noise is not a gain)."""
+    """Whether `trial` replaces `than` as the best: higher by more than min_gain (noise is not a gain). When
+    `than`'s capacity is only a lower bound (limited) and `trial`'s lies below where `than`'s may really be (its
+    ceiling), the capacities alone show no gain: `trial` must also need less server CPU per request by more than
+    min_gain, the cost that bounds a capacity on a busy CPU."""
     mine = score(trial)
     if mine is None:
         return False
     if than is None or score(than) is None:
         return True
-    return mine > score(than) * (1.0 + min_gain)
+    if mine <= score(than) * (1.0 + min_gain):
+        return False
+    if mine > (ceiling(than) or 0.0):
+        return True
+    cheaper = cost_gain(trial, than)
+    return cheaper is not None and cheaper > 1.0 + min_gain
 
 
 class _Replay:

@@ -166,6 +166,38 @@ def test_the_batching_explanation_reads_the_breakdown():
     assert "queue time without a runtime gain" in verdict["why"]
 
 
+def test_a_gain_over_a_lower_bound_is_not_a_gain_shown():
+    """A baseline whose search stopped where the generator could not keep up (a local run: 64.9 req/s passed,
+    129.8 late and failed) may really serve anything below 129.8: a batching trial at 79.5 req/s (1.22x, past a
+    20% min_gain) that costs more CPU per request is not a recommendation; one above 129.8 is."""
+    space = _space()
+    on = dict(space.baseline, batching=True, max_batch_size=8, batch_timeout_micros=5000, num_batch_threads=1,
+              max_enqueued_batches=64, allowed_batch_sizes="any")
+    baseline = _trial(1, space.baseline, 64.9, status="limited", cpu=13.8)
+    baseline["cells"][0].update(bracket=[64.9, 129.8], limited_by="generator")
+    assert tunespace.ceiling(baseline) == pytest.approx(129.8)
+    slower_cpu = [baseline, _trial(2, on, 79.5, queue=7.7, batch=1.8, cpu=14.2)]
+    best = tunereport.best_trial(slower_cpu, 0.20)
+    assert best["index"] == 1
+    verdict = tunereport.batching_verdict(slower_cpu, best, baseline, 0.20)
+    assert not verdict["recommended"] and "1.03x more" in verdict["why"], verdict["why"]
+    assert "64.9 req/s without batching is a lower bound" in verdict["why"] and "below 129.8" in verdict["why"]
+    past = [baseline, _trial(2, on, 140.0, queue=3.0, batch=4.0, cpu=13.0)]
+    assert tunereport.best_trial(past, 0.20)["index"] == 2, "above where the baseline may lie: a gain shown"
+    # below that ceiling, a capacity gain with a matching fall in CPU per request is a gain shown (the weight-bound
+    # model in a CI run: 197 req/s against a baseline limited within [112.7, 225.4], 1.38x less CPU per request)
+    cheaper = [baseline, _trial(2, on, 100.0, queue=3.0, batch=2.0, cpu=10.0)]
+    assert tunespace.cost_gain(cheaper[1], baseline) == pytest.approx(1.38)
+    assert tunereport.best_trial(cheaper, 0.20)["index"] == 2
+    # a limited cell that passed where the generator fell behind has no known ceiling: only a cost gain beats it
+    baseline["cells"][0]["bracket"] = [64.9, None]
+    assert tunespace.ceiling(baseline) == float("inf") and tunereport.best_trial(past, 0.20)["index"] == 1
+    assert tunereport.best_trial(cheaper, 0.20)["index"] == 2
+    # a measured (not limited) baseline is its own ceiling: the min_gain bar alone decides
+    measured = _trial(1, space.baseline, 64.9)
+    assert tunereport.best_trial([measured, slower_cpu[1]], 0.20)["index"] == 2
+
+
 def test_a_trial_record_says_pruned_limited_or_failed():
     slo = type("Slo", (), {"key": "p99_ms"})()
     baseline = {"batching": False}
