@@ -222,9 +222,11 @@ def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = 
     results: list[dict] = []
 
     def measured(step, window_s: float, warmup_s: float) -> dict:
-        # a probe's window may be longer than benchmark.duration: it may settle for as many times longer
+        # a probe's window may be longer than benchmark.duration: it may settle for as many times longer; an open
+        # probe stops settling once each of its last sub-windows is over the SLO (it fails however long it runs)
         longest = current.target.longest_s * window_s / current.target.duration_s
-        target = dataclasses.replace(current.target, duration_s=window_s, warmup_s=warmup_s, max_duration_s=longest)
+        target = dataclasses.replace(current.target, duration_s=window_s, warmup_s=warmup_s, max_duration_s=longest,
+                                     fail_over=(slo.percentile, slo.latency_ms) if step.rate is not None else None)
         log(f"  [{len(runs) + 1}] {step.label}: warm-up {warmup_s:g}s, measuring {window_s:.0f}s")
         entry = run.run_and_measure(step, target, current.run_dir, current.per_request, current.payloads.sizes,
                                     current.rules, current.server_gone)

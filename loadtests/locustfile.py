@@ -68,6 +68,9 @@ def _arguments(parser) -> None:
     parser.add_argument("--stability", default="10,50", include_in_web_ui=False,
                        help="PERCENT,PERCENTILE: the last three sub-windows agree when throughput and this percentile "
                        "stay within PERCENT of their mean, or within sampling noise")
+    parser.add_argument("--fail-over", default="", include_in_web_ui=False,
+                       help="PERCENTILE,MS (a capacity probe's SLO): stop measuring an unsettled run once this "
+                       "percentile of each of the last three sub-windows is above MS (it fails however long it runs)")
     parser.add_argument("--server-pid", type=int, default=0, include_in_web_ui=False,
                        help="pid of the model server, to report its CPU use over the window")
     parser.add_argument("--metrics-url", default="", include_in_web_ui=False,
@@ -308,9 +311,11 @@ def _init(environment, **_kwargs) -> None:
             begin()
             window = Window(duration, max(duration, max_duration))
             percent, percentile = (float(x) for x in options.stability.split(","))
-            settled = measure_until_settled(window, Rules(stability_percent=percent, judged_percentile=percentile),
-                                            bool(options.rate), recorder.marks[0].wall, boundary(window))
-            end((settled.first, settled.count), settled_facts(window, settled))
+            fail_over = tuple(float(x) for x in options.fail_over.split(",")) if options.fail_over else None
+            settled, over_slo = measure_until_settled(
+                window, Rules(stability_percent=percent, judged_percentile=percentile), bool(options.rate),
+                recorder.marks[0].wall, boundary(window), fail_over=fail_over)
+            end((settled.first, settled.count), settled_facts(window, settled, over_slo))
 
         gevent.spawn(run)
 

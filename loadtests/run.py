@@ -95,6 +95,8 @@ class Target:
     max_in_flight: int = 1000
     late_tolerance_ms: float = 5.0
     drain_s: float = 10.0
+    # a capacity probe's SLO (percentile, ms): an unsettled run stops once each of its last sub-windows is over it
+    fail_over: Optional[tuple[float, float]] = None
 
     @property
     def longest_s(self) -> float:
@@ -140,6 +142,8 @@ def locust_command(step: Step, target: Target, out_dir: Path, master_port: Optio
         command += ["--rate", f"{step.rate:g}", "--arrival", target.arrival, "--seed", str(target.seed),
                     "--max-in-flight", str(target.max_in_flight), "--late-tolerance-ms", f"{target.late_tolerance_ms:g}",
                     "--drain", f"{target.drain_s:g}"]
+        if target.fail_over:
+            command += ["--fail-over", ",".join(f"{v:g}" for v in target.fail_over)]
     if target.distributed:
         command += ["--master", "--master-bind-host", target.master_bind,
                     "--master-bind-port", str(master_port or target.master_port),
@@ -281,13 +285,14 @@ def settling_fields(settled: dict, window_s: float) -> dict:
         width = window_s / validity.SUB_WINDOWS if window_s and math.isfinite(window_s) else None
         return {"measured_s": window_s, "measured_total_s": window_s, "sub_window_s": width,
                 "windows_total": validity.SUB_WINDOWS, "windows_used": validity.SUB_WINDOWS, "stable": None,
-                "extended_s": 0.0, "duration_s": window_s, "max_duration_s": None}
+                "extended_s": 0.0, "duration_s": window_s, "max_duration_s": None, "over_slo": False}
     width = settled["sub_window_s"]
     total = settled["windows_total"] * width
     return {"measured_s": window_s, "measured_total_s": total, "sub_window_s": width,
             "windows_total": settled["windows_total"], "windows_used": settled["windows_used"],
             "stable": bool(settled["stable"]), "extended_s": max(0.0, total - settled["duration_s"]),
-            "duration_s": settled["duration_s"], "max_duration_s": settled["max_duration_s"]}
+            "duration_s": settled["duration_s"], "max_duration_s": settled["max_duration_s"],
+            "over_slo": bool(settled.get("over_slo"))}
 
 
 def bound_fields(good: np.ndarray, rules: validity.Rules) -> dict:

@@ -63,11 +63,29 @@ class Gathered:
                                due=a["due"] if open_loop else None)
 
 
+    def all_over(self, window: Window, count: int, fail_over: tuple[float, float], open_loop: bool) -> bool:
+        """Whether the `fail_over` percentile of every one of the last SUB_WINDOWS sub-windows is above its
+        latency (a sub-window with no answer counts as above: none came back inside it)."""
+        a = self.arrays()
+        percentile, latency_ms = fail_over
+        edges = [i * window.width_s for i in range(count - SUB_WINDOWS, count + 1)]
+        parts = validity.parts_between(a["t"], a["due"] if open_loop else a["t"], a["ok"], a["latency_ms"], edges,
+                                       percentile)
+        values = [part[validity.pkey(percentile)] for part in parts]
+        return all(not math.isfinite(v) or v > latency_ms for v in values)
+
+
 def measure_until_settled(window: Window, rules: validity.Rules, open_loop: bool, started_at: float,
-                          boundary: Callable[[int], Iterable[dict]]) -> validity.Settled:
+                          boundary: Callable[[int], Iterable[dict]],
+                          fail_over: Optional[tuple[float, float]] = None) -> tuple[validity.Settled, bool]:
     """Wait for each sub-window boundary after `started_at` (a perf_counter time), call `boundary(i)` there (it
     marks the boundary and returns the samples recorded since the last one), and return the settled span once the
-    run has measured `duration_s` and its last sub-windows agree, or has reached `max_duration_s`."""
+    run has measured `duration_s` and its last sub-windows agree, or has reached `max_duration_s`.
+
+    `fail_over` (percentile, latency in ms: a capacity probe's SLO) ends an unsettled run early once that
+    percentile of each of the last sub-windows is above the latency: the run's percentile lies between its
+    sub-windows' (they hold all its samples), so it fails the SLO however long it goes on. The second value
+    returned says whether that happened."""
     gathered = Gathered()
     count = 0
     while True:
@@ -80,11 +98,15 @@ def measure_until_settled(window: Window, rules: validity.Rules, open_loop: bool
         gevent.sleep(0)  # let the users run between gathering and judging
         settled = gathered.settle(window, count, rules, open_loop)
         if settled.stable or count >= window.max_windows:
-            return settled
+            return settled, False
+        if fail_over and count * window.width_s >= window.duration_s - 1e-6 \
+                and gathered.all_over(window, count, fail_over, open_loop):
+            return settled, True
 
 
-def facts(window: Window, settled: validity.Settled) -> dict:
-    """What the samples file records about how the window settled."""
+def facts(window: Window, settled: validity.Settled, over_slo: bool = False) -> dict:
+    """What the samples file records about how the window settled (over_slo: stopped early, every sub-window over
+    the SLO)."""
     return {"duration_s": window.duration_s, "max_duration_s": window.max_duration_s,
             "sub_window_s": window.width_s, "windows_total": settled.count, "windows_used": settled.used,
-            "first_window": settled.first, "stable": settled.stable}
+            "first_window": settled.first, "stable": settled.stable, "over_slo": over_slo}

@@ -219,7 +219,10 @@ def judge(entry: dict, parts: list[dict], rules: Rules, server_stopped: Optional
         reason = (f"unstable: {' and '.join(moved)} across the last {len(parts)} sub-windows, beyond sampling noise "
                   f"(benchmark.stability_percent: {rules.stability_percent:g}%)")
         total = entry.get("measured_total_s")
-        if total is not None and entry.get("max_duration_s"):
+        if entry.get("over_slo") and total is not None:
+            reason += (f", stopped after {total:.0f} s: every sub-window was already over the SLO, a failure that "
+                       "measuring longer cannot undo")
+        elif total is not None and entry.get("max_duration_s"):
             reason += (f", still after measuring {total:.0f} s (benchmark.max_duration: {entry['max_duration_s']:g} s):"
                        " raise benchmark.max_duration, lower the load, or give the server and generator quieter cores")
         reasons.append(reason)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
 
 from loadtests import jsonfloat, validity
 from loadtests.run import bound_fields, settling_fields
-from loadtests.settling import Gathered, Window
+from loadtests.settling import Gathered, Window, facts, measure_until_settled
 
 RULES = validity.Rules(stability_percent=10.0, judged_percentile=50.0)
 
@@ -76,6 +77,40 @@ def test_gathered_samples_judge_as_the_whole_does():
     window = Window(6.0, 18.0)
     assert window.width_s == 2.0 and window.max_windows == 9
     assert gathered.settle(window, 5, RULES, open_loop=False) == _settle(t, latency, ok, 2.0, 5)
+
+
+def _measured(latency_ms_at, fail_over):
+    """measure_until_settled over synthetic closed-loop samples handed out one 2 s sub-window per boundary (the
+    start lies in the past, so no boundary waits), at most 9 sub-windows."""
+    t, latency, ok = _closed_loop(latency_ms_at, 20.0, users=50)
+    window = Window(6.0, 18.0)
+
+    def boundary(i):
+        inside = (t >= (i - 1) * 2.0) & (t < i * 2.0)
+        return [{"t": t[inside], "latency_ms": latency[inside], "ok": ok[inside], "due": t[inside] * math.nan}]
+    settled, over = measure_until_settled(window, validity.Rules(stability_percent=10.0, judged_percentile=90.0),
+                                          False, time.perf_counter() - 100.0, boundary, fail_over=fail_over)
+    return settled, over, facts(window, settled, over)
+
+
+def test_a_probe_over_its_slo_in_every_sub_window_stops_at_once():
+    overloaded = lambda t: 300.0 if int(t // 2) % 2 == 0 else 600.0  # never settles; always over 200 ms
+    settled, over, record = _measured(overloaded, fail_over=(90.0, 200.0))
+    assert over and settled.count == 3 and not settled.stable and record["over_slo"] is True
+    assert _measured(overloaded, fail_over=None)[0].count == 9, "without an SLO it measures to max_duration"
+    # a run that crosses the SLO between sub-windows might still settle under it: it measures on
+    crossing = lambda t: 100.0 if int(t // 2) % 2 == 0 else 600.0
+    settled, over, record = _measured(crossing, fail_over=(90.0, 200.0))
+    assert not over and settled.count == 9 and record["over_slo"] is False
+    entry = {"window_s": 6.0, "requests": 300, "failures": 0, "late_ratio": 0.0, "late_tolerance_ms": 5.0,
+             "generator_bound": False, "generator_cpu_percent": 20.0, "littles_law": None,
+             "measured_total_s": 6.0, "over_slo": True, "max_duration_s": 18.0}
+    parts = [{"p90_ms": v, "rps": 50.0, "requests": 100, "band": [380.0, 420.0]} for v in (300.0, 600.0, 300.0)]
+    reasons = validity.judge(entry, parts, validity.Rules(stability_percent=10.0, judged_percentile=90.0,
+                                                          min_duration_s=1.0, min_requests=10))
+    unstable = [r for r in reasons if r.startswith("unstable:")]
+    assert unstable and "every sub-window was already over the SLO" in unstable[0], reasons
+    assert "raise benchmark.max_duration" not in unstable[0]
 
 
 def test_settling_fields_say_how_long_a_run_measured():
