@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PYTHON_BASE ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+TFSB := $(VENV)/bin/tfsb
 STAMP := $(VENV)/.installed
 # optional C helpers of the embedded server; without a C compiler it runs their pure-Python twins
 NATIVE := build/native/libskeleton.so
@@ -46,64 +47,64 @@ LOAD_ARGS = $(strip $(if $(DURATION),--duration $(DURATION)) $(if $(MAX_DURATION
 ##@ Use the harness
 
 bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open RATES=10,20 DURATION= MAX_DURATION= WORKERS= FLOOR=1)
-	$(PY) -m loadtests bench --spec $(SPEC) $(strip $(LOAD_ARGS) $(if $(USERS),--users $(USERS)) \
+	$(TFSB) bench --spec $(SPEC) $(strip $(LOAD_ARGS) $(if $(USERS),--users $(USERS)) \
 	  $(if $(MODE),--mode $(MODE)) $(if $(RATES),--rates $(RATES)) $(if $(FLOOR),--floor $(FLOOR)))
 
 capacity: $(READY) ## highest rate within a latency SLO per protocol x payload: make capacity SLO=p99:100ms [PRECISION=5%] [SLO_CONFIDENCE=0.99]
-	$(PY) -m loadtests capacity --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION))
+	$(TFSB) capacity --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION))
 
 tune: $(READY) ## best TF Serving config under an SLO: make tune SLO=p99:200ms [BUDGET=20m] [STRATEGY=quick|grid]
-	$(PY) -m loadtests tune --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION)) \
+	$(TFSB) tune --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION)) \
 	  $(if $(BUDGET),--budget $(BUDGET)) $(if $(STRATEGY),--strategy $(STRATEGY))
 
 compare: $(READY) ## B against A with 95% intervals and verdicts: make compare A=reports/m/<ts1> B=reports/m/<ts2> [FAIL_ON=p99:+10%]
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<report dir> B=<report dir> [FAIL_ON=p99:+10%] [MIN_EFFECT=5%] [OUTPUT=DIR]"; exit 2; }
-	$(PY) -m loadtests compare $(A) $(B) $(if $(FAIL_ON),--fail-on $(FAIL_ON)) $(if $(MIN_EFFECT),--min-effect $(MIN_EFFECT)) \
+	$(TFSB) compare $(A) $(B) $(if $(FAIL_ON),--fail-on $(FAIL_ON)) $(if $(MIN_EFFECT),--min-effect $(MIN_EFFECT)) \
 	  $(if $(OUTPUT),--output $(OUTPUT))
 
 history: $(READY) ## the recorded bench, capacity and tune results of SPEC's model (table and plot) [RESULTS_DB=URL]
-	$(PY) -m loadtests history --spec $(SPEC) $(if $(RESULTS_DB),--db $(RESULTS_DB))
+	$(TFSB) history --spec $(SPEC) $(if $(RESULTS_DB),--db $(RESULTS_DB))
 
 export: $(READY) ## export the model of SPEC (default specs/mobilenet_v2.yaml) as a new version
-	$(PY) -m exporter --spec $(SPEC)
+	$(TFSB) export --spec $(SPEC)
 
 inspect: $(READY) ## describe a SavedModel: make inspect DIR=models/<name>/<version>
 	@test -n "$(DIR)" || { echo "usage: make inspect DIR=<SavedModel directory>"; exit 2; }
-	$(PY) -m exporter inspect $(DIR)
+	$(TFSB) inspect $(DIR)
 
 deploy: $(READY) ## serve SPEC's model (BACKEND=embedded|docker IMAGE=cpu|gpu|cpu-optimized|embedded) until AVAILABLE
-	$(PY) -m deploy up --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND)) $(if $(IMAGE),--image $(IMAGE))
+	$(TFSB) deploy up --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND)) $(if $(IMAGE),--image $(IMAGE))
 
 down: $(READY) ## stop what make deploy started for SPEC
-	$(PY) -m deploy down --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
+	$(TFSB) deploy down --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
 
 status: $(READY) ## is SPEC's model running and AVAILABLE?
-	$(PY) -m deploy status --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
+	$(TFSB) deploy status --spec $(SPEC) $(if $(BACKEND),--backend $(BACKEND))
 
 serve: $(READY) ## run the embedded server on SPEC's exported versions: make serve SPEC=specs/digits_cnn.yaml
 	@$(PY) -c "from spec.loader import load_spec; s = load_spec('$(SPEC)'); print(s.name, s.model_dir, s.serving.grpc_port, s.serving.rest_port)" > .serve.args || { rm -f .serve.args; exit 2; }
 	@read name dir grpc rest < .serve.args; rm -f .serve.args; \
 	  test -d "$$dir" || { echo "no export at $$dir: run make export SPEC=$(SPEC) first"; exit 2; }; \
-	  exec $(PY) -m server --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
+	  exec $(TFSB) serve --port=$$grpc --rest_api_port=$$rest --model_name=$$name --model_base_path=$$dir
 
 demo: $(READY) ## a page to try SPEC's model on a photo over REST and gRPC: http://127.0.0.1:8080 (PORT=)
-	$(PY) -m demo --spec $(SPEC) $(if $(PORT),--port $(PORT)) $(if $(BACKEND),--backend $(BACKEND))
+	$(TFSB) demo --spec $(SPEC) $(if $(PORT),--port $(PORT)) $(if $(BACKEND),--backend $(BACKEND))
 
 ui: deploy ## Locust web UI on http://127.0.0.1:8089 against the deployed model of SPEC
 	$(VENV)/bin/locust -f loadtests/locustfile.py --web-host 127.0.0.1 --web-port 8089 --class-picker --spec $(SPEC)
 
 worker: $(READY) ## a load generator for another machine's bench: make worker MASTER=<host> [MASTER_PORT=5557]
 	@test -n "$(MASTER)" || { echo "usage: make worker MASTER=<bench machine address> [MASTER_PORT=5557]"; exit 2; }
-	$(PY) -m loadtests worker --master-host $(MASTER) --master-port $(or $(MASTER_PORT),5557)
+	$(TFSB) worker --master-host $(MASTER) --master-port $(or $(MASTER_PORT),5557)
 
 compose: $(READY) ## render docker-compose.yaml (and its build context) for SPEC into .run/<model>-<port>/compose/
-	$(PY) -m deploy compose --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
+	$(TFSB) deploy compose --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
 
 k8s: $(READY) ## render Kubernetes manifests (Deployment, Service, HPA) for SPEC into .run/<model>-<port>/k8s/
-	$(PY) -m deploy k8s --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
+	$(TFSB) deploy k8s --spec $(SPEC) $(if $(IMAGE),--image $(IMAGE))
 
 clean: ## remove exported models, reports, caches and our docker containers and images (keeps .venv)
-	-@test ! -x $(PY) || $(PY) -m deploy clean --spec $(SPEC) 2>/dev/null || true
+	-@test ! -x $(TFSB) || $(TFSB) deploy clean --spec $(SPEC) 2>/dev/null || true
 	rm -rf models reports .pytest_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
 

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from spec.errors import program
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m demo", description="Try the deployed model on a photo.")
+    parser = argparse.ArgumentParser(prog=program("python -m demo"), description="Try the deployed model on a photo.")
     parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML)")
     parser.add_argument("--host", default="127.0.0.1", help="address the page listens on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="the page's port (default 8080)")

@@ -18,12 +18,12 @@ import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Optional, Sequence
 
 from demo.client import ModelClient, ModelDown
+from spec.resources import package_dir
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = package_dir("demo") / "static"  # package data
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 SAMPLE_SIDE = 640  # sample photos are sent at most this wide/high, as a user's camera photo would be resized
 

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from spec.errors import program
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m deploy", description="Serve a spec's model over REST and gRPC.")
+    parser = argparse.ArgumentParser(prog=program("python -m deploy"), description="Serve a spec's model over REST and gRPC.")
     parser.add_argument("command", choices=["up", "down", "status", "logs", "compose", "k8s", "clean"],
                         help="up: export if needed, start, wait until AVAILABLE; down: stop; status; logs; "
                              "compose / k8s: render docker-compose.yaml / Kubernetes manifests into --out; "

@@ -19,8 +19,10 @@ from deploy.waiting import Endpoints
 from spec.errors import HarnessError
 from spec.schema import Spec
 
-REPO = Path(__file__).resolve().parents[1]
-STATE_DIR = REPO / ".run"
+PACKAGES = Path(__file__).resolve().parents[1]  # the directory holding the packages: a checkout, or site-packages
+# the embedded backend's state (pid, log, configs; the wheels cache; compose and k8s output): where the user says,
+# else under the working directory, never inside the installed code
+STATE_DIR = Path(os.environ.get("TFSB_STATE_DIR") or Path.cwd() / ".run")
 OUR_SERVER = "tfserve-bench embedded server"  # what provenance calls our server (TF Serving's is "TensorFlow Serving")
 
 
@@ -90,7 +92,7 @@ class EmbeddedDeployment:
         flags = server_flags(self.spec, layout, embedded=True)
         log = open(self.log_file, "wb")
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "server", *flags], cwd=REPO,
+            self._proc = subprocess.Popen([sys.executable, "-m", "server", *flags], cwd=PACKAGES,
                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True)
         finally:

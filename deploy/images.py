@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from deploy import docker_client
-from deploy.embedded import REPO, STATE_DIR, DeployError
+from deploy.embedded import STATE_DIR, DeployError
 from deploy.serving_config import ServerLayout, server_flags, write_configs
+from spec.resources import package_dir
 from spec.schema import Spec
 
-DOCKERFILES = REPO / "dockerfiles"
+DOCKERFILES = package_dir("dockerfiles")  # package data: the top-level dockerfiles/ folder
 FLAVOURS = {"cpu": "Dockerfile.cpu", "gpu": "Dockerfile.gpu", "cpu-optimized": "Dockerfile.cpu-optimized",
             "embedded": "Dockerfile.embedded"}
 CONTAINER_PORTS = (8500, 8501)  # gRPC, REST: TF Serving's, inside the container
@@ -123,7 +124,8 @@ def add_server_sources(directory: Path, log: Callable[[str], None] = print) -> N
     """What the `server` stage of Dockerfile.embedded copies: requirements, wheels, server sources."""
     shutil.copy2(DOCKERFILES / "requirements-server.txt", directory / "requirements-server.txt")
     _link_tree(ensure_wheels(log), directory / "wheels")
-    shutil.copytree(REPO / "server", directory / "server" / "server", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(package_dir("server"), directory / "server" / "server",
+                    ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def build(engine, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str],

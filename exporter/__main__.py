@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from spec.errors import program
+
 
 def _export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m exporter",
+    parser = argparse.ArgumentParser(prog=program("python -m exporter"),
                                      description="Export the model a spec names as a versioned, verified SavedModel. "
-                                                 "`python -m exporter inspect DIR` describes any SavedModel.")
+                                                 "`tfsb inspect DIR` describes any SavedModel.")
     parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML), e.g. specs/digits_cnn.yaml")
     parser.add_argument("--version", help="a positive integer or 'auto' (default: the spec's export.version)")
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace an existing version")
@@ -19,7 +21,7 @@ def _export_parser() -> argparse.ArgumentParser:
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m exporter inspect",
+    parser = argparse.ArgumentParser(prog=program("python -m exporter inspect"),
                                      description="Print a SavedModel's signatures and what to send to each.")
     parser.add_argument("directory", type=Path, help="a SavedModel directory (holding saved_model.pb)")
     return parser

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from spec.errors import SpecError
+from spec.errors import SpecError, program
 from spec.schema import BenchmarkSpec, Spec
 
 EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_UNINFORMATIVE, EXIT_THRESHOLD = 0, 1, 4, 5, 6  # user errors (2),
@@ -470,7 +470,7 @@ def parse_args(argv: Sequence[str], command: str = "bench"):
                    "capacity": "Find the highest arrival rate each protocol and payload sustains within a latency SLO.",
                    "tune": "Find the TF Serving configuration (batching, threads, image) with the highest capacity "
                            "within a latency SLO."}[command]
-    parser = argparse.ArgumentParser(prog=f"python -m loadtests {command}", description=description)
+    parser = argparse.ArgumentParser(prog=program(f"python -m loadtests {command}"), description=description)
     parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML)")
     parser.add_argument("--slo", help="latency objective, e.g. p99:100ms (default: benchmark.slo)"
                         + ("; capacity searches for it" if command == "capacity" else

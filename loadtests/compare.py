@@ -36,7 +36,7 @@ import numpy as np
 from loadtests import validity
 from loadtests.figures import grouped
 from loadtests.report import fmt
-from spec.errors import SpecError
+from spec.errors import SpecError, program
 
 EXIT_REGRESSION = 7
 METRICS = ("p50", "p99", "rps")
@@ -424,7 +424,7 @@ def main_compare(argv: Sequence[str]) -> int:
 
     from spec.errors import run_command
 
-    parser = argparse.ArgumentParser(prog="python -m loadtests compare",
+    parser = argparse.ArgumentParser(prog=program("python -m loadtests compare"),
                                      description="Compare two bench reports: change, 95% interval and verdict per "
                                                  "protocol, payload, level and metric.")
     parser.add_argument("a", type=Path, help="the reference report directory (reports/<model>/<timestamp>)")

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from spec.errors import SpecError
+from spec.errors import SpecError, program
 
 ENV = "TFSB_RESULTS_DB"
 FIGURES = ("p50_ms", "p99_ms", "rps", "capacity_rps")
@@ -261,7 +261,7 @@ def main_history(argv) -> int:
     from spec.errors import run_command
     from spec.loader import load_spec
 
-    parser = argparse.ArgumentParser(prog="python -m loadtests history",
+    parser = argparse.ArgumentParser(prog=program("python -m loadtests history"),
                                      description="The recorded bench, capacity and tune results of a spec's model.")
     parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML)")
     parser.add_argument("--db", help=f"the results database (default: ${ENV}, else benchmark.results_db)")

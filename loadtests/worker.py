@@ -14,12 +14,13 @@ import time
 from typing import Sequence
 
 from loadtests.run import REPO, worker_command
+from spec.errors import program
 
 RETRY_PAUSE_S = 2.0
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests worker",
+    parser = argparse.ArgumentParser(prog=program("python -m loadtests worker"),
                                      description="Join the Locust master of every run of a make bench sweep.")
     parser.add_argument("--master-host", required=True, help="the bench machine's address (its MASTER_BIND)")
     parser.add_argument("--master-port", type=int, default=5557, help="the bench's MASTER_PORT (default 5557)")

@@ -15,7 +15,21 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("skeleton.c")
-LIBRARY = Path(__file__).resolve().parents[1] / "build" / "native" / "libskeleton.so"
+
+
+def _library() -> Path:
+    """Where the helpers are built and loaded from: TFSB_NATIVE_LIB; in a source checkout (make venv), its
+    build/native/; after a plain `pip install .`, the user's cache, never inside the installed code."""
+    if os.environ.get("TFSB_NATIVE_LIB"):
+        return Path(os.environ["TFSB_NATIVE_LIB"])
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "build" / "native" / "libskeleton.so"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "tfsb" / "native" / "libskeleton.so"
+
+
+LIBRARY = _library()
 
 
 def build(target: Path = LIBRARY) -> Path:

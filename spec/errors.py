@@ -32,6 +32,19 @@ class UsageError(HarnessError):
     """A bad command-line value (a flag the spec would have rejected the same way)."""
 
 
+_PROGRAMS: dict[str, str] = {}
+
+
+def set_program(module_form: str, shown: str) -> None:
+    """Show `shown` (e.g. 'tfsb bench') wherever a parser would show `module_form` ('python -m loadtests bench')."""
+    _PROGRAMS[module_form] = shown
+
+
+def program(module_form: str) -> str:
+    """The program name a command's usage and help show: as it was invoked (tfsb or python -m)."""
+    return _PROGRAMS.get(module_form, module_form)
+
+
 def run_command(main: Callable[[], int], interrupted: str = "interrupted; what was started has been stopped") -> int:
     """Run a command's body: its exit code, or the HarnessError's line on stderr and its code; Ctrl-C is 130."""
     try:

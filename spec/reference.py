@@ -12,19 +12,6 @@ import io
 import json
 from typing import Any, Callable, Optional
 
-# (title, how a user types it, the entry point, its arguments before --help)
-COMMANDS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("make bench", "python -m loadtests bench", "loadtests.__main__:main", ("bench",)),
-    ("make capacity", "python -m loadtests capacity", "loadtests.__main__:main", ("capacity",)),
-    ("make tune", "python -m loadtests tune", "loadtests.__main__:main", ("tune",)),
-    ("make compare", "python -m loadtests compare", "loadtests.__main__:main", ("compare",)),
-    ("make history", "python -m loadtests history", "loadtests.__main__:main", ("history",)),
-    ("make worker", "python -m loadtests worker", "loadtests.__main__:main", ("worker",)),
-    ("make export / make inspect", "python -m exporter", "exporter.__main__:main", ()),
-    ("make deploy / down / status / compose / k8s", "python -m deploy", "deploy.__main__:main", ()),
-    ("make demo", "python -m demo", "demo.__main__:main", ()),
-    ("make serve (the embedded server)", "python -m server", "server.__main__:main", ()),
-)
 
 
 def _resolve(schema: dict, node: dict) -> dict:
@@ -120,10 +107,17 @@ def help_text(entry: str, args: tuple[str, ...]) -> str:
 
 
 def commands_page() -> str:
-    """Markdown: each command's usage and flags as its parser prints them."""
+    """Markdown: `tfsb --help`, then each command's usage and flags as its parser prints them under tfsb."""
+    from spec.errors import set_program
+    from tfsb.cli import COMMANDS, usage
+
     lines = ["# Commands and flags", "",
-             "Each command's own `--help`, captured from its argument parser when the site is built. The `make` "
-             "targets pass their variables to these flags (`make help` lists the targets).", ""]
-    for title, typed, entry, args in COMMANDS:
-        lines += [f"## {title}", "", f"`{typed}`", "", "```text", help_text(entry, args), "```", ""]
+             "One command, `tfsb`, with a subcommand per job; `python -m <module>` runs the same entry points. Each "
+             "subcommand's own `--help` below is captured from its argument parser when the site is built. The "
+             "`make` targets call `tfsb` with their variables as these flags (`make help` lists the targets).", "",
+             "```text", usage(), "```", ""]
+    for command in COMMANDS:
+        set_program(command.module_form, f"tfsb {command.name}")
+        lines += [f"## tfsb {command.name}", "", f"`{command.make}`; also `{command.module_form}`", "",
+                  "```text", help_text(command.entry, command.prefix), "```", ""]
     return "\n".join(lines)

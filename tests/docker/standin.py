@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from deploy.embedded import REPO
+from tests.conftest import REPO
 
 DEBIAN = "tfserve-bench/debian:bookworm"
 PYTHON = "tfserve-bench/python:3.11"

@@ -7,6 +7,7 @@ import pytest
 from spec import reference
 from spec.loader import json_schema
 from tests.conftest import REPO
+from tfsb.cli import COMMANDS
 
 
 def _keys(schema: dict, node: dict, prefix: str = "") -> list[str]:
@@ -29,16 +30,19 @@ def test_the_spec_page_lists_every_key_of_the_schema():
     assert "&lt;name&gt;" in page  # a placeholder is shown, not swallowed as an HTML tag
 
 
-@pytest.mark.parametrize("title, typed, entry, args", reference.COMMANDS, ids=[c[1] for c in reference.COMMANDS])
-def test_every_command_prints_its_help(title, typed, entry, args):
-    text = reference.help_text(entry, args)
+@pytest.mark.parametrize("command", COMMANDS, ids=[c.name for c in COMMANDS])
+def test_every_command_prints_its_help(command):
+    text = reference.help_text(command.entry, command.prefix)
     assert "Traceback" not in text and text.lower().startswith("usage:"), text[-500:]
 
 
-def test_the_commands_page_holds_the_flags_of_bench_capacity_and_compare():
+def test_the_commands_page_holds_every_command_and_the_flags_of_bench_capacity_and_compare():
     page = reference.commands_page()
     for flag in ("--max-duration", "--slo-confidence", "--workers", "--fail-on", "--min-effect", "--rest_api_port"):
         assert flag in page, flag
+    for command in COMMANDS:
+        assert f"## tfsb {command.name}\n" in page, command.name
+    assert "usage: tfsb bench " in page and "usage: tfsb inspect " in page
 
 
 def test_the_readme_is_short_and_every_link_in_it_and_the_changelog_leads_somewhere():
