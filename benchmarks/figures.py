@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from loadtests.session import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "docs" / "data"
 KEPT = 10
@@ -80,14 +82,7 @@ class Figures:
 
 def machine() -> dict[str, Any]:
     """CPU model and count, memory, OS and Python: what a reader needs to weigh a figure."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     memory_gib = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from loadtests import validity
+from loadtests import report, reportpage, validity
+from loadtests.limits import LIMITS, MAX_PROBES
 from loadtests.payloads import wire_name
 
-MAX_PROBES = 20
 MIN_RATE_FRACTION = 1 / 64  # below start x this, the SLO is out of reach (capacity 0)
 GENERATOR_REASONS = ("started late", "generator-bound")
 MAX_WINDOW_FACTOR = 10  # a probe's window grows to support the SLO percentile, up to this x benchmark.duration
@@ -163,21 +163,10 @@ def search(cell: Cell, run_open: Callable[[float, float], dict], run_closed: Cal
             "probes": cell.probes}
 
 
-LIMITS = {
-    None: "",
-    "generator": "a lower bound: the load generator could not keep the schedule above it (add WORKERS)",
-    "slo": "the SLO is out of reach even at a trickle of requests",
-    "probes": f"the search stopped after {MAX_PROBES} probes before reaching the precision",
-    "pruned": "pruned: it missed the SLO at its first probe, already well below the best capacity found",
-}
-
-
 def write(results: Sequence[dict], out_dir: Path, slo) -> Path:
     """capacity.json: standard JSON, a probe's NaN (a window with no answers) written as null."""
-    from loadtests.report import _plain
-
     path = out_dir / "capacity.json"
-    path.write_text(json.dumps(_plain({"slo": slo.model_dump(), "slo_text": str(slo), "results": list(results)}),
+    path.write_text(json.dumps(report.plain({"slo": slo.model_dump(), "slo_text": str(slo), "results": list(results)}),
                                indent=2, allow_nan=False, default=lambda value: None) + "\n")
     return path
 
@@ -261,9 +250,9 @@ def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = 
 
 def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None) -> int:
     """Run the capacity search of every protocol x payload of `spec`; returns the exit code."""
-    from loadtests import report
-    from loadtests.bench import (EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_THRESHOLD, EXIT_UNINFORMATIVE,
-                                 Generators, _point_latest, record_history, session, uninformative)
+    from loadtests.session import (EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_THRESHOLD, EXIT_UNINFORMATIVE,
+                                   Generators, point_latest, record_history, report_server_death, session,
+                                   uninformative)
 
     generators = generators or Generators()
     spec = open_loop_spec(spec)
@@ -275,15 +264,14 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
             f"{settings.arrival} arrivals; writing to {current.run_dir}")
         results, _stopped = measure_cells(current, log, runs=runs)
     summary = current.summary(runs, generators, len(runs), capacity=results)
-    report.write(summary, current.run_dir)
+    reportpage.write(summary, current.run_dir)
     write(results, current.run_dir, slo)
-    _point_latest(current.run_dir)
+    point_latest(current.run_dir)
     log(terminal_table(results, slo))
     log("\n".join(report.threshold_lines(summary)))
     log(f"\nreport: {current.run_dir / 'report.html'}\ncapacity: {current.run_dir / 'capacity.json'}")
     record_history(spec, "capacity", summary, current.run_dir, log)
     if current.server_died:
-        from loadtests.bench import report_server_death
         report_server_death(current, len(runs), None, during="capacity search")
         return EXIT_FAILURES
     if summary["thresholds_passed"] is False:

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from loadtests import validity
+from loadtests.files import save_atomically
 from loadtests.figures import grouped
 from loadtests.report import fmt
 from spec.errors import SpecError, program
@@ -400,7 +401,6 @@ A change under the minimum effect ({result['min_effect_pct']:g}%) is <i>no chang
 def compare(path_a: Path, path_b: Path, fail_on: Optional[str] = None, min_effect: Optional[str] = None,
             output: Optional[Path] = None, log=print) -> int:
     """Compare two bench reports; writes compare.json and compare.html; returns 0, or 7 when --fail-on broke."""
-    from loadtests.payloads import save_atomically
 
     rules, effect = parse_fail_on(fail_on), parse_effect(min_effect)
     a, b = load_run(path_a, "A"), load_run(path_b, "B")

@@ -56,7 +56,7 @@ def floor_spec(spec: Spec, classes: int, base_path: Path) -> Spec:
 def run_floor(spec: Spec, version_dir: Path, run_dir: Path, steps: Sequence, backend: Optional[str], generators,
               log: Callable[[str], None]) -> dict:
     """Export, serve, check and sweep the floor model; its runs and facts for summary.json's `floor`."""
-    from loadtests import bench, run
+    from loadtests import run, session
 
     classes = output_classes(version_dir)
     floor = floor_spec(spec, classes, run_dir / "floor" / "models")
@@ -65,11 +65,11 @@ def run_floor(spec: Spec, version_dir: Path, run_dir: Path, steps: Sequence, bac
         f"({classes} classes), through the same {len(steps)} runs")
     payloads = tuple(dict.fromkeys(s.payload for s in steps))
     floor = floor.model_copy(update={"benchmark": floor.benchmark.model_copy(update={"payloads": payloads})})
-    with bench.session(floor, log, backend, generators, run_dir=run_dir / "floor") as current:
+    with session.session(floor, log, backend, generators, run_dir=run_dir / "floor") as current:
         results = run.sweep(steps, current.target, current.run_dir, current.per_request, current.payloads.sizes, log,
                             server_gone=current.server_gone, rules=current.rules)
     if current.server_died:
-        bench.report_server_death(current, len(results), len(steps), during="floor sweep")
+        session.report_server_death(current, len(results), len(steps), during="floor sweep")
     return {"model": floor.name, "classes": classes, "function": FLOOR_FUNCTION,
             "model_version_dir": str(current.version_dir), "report_dir": str(current.run_dir),
             "server_died": current.server_died, "correctness": current.checked, "runs": results}

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from loadtests import jsonfloat
+from loadtests.files import save_atomically
 from spec.errors import HarnessError
 
 DERIVED = ("image_height", "image_width")
@@ -302,7 +303,6 @@ class ForeignPayloadSet:
                    Plan.from_json(meta["plan"]), meta["batch_size"], meta["source"])
 
     def save(self, path: Path) -> None:
-        from loadtests.payloads import save_atomically
         save_atomically(path, self.to_bytes())
 
 

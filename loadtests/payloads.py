@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from loadtests import jsonfloat, wire
+from loadtests.files import save_atomically
 from server.tensors.dtypes import DType
 from spec.contract import (
     IMAGE_INPUT,
@@ -213,14 +214,6 @@ class Verdicts:
             self.known.clear()
         self.known[key] = verdict
         return verdict
-
-
-def save_atomically(path: Path, blob: bytes) -> None:
-    """A file (payloads, a tune checkpoint) written whole or not at all (readers never see a partial one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(blob)
-    partial.replace(path)
 
 
 def answer_spread(expected: np.ndarray) -> dict:

@@ -290,30 +290,12 @@ def plot_capacity(results: Sequence[dict], slo: dict, out_dir: Path) -> str:
     return "capacity.png"
 
 
-def _plain(value):
+def plain(value):
     """NaN/Inf become null: summary.json stays standard JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
-
-
-def write(summary: dict, out_dir: Path) -> None:
-    """summary.json (with its headline), PNG copies of the main plots and the interactive report.html."""
-    from loadtests import reportpage
-    from loadtests.figures import folded
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary["headline"] = reportpage.headline(summary)
-    (out_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2, allow_nan=False) + "\n")
-    runs = folded(summary["runs"]) if summary.get("capacity") is None else summary["runs"]
-    pngs = []
-    if runs:
-        pngs += plot(runs, out_dir)
-        pngs += filter(None, [plot_breakdown(runs, out_dir)])
-    if summary.get("capacity"):
-        pngs.append(plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir))
-    (out_dir / "report.html").write_text(reportpage.page(summary, out_dir, pngs))

@@ -175,7 +175,7 @@ def page_data(summary: dict, run_dir: Path) -> dict:
                                  "probes": [[p["offered_rps"], _finite(p.get(key)), "pass" if p["meets_slo"] else "fail",
                                              p["meets_slo"]] for p in sorted(c["probes"], key=lambda p: p["offered_rps"])]}
                                 for c in capacity]}
-    return report._plain(data)
+    return report.plain(data)
 
 
 def _chart(chart_id: str, note: str = "", picker: str = "") -> str:
@@ -228,3 +228,18 @@ def page(summary: dict, run_dir: Path, pngs: Sequence[str] = ()) -> str:
 <script>{(ASSETS / 'report.js').read_text()}</script>
 </body></html>
 """
+
+
+def write(summary: dict, out_dir: Path) -> None:
+    """summary.json (with its headline), PNG copies of the main plots and the interactive report.html."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary["headline"] = headline(summary)
+    (out_dir / "summary.json").write_text(json.dumps(report.plain(summary), indent=2, allow_nan=False) + "\n")
+    runs = folded(summary["runs"]) if summary.get("capacity") is None else summary["runs"]
+    pngs = []
+    if runs:
+        pngs += report.plot(runs, out_dir)
+        pngs += filter(None, [report.plot_breakdown(runs, out_dir)])
+    if summary.get("capacity"):
+        pngs.append(report.plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir))
+    (out_dir / "report.html").write_text(page(summary, out_dir, pngs))

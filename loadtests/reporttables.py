@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from typing import Optional
 
+from loadtests.limits import LIMITS
 from loadtests.report import fmt, level_text
 
 
@@ -107,7 +108,6 @@ def _capacity_section(summary: dict) -> str:
     results = summary.get("capacity")
     if not results:
         return ""
-    from loadtests.capacity import LIMITS
 
     esc = html.escape
     slo = summary["settings"]["slo"]

@@ -15,7 +15,12 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from loadtests import tunespace
+from loadtests import capacity, reportpage, tunereport, tunespace
+from loadtests.capacity import open_loop_spec
+from loadtests.history import tune_summary
+from loadtests.run import plan
+from loadtests.session import (EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators, new_run_dir, point_latest,
+                               record_history, session, with_monitoring)
 from spec.errors import HarnessError, SpecError
 
 TUNE_FILE = "tune.json"
@@ -134,8 +139,6 @@ def _starts(best: Optional[dict], baseline: Optional[dict], strategy: str, prune
 def run_trial(spec, config: dict, index: int, space: tunespace.Space, tune_dir: Path, backend: str, generators,
               starts: dict, prune: bool, log: Callable[[str], None], answers: dict) -> dict:
     """Deploy `config`, measure its capacity per cell, stop it; a deployment or answer failure is a failed trial."""
-    from loadtests import capacity, report
-    from loadtests.bench import session
     from spec.tuning import apply_config
 
     started = time.monotonic()
@@ -163,7 +166,7 @@ def run_trial(spec, config: dict, index: int, space: tunespace.Space, tune_dir: 
                             [], error=f"{type(exc).__name__}: {exc}")
     stopped = stopped or bool(current.server_died)
     summary = current.summary(runs, generators, len(runs), capacity=results, tune_trial=index)
-    report.write(summary, current.run_dir)
+    reportpage.write(summary, current.run_dir)
     capacity.write(results, current.run_dir, spec.benchmark.slo)
     record = trial_record(index, config, space.baseline, results, stopped, spec.benchmark.slo, started,
                           trial_dir, current.cells,
@@ -177,12 +180,7 @@ def run_trial(spec, config: dict, index: int, space: tunespace.Space, tune_dir: 
 
 def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None) -> int:
     """Search the configurations of `spec`'s tune section; returns the exit code."""
-    from deploy.deployment import already_serving, deployment_for
-    from loadtests import tunereport
-    from loadtests.bench import (EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators, _point_latest, _run_dir,
-                                 with_monitoring)
-    from loadtests.capacity import open_loop_spec
-    from loadtests.run import plan
+    from deploy.deployment import already_serving, deployment_for  # deferred: the docker SDK
 
     generators = generators or Generators()
     spec = with_monitoring(open_loop_spec(spec, "tune"), log)
@@ -203,10 +201,10 @@ def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None
         log(f"tune: resuming {tune_dir}: {len(state['trials'])} trials done, {state['elapsed_s'] / 60:.1f} of "
             f"{options.budget / 60:g} minutes of the budget used")
     else:
-        tune_dir = _run_dir(spec, "tune")
+        tune_dir = new_run_dir(spec, "tune")
         state = {"model": spec.name, "key": wanted, "report_dir": str(tune_dir), "complete": False, "trials": [],
                  "elapsed_s": 0.0, "answers": {}}
-        _point_latest(tune_dir)
+        point_latest(tune_dir)
     state.update(slo=slo.model_dump(), slo_text=str(slo), strategy=options.strategy, budget_s=options.budget,
                  backend=backend, cells=[list(c) for c in cells], min_gain=space.min_gain,
                  space={k: list(v) for k, v in space.values.items()}, baseline_config=space.baseline)
@@ -248,8 +246,6 @@ def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None
     result = _checkpoint(state, tune_dir, spec, space)
     log("\n" + tunereport.terminal(result))
     log(f"\ntune: {tune_dir / 'tune.html'}\n      {tune_dir / TUNE_FILE}")
-    from loadtests.bench import record_history
-    from loadtests.history import tune_summary
     record_history(spec, "tune", tune_summary(result, tune_dir), tune_dir, log)
     answers = result.get("answers") or {}
     if answers and not answers.get("informative", True) and not answers.get("accepted"):
@@ -264,8 +260,6 @@ def _expected_s(trials) -> float:
 
 def _checkpoint(state: dict, tune_dir: Path, spec, space) -> dict:
     """Write tune.json (and tune.html) from the trials so far; returns what was written."""
-    from loadtests import tunereport
-
     result = tunereport.assemble(state, spec, space)
     tunereport.write(result, tune_dir)
     return result

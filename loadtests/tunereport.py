@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from loadtests import tunespace
+from loadtests import report, tunespace
+from loadtests.files import save_atomically
 
 PARETO_PLOT = "pareto.png"
 
@@ -289,10 +290,8 @@ def html_page(result: dict, plot: Optional[str]) -> str:
 
 def write(result: dict, out_dir: Path) -> None:
     """tune.json replaced whole (a checkpoint interrupted mid-write leaves the previous one), then tune.html."""
-    from loadtests.payloads import save_atomically
-    from loadtests.report import _plain
 
-    text = json.dumps(_plain(result), indent=2, allow_nan=False, default=lambda value: None) + "\n"
+    text = json.dumps(report.plain(result), indent=2, allow_nan=False, default=lambda value: None) + "\n"
     save_atomically(out_dir / "tune.json", text.encode())
     plot = plot_pareto(result, out_dir) if result["complete"] else None
     (out_dir / "tune.html").write_text(html_page(result, plot))

@@ -26,6 +26,8 @@ from spec.contract import (
     SIGNATURE_KINDS,
     TENSOR_SIGNATURE,
 )
+from spec.tuning import TuneSpec
+from spec.units import parse_duration, parse_fraction, parse_slo
 from spec.yamlsource import YamlDocument
 
 PAYLOADS = ("image_b64", "tensor_row", "tensor_columnar")
@@ -258,23 +260,6 @@ class ServingSpec(_Strict):
 
 # ----------------------------------------------------------------------------------- benchmark
 
-def parse_duration(value: Any) -> float:
-    """'30s', '2m', '1h', '500ms' or a number of seconds, as seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '30s', '2m'")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(value))
-        if not match:
-            raise ValueError(f"'{value}' is not a duration; use e.g. 30s, 2m, 500ms")
-        scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
-        seconds = float(match.group(1)) * scale
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
 Duration = Annotated[float, Field(description="seconds, or a string like '30s', '2m'")]
 
 
@@ -295,44 +280,6 @@ class ImagesSpec(_Strict):
             if width < 1 or height < 1:
                 raise ValueError(f"[{width}, {height}] is not a valid resolution")
         return value
-
-
-def parse_slo(value: Any) -> dict:
-    """'p99:100ms' (or {percentile: 99, latency: 100ms}) as {'percentile': 99.0, 'latency_ms': 100.0}."""
-    if isinstance(value, dict):
-        unknown = set(value) - {"percentile", "latency"}
-        if unknown or set(value) != {"percentile", "latency"}:
-            raise ValueError("an SLO is 'p99:100ms' or a mapping with exactly the keys percentile and latency")
-        percentile, latency = value["percentile"], value["latency"]
-    else:
-        match = re.fullmatch(r"\s*p(\d+(?:\.\d+)?)\s*:\s*(\S+)\s*", str(value))
-        if not match:
-            raise ValueError(f"'{value}' is not an SLO; write a percentile and a latency, e.g. p99:100ms or p50:2s")
-        percentile, latency = match.group(1), match.group(2)
-    try:
-        percentile = float(percentile)
-    except (TypeError, ValueError):
-        raise ValueError(f"the SLO percentile {percentile!r} is not a number") from None
-    if not 0 < percentile < 100:
-        raise ValueError(f"the SLO percentile must be above 0 and below 100 (got {percentile:g})")
-    if isinstance(latency, (int, float)) and not isinstance(latency, bool):
-        raise ValueError(f"the SLO latency {latency!r} needs a unit, e.g. 100ms or 0.5s")
-    seconds = parse_duration(latency)
-    if seconds <= 0:
-        raise ValueError("the SLO latency must be above zero")
-    return {"percentile": percentile, "latency_ms": seconds * 1000.0}
-
-
-def parse_fraction(value: Any) -> float:
-    """'5%' or 0.05 as 0.05."""
-    if isinstance(value, bool):
-        raise ValueError("write a percentage such as 5% or a fraction such as 0.05")
-    text = str(value).strip()
-    try:
-        number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
-    except ValueError:
-        raise ValueError(f"'{value}' is not a percentage; write e.g. 5% or 0.05") from None
-    return number
 
 
 class SloSpec(_Strict):
@@ -488,7 +435,6 @@ class BenchmarkSpec(_Strict):
 
 # ------------------------------------------------------------------------------------ the spec
 
-from spec.tuning import TuneSpec  # noqa: E402  (it builds on _Strict and parse_duration above)
 
 
 class Spec(_Strict):

@@ -9,6 +9,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from spec.units import parse_duration, parse_fraction
+
 PositiveInts = Optional[tuple[int, ...]]
 ThreadCounts = Optional[tuple[Union[int, Literal["sized"]], ...]]
 
@@ -48,7 +50,6 @@ class TuneSpec(BaseModel):
     @field_validator("budget", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
-        from spec.schema import parse_duration
         seconds = parse_duration(value)
         if seconds <= 0:
             raise ValueError("the budget must be positive, e.g. 20m")
@@ -57,7 +58,6 @@ class TuneSpec(BaseModel):
     @field_validator("min_gain", "prune_below", mode="before")
     @classmethod
     def _fraction(cls, value: Any) -> float:
-        from spec.schema import parse_fraction
         return parse_fraction(value)
 
     @field_validator("batching", "max_batch_size", "batch_timeout_micros", "num_batch_threads",

@@ -150,7 +150,7 @@ def test_worker_samples_merge_into_one_window(tmp_path):
 
 
 def test_generators_are_checked_and_retarget_the_workers():
-    from loadtests.bench import Generators
+    from loadtests.session import Generators
 
     with pytest.raises(SpecError, match="MASTER_PORT"):
         Generators(remote_workers=2).check()
@@ -198,7 +198,7 @@ def test_a_busy_generator_is_flagged(tmp_path):
 
 
 def test_overrides_are_validated_like_the_spec(tmp_path):
-    from loadtests.bench import Overrides, apply_overrides
+    from loadtests.session import Overrides, apply_overrides
 
     spec = load_spec(REPO / "specs" / "digits_cnn.yaml")
     changed = apply_overrides(spec, Overrides(users="1, 2,16", duration="1m", protocols="grpc"))
@@ -226,7 +226,7 @@ def _run(protocol, wire, users, rps, p50, bound=False, failures=0):
 
 
 def test_report_files_and_terminal_ratios(tmp_path):
-    from loadtests import report
+    from loadtests import report, reportpage
 
     runs = [_run("rest", "image_b64", 1, 100.0, 10.0), _run("grpc", "image_bytes", 1, 125.0, 8.0),
             _run("rest", "image_b64", 4, 300.0, 13.0, bound=True), _run("grpc", "image_bytes", 4, 200.0, 20.0,
@@ -237,7 +237,7 @@ def test_report_files_and_terminal_ratios(tmp_path):
                                               "base_image_id": "sha256:0123456789abcdef0123"},
                "correctness": [{"protocol": "rest", "wire": "image_b64", "images": 3, "max_abs_diff": 1e-7,
                                 "top1_equal": True}], "runs": runs}
-    report.write(summary, tmp_path)
+    reportpage.write(summary, tmp_path)
     text = report.terminal_summary(summary)
     assert "1.25x" in text and "0.80x" in text  # p50 10/8 and rps 100/125 at one user
     assert "generator-bound" in text and "FAILED grpc image_bytes users=4: 5/100" in text
@@ -307,7 +307,7 @@ def test_answer_spread_says_when_no_check_could_fail():
 
 
 def test_exit_codes_order_failures_then_uninformative_then_invalid():
-    from loadtests.bench import exit_code
+    from loadtests.session import exit_code
 
     base = {"failed": False, "valid": True, "answers": {"informative": True}}
     assert exit_code(base) == 0

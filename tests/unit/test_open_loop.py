@@ -58,7 +58,7 @@ def test_slo_and_the_new_benchmark_keys_validate():
 
 
 def test_open_loop_overrides_are_validated_like_the_spec():
-    from loadtests.bench import Overrides, apply_overrides
+    from loadtests.session import Overrides, apply_overrides
     from spec.loader import load_spec
     from tests.conftest import REPO
 
