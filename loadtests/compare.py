@@ -37,7 +37,7 @@ from loadtests import validity
 from loadtests.files import save_atomically
 from loadtests.figures import grouped
 from loadtests.report import fmt
-from spec.errors import SpecError, program
+from spec.errors import SpecError, UsageError, program
 
 EXIT_REGRESSION = 7
 METRICS = ("p50", "p99", "rps")
@@ -70,12 +70,12 @@ def parse_fail_on(text: Optional[str]) -> list[FailOn]:
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         match = _RULE.match(part)
         if not match:
-            raise SpecError(f"--fail-on {part!r}: write metric:change, e.g. p99:+10% or rps:-5% (metrics "
+            raise UsageError(f"--fail-on {part!r}: write metric:change, e.g. p99:+10% or rps:-5% (metrics "
                             f"{', '.join(METRICS)})")
         metric, sign, number = match.groups()
         bad_sign = -1.0 if metric == "rps" else 1.0
         if sign and (sign == "-") != (bad_sign < 0):
-            raise SpecError(f"--fail-on {part!r}: a {'drop' if metric == 'rps' else 'rise'} is what makes "
+            raise UsageError(f"--fail-on {part!r}: a {'drop' if metric == 'rps' else 'rise'} is what makes "
                             f"{metric} worse: write {metric}:{'-' if bad_sign < 0 else '+'}{number}%")
         rules.append(FailOn(metric, bad_sign * float(number)))
     return rules
@@ -87,7 +87,7 @@ def parse_effect(text: Optional[str]) -> float:
     match = re.match(r"^\s*(\d+(?:\.\d*)?)\s*(%?)\s*$", text)
     value = float(match.group(1)) / (100.0 if match.group(2) or float(match.group(1)) >= 1 else 1.0) if match else -1
     if not 0 <= value < 1:
-        raise SpecError(f"--min-effect {text!r}: give a percentage below 100, e.g. 5%")
+        raise UsageError(f"--min-effect {text!r}: give a percentage below 100, e.g. 5%")
     return value
 
 
@@ -96,15 +96,15 @@ def load_run(path: Path, side: str) -> tuple[Path, dict]:
     path = Path(path)
     summary_file = path / "summary.json" if path.is_dir() else path
     if not summary_file.is_file():
-        raise SpecError(f"{side}={path}: no summary.json there; give a report directory such as "
+        raise UsageError(f"{side}={path}: no summary.json there; give a report directory such as "
                         "reports/<model>/<timestamp> (or reports/<model>/latest)")
     try:
         summary = json.loads(summary_file.read_text())
         summary["runs"]
     except (ValueError, KeyError, TypeError):
-        raise SpecError(f"{side}={summary_file}: not a bench summary.json (no runs)") from None
+        raise UsageError(f"{side}={summary_file}: not a bench summary.json (no runs)") from None
     if summary.get("capacity") is not None:
-        raise SpecError(f"{side}={path}: a capacity search, not a bench; compare matches bench runs (the capacity "
+        raise UsageError(f"{side}={path}: a capacity search, not a bench; compare matches bench runs (the capacity "
                         "of each search is in make history)")
     return summary_file.parent.resolve(), summary
 
@@ -115,7 +115,7 @@ def _blocks(run: dict, run_dir: Path, side: str) -> dict:
     """The run's samples cut into BLOCKS time blocks: good latencies per block and completions per block."""
     path = run_dir / "samples" / run["samples_file"]
     if not path.is_file():
-        raise SpecError(f"{side}: {path} is missing: compare recomputes every figure from the samples of the run")
+        raise UsageError(f"{side}: {path} is missing: compare recomputes every figure from the samples of the run")
     with np.load(path) as data:
         t, latency, ok, due = data["t"], data["latency_ms"], data["ok"], data["due"]
         meta = json.loads(data["meta"].tobytes())
@@ -236,12 +236,12 @@ def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, 
     each run): for comparison in tests."""
     (dir_a, sum_a), (dir_b, sum_b) = a, b
     if sum_a.get("mode") != sum_b.get("mode"):
-        raise SpecError(f"A is a {sum_a.get('mode')}-loop bench and B a {sum_b.get('mode')}-loop one: their levels "
+        raise UsageError(f"A is a {sum_a.get('mode')}-loop bench and B a {sum_b.get('mode')}-loop one: their levels "
                         "(users against rates) do not match")
     groups_a, groups_b = grouped(sum_a["runs"]), grouped(sum_b["runs"])
     common = [key for key in groups_a if key in groups_b]
     if not common:
-        raise SpecError(f"A ({dir_a}) and B ({dir_b}) have no protocol, payload and level in common: "
+        raise UsageError(f"A ({dir_a}) and B ({dir_b}) have no protocol, payload and level in common: "
                         f"A has {sorted(groups_a)}, B has {sorted(groups_b)}")
     rng = np.random.default_rng(seed)
     rows = []

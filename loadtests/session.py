@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from spec.errors import SpecError
+from spec.errors import SpecError, UsageError
 from spec.schema import BenchmarkSpec, Spec
 
 EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_UNINFORMATIVE, EXIT_THRESHOLD = 0, 1, 4, 5, 6  # user errors (2),
@@ -58,9 +58,9 @@ class Generators:
 
     def check(self) -> None:
         if self.workers < 0 or self.remote_workers < 0:
-            raise SpecError(f"WORKERS / REMOTE_WORKERS must be 0 or more (got {self.workers} / {self.remote_workers})")
+            raise UsageError(f"WORKERS / REMOTE_WORKERS must be 0 or more (got {self.workers} / {self.remote_workers})")
         if self.remote_workers and not self.master_port:
-            raise SpecError("REMOTE_WORKERS needs a fixed MASTER_PORT (e.g. 5557) that the remote workers connect to")
+            raise UsageError("REMOTE_WORKERS needs a fixed MASTER_PORT (e.g. 5557) that the remote workers connect to")
 
     def endpoints(self, rest_url: str, grpc_target: str) -> tuple[str, str]:
         """The deployment's endpoints with the host replaced by target_host, when given."""
@@ -95,7 +95,7 @@ def apply_overrides(spec: Spec, overrides: Overrides) -> Spec:
         # a rule between keys (max_duration >= duration) has no location: its message names the keys
         problems = "; ".join((f"{e['loc'][0]}={changed.get(e['loc'][0])!r}: " if e["loc"] else "") + e["msg"]
                              for e in exc.errors())
-        raise SpecError(f"command-line override: {problems}") from None
+        raise UsageError(f"command-line override: {problems}") from None
     if overrides.output_dir is not None:  # relative to where the command runs, not to the spec
         benchmark = benchmark.model_copy(update={"output_dir": Path(overrides.output_dir).resolve()})
     return spec.model_copy(update={"benchmark": benchmark})
@@ -114,7 +114,7 @@ def _tune_overrides(spec: Spec, overrides: Overrides) -> Spec:
         tune = TuneSpec.model_validate({**spec.tune.model_dump(), **changed})
     except ValidationError as exc:
         problems = "; ".join(f"{e['loc'][0]}={changed.get(e['loc'][0])!r}: {e['msg']}" for e in exc.errors())
-        raise SpecError(f"command-line override: {problems}") from None
+        raise UsageError(f"command-line override: {problems}") from None
     return spec.model_copy(update={"tune": tune})
 
 

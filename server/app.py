@@ -75,6 +75,10 @@ class Server:
             batching = load_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
         except ConfigError as exc:
             raise _config_failure(exc) from None
+        if batching is not None and batching.pad_variable_length_inputs:
+            log.warning("pad_variable_length_inputs: true in %s has no effect in the embedded server: requests whose "
+                        "inputs differ beyond the batch dimension are batched in separate queues, never padded",
+                        flags.batching_parameters_file)
         self.configs = _model_configs(flags)
         parallel = flags.tensorflow_session_parallelism
         options = LoadOptions(tags=tuple(t for t in flags.saved_model_tags.split(",") if t),

@@ -267,10 +267,6 @@ class Repository:
             for state in list(model.versions.values()):
                 self._unload(state)
 
-    def model_names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._models)
-
     # ------------------------------------------------------------------ requests
 
     def _resolve(self, name: str, version: Optional[int], label: Optional[str]) -> VersionState:
@@ -317,14 +313,3 @@ class Repository:
             elif not states:
                 raise NotFound(f"Could not find any versions of model {name}")
             return [VersionState(s.version, s.path, s.state, s.error_code, s.error_message) for s in states]
-
-    def wait_until_settled(self, timeout: float) -> bool:
-        """True once no version is LOADING (used by tests and startup)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while any(s.state == LOADING for m in self._models.values() for s in m.versions.values()):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True

@@ -180,7 +180,9 @@ class BatchingSpec(_Strict):
     num_batch_threads: int = Field(2, ge=1)
     max_enqueued_batches: int = Field(64, ge=1)
     allowed_batch_sizes: tuple[int, ...] = ()
-    pad_variable_length_inputs: bool = False
+    pad_variable_length_inputs: bool = Field(False, description="TF Serving pads inputs of different lengths to "
+                                             "batch them; the embedded server batches them in separate queues "
+                                             "instead, so there it has no effect (its log says so)")
 
     @model_validator(mode="after")
     def _allowed_sizes(self) -> "BatchingSpec":

@@ -85,7 +85,7 @@ def test_tensor_signature_fast_json_path_equals_grpc_tensor_content(server, digi
                                tf.make_ndarray(response.outputs["probabilities"]), atol=1e-6)
     ragged = body.replace(b"]], [[", b"], [", 1)
     status, error = server.http("POST", "/v1/models/digits_cnn:predict", ragged)
-    assert status == 400 and "Expecting" in error["error"] or "unexpected size" in error["error"], error
+    assert status == 400 and ("Expecting" in error["error"] or "unexpected size" in error["error"]), error
 
 
 def test_classify_with_b64_examples_over_rest(server, digits_pngs):

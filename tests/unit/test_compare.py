@@ -11,7 +11,7 @@ import pytest
 from loadtests import compare, history
 from loadtests.figures import folded, threshold_rows
 from loadtests.recorder import write_samples
-from spec.errors import SpecError
+from spec.errors import SpecError, UsageError
 from spec.loader import load_spec
 from spec.thresholds import broken, evaluate, parse
 from tests.conftest import write_spec
@@ -76,10 +76,10 @@ def test_fail_on_rules_and_minimum_effect_parse():
     assert [(r.metric, r.limit_pct) for r in compare.parse_fail_on("p99:+10%, rps:-5%,p50:3%")] == [
         ("p99", 10.0), ("rps", -5.0), ("p50", 3.0)]
     for bad in ("p99:+10", "p99:-10%", "rps:+5%", "latency:5%"):
-        with pytest.raises(SpecError, match="--fail-on"):
+        with pytest.raises(UsageError, match="--fail-on"):
             compare.parse_fail_on(bad)
     assert compare.parse_effect("5%") == 0.05 and compare.parse_effect("0.1") == 0.1 and compare.parse_effect("2") == 0.02
-    with pytest.raises(SpecError, match="--min-effect"):
+    with pytest.raises(UsageError, match="--min-effect"):
         compare.parse_effect("lots")
 
 
@@ -157,19 +157,19 @@ def test_compare_writes_json_and_html_and_exits_7_on_a_broken_rule(tmp_path, cap
 
 
 def test_compare_mistakes_are_one_line(tmp_path):
-    with pytest.raises(SpecError, match="no summary.json"):
+    with pytest.raises(UsageError, match="no summary.json"):
         compare.load_run(tmp_path, "A")
     (tmp_path / "summary.json").write_text(json.dumps({"runs": [], "capacity": []}))
-    with pytest.raises(SpecError, match="a capacity search"):
+    with pytest.raises(UsageError, match="a capacity search"):
         compare.load_run(tmp_path, "A")
     a = _side(tmp_path, "a", [np.full(50, 1.0)])
     b_dir, b = _side(tmp_path, "b", [np.full(50, 1.0)])
     b["runs"][0]["level"] = 4
-    with pytest.raises(SpecError, match="no protocol, payload and level in common"):
+    with pytest.raises(UsageError, match="no protocol, payload and level in common"):
         compare.compare_rows(a, (b_dir, b), 0.05)
     (b_dir / "samples" / "b0.npz").unlink()
     b["runs"][0]["level"] = 1
-    with pytest.raises(SpecError, match="is missing"):
+    with pytest.raises(UsageError, match="is missing"):
         compare.compare_rows(a, (b_dir, b), 0.05)
 
 

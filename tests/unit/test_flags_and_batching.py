@@ -121,3 +121,24 @@ def test_batching_parameters_file(tmp_path, testdata):
     bad.write_text("max_batch_size: 8\n")
     with pytest.raises(ConfigError, match="Invalid protobuf file"):
         load_batching_parameters(str(bad))
+
+
+def test_padding_variable_length_inputs_is_said_to_have_no_effect(tmp_path, caplog):
+    """TF Serving pads inputs of different lengths to batch them; ours batches them in separate queues, and says
+    so at startup instead of accepting the setting silently."""
+    from server.app import Server
+
+    file = tmp_path / "batching.txt"
+    for pad, warned in (("true", True), ("false", False)):
+        file.write_text(f"max_batch_size {{ value: 8 }}\npad_variable_length_inputs: {pad}\n")
+        flags, _ = parse(["--model_name=m", f"--model_base_path={tmp_path}", "--enable_batching=true",
+                          f"--batching_parameters_file={file}"])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="server"):
+            server = Server(flags)
+        assert server.batcher is not None
+        server.batcher.stop()
+        said = [r.getMessage() for r in caplog.records if "pad_variable_length_inputs" in r.getMessage()]
+        assert bool(said) == warned, said
+        if warned:
+            assert "has no effect in the embedded server" in said[0] and str(file) in said[0]

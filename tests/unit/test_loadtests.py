@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from spec.errors import SpecError
+from spec.errors import UsageError
 from spec.loader import load_spec
 from loadtests.payloads import PayloadSet, cells, probabilities_from_grpc, probabilities_from_rest
 from loadtests.recorder import write_samples
@@ -152,9 +152,9 @@ def test_worker_samples_merge_into_one_window(tmp_path):
 def test_generators_are_checked_and_retarget_the_workers():
     from loadtests.session import Generators
 
-    with pytest.raises(SpecError, match="MASTER_PORT"):
+    with pytest.raises(UsageError, match="MASTER_PORT"):
         Generators(remote_workers=2).check()
-    with pytest.raises(SpecError, match="0 or more"):
+    with pytest.raises(UsageError, match="0 or more"):
         Generators(workers=-1).check()
     Generators(workers=2).check()
     assert Generators().endpoints("http://127.0.0.1:8501", "127.0.0.1:8500") == ("http://127.0.0.1:8501",
@@ -204,11 +204,11 @@ def test_overrides_are_validated_like_the_spec(tmp_path):
     changed = apply_overrides(spec, Overrides(users="1, 2,16", duration="1m", protocols="grpc"))
     assert changed.benchmark.users == (1, 2, 16) and changed.benchmark.duration == 60.0
     assert changed.benchmark.protocols == ("grpc",) and changed.name == spec.name and changed.origin == spec.origin
-    with pytest.raises(SpecError, match="users"):
+    with pytest.raises(UsageError, match="users"):
         apply_overrides(spec, Overrides(users="0"))
-    with pytest.raises(SpecError, match="duration"):
+    with pytest.raises(UsageError, match="duration"):
         apply_overrides(spec, Overrides(duration="soon"))
-    with pytest.raises(SpecError, match="payloads"):
+    with pytest.raises(UsageError, match="payloads"):
         apply_overrides(spec, Overrides(payloads="png"))
 
 

@@ -10,7 +10,7 @@ from loadtests import validity
 from loadtests.capacity import Cell, probe_window, search, terminal_table
 from loadtests.run import Step, Target, locust_command, measure
 from loadtests.schedule import Schedule
-from spec.errors import SpecError
+from spec.errors import UsageError
 from spec.schema import BenchmarkSpec, SloSpec, parse_slo
 from tests.queueing import md1_percentile_ms
 from tests.unit.test_loadtests import _samples
@@ -69,7 +69,7 @@ def test_open_loop_overrides_are_validated_like_the_spec():
     for overrides, field in ((Overrides(mode="half-open"), "mode"), (Overrides(rates="10,-5"), "rates"),
                              (Overrides(arrival="bursty"), "arrival"), (Overrides(slo="99:100"), "slo"),
                              (Overrides(max_in_flight="0"), "max_in_flight"), (Overrides(precision="-5%"), "precision")):
-        with pytest.raises(SpecError, match=f"command-line override: {field}="):
+        with pytest.raises(UsageError, match=f"command-line override: {field}="):
             apply_overrides(spec, overrides)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from spec.jsonschema import render
-from spec.errors import SpecError
+from spec.errors import SpecError, UsageError
 from spec.loader import load_spec
 from spec.schema import parse_duration
 from tests.conftest import REPO, run_cli
@@ -198,5 +198,5 @@ def test_a_max_duration_override_shorter_than_duration_is_one_line(tmp_path):
     from loadtests.session import Overrides, apply_overrides
     from tests.conftest import write_spec
     spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.duration": "10s"}))
-    with pytest.raises(SpecError, match=r"command-line override: .*max_duration \(5 s\) is shorter than duration"):
+    with pytest.raises(UsageError, match=r"command-line override: .*max_duration \(5 s\) is shorter than duration"):
         apply_overrides(spec, Overrides(max_duration="5s"))  # a rule between keys has no location (was IndexError)
