@@ -48,7 +48,7 @@ def _port_free(host: str, port: int) -> None:
     """DeployError now when the demo page's own port is taken (not after an export)."""
     import socket
 
-    from deploy.embedded import DeployError
+    from deploy.base import DeployError
 
     with socket.socket() as probe:
         try:
@@ -59,22 +59,19 @@ def _port_free(host: str, port: int) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from deploy.deployment import bring_up, deployment_for, preflight
-    from deploy.embedded import DeployError
-    from exporter.export import ensure_exported, spec_labels
+    from deploy.deployment import DeployError, deployment_for, preflight  # deferred: the docker SDK
+    from exporter.export import ensure_exported, spec_labels  # deferred: TensorFlow
     from spec.errors import UsageError
     from spec.loader import load_spec
 
-    deployment, started = None, False
-    try:
-        spec = load_spec(args.spec)
-        if args.max_upload_mb <= 0:
-            raise UsageError(f"--max-upload-mb must be positive (got {args.max_upload_mb:g})")
-        deployment = deployment_for(spec, args.backend)
-        preflight(spec, deployment)  # the engine and the ports, before minutes of export or training
-        _port_free(args.host, args.port)
-        version_dir = ensure_exported(spec)
-        started = bring_up(spec, deployment)
+    spec = load_spec(args.spec)
+    if args.max_upload_mb <= 0:
+        raise UsageError(f"--max-upload-mb must be positive (got {args.max_upload_mb:g})")
+    deployment = deployment_for(spec, args.backend)
+    preflight(spec, deployment)  # the engine and the ports, before minutes of export or training
+    _port_free(args.host, args.port)
+    version_dir = ensure_exported(spec)
+    with deployment:  # serves the model (or uses the one already served) and stops what it started
         from demo.app import DemoConfig, DemoServer
         from demo.client import ModelClient
 
@@ -98,9 +95,6 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             server.server_close()
             client.close()
-    finally:
-        if started and deployment is not None:
-            deployment.stop()
     return 0
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from deploy import docker_client
-from deploy.embedded import OUR_SERVER, DeployError
+from deploy.base import DeployError, Deployment
+from deploy.embedded import OUR_SERVER
 from deploy.images import CONTAINER_PORTS, FLAVOURS, HARDENING, build, build_options, image_tag, prepare_context, serving_version
 from spec.schema import Spec
-from deploy.waiting import Endpoints
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,13 @@ def run_arguments(spec: Spec, tag: str) -> dict:
     return arguments
 
 
-class DockerDeployment:
+class DockerDeployment(Deployment):
     """The spec's model in a container built from dockerfiles/Dockerfile.<serving.image>."""
 
     backend = "docker"
 
     def __init__(self, spec: Spec, log: Callable[[str], None] = print):
-        self.spec = spec
-        self.log = log
-        self.endpoints = Endpoints(spec.serving.host, spec.serving.rest_port, spec.serving.grpc_port, spec.name)
+        super().__init__(spec, log)
         self.name = container_name(spec)
         self.tag: Optional[str] = None
         self.serving_version: Optional[str] = None

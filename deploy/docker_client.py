@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import os
 
-from deploy.embedded import DeployError
+from deploy.base import DeployError
 
 LABEL_MANAGED = "tfserve-bench.managed"
 LABEL_MODEL = "tfserve-bench.model"

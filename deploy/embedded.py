@@ -12,11 +12,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+from deploy.base import DeployError, Deployment
 from deploy.serving_config import ServerLayout, server_flags, write_configs
-from deploy.waiting import Endpoints
-from spec.errors import HarnessError
 from spec.schema import Spec
 
 PACKAGES = Path(__file__).resolve().parents[1]  # the directory holding the packages: a checkout, or site-packages
@@ -24,10 +23,6 @@ PACKAGES = Path(__file__).resolve().parents[1]  # the directory holding the pack
 # else under the working directory, never inside the installed code
 STATE_DIR = Path(os.environ.get("TFSB_STATE_DIR") or Path.cwd() / ".run")
 OUR_SERVER = "tfserve-bench embedded server"  # what provenance calls our server (TF Serving's is "TensorFlow Serving")
-
-
-class DeployError(HarnessError):
-    """A deployment cannot be started or stopped; the message says what and what to do."""
 
 
 def _cmdline(pid: int) -> str:
@@ -40,17 +35,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-class EmbeddedDeployment:
+class EmbeddedDeployment(Deployment):
     """One embedded server for one spec: start (detached or owned), find, stop, logs."""
 
     backend = "embedded"
 
-    def __init__(self, spec: Spec, state_dir: Path = STATE_DIR):
-        self.spec = spec
+    def __init__(self, spec: Spec, state_dir: Path = STATE_DIR, log: Callable[[str], None] = print):
+        super().__init__(spec, log)
         self.dir = state_dir / f"{spec.name}-{spec.serving.rest_port}"
         self.pid_file = self.dir / "server.pid"
         self.log_file = self.dir / "server.log"
-        self.endpoints = Endpoints(spec.serving.host, spec.serving.rest_port, spec.serving.grpc_port, spec.name)
         self._proc: Optional[subprocess.Popen] = None
 
     @property

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from deploy import docker_client
-from deploy.embedded import STATE_DIR, DeployError
+from deploy.base import DeployError
+from deploy.embedded import STATE_DIR
 from deploy.serving_config import ServerLayout, server_flags, write_configs
 from spec.resources import package_dir
 from spec.schema import Spec

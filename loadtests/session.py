@@ -157,7 +157,7 @@ def provenance(spec: Spec, version_dir: Path, deployment, reused: bool) -> dict:
     from importlib.metadata import version
 
     image = deployment.image  # (for docker, also learns the serving version of a container found running)
-    serving_version = getattr(deployment, "serving_version", None)
+    serving_version = deployment.serving_version
     if serving_version is None and deployment.backend == "embedded":
         from server.version import SERVER_VERSION
         serving_version = SERVER_VERSION
@@ -275,7 +275,7 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
     Yields a Session with a fresh report directory and the Locust target; the deployment this started is stopped
     however the block ends (Ctrl-C included).
     """
-    from deploy.deployment import bring_up, deployment_for, preflight
+    from deploy.deployment import deployment_for, preflight  # deferred: TensorFlow (exporter), the docker SDK
     from exporter.export import ensure_exported
     from loadtests import correctness, run, validity
     from loadtests.payloads import answer_spread, load_or_build, payload_plan, request_bytes
@@ -297,9 +297,7 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
     settings = spec.benchmark
     cells = [(s.protocol, s.payload) for s in run.plan([1], settings.protocols, settings.payloads)]
     spec = with_monitoring(spec, log)
-    deployment = deployment_for(spec, backend)
-    started = bring_up(spec, deployment, log)
-    try:
+    with deployment_for(spec, backend, log) as deployment:  # stops what it started, however the block ends
         payloads, payload_file = load_or_build(spec, version_dir, settings.payloads, log, plan=plan)
         endpoints = deployment.endpoints
         log(f"correctness: {len(payloads)} images x {len(cells)} protocol/payload pairs against the in-process answer")
@@ -329,7 +327,7 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
                             payload_file=payload_file, warmup_s=settings.warmup, duration_s=settings.duration,
                             max_duration_s=settings.longest, stability_percent=settings.stability_percent,
                             judged_percentile=validity.Rules.of(settings).judged_percentile,
-                            spawn_rate=settings.spawn_rate, server_pid=getattr(deployment, "server_pid", None),
+                            spawn_rate=settings.spawn_rate, server_pid=deployment.server_pid,
                             metrics_url=metrics_url(rest_url, spec.serving.monitoring.path),
                             workers=generators.workers, remote_workers=generators.remote_workers,
                             master_bind=generators.master_bind, master_port=generators.master_port,
@@ -342,17 +340,13 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
             if generators.remote_workers and target.master_bind in ("127.0.0.1", "localhost"):
                 log("  note: the master listens on loopback, so only workers on this machine can join "
                     "(MASTER_BIND sets the address; TARGET_HOST the server's address as the workers see it)")
-        current = Session(spec, version_dir, deployment, started, payloads, payload_file, checked, per_request,
-                          target, run_dir, validity.Rules.of(settings), answers, cells)
+        current = Session(spec, version_dir, deployment, deployment.started, payloads, payload_file, checked,
+                          per_request, target, run_dir, validity.Rules.of(settings), answers, cells)
         try:
             yield current
         finally:
             current.server_died = current.server_gone()
             current.server_log = deployment.logs() if current.server_died else ""
-    finally:
-        if started:
-            log(f"stopping the {deployment.backend} deployment this run started")
-            deployment.stop()
 
 
 def report_server_death(current: Session, measured: int, planned: Optional[int], during: str = "sweep") -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import sys
 
-import deploy.deployment
+import deploy.base
 from deploy.embedded import DeployError
 
 REFUSAL = "the server refused this configuration (a stand-in for a failed deployment)"
-_real_bring_up = deploy.deployment.bring_up
+_real_bring_up = deploy.base.bring_up
 
 
 def _bring_up(spec, deployment, log=print):
@@ -19,7 +19,7 @@ def _bring_up(spec, deployment, log=print):
 
 
 if __name__ == "__main__":
-    deploy.deployment.bring_up = _bring_up
+    deploy.base.bring_up = _bring_up  # what entering a deployment calls
     from loadtests.__main__ import main
 
     sys.exit(main(["tune", *sys.argv[1:]]))

@@ -1,0 +1,80 @@
+"""The Deployment protocol (deploy/base.py): both backends implement it, and `with` stops exactly what it
+started, however the block ends."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from deploy import base
+from deploy.base import Deployment
+from deploy.containers import DockerDeployment
+from deploy.embedded import EmbeddedDeployment
+from spec.loader import load_spec
+
+
+class Recorded(Deployment):
+    backend = "recorded"
+    image = "none"
+    server_identity = {}
+
+    def __init__(self, spec):
+        super().__init__(spec, log=lambda line: None)
+        self.calls = []
+
+    def preflight(self):
+        self.calls.append("preflight")
+
+    def start(self):
+        self.calls.append("start")
+
+    def stop(self):
+        self.calls.append("stop")
+        return True
+
+    def alive(self):
+        return None
+
+    def logs(self):
+        return ""
+
+
+@pytest.fixture()
+def spec(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: toy
+        model:
+          source: {kind: keras_application, application: MobileNetV2, weights: null}
+        """))
+    return load_spec(path)
+
+
+@pytest.mark.parametrize("already_served", [False, True])
+def test_with_stops_only_what_it_started_even_on_an_error(spec, monkeypatch, already_served):
+    def bring_up(spec_, deployment, log):
+        if already_served:
+            return False
+        deployment.start()
+        return True
+    monkeypatch.setattr(base, "bring_up", bring_up)
+    deployment = Recorded(spec)
+    with pytest.raises(KeyboardInterrupt):
+        with deployment as entered:
+            assert entered is deployment and deployment.started is not already_served
+            raise KeyboardInterrupt
+    assert deployment.calls == ([] if already_served else ["start", "stop"])
+    assert not deployment.started
+
+
+def test_both_backends_are_deployments_and_an_incomplete_one_is_refused(spec):
+    assert issubclass(EmbeddedDeployment, Deployment) and issubclass(DockerDeployment, Deployment)
+    embedded = EmbeddedDeployment(spec)
+    assert embedded.endpoints.rest_port == spec.serving.rest_port and embedded.serving_version is None
+    assert embedded.server_pid is None and embedded.alive() == "no embedded server is running"
+
+    class Incomplete(Deployment):
+        def start(self):
+            pass
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(spec)
