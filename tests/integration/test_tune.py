@@ -1,7 +1,9 @@
 """make tune against the embedded server, on models whose answer is known by construction:
 
-* weight_bound (a 200 MB weight matrix read per batch): batching pays, and tune must find it (>= 1.5x);
-* compute_bound (arithmetic per image): batching saves nothing, and tune must not recommend it, saying why;
+* weight_bound (a 200 MB weight matrix read per batch): batching pays, and tune must find it (past min_gain, in
+  capacity and in server CPU per request);
+* compute_bound (arithmetic per image): batching does not raise the capacity, and tune must not recommend
+  it, saying why from the CPU per request it measured;
 * digits_cnn: a search in which one configuration fails to deploy records it as failed and goes on, and once
   interrupted it resumes where it stopped, with nothing left running.
 
@@ -122,8 +124,15 @@ def test_tune_keeps_batching_off_where_it_does_not_pay_and_says_why(tmp_path):
     verdict = result["batching"]
     assert not verdict["recommended"] and "batching is not recommended" in verdict["why"], verdict
     assert "in the batching queue" in verdict["why"] and verdict["queue_ms"] > 0
-    assert verdict["cost_measure"] == "server_core_ms_per_request"
-    assert verdict["runtime_gain"] < 1.0 + result["min_gain"], verdict  # the CPU per request did not fall
+    assert verdict["cost_measure"] == "server_core_ms_per_request" and verdict["runtime_gain"] > 0
+    # the explanation follows the measured CPU per request: batches of 2-3 convolutions can cost up to a fifth less
+    # per image (a CI run: 12.8 against 10.5 core-ms, 1.21x), which the queue time then eats up; or nothing less
+    bar = 1.0 + result["min_gain"]
+    explained = ("a runtime gain that the queue time and the batch timeout eat up" if verdict["runtime_gain"] >= bar
+                 else "queue time without a runtime gain")
+    assert explained in verdict["why"], verdict
+    assert result["trials"][1]["capacity_rps"] <= bar * result["trials"][0]["capacity_rps"] \
+        or result["trials"][0]["status"] == "limited", result["headline"]  # batching's capacity gain is no gain
     assert verdict["why"] in done.stdout
     _nothing_running(spec_path)
 
