@@ -78,6 +78,39 @@ def _check_shape(alias: str, spec: TensorSpec, shape: tuple[int, ...]) -> None:
                           f"an input of rank {len(spec.shape)} {wanted} (tensor {spec.name})")
 
 
+# Op libraries TF Serving's binary links beside TensorFlow's own: a SavedModel whose graph uses their ops loads
+# there. Ours registers them by importing the Python package, once, and only when a graph needs an op that is not
+# registered yet (TF Text's import costs a second and some memory); without the package, loading fails as in a
+# binary without them: "Op type not registered ...".
+OP_LIBRARIES = ("tensorflow_text",)
+
+
+def _unregistered_ops(meta_graph) -> set[str]:
+    from tensorflow.python.framework import op_def_registry
+
+    graph = meta_graph.graph_def
+    used = {node.op for node in graph.node}
+    used |= {node.op for function in graph.library.function for node in function.node_def}
+    defined = {function.signature.name for function in graph.library.function}
+    return {op for op in used - defined if op_def_registry.get(op) is None}
+
+
+def register_ops_for(meta_graph) -> set[str]:
+    """Import the op libraries a graph needs (see OP_LIBRARIES); returns the ops still not registered."""
+    import importlib
+
+    missing = _unregistered_ops(meta_graph)
+    for library in OP_LIBRARIES:
+        if not missing:
+            break
+        try:
+            importlib.import_module(library)
+        except ImportError:
+            continue
+        missing = _unregistered_ops(meta_graph)
+    return missing
+
+
 @dataclass
 class LoadedModel:
     """A loaded version. `run` is thread-safe."""
@@ -107,7 +140,9 @@ class LoadedModel:
             with graph.as_default():
                 # SavedModelLoader is what tf.compat.v1.saved_model.loader.load wraps, minus its deprecation log
                 from tensorflow.python.saved_model import loader_impl
-                meta_graph = loader_impl.SavedModelLoader(str(path)).load(session, list(options.tags))
+                loader = loader_impl.SavedModelLoader(str(path))
+                register_ops_for(loader.get_meta_graph_def_from_tags(list(options.tags)))
+                meta_graph = loader.load(session, list(options.tags))
         except tf.errors.OpError as exc:
             session.close()
             raise error_for_code(exc.error_code, f"Failed to load SavedModel at {path}: {exc.message}") from None

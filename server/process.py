@@ -65,8 +65,9 @@ class ServerProcess:
                 self._reader.join(5)
                 raise ServerFailed(f"server exited {self.proc.returncode}:\n{self.logs()[-3000:]}")
             if time.monotonic() > deadline:
+                said = self.logs()[-3000:]  # before stop() closes the log
                 self.stop()
-                raise ServerFailed(f"server not ready in {startup_timeout}s:\n{self.logs()[-3000:]}")
+                raise ServerFailed(f"server not ready in {startup_timeout}s:\n{said}")
         self.startup_output = "".join(self._lines)
 
     def _copy_stderr(self) -> None:
