@@ -29,6 +29,24 @@ def testdata() -> Path:
 # mechanics, which is what the short bench tests check (the rules themselves are tested with stand-ins and unit tests)
 NOISE = ("generator-bound", "Little's law does not hold")
 
+ATTEMPTS = 3  # a run the harness itself flags as generator-limited (late starts, CPU) is measured again
+
+
+def generator_kept_up(reasons) -> bool:
+    """False when a run's invalid reasons say the load generator could not keep its schedule or lacked CPU."""
+    return not any(r.startswith("generator-bound") or "started late" in r for r in reasons)
+
+
+def measured_while_the_generator_keeps_up(measure, kept_up):
+    """`measure()` again (up to ATTEMPTS) while the harness says the load generator could not keep up: on a busy
+    2-core machine the generator loses its CPU to other processes, which the run reports rather than hides. The
+    checks then apply, unweakened, to a run the harness vouches for."""
+    for attempt in range(1, ATTEMPTS + 1):
+        result = measure()
+        if kept_up(result) or attempt == ATTEMPTS:
+            return result
+        print(f"attempt {attempt}: the generator could not keep up (the machine is busy); measuring again")
+
 
 def write_spec(directory: Path, base: str | Path, **overrides) -> Path:
     """Copy an example spec into `directory` with dotted-key overrides, e.g. {'export.base_path': '/x'}."""

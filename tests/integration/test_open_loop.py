@@ -17,6 +17,7 @@ from loadtests.capacity import Cell, search
 from loadtests.payloads import request_bytes
 from loadtests.run import Step, Target, run_and_measure
 from spec.schema import SloSpec
+from tests.conftest import generator_kept_up, measured_while_the_generator_keeps_up
 from tests.queueing import md1_percentile_ms
 
 pytestmark = pytest.mark.slow
@@ -44,22 +45,8 @@ def _runner(server, payloads, out_dir, rules, protocol="rest", **changes):
     return run
 
 
-ATTEMPTS = 3  # a run the harness itself flags as generator-limited (late starts, CPU) is measured again
-
-
-def _generator_kept_up(entry: dict) -> bool:
-    return not any(r.startswith("generator-bound") or "started late" in r for r in entry["invalid_reasons"])
-
-
-def _measured_while_the_generator_keeps_up(measure, kept_up=_generator_kept_up):
-    """`measure()` again (up to ATTEMPTS) while the harness says the load generator could not keep up: on a busy
-    2-core machine the generator loses its CPU to other processes, which the run reports rather than hides. The
-    checks then apply, unweakened, to a run the harness vouches for."""
-    for attempt in range(1, ATTEMPTS + 1):
-        entry = measure()
-        if kept_up(entry) or attempt == ATTEMPTS:
-            return entry
-        print(f"attempt {attempt}: the generator could not keep up (the machine is busy); measuring again")
+def _measured_while_the_generator_keeps_up(measure, kept_up=lambda entry: generator_kept_up(entry["invalid_reasons"])):
+    return measured_while_the_generator_keeps_up(measure, kept_up)
 
 
 def test_capacity_matches_the_queue_theory_predicts(payloads, tmp_path):
