@@ -43,7 +43,8 @@ from loadtests.schedule import ARRIVALS, Schedule  # noqa: E402
 from loadtests.servermetrics import Scraper  # noqa: E402
 from loadtests.settling import Window, facts as settled_facts, measure_until_settled  # noqa: E402
 from loadtests.validity import Rules  # noqa: E402
-from loadtests.users import GrpcUser, LoadContext, OpenLoop, RestUser, render_rest_request  # noqa: E402
+from loadtests.openloop import OpenLoop  # noqa: E402
+from loadtests.users import GrpcUser, LoadContext, RestUser, render_rest_request  # noqa: E402
 
 __all__ = ["RestUser", "GrpcUser"]
 DEFAULT_SPEC = "specs/mobilenet_v2.yaml"
@@ -235,7 +236,7 @@ def _grace_s(window: Window, drain_s: float) -> float:
     return min(drain_s, window.width_s / 2.0)
 
 
-@events.test_stop.add_listener
+@events.test_stopping.add_listener  # before Locust stops the users: the driver's task then ends by itself
 def _stop_open_loop(environment, **_kwargs) -> None:
     ctx = getattr(environment, "loadtest", None)
     if ctx is not None and ctx.open_loop is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import gevent
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from loadtests import validity
 from loadtests.capacity import Cell, probe_window, search, terminal_table
 from loadtests.run import Step, Target, locust_command, measure
 from loadtests.schedule import Schedule
+from loadtests.openloop import OpenLoop, drive_open_loop
 from spec.errors import UsageError
 from spec.schema import BenchmarkSpec, SloSpec, parse_slo
 from tests.queueing import md1_percentile_ms
@@ -251,3 +253,38 @@ def test_capacity_on_the_confidence_bound_counts_only_rates_whose_bound_meets_th
     bound_rules = validity.Rules(min_tail_samples=1, judge_on_bound=True, confidence=0.99)
     assert probe_window(10.0, 99, bound_rules, 10.0) == pytest.approx(459 * 1.15 / 10.0)
     assert probe_window(10.0, 99, validity.Rules(min_tail_samples=1), 10.0) == pytest.approx(100 * 1.15 / 10.0)
+
+
+class _Context:
+    """What drive_open_loop needs of a run's LoadContext."""
+
+    def __init__(self, loop):
+        self.open_loop = loop
+        self.outstanding = 0
+
+    def in_flight(self, delta: int, since=None) -> None:
+        self.outstanding += delta
+
+    def next_image(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("rate, cap", [(200.0, 1000), (0.01, 1000), (200.0, 2)],
+                         ids=["sending", "a slow schedule", "waiting under the cap"])
+def test_the_open_loop_driver_returns_when_the_run_stops(rate, cap):
+    """Locust waits --stop-timeout (10 s) for a task that does not end: the driver (and an idle second user) must
+    end on OpenLoop.stop, which test_stopping calls before Locust stops the users. Before, every open-loop step
+    and capacity probe lasted 10 s longer than it measured."""
+    loop = OpenLoop(Schedule(rate, "constant"), max_in_flight=cap, late_tolerance_s=0.005)
+    ctx, started = _Context(loop), []
+    loop.start()
+    users = [gevent.spawn(drive_open_loop, ctx, lambda image, due, number: started.append(number))
+             for _ in range(2)]  # the second idles: one driver per process
+    gevent.sleep(0.2)  # long enough to send; not long enough for the slow schedule's second request
+    assert started and (len(started) == cap if cap < 1000 else True), started  # the cap holds the driver
+    loop.stop()
+    gevent.joinall(users, timeout=5)  # a hang detector, not a timing: without the stop they never end
+    assert all(user.dead for user in users)
+    sent = len(started)
+    gevent.sleep(0.05)
+    assert len(started) == sent  # nothing is sent after the stop
