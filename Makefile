@@ -112,17 +112,20 @@ clean: ## remove exported models, reports, caches and our docker containers and 
 
 venv: $(READY) ## create .venv, install the pinned dependencies and build the C helpers
 
-test: $(READY) ## run the whole test suite (unit, integration, docker)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# tests that wait run TEST_WORKERS at a time (pytest-xdist), then those that measure load run alone (tests/tiers.py)
+TEST_WORKERS ?= 2
+
+test: $(READY) ## run the whole test suite (unit, integration, docker) in its two tiers
+	TEST_WORKERS=$(TEST_WORKERS) $(PY) -m tests.tiers $(PYTEST_ARGS)
 
 test-unit: $(READY) ## the unit tests: fast, nothing exported, no server started
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	TEST_WORKERS=$(TEST_WORKERS) $(PY) -m tests.tiers tests/unit $(PYTEST_ARGS)
 
 test-integration: $(READY) ## the integration tests: real exports and servers on free loopback ports
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	TEST_WORKERS=$(TEST_WORKERS) $(PY) -m tests.tiers tests/integration $(PYTEST_ARGS)
 
 test-docker: $(READY) ## the Docker tests: a real engine (dockerd), offline stand-in images under tags of our own
-	$(PY) -m pytest tests/docker $(PYTEST_ARGS)
+	TEST_WORKERS=$(TEST_WORKERS) $(PY) -m tests.tiers tests/docker $(PYTEST_ARGS)
 
 test-fast: test-unit ## the unit tests (its name before test-unit)
 

@@ -90,6 +90,7 @@ def _assert_hardened(container) -> None:
     assert identity.split()[0] == "1000" and "0000000000000000" in identity, identity
 
 
+@pytest.mark.measures  # its bench's validity is judged: it runs alone, with the other measuring tests
 def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits_export, engine, tf_serving_standin,
                                                                  testdata):
     also = write_spec(tmp_path, "specs/half_plus_two.yaml", **{

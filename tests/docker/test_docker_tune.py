@@ -12,7 +12,7 @@ from deploy.docker_client import LABEL_MANAGED, LABEL_MODEL
 from tests.conftest import run_cli, write_spec
 from tests.serverproc import free_port
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.measures]
 
 
 def test_tune_on_docker_records_an_image_that_cannot_be_built_and_goes_on(tmp_path, digits_export, engine,

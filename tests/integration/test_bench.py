@@ -18,7 +18,7 @@ from loadtests.payloads import PayloadSet, load_or_build
 from tests.conftest import NOISE, REPO, generator_kept_up, measured_while_the_generator_keeps_up, run_cli, write_spec
 from tests.serverproc import ServerProcess, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 
 
 def _bench_spec(tmp_path, digits_export, **overrides):

@@ -22,7 +22,7 @@ from spec.loader import load_spec
 from tests.grpcproxy import DelayProxy
 from tests.serverproc import ServerProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 
 MONITORING = 'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n'
 DELAY_MS = 50.0

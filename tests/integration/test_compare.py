@@ -16,7 +16,7 @@ from tests.grpcproxy import DelayProxy
 from tests.postgres import PostgresServer
 from tests.serverproc import ServerProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 
 MONITORING = 'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n'
 DELAY_S = 0.040

@@ -17,7 +17,7 @@ from loadtests.payloads import SCORE_TOLERANCE
 from tests.conftest import NOISE, REPO, run_cli, write_spec
 from tests.serverproc import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 DEFAULT_SPEC = "specs/mobilenet_v2.yaml"
 
 

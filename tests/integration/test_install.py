@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO, write_spec
 from tests.serverproc import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 
 LEFT_OUT = shutil.ignore_patterns(".git", ".venv", "build", "reports", "models", ".run", "__pycache__", "*.egg-info",
                                   ".pytest_cache", ".hypothesis")

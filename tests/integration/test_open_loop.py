@@ -20,7 +20,7 @@ from spec.schema import SloSpec
 from tests.conftest import generator_kept_up, measured_while_the_generator_keeps_up
 from tests.queueing import md1_percentile_ms
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from tests import tutorial_models
 from tests.conftest import NOISE, run_cli
 from tests.serverproc import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 
 
 def _spec(tmp_path, model_dir, input_size, benchmark=None, preprocessing="unit"):

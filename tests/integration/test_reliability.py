@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import run_cli, write_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 
 
 def test_quick_reliability_scenarios_all_pass(tmp_path, digits_export):

@@ -17,7 +17,7 @@ from loadtests import validity
 from loadtests.payloads import request_bytes
 from loadtests.run import Step, Target, run_and_measure
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 
 RULES = validity.Rules(min_duration_s=1.0)
 DURATION_S, WARMUP_S = 6.0, 1.0  # sub-windows of 2 s; the change comes 4 s after the first request: mid-window

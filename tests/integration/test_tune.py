@@ -27,7 +27,7 @@ from tests.conftest import REPO, run_cli, write_spec
 from tests.serverproc import free_port
 from tests.tunefail import REFUSAL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures]
 
 SHORT = {"benchmark.duration": "3s", "benchmark.warmup": "1s", "benchmark.min_duration": "2s",
          "benchmark.precision": "20%", "benchmark.images.count": 4, "benchmark.late_tolerance": "20ms",

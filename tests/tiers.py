@@ -1,0 +1,58 @@
+"""`make test`: the suite in two tiers, so that waiting overlaps and measuring does not.
+
+1. Tests that wait (servers starting, exports, Docker builds, browsers, fuzzing) run TEST_WORKERS at a time with
+   pytest-xdist, a file per worker (`--dist loadfile`: a module's server or Docker image is set up once).
+2. Tests marked `measures` (they judge latency, throughput or a run's validity) run one at a time afterwards, with
+   both cores to themselves, as they always have.
+
+    python -m tests.tiers [pytest arguments]     e.g. tests/integration -k open_loop --durations=30
+
+TEST_WORKERS=0 (or a -m/-n of your own among the arguments) runs one plain pytest instead. The exit code is
+pytest's: the first tier's failure if it failed, else the second's; 5 only if neither tier collected a test.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+NOTHING_COLLECTED = 5
+INTERRUPTED = 2
+
+
+def tiers(args: list[str], workers: int) -> list[tuple[str, list[str]]]:
+    """(title, pytest arguments) per tier."""
+    if workers <= 1 or any(a in ("-m", "-n") or a.startswith(("-n", "--numprocesses")) for a in args):
+        return [("the tests", args)]
+    return [(f"tests that wait, {workers} at a time", ["-n", str(workers), "--dist", "loadfile",
+                                                       "-m", "not measures", *args]),
+            ("tests that measure, one at a time", ["-m", "measures", *args])]
+
+
+def combined(codes: list[int]) -> int:
+    ran = [code for code in codes if code != NOTHING_COLLECTED]
+    if not ran:
+        return NOTHING_COLLECTED
+    return next((code for code in ran if code != 0), 0)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        workers = int(os.environ.get("TEST_WORKERS") or 2)
+    except ValueError:
+        print(f"TEST_WORKERS={os.environ['TEST_WORKERS']!r} is not a number: give how many test processes "
+              "run at once (0 or 1: one plain pytest)", file=sys.stderr)
+        return 4
+    plan = tiers(argv, workers)
+    codes = []
+    for number, (title, args) in enumerate(plan, 1):
+        if len(plan) > 1:
+            print(f"== tier {number} of {len(plan)}: {title}", flush=True)
+        codes.append(subprocess.call([sys.executable, "-m", "pytest", *args]))
+        if codes[-1] == INTERRUPTED:
+            break  # Ctrl-C stops the suite, not only its tier
+    return combined(codes)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
