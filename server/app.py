@@ -126,7 +126,8 @@ class Server:
                                        flags.grpc_max_threads, flags.max_request_bytes,
                                        flags.enable_serialization_as_tensor_content, credentials=self._credentials(),
                                        channel_args=channel_args, socket_path=flags.grpc_socket_path,
-                                       health=flags.enable_grpc_healthcheck_service)
+                                       health=flags.enable_grpc_healthcheck_service,
+                                       profiler=flags.enable_profiler)
             except BindError as exc:
                 raise StartupError(str(exc)) from None
             self.grpc.start()

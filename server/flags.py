@@ -73,7 +73,7 @@ NO_EFFECT = {"enable_per_model_batching_parameters", "num_load_threads", "num_un
              "flush_filesystem_caches", "tensorflow_session_config_file", "platform_config_file",
              "per_process_gpu_memory_fraction", "remove_unused_fields_from_bundle_metagraph",
              "num_tflite_pools", "num_tflite_interpreters_per_pool", "enable_signature_method_name_check",
-             "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled", "enable_profiler",
+             "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled",
              "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
              "use_alts_credentials"}
 

@@ -204,7 +204,7 @@ class GrpcServer:
                  port: Optional[int],
                  max_threads: int, max_request_bytes: int, tensor_content: bool = False,
                  credentials: Optional[grpc.ServerCredentials] = None, channel_args: tuple = (),
-                 socket_path: str = "", health: bool = False):
+                 socket_path: str = "", health: bool = False, profiler: bool = False):
         options = [("grpc.max_receive_message_length", min(max_request_bytes, MAX_MESSAGE)),
                    ("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0), *channel_args]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
@@ -222,6 +222,10 @@ class GrpcServer:
             for service in HEALTH_SERVICES:
                 self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if profiler:  # tensorflow.ProfilerService on this port, as TF Serving's --enable_profiler
+            from server.profiler import ProfilerService
+
+            self._server.add_generic_rpc_handlers((ProfilerService().handler(),))
         self.port = self._listen(f"{host}:{port}", credentials) if port is not None else 0  # 0: a free port
         self.socket_path = socket_path
         if socket_path:
