@@ -46,12 +46,13 @@ LOAD_ARGS = $(strip $(if $(DURATION),--duration $(DURATION)) $(if $(MAX_DURATION
 
 ##@ Use the harness
 
-bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open RATES=10,20 DURATION= MAX_DURATION= WORKERS= FLOOR=1)
+bench: $(READY) ## benchmark SPEC over REST and gRPC (USERS=1,4,16 or MODE=open RATES=10,20 DURATION= MAX_DURATION= WORKERS= FLOOR=1 PROFILE=1)
 	$(TFSB) bench --spec $(SPEC) $(strip $(LOAD_ARGS) $(if $(USERS),--users $(USERS)) \
-	  $(if $(MODE),--mode $(MODE)) $(if $(RATES),--rates $(RATES)) $(if $(FLOOR),--floor $(FLOOR)))
+	  $(if $(MODE),--mode $(MODE)) $(if $(RATES),--rates $(RATES)) $(if $(FLOOR),--floor $(FLOOR)) \
+	  $(if $(PROFILE),--profile))
 
-capacity: $(READY) ## highest rate within a latency SLO per protocol x payload: make capacity SLO=p99:100ms [PRECISION=5%] [SLO_CONFIDENCE=0.99]
-	$(TFSB) capacity --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION))
+capacity: $(READY) ## highest rate within a latency SLO per protocol x payload: make capacity SLO=p99:100ms [PRECISION=5%] [SLO_CONFIDENCE=0.99] [PROFILE=1]
+	$(TFSB) capacity --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION)) $(if $(PROFILE),--profile)
 
 tune: $(READY) ## best TF Serving config under an SLO: make tune SLO=p99:200ms [BUDGET=20m] [STRATEGY=quick|grid]
 	$(TFSB) tune --spec $(SPEC) $(LOAD_ARGS) $(if $(PRECISION),--precision $(PRECISION)) \

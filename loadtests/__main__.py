@@ -58,11 +58,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           strategy=getattr(args, "strategy", None))
     generators = Generators(workers=args.workers, remote_workers=args.remote_workers, master_bind=args.master_bind,
                             master_port=args.master_port, target_host=args.target_host)
-    return main_bench(args.spec, overrides, args.backend, generators=generators, command=command)
+    return main_bench(args.spec, overrides, args.backend, generators=generators, command=command,
+                      profile=getattr(args, "profile", False))
 
 
 def main_bench(spec_path: Path, overrides, backend: Optional[str] = None, log: Callable[[str], None] = print,
-               generators=None, command: str = "bench") -> int:
+               generators=None, command: str = "bench", profile: bool = False) -> int:
     """Load and override the spec, run bench, capacity or tune, and turn every user-facing failure into one line."""
     from loadtests.session import Generators, apply_overrides
     from spec.loader import load_spec
@@ -78,13 +79,28 @@ def main_bench(spec_path: Path, overrides, backend: Optional[str] = None, log: C
                 log(f"tune: serving.tuned ({spec.serving.tuned}) is not applied: the baseline is the spec's own "
                     "serving section")
             return tune(spec, log, backend, generators)
+        if profile:
+            check_profile(spec, backend, generators)
         if command == "capacity":
             from loadtests.capacity import capacity
-            return capacity(spec, log, backend, generators)
+            return capacity(spec, log, backend, generators, profile=profile)
         from loadtests.bench import bench
-        return bench(spec, log, backend, generators)
+        return bench(spec, log, backend, generators, profile=profile)
 
     return run_command(body, interrupted="interrupted: the deployment this run started has been stopped")
+
+
+def check_profile(spec, backend: Optional[str], generators) -> None:
+    """--profile needs the server to write its trace where this machine reads it: before anything is deployed."""
+    from spec.errors import UsageError
+
+    if (backend or spec.serving.backend) != "embedded":
+        raise UsageError("--profile: the server writes its trace on its own file system, which is the container's "
+                         "with the docker backend: use --backend embedded (or trace the container yourself with "
+                         "tf.profiler.experimental.client.trace and a mounted folder)")
+    if generators.target_host:
+        raise UsageError(f"--profile: the server at {generators.target_host} writes its trace on its own machine: "
+                         "run the bench there, or drop --target-host")
 
 
 def parse_args(argv: Sequence[str], command: str = "bench"):
@@ -122,6 +138,12 @@ def parse_args(argv: Sequence[str], command: str = "bench"):
     parser.add_argument("--protocols", help="rest,grpc (default: benchmark.protocols)")
     parser.add_argument("--payloads", help="image_b64,tensor_row,tensor_columnar (default: benchmark.payloads)")
     parser.add_argument("--output-dir", help="reports go to <dir>/<model>/<timestamp>/ (default: benchmark.output_dir)")
+    if command in ("bench", "capacity"):
+        parser.add_argument("--profile", action="store_true",
+                            help="trace the server (tensorflow.ProfilerService on its gRPC port) over "
+                            + ("the first run's window" if command == "bench" else
+                               "one more window at each cell's capacity")
+                            + ", into <report>/profile/ for TensorBoard (embedded backend, this machine)")
     parser.add_argument("--backend", choices=["embedded", "docker"], help="override serving.backend")
     group = parser.add_argument_group("distributed load (Locust master and workers)")
     group.add_argument("--workers", type=int, default=0, help="local Locust worker processes per run (default 0: one "

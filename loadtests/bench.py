@@ -11,7 +11,7 @@ from spec.schema import Spec
 
 
 def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str] = None,
-          generators: Generators = Generators()) -> int:
+          generators: Generators = Generators(), profile: bool = False) -> int:
     """Run the whole benchmark for `spec`; returns the process exit code (see EXIT_*)."""
     with session(spec, log, backend, generators) as current:
         settings = current.spec.benchmark  # the payloads as resolved for the served signatures
@@ -26,7 +26,8 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
         log(f"sweep: {len(steps)} {settings.mode}-loop runs ({levels}{times}), about {total / 60:.1f} minutes; "
             f"writing to {current.run_dir}")
         results = run.sweep(steps, current.target, current.run_dir, current.per_request, current.payloads.sizes, log,
-                            server_gone=current.server_gone, rules=current.rules)
+                            server_gone=current.server_gone, rules=current.rules,
+                            profile_dir=current.run_dir / "profile" if profile else None)
         for step, entry in zip(steps, results):
             entry["repeat"] = int(step.tag[3:]) if step.tag.startswith("rep") else 1
     floor = None
@@ -44,6 +45,8 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
     point_latest(current.run_dir)
     log(report.terminal_summary(summary))
     log(f"\nreport: {current.run_dir / 'report.html'}\nsummary: {current.run_dir / 'summary.json'}")
+    if profile and results:
+        log(report.profile_line(results[0], current.run_dir))
     record_history(spec, "bench", summary, current.run_dir, log)
     if current.server_died:
         report_server_death(current, len(results), len(steps))

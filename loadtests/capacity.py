@@ -195,11 +195,12 @@ class _ServerStopped(Exception):
 
 
 def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = None, prune: bool = False,
-                  runs: Optional[list] = None) -> tuple[list[dict], bool]:
+                  runs: Optional[list] = None, profile: bool = False) -> tuple[list[dict], bool]:
     """The capacity search of every cell of a session (bench.Session) whose spec is in open mode.
 
     `starts` maps (protocol, payload) to a starting rate (see search); every measured run entry is appended to
-    `runs`. Returns the cells' results and whether the server stopped (the search then ends early).
+    `runs`. Returns the cells' results and whether the server stopped (the search then ends early). With
+    `profile`, one more window at each cell's capacity traces the server (`result["profile"]`); it is not a probe.
     """
     import dataclasses
 
@@ -210,12 +211,13 @@ def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = 
     runs = [] if runs is None else runs
     results: list[dict] = []
 
-    def measured(step, window_s: float, warmup_s: float) -> dict:
+    def measured(step, window_s: float, warmup_s: float, profile_dir=None) -> dict:
         # a probe's window may be longer than benchmark.duration: it may settle for as many times longer; an open
         # probe stops settling once each of its last sub-windows is over the SLO (it fails however long it runs)
         longest = current.target.longest_s * window_s / current.target.duration_s
         target = dataclasses.replace(current.target, duration_s=window_s, warmup_s=warmup_s, max_duration_s=longest,
-                                     fail_over=(slo.percentile, slo.latency_ms) if step.rate is not None else None)
+                                     fail_over=(slo.percentile, slo.latency_ms) if step.rate is not None else None,
+                                     profile_dir=profile_dir)
         log(f"  [{len(runs) + 1}] {step.label}: warm-up {warmup_s:g}s, measuring {window_s:.0f}s")
         entry = run.run_and_measure(step, target, current.run_dir, current.per_request, current.payloads.sizes,
                                     current.rules, current.server_gone)
@@ -242,13 +244,21 @@ def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = 
             start = (starts or {}).get((protocol, payload))
             results.append(search(cell, run_open, run_closed, slo, current.rules, settings.duration,
                                   settings.precision, settings.failure_threshold, log, start=start, prune=prune))
+            rate = results[-1]["capacity_rps"]
+            if profile and rate:
+                log(f"  the server traced at the capacity, {rate:.4g} req/s:")
+                traced = measured(run.Step(protocol, payload, rate=rate, tag="profile"), settings.duration,
+                                  settings.warmup, profile_dir=current.run_dir / "profile")
+                results[-1]["profile"] = {"offered_rps": rate, "p50_ms": traced["p50_ms"],
+                                          **(traced.get("profile") or {"file": None, "error": "no trace reported"})}
     except _ServerStopped:
         log("the server stopped: the search ends here")
         return results, True
     return results, False
 
 
-def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None) -> int:
+def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None,
+             profile: bool = False) -> int:
     """Run the capacity search of every protocol x payload of `spec`; returns the exit code."""
     from loadtests.session import (EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_THRESHOLD, EXIT_UNINFORMATIVE,
                                    Generators, point_latest, record_history, report_server_death, session,
@@ -262,7 +272,7 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
     with session(spec, log, backend, generators) as current:
         log(f"capacity at {slo}: {len(current.cells)} protocol/payload cells, precision {settings.precision:.0%}, "
             f"{settings.arrival} arrivals; writing to {current.run_dir}")
-        results, _stopped = measure_cells(current, log, runs=runs)
+        results, _stopped = measure_cells(current, log, runs=runs, profile=profile)
     summary = current.summary(runs, generators, len(runs), capacity=results)
     reportpage.write(summary, current.run_dir)
     write(results, current.run_dir, slo)
@@ -270,6 +280,11 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
     log(terminal_table(results, slo))
     log("\n".join(report.threshold_lines(summary)))
     log(f"\nreport: {current.run_dir / 'report.html'}\ncapacity: {current.run_dir / 'capacity.json'}")
+    for result in results:
+        if profile and result.get("profile"):
+            log(report.profile_line({"profile": result["profile"], "protocol": result["protocol"],
+                                     "wire": result["wire"], "offered_rps": result["profile"]["offered_rps"]},
+                                    current.run_dir))
     record_history(spec, "capacity", summary, current.run_dir, log)
     if current.server_died:
         report_server_death(current, len(runs), None, during="capacity search")

@@ -38,6 +38,7 @@ from loadtests.distributed import SAMPLES_WAIT_S as distributed_samples_wait  # 
 from loadtests.distributed import MasterSide, WorkerSide  # noqa: E402
 from loadtests.leangrpc import grpc_message  # noqa: E402
 from loadtests.payloads import GRPC_WIRE, PayloadSet  # noqa: E402
+from loadtests.profiling import WindowTrace  # noqa: E402
 from loadtests.recorder import Recorder, write_samples  # noqa: E402
 from loadtests.schedule import ARRIVALS, Schedule  # noqa: E402
 from loadtests.servermetrics import Scraper  # noqa: E402
@@ -74,6 +75,9 @@ def _arguments(parser) -> None:
                        "percentile of each of the last three sub-windows is above MS (it fails however long it runs)")
     parser.add_argument("--server-pid", type=int, default=0, include_in_web_ui=False,
                        help="pid of the model server, to report its CPU use over the window")
+    parser.add_argument("--profile-into", default="", include_in_web_ui=False,
+                        help="DIR: trace the server over the measured window (tensorflow.ProfilerService on the gRPC "
+                        "target) into DIR, in TensorBoard's layout")
     parser.add_argument("--metrics-url", default="", include_in_web_ui=False,
                        help="the server's Prometheus page, scraped as the window opens and closes")
     parser.add_argument("--grpc-client", default="lean", choices=["lean", "grpcio"],
@@ -276,6 +280,10 @@ def _init(environment, **_kwargs) -> None:
 
         def begin() -> None:
             runner.stats.reset_all()  # Locust's own CSV/HTML then cover the measured time only
+            if options.profile_into:  # the server's trace opens and closes with the window
+                environment.profile = WindowTrace(_endpoints(options)[1], Path(options.profile_into),
+                                                  Path(options.samples_out).stem or "window", measure[2])
+                environment.profile.begin()
             _begin_window(environment, recorder)
             if master:
                 environment.cluster.begin_window()
@@ -290,6 +298,8 @@ def _init(environment, **_kwargs) -> None:
             return at
 
         def end(span, settled: dict) -> None:
+            if getattr(environment, "profile", None) is not None:
+                environment.profile.end()
             if master:  # its window (and the server's CPU) ends now; the workers close (and drain) theirs
                 recorder.end_window(span=span, settled=settled)
                 environment.worker_samples = environment.cluster.end_window(
@@ -329,15 +339,17 @@ def _init(environment, **_kwargs) -> None:
             if parts:  # none at all: no samples file, and the bench reports the step's log
                 window = recorder.window[1] - recorder.window[0] if recorder.window else None
                 write_samples(Path(options.samples_out), parts, recorder.server_cpu_percent, time.time(), window,
-                              extra=_run_facts(options, recorder))
+                              extra=_run_facts(options, recorder, environment))
         elif not isinstance(runner, WorkerRunner):
-            recorder.save(Path(options.samples_out), time.time(), extra=_run_facts(options, recorder))
+            recorder.save(Path(options.samples_out), time.time(), extra=_run_facts(options, recorder, environment))
 
 
-def _run_facts(options, recorder: Recorder) -> dict:
+def _run_facts(options, recorder: Recorder, environment) -> dict:
     """What the samples file says about how the load was offered, and the server's metrics around the window."""
     scrapes = recorder.scraper.facts() if recorder.scraper is not None else {}
     scrapes["settled"] = recorder.settled
+    if getattr(environment, "profile", None) is not None:
+        scrapes["profile"] = environment.profile.outcome()
     if not options.rate:
         return {"mode": "closed", **scrapes}
     return {**scrapes, "mode": "open", "offered_rps": options.rate, "arrival": options.arrival, "seed": options.seed,

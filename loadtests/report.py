@@ -299,3 +299,16 @@ def plain(value):
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
+
+
+def profile_line(entry: dict, run_dir: Path) -> str:
+    """Where a traced run's server profile is (--profile), or why there is none."""
+    profile = entry.get("profile") or {}
+    level = entry.get("level_text") or (f"{entry['offered_rps']:g} req/s" if entry.get("offered_rps")
+                                        else f"{entry.get('users')} users")
+    where = f"{entry['protocol']} {entry['wire']} at {level}"
+    if not profile.get("file"):
+        return f"profile: none for {where}: {profile.get('error') or 'the run did not report one'}"
+    return (f"profile: the server over {where}'s window: {run_dir / profile['file']}\n"
+            f"  tensorboard --logdir {run_dir / 'profile'}  (the Profile tab)"
+            + (f"\n  note: {profile['error']}" if profile.get("error") else ""))

@@ -9,6 +9,7 @@ each worker is one more `locust --worker` process on this machine, or on another
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -97,6 +98,8 @@ class Target:
     drain_s: float = 10.0
     # a capacity probe's SLO (percentile, ms): an unsettled run stops once each of its last sub-windows is over it
     fail_over: Optional[tuple[float, float]] = None
+    # trace the server over the measured window into this folder (bench/capacity --profile)
+    profile_dir: Optional[Path] = None
 
     @property
     def longest_s(self) -> float:
@@ -153,6 +156,8 @@ def locust_command(step: Step, target: Target, out_dir: Path, master_port: Optio
         command += ["--server-pid", str(target.server_pid)]
     if target.metrics_url:
         command += ["--metrics-url", target.metrics_url]
+    if target.profile_dir is not None:
+        command += ["--profile-into", str(target.profile_dir)]
     return command + [USER_CLASS[step.protocol]]
 
 
@@ -264,6 +269,11 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
         "locust_html": f"locust/{step.slug}.html",
     }
     entry.update(settling_fields(meta.get("settled") or {}, window))
+    if meta.get("profile"):  # the server's trace of this window (--profile): its path relative to the run's folder
+        profile, run_dir = dict(meta["profile"]), samples_path.resolve().parents[1]
+        if profile["file"] and Path(profile["file"]).is_relative_to(run_dir):
+            profile["file"] = str(Path(profile["file"]).relative_to(run_dir))
+        entry["profile"] = profile
     entry.update(bound_fields(good, rules))
     key_t = due if open_loop else t
     entry["sub_windows"] = validity.sub_windows(t, key_t, ok, latency, window, rules.judged_percentile,
@@ -345,17 +355,21 @@ def run_and_measure(step: Step, target: Target, out_dir: Path, request_bytes: di
 
 def sweep(steps: Sequence[Step], target: Target, out_dir: Path, request_bytes: dict, sizes,
           log: Callable[[str], None] = print, server_gone: Callable[[], Optional[str]] = lambda: None,
-          rules: validity.Rules = validity.Rules()) -> list[dict]:
+          rules: validity.Rules = validity.Rules(), profile_dir: Optional[Path] = None) -> list[dict]:
     """Run every step in order, printing progress; returns one summary entry per step.
 
     After each step `server_gone()` is asked why the server is not running (None: it is): a dead server ends the
-    sweep there, since every further run would only measure connection errors.
+    sweep there, since every further run would only measure connection errors. With `profile_dir`, the server is
+    traced over the first run's window into it.
     """
     results = []
     for number, step in enumerate(steps, 1):
+        traced = profile_dir is not None and number == 1
         log(f"[{number}/{len(steps)}] {step.label}: warm-up {target.warmup_s:g}s, measuring {target.duration_s:g}s"
-            + (f" (up to {target.longest_s:g}s until it settles)" if target.longest_s > target.duration_s else ""))
-        entry = run_and_measure(step, target, out_dir, request_bytes, sizes, rules, server_gone)
+            + (f" (up to {target.longest_s:g}s until it settles)" if target.longest_s > target.duration_s else "")
+            + (", the server traced" if traced else ""))
+        entry = run_and_measure(step, dataclasses.replace(target, profile_dir=profile_dir) if traced else target,
+                                out_dir, request_bytes, sizes, rules, server_gone)
         log(describe(entry))
         results.append(entry)
         gone = server_gone()

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator, Union
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -74,25 +75,29 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes, wanted: int):
-    """The length-delimited fields numbered `wanted` of one serialized message (wire types 0, 1, 2 and 5)."""
+def wire_fields(data: bytes) -> Iterator[tuple[int, int, Union[int, bytes]]]:
+    """(field number, wire type, value) of one serialized message, read from the wire: an int for a varint (0),
+    bytes for a length-delimited field (2) and for fixed 64- and 32-bit ones (1, 5)."""
     at = 0
     while at < len(data):
         key, at = _varint(data, at)
         number, kind = key >> 3, key & 7
         if kind == 0:
-            _, at = _varint(data, at)
-        elif kind == 1:
-            at += 8
-        elif kind == 5:
-            at += 4
-        elif kind == 2:
+            value, at = _varint(data, at)
+            yield number, kind, value
+            continue
+        if kind == 2:
             size, at = _varint(data, at)
-            if number == wanted:
-                yield data[at:at + size]
-            at += size
+        elif kind in (1, 5):
+            size = 8 if kind == 1 else 4
         else:
-            raise ValueError(f"wire type {kind} in an XSpace")
+            raise ValueError(f"wire type {kind} (groups) in a profiler message")
+        yield number, kind, data[at:at + size]
+        at += size
+
+
+def _messages_in(data: bytes, number: int) -> Iterator[bytes]:
+    return (value for n, kind, value in wire_fields(data) if n == number and kind == 2)
 
 
 def has_events(xspace: bytes) -> bool:
@@ -100,7 +105,8 @@ def has_events(xspace: bytes) -> bool:
 
     Read from the wire, not parsed: TensorFlow's C++ writes names that are not always valid UTF-8, which Python's
     protobuf refuses in a proto3 string field."""
-    return any(True for plane in _fields(xspace, 1) for line in _fields(plane, 3) for _ in _fields(line, 4))
+    return any(True for plane in _messages_in(xspace, 1) for line in _messages_in(plane, 3)
+               for _ in _messages_in(line, 4))
 
 
 class ProfilerService:

@@ -44,6 +44,17 @@ def _ran_cleanly(result, summary_dir) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+def _traced(run_dir, profile: dict) -> None:
+    """--profile: the server's trace of the window, beside the report, with the model's runs in it."""
+    from server.profiler import has_events
+
+    assert profile["file"] and profile["error"] is None, profile
+    trace = run_dir / profile["file"]
+    assert trace.parent.parent == run_dir / "profile" / "plugins" / "profile"  # TensorBoard's layout
+    data = trace.read_bytes()
+    assert has_events(data) and b"digits_cnn" in data, len(data)  # the model's own ops ran in it
+
+
 def _server_side_agrees(r: dict) -> None:
     """The server's own account of a run (its Prometheus deltas) against the client's."""
     server = r["server"]
@@ -73,10 +84,13 @@ def _port_free(port: int) -> bool:
 def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
     spec_path = _bench_spec(tmp_path, digits_export)
     spec = load_spec(spec_path)
-    result = run_cli("-m", "loadtests", "bench", "--spec", str(spec_path))
+    result = run_cli("-m", "loadtests", "bench", "--spec", str(spec_path), "--profile")
     latest = tmp_path / "reports" / "digits_cnn" / "latest"
     _ran_cleanly(result, latest)
     assert "REST/gRPC" in result.stdout and "correctness: top-1 equal everywhere" in result.stdout
+    _traced(latest, json.loads((latest / "summary.json").read_text())["runs"][0]["profile"])  # the first run only
+    assert not any("profile" in r for r in json.loads((latest / "summary.json").read_text())["runs"][1:])
+    assert "tensorboard --logdir" in result.stdout
     assert latest.is_symlink()
     summary = json.loads((latest / "summary.json").read_text())
     runs = summary["runs"]
@@ -330,7 +344,7 @@ def test_capacity_command_writes_capacity_json_and_its_plot(tmp_path, digits_exp
     assert missing.returncode == 2 and "capacity needs a latency objective" in missing.stderr
     assert "Traceback" not in missing.stderr
     result = run_cli("-m", "loadtests", "capacity", "--spec", str(spec_path), "--slo", "p90:40ms",
-                     "--precision", "50%")
+                     "--precision", "50%", "--profile")
     assert result.returncode in (0, 4), result.stdout[-3000:] + result.stderr[-3000:]
     latest = tmp_path / "reports" / "digits_cnn" / "latest"
     capacity = json.loads((latest / "capacity.json").read_text())
@@ -345,6 +359,8 @@ def test_capacity_command_writes_capacity_json_and_its_plot(tmp_path, digits_exp
         assert cell["limited_by"] == "generator"
     else:
         assert cell["limited_by"] is None and min(failing) <= 1.5 * cell["capacity_rps"]  # bracketed to 50%
+    assert cell["profile"]["offered_rps"] == cell["capacity_rps"]  # one more window, at the capacity: not a probe
+    _traced(latest, cell["profile"])
     summary = json.loads((latest / "summary.json").read_text())
     assert summary["mode"] == "open" and len(summary["runs"]) == len(cell["probes"])
     page = (latest / "report.html").read_text()
