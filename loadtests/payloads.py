@@ -27,6 +27,8 @@ from loadtests import jsonfloat, wire
 from loadtests.files import save_atomically
 from server.tensors.dtypes import DType
 from spec.contract import (
+    CONTRACT_PAYLOADS,
+    DEFAULT_PAYLOADS,
     IMAGE_INPUT,
     IMAGE_SIGNATURE,
     OUTPUT,
@@ -38,7 +40,7 @@ from spec.errors import HarnessError
 SIGNATURE_FOR = {"image_b64": IMAGE_SIGNATURE, "tensor_row": TENSOR_SIGNATURE, "tensor_columnar": TENSOR_SIGNATURE}
 GRPC_WIRE = {"image_b64": IMAGE_INPUT, "tensor_row": "tensor_content", "tensor_columnar": "tensor_content",
              "tensor_uint8": "tensor_content"}  # tensor_uint8: only for a SavedModel's own uint8 image input
-PAYLOADS = tuple(SIGNATURE_FOR)
+PAYLOADS = CONTRACT_PAYLOADS  # through the harness's own signatures (SIGNATURE_FOR)
 # answers may differ by float noise (batching, thread counts); a top-1 within this of the max is the same answer
 SCORE_TOLERANCE = 1e-4
 INFORMATIVE_SPREAD = 10 * SCORE_TOLERANCE  # answers must differ between images by more than this
@@ -404,9 +406,6 @@ def check_signatures(spec, version_dir: Path, payload_names: Sequence[str]) -> N
         if problem:
             raise PayloadError(f"{version_dir}: signature '{name}' ({_describe_inputs(signature)}) cannot take "
                                f"{user}: {problem}; {fix}")
-
-
-DEFAULT_PAYLOADS = ("image_b64", "tensor_row")
 
 
 def payload_plan(spec, version_dir: Path, payload_names: Sequence[str]):

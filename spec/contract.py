@@ -16,3 +16,10 @@ CLASSIFY_OUTPUTS = ("classes", "scores")  # top-k labels and their scores
 OUTPUT = "probabilities"                 # [N, classes], of serving_default and predict_tensor
 
 SIGNATURE_KINDS = (IMAGE_SIGNATURE, TENSOR_SIGNATURE, CLASSIFY_SIGNATURE)
+
+# What a bench sends (benchmark.payloads, PAYLOADS=): the first three through this contract's signatures (image_b64
+# to IMAGE_SIGNATURE, the float tensors to TENSOR_SIGNATURE); tensor_uint8 only into a SavedModel's own uint8 image
+# input (a model benchmarked through its own signature)
+CONTRACT_PAYLOADS = ("image_b64", "tensor_row", "tensor_columnar")
+PAYLOADS = CONTRACT_PAYLOADS + ("tensor_uint8",)
+DEFAULT_PAYLOADS = ("image_b64", "tensor_row")

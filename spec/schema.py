@@ -22,7 +22,9 @@ from pydantic import (
 
 from spec.contract import (
     CLASSIFY_SIGNATURE,
+    DEFAULT_PAYLOADS,
     IMAGE_SIGNATURE,
+    PAYLOADS,
     SIGNATURE_KINDS,
     TENSOR_SIGNATURE,
 )
@@ -30,7 +32,6 @@ from spec.tuning import TuneSpec
 from spec.units import parse_duration, parse_fraction, parse_slo
 from spec.yamlsource import YamlDocument
 
-PAYLOADS = ("image_b64", "tensor_row", "tensor_columnar")
 SOURCE_KINDS = ("keras_application", "keras_file", "saved_model", "builder")
 
 
@@ -310,8 +311,7 @@ class BenchmarkSpec(_Strict):
     warmup: Duration = 5.0
     spawn_rate: float = Field(50.0, gt=0)
     protocols: tuple[Literal["rest", "grpc"], ...] = ("rest", "grpc")
-    payloads: tuple[Literal["image_b64", "tensor_row", "tensor_columnar", "tensor_uint8"], ...] = (
-        "image_b64", "tensor_row")
+    payloads: tuple[Literal[PAYLOADS], ...] = DEFAULT_PAYLOADS
     signature: Optional[str] = Field(
         None, description="A SavedModel served as is with signatures of its own: the predict signature to benchmark "
         "(default serving_default); its image input is fed from the photos, every other input from extra_inputs")

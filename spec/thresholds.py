@@ -20,8 +20,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
+from spec.contract import PAYLOADS
+
 PROTOCOLS = ("rest", "grpc")
-PAYLOADS = ("image_b64", "tensor_row", "tensor_columnar", "tensor_uint8")
 METRICS = {"p50_ms": "p50 latency (ms)", "p90_ms": "p90 latency (ms)", "p95_ms": "p95 latency (ms)",
            "p99_ms": "p99 latency (ms)",
            **{f"p{q}_ms_upper": f"upper confidence bound of p{q} (ms; benchmark.slo_confidence, default 99%)"

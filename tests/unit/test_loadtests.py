@@ -332,3 +332,21 @@ def test_answer_spread_of_a_signature_without_numeric_outputs_says_so():
 
     spread = answer_spread(np.zeros((4, 0)))
     assert not spread["informative"] and "no numeric output" in spread["reason"]
+
+
+def test_payload_names_are_spelled_once_in_the_contract():
+    """spec/contract.py names the payloads; the spec schema, the thresholds, the payload builders and the foreign
+    (own-signature) planner all take them from there, so a new payload cannot be half-added."""
+    from typing import get_args
+
+    from loadtests.foreign import IMAGE_PAYLOADS
+    from loadtests.payloads import GRPC_WIRE, SIGNATURE_FOR
+    from spec import contract, thresholds
+    from spec.schema import BenchmarkSpec
+
+    (literal,) = get_args(BenchmarkSpec.model_fields["payloads"].annotation)[:1]
+    assert get_args(literal) == contract.PAYLOADS
+    assert BenchmarkSpec().payloads == contract.DEFAULT_PAYLOADS
+    assert tuple(SIGNATURE_FOR) == contract.CONTRACT_PAYLOADS and set(GRPC_WIRE) == set(contract.PAYLOADS)
+    assert sorted(name for names in IMAGE_PAYLOADS.values() for name in names) == sorted(contract.PAYLOADS)
+    assert thresholds.PAYLOADS is contract.PAYLOADS
