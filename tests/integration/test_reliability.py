@@ -7,7 +7,9 @@ import pytest
 
 from tests.conftest import run_cli, write_spec
 
-pytestmark = [pytest.mark.slow, pytest.mark.measures]
+# the scenarios judge failures, exit codes and memory, never a latency or a rate: they may run beside another
+# test (not `measures`)
+pytestmark = pytest.mark.slow
 
 
 def test_quick_reliability_scenarios_all_pass(tmp_path, digits_export):
