@@ -26,6 +26,8 @@ from spec.resources import package_dir
 STATIC = package_dir("demo") / "static"  # package data
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 SAMPLE_SIDE = 640  # sample photos are sent at most this wide/high, as a user's camera photo would be resized
+DISCARD_LIMIT = 64 << 20  # a refused upload is read (and dropped) up to this, so its sender sees the 413
+DISCARD_TIMEOUT_S = 5.0
 
 
 class BadUpload(Exception):
@@ -158,6 +160,21 @@ class DemoHandler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": f"no page {path}"})
 
+    def _discard(self, length: int) -> None:
+        """Read and drop a refused upload's body (up to DISCARD_LIMIT, for a few seconds): a client (a browser, urllib)
+        sends its whole body before it reads the answer, and a socket closed under it is a broken pipe there
+        instead of the 413 this page shows. Nothing is kept."""
+        left = min(length, DISCARD_LIMIT)
+        try:
+            self.connection.settimeout(DISCARD_TIMEOUT_S)
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    return
+                left -= len(chunk)
+        except OSError:
+            return
+
     def do_POST(self) -> None:  # noqa: N802
         if self.path.split("?", 1)[0] != "/api/classify":
             self._json(404, {"error": f"no endpoint {self.path}"})
@@ -172,6 +189,7 @@ class DemoHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._json(413, {"error": f"the image is {length / 1e6:.1f} MB; the limit is "
                                       f"{config.max_upload_bytes / 1e6:.1f} MB (--max-upload-mb): choose a smaller image"})
+            self._discard(length)
             return
         body = self.rfile.read(length) if length else b""
         try:
