@@ -142,7 +142,8 @@ class ProfilerService:
         if not self._busy.acquire(blocking=False):
             raise Unavailable("Another profiling session active.")
         try:
-            self._session_id, _ = req.session_id, self._terminate.clear()
+            self._session_id = req.session_id
+            self._terminate.clear()
             xspace = self._trace(req, duration_ms, context)
         finally:
             self._session_id = ""
