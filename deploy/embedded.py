@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 from deploy.base import DeployError, Deployment
 from deploy.serving_config import ServerLayout, server_flags, write_configs
+from server.process import listening_pid
 from spec.schema import Spec
 
 PACKAGES = Path(__file__).resolve().parents[1]  # the directory holding the packages: a checkout, or site-packages
@@ -66,10 +67,11 @@ class EmbeddedDeployment(Deployment):
 
     @property
     def server_pid(self) -> Optional[int]:
-        """The server's pid (for CPU accounting), whether this object started it or an earlier command did."""
+        """The server's pid (for CPU accounting), whether this object started it, an earlier command did (its pid
+        file), or it was started by hand (whatever listens on the spec's REST port)."""
         if self._proc is not None and self._proc.poll() is None:
             return self._proc.pid
-        return self.pid()
+        return self.pid() or listening_pid(self.spec.serving.rest_port)
 
     def preflight(self) -> None:
         """Nothing to check before a long step: the embedded server runs from this very installation."""

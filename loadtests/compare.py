@@ -229,6 +229,17 @@ def _widened(diffs: np.ndarray, blocks: tuple[list[dict], list[dict]], metric: s
     return center - half, center + half, noise
 
 
+def _shared(runs: list[dict]) -> list[str]:
+    """How a side's runs shared their machine with other work (run.machine_fields), each sentence once."""
+    return sorted({text for run in runs for text in run.get("shared_machine") or []})
+
+
+def shared_machine(rows: Sequence[dict]) -> list[str]:
+    """'A: ...' and 'B: ...' for every side whose runs shared the machine, each sentence once."""
+    return [f"{side.upper()}: {text}" for side in ("a", "b")
+            for text in sorted({t for r in rows for t in (r.get("shared_machine") or {}).get(side, [])})]
+
+
 def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, seed: int = 0,
                  run_noise: bool = True) -> list[dict]:
     """One row per matched (protocol, payload, level) and metric. run_noise=False leaves an interval at what the
@@ -286,6 +297,7 @@ def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, 
                                                               else "block bootstrap"),
                          "run_noise_pct": None if noise_pct is None else round(noise_pct, 2),
                          "repeats": [len(runs_a), len(runs_b)],
+                         "shared_machine": {"a": _shared(runs_a), "b": _shared(runs_b)},
                          "valid": all(r["valid"] for r in runs_a + runs_b)})
     return rows
 
@@ -330,6 +342,9 @@ def terminal(result: dict) -> str:
         lines.append(f"  {name:22} {_level(r, mode):>10} {r['metric']:>6} | {fmt(r['a']):>9} {fmt(r['b']):>9} | "
                      f"{_change(r):>8} {_ci(r['ci95_pct']):>18} | {r['verdict']}{flag}")
     lines.append(f"\n  {result['headline']}")
+    if result["shared_machine"]:
+        lines.append("  ! shared machine (a change may be the machine's, not the setup's): "
+                     + "; ".join(result["shared_machine"]))
     for b in result["broken"]:
         lines.append(f"  FAIL-ON {b['rule']}: {b['protocol']} {b['wire']} {_level(b, mode)} {b['metric']} "
                      f"{b['change_pct']:+.1f}%")
@@ -381,11 +396,13 @@ def html_page(result: dict) -> str:
         f"<td>{'yes' if r['valid'] else 'no'}</td></tr>" for r in result["rows"])
     broken = "".join(f"<p class=slower>FAIL-ON {esc(b['rule'])}: {esc(b['protocol'])} {esc(b['wire'])} "
                      f"{esc(_level(b, result['mode']))} {b['metric']} {b['change_pct']:+.1f}%</p>" for b in result["broken"])
+    shared = (f"<p class=slower>Shared machine: {esc('; '.join(result['shared_machine']))}. A change may be the "
+              "machine's, not the setup's.</p>" if result["shared_machine"] else "")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>compare: {esc(result['model'])}</title>
 <style>body {{ font-family: system-ui, sans-serif; margin: 2em; }} table {{ border-collapse: collapse; font-size: 13px; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }} th {{ background: #f3f3f3; }}
 .slower {{ color: #b00020; }} .faster {{ color: #1b7f3b; }}</style></head><body>
-<h1>{esc(result['model'])}: B against A</h1><p><b>{esc(result['headline'])}</b></p>{broken}
+<h1>{esc(result['model'])}: B against A</h1><p><b>{esc(result['headline'])}</b></p>{broken}{shared}
 <p>A: <code>{esc(result['a'])}</code><br>B: <code>{esc(result['b'])}</code></p>
 <p>Change is B over A. Intervals are 95%: a Welch t interval on the log of the per-repeat figures when both sides
 have two or more repeats (benchmark.repeats), otherwise a bootstrap of {BLOCKS} consecutive time blocks of each run,
@@ -408,7 +425,8 @@ def compare(path_a: Path, path_b: Path, fail_on: Optional[str] = None, min_effec
     broken = [{**row, "rule": rule.text} for rule in rules for row in rows if rule.broken_by(row)]
     result = {"model": b[1]["model"], "a": str(a[0]), "b": str(b[0]), "mode": b[1]["mode"],
               "min_effect_pct": effect * 100.0, "fail_on": [r.text for r in rules], "rows": rows,
-              "broken": broken, "passed": not broken, "headline": headline(rows, broken)}
+              "broken": broken, "passed": not broken, "headline": headline(rows, broken),
+              "shared_machine": shared_machine(rows)}
     out = Path(output).resolve() if output else b[0]
     out.mkdir(parents=True, exist_ok=True)
     save_atomically(out / "compare.json", (json.dumps(result, indent=2) + "\n").encode())

@@ -339,7 +339,8 @@ def _init(environment, **_kwargs) -> None:
             if parts:  # none at all: no samples file, and the bench reports the step's log
                 window = recorder.window[1] - recorder.window[0] if recorder.window else None
                 write_samples(Path(options.samples_out), parts, recorder.server_cpu_percent, time.time(), window,
-                              extra=_run_facts(options, recorder, environment))
+                              extra=_run_facts(options, recorder, environment), host=recorder.host,
+                              own_cpu_percent=recorder.cpu_percent)
         elif not isinstance(runner, WorkerRunner):
             recorder.save(Path(options.samples_out), time.time(), extra=_run_facts(options, recorder, environment))
 

@@ -1,4 +1,5 @@
-"""Every request's latency at full resolution, and the CPU the load generator and server used.
+"""Every request's latency at full resolution, and the CPU the load generator, the server and the rest of the
+machine used.
 
 Locust's own statistics round response times into buckets; the report's percentiles come from
 these samples instead. Free of Locust imports: it only subscribes to the environment's events.
@@ -14,6 +15,66 @@ from typing import Optional
 
 import numpy as np
 
+DISTURBED_PERCENT = 20.0  # other processes' CPU, or time stolen from this VM, over which a run shared its machine
+
+
+@dataclass(frozen=True)
+class HostCpu:
+    """Machine-wide CPU seconds so far: busy (running anything, all cores), stolen from this VM by its hypervisor,
+    and this cgroup's throttled time (None where the kernel does not say)."""
+    busy: float
+    steal: float
+    throttled: Optional[float]
+
+
+def cgroup_throttled_seconds(membership: Path = Path("/proc/self/cgroup"),
+                             root: Path = Path("/sys/fs/cgroup")) -> Optional[float]:
+    """Seconds this process's cgroup was throttled by its CPU quota (cgroup v2 or v1), or None."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _id, controllers, where = line.split(":", 2)
+        if controllers == "":  # v2: throttled_usec in the unified hierarchy
+            path, key, scale = root / where.lstrip("/") / "cpu.stat", "throttled_usec", 1e-6
+        elif "cpu" in controllers.split(","):  # v1: throttled_time (ns) in the cpu controller's hierarchy
+            path, key, scale = (root / controllers / where.lstrip("/") / "cpu.stat",
+                                "throttled_time", 1e-9)
+        else:
+            continue
+        try:
+            for stat in path.read_text().splitlines():
+                name, _, value = stat.partition(" ")
+                if name == key:
+                    return int(value) * scale
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def host_cpu() -> Optional[HostCpu]:
+    """The machine's CPU use so far, or None where it cannot be read."""
+    import psutil
+
+    try:
+        times = psutil.cpu_times()
+    except (psutil.Error, OSError):
+        return None
+    steal = getattr(times, "steal", 0.0)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    busy = sum(times) - idle - steal - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return HostCpu(busy, steal, cgroup_throttled_seconds())
+
+
+def host_percents(begin: Optional[HostCpu], end: Optional[HostCpu], wall: float) -> dict:
+    """The machine's CPU between two readings, in % of one core: busy, stolen, throttled (None: not known)."""
+    if begin is None or end is None or wall <= 0:
+        return {"host_cpu_percent": None, "steal_percent": None, "throttled_percent": None}
+    throttled = (None if begin.throttled is None or end.throttled is None
+                 else 100.0 * (end.throttled - begin.throttled) / wall)
+    return {"host_cpu_percent": 100.0 * (end.busy - begin.busy) / wall,
+            "steal_percent": 100.0 * (end.steal - begin.steal) / wall, "throttled_percent": throttled}
 
 
 def process_cpu_seconds(pid: int) -> Optional[float]:
@@ -44,6 +105,7 @@ class Mark:
     wall: float                    # time.perf_counter()
     cpu: float                     # this process's CPU seconds
     server_cpu: Optional[float]    # the server's CPU seconds (None: not known)
+    host: Optional[HostCpu]        # the whole machine's (None: not known)
     outstanding: Optional[float]   # the users' request-seconds integral (None: not kept)
 
 
@@ -69,6 +131,7 @@ class Recorder:
         self.marks: list[Mark] = []  # one per sub-window boundary, the first where measuring began
         self.cpu_percent: Optional[float] = None
         self.server_cpu_percent: Optional[float] = None
+        self.host: dict = host_percents(None, None, 0.0)
         self._outstanding = None  # () -> request-seconds outstanding so far (the users' own count, not the samples)
         self.in_flight_mean: Optional[float] = None
         self.settled: dict = {}  # how the window was settled (sub-window width, windows measured and used, stable)
@@ -108,7 +171,7 @@ class Recorder:
         if self.scraper is not None:
             self.scraper.scrape(f"mark{len(self.marks)}")
         mark = Mark(time.perf_counter(), time.process_time(),
-                    process_cpu_seconds(self.server_pid) if self.server_pid else None,
+                    process_cpu_seconds(self.server_pid) if self.server_pid else None, host_cpu(),
                     self._outstanding() if self._outstanding is not None else None)
         self.marks.append(mark)
         return mark
@@ -145,6 +208,7 @@ class Recorder:
         if wall <= 0:
             return
         self.cpu_percent = 100.0 * (end.cpu - begin.cpu) / wall
+        self.host = host_percents(begin.host, end.host, wall)
         if begin.server_cpu is not None and end.server_cpu is not None:
             self.server_cpu_percent = 100.0 * (end.server_cpu - begin.server_cpu) / wall
         if begin.outstanding is not None and end.outstanding is not None:
@@ -170,15 +234,29 @@ class Recorder:
 
     def save(self, path: Path, finished_at: float, extra: Optional[dict] = None) -> None:
         """Write this process's samples (a local, single-process run)."""
-        write_samples(path, [self.snapshot()], self.server_cpu_percent, finished_at, extra=extra)
+        write_samples(path, [self.snapshot()], self.server_cpu_percent, finished_at, extra=extra, host=self.host)
+
+
+def other_cpu_percent(host: dict, generator_percents: list[Optional[float]],
+                      server_cpu_percent: Optional[float]) -> Optional[float]:
+    """The machine's busy CPU less the load generator's processes and the server's (% of one core, at least 0):
+    what other work took while the window ran. None when the machine's figure is not known."""
+    busy = host.get("host_cpu_percent")
+    if busy is None:
+        return None
+    ours = sum(c for c in generator_percents if c is not None) + (server_cpu_percent or 0.0)
+    return max(0.0, busy - ours)
 
 
 def write_samples(path: Path, parts: list[dict], server_cpu_percent: Optional[float], finished_at: float,
-                  window_s: Optional[float] = None, extra: Optional[dict] = None) -> None:
+                  window_s: Optional[float] = None, extra: Optional[dict] = None, host: Optional[dict] = None,
+                  own_cpu_percent: Optional[float] = None) -> None:
     """Merge the snapshots of every load-generating process into one .npz: arrays plus the window's facts (JSON).
 
     The generator CPU is the busiest process's (each is one core's worth of gevent loop, so that is the one that
-    saturates first); every process's figure is kept too. Requests in flight add up over the processes.
+    saturates first); every process's figure is kept too. Requests in flight add up over the processes. `host`:
+    the machine's CPU over the window (Recorder.host) in the process that timed it; own_cpu_percent: that
+    process's CPU when it is not one of `parts` (a Locust master), so that the other work's share leaves it out.
     """
     def column(key: str, dtype) -> np.ndarray:
         return np.concatenate([np.asarray(part[key], dtype=dtype) for part in parts]) if parts else np.array([], dtype)
@@ -196,7 +274,9 @@ def write_samples(path: Path, parts: list[dict], server_cpu_percent: Optional[fl
             "requests_by_process": [len(part["t"]) for part in parts],
             "generator_processes": len(parts), "server_cpu_percent": server_cpu_percent,
             "in_flight_mean": sum(in_flight) if in_flight and None not in in_flight else None,
-            "failures": dict(failures.most_common(20)), "finished_at": finished_at, **(extra or {})}
+            "failures": dict(failures.most_common(20)), "finished_at": finished_at, **(host or {}),
+            "other_cpu_percent": other_cpu_percent(host or {}, cpu + [own_cpu_percent], server_cpu_percent),
+            **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, t=times[order], latency_ms=column("latency_ms", np.float64)[order],
              ok=column("ok", bool)[order], image=column("image", np.int32)[order],

@@ -237,6 +237,12 @@ def terminal_summary(summary: dict) -> str:
         lines.append(f"\n  ! INVALID: {len(invalid)} of {len(runs)} runs cannot be trusted as measured:")
         for r in invalid:
             lines.append(f"    {r['protocol']} {r['wire']} {level_text(r)}: {'; '.join(r['invalid_reasons'])}")
+    shared = [r for r in runs if r.get("shared_machine")]
+    if shared:
+        lines.append(f"\n  ! SHARED MACHINE: {len(shared)} of {len(runs)} runs shared the machine with other work (their "
+                     "own figures hold; a second run of the same setup may land elsewhere):")
+        for r in shared:
+            lines.append(f"    {r['protocol']} {r['wire']} {level_text(r)}: {'; '.join(r['shared_machine'])}")
     failing = [r for r in measured if r["failure_ratio"] > summary["failure_threshold"]]
     if summary.get("server_died"):
         lines.append(f"  SERVER STOPPED during the sweep: {summary['server_died']}; "

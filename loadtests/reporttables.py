@@ -21,7 +21,7 @@ def html_body(summary: dict) -> dict:
              f"{r['bytes_per_request'] / 1024:.1f}", _measured_cell(r),
              fmt(r["generator_cpu_percent"], 0) + ("% <b class=bound>generator-bound</b>" if r["generator_bound"]
                                                     else "%"),
-             fmt(r["server_cpu_percent"], 0),
+             fmt(r["server_cpu_percent"], 0), fmt(r.get("other_cpu_percent"), 0),
              "yes" if r["valid"] else "<b class=bad>no</b>: " + esc("; ".join(r["invalid_reasons"])),
              f"<a href='{esc(r['locust_html'])}'>Locust</a>"]
             for r in summary["runs"]]
@@ -31,6 +31,11 @@ def html_body(summary: dict) -> dict:
     bound = sum(r["generator_bound"] for r in summary["runs"])
     notes = (f"<p class=bound>{bound} run(s) were generator-bound: the load generator used more than 80% of a core, "
              "so those numbers understate the server.</p>" if bound else "")
+    shared = [r for r in summary["runs"] if r.get("shared_machine")]
+    if shared:
+        notes += (f"<p class=bound>{len(shared)} run(s) shared the machine with other work ("
+                  + esc("; ".join(sorted({text for r in shared for text in r["shared_machine"]})))
+                  + "): their own figures hold, but a second run of the same setup may land elsewhere.</p>")
     verdict = ("<p class=bad>FAILED: a run's failure ratio exceeded the threshold.</p>" if summary["failed"] else "")
     answers = summary.get("answers") or {}
     if answers and not answers["informative"]:
@@ -51,7 +56,7 @@ def html_body(summary: dict) -> dict:
               + _table(runs, ["protocol", "payload", "rate" if summary.get("mode") == "open" else "users", "requests",
                               "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "upper bound ms", "max ms",
                               "service p50 ms", "service p99 ms", "late", "KiB/request", "measured s", "generator CPU",
-                              "server CPU %", "valid",
+                              "server CPU %", "other CPU %", "valid",
                               "Locust report"])
               + (_breakdown_section(summary) if any("server" in r for r in summary["runs"]) else "")
               + _floor_section(summary) + "<h2>Correctness before the sweep</h2>"

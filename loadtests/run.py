@@ -22,6 +22,7 @@ import numpy as np
 
 from loadtests import servermetrics, validity
 from loadtests.payloads import cells, wire_name
+from loadtests.recorder import DISTURBED_PERCENT
 from loadtests.validity import GENERATOR_BOUND_PERCENT
 from server.process import free_port
 from spec.errors import HarnessError
@@ -264,7 +265,7 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
         else float(np.mean(request_bytes)),
         "generator_cpu_percent": cpu, "generator_bound": bool(cpu is not None and cpu > GENERATOR_BOUND_PERCENT),
         "generator_processes": meta.get("generator_processes", 1),
-        "server_cpu_percent": meta["server_cpu_percent"], "by_image": per_image,
+        "server_cpu_percent": meta["server_cpu_percent"], **machine_fields(meta), "by_image": per_image,
         "samples_file": str(samples_path.name), "locust_csv": f"locust/{step.slug}_stats.csv",
         "locust_html": f"locust/{step.slug}.html",
     }
@@ -287,6 +288,21 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
     entry["breakdown"] = servermetrics.breakdown(entry)
     entry.update(servermetrics.cpu_per_request(entry, meta))
     return entry
+
+
+def machine_fields(meta: dict) -> dict:
+    """What the rest of the machine did during the window (% of one core): all processes' CPU, the share of other
+    work (not the generator's nor the server's), time stolen by the hypervisor, time the cgroup was throttled; and
+    `shared_machine`, a sentence for each over DISTURBED_PERCENT. A run on a shared machine stays valid (its own
+    figures hold), but a second run of the same setup may land elsewhere, so compare and the report say so."""
+    fields = {key: meta.get(key) for key in ("host_cpu_percent", "other_cpu_percent", "steal_percent",
+                                             "throttled_percent")}
+    said = {"other_cpu_percent": "other processes used {:.0f}% of a core",
+            "steal_percent": "the hypervisor took {:.0f}% of a core from this machine",
+            "throttled_percent": "the CPU quota throttled this cgroup for {:.0f}% of the window"}
+    fields["shared_machine"] = [text.format(fields[key]) for key, text in said.items()
+                                if fields[key] is not None and fields[key] > DISTURBED_PERCENT]
+    return fields
 
 
 def settling_fields(settled: dict, window_s: float) -> dict:
@@ -332,6 +348,8 @@ def describe(entry: dict) -> str:
     line += settling_note(entry)
     if not entry["valid"]:
         line += "\n        INVALID: " + "; ".join(entry["invalid_reasons"])
+    if entry.get("shared_machine"):
+        line += "\n        shared machine: " + "; ".join(entry["shared_machine"])
     return line
 
 

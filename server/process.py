@@ -30,6 +30,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def listening_pid(port: int) -> Optional[int]:
+    """The pid of the process listening on this machine's TCP `port`, or None (nobody, or not ours to see)."""
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return conn.pid
+    except (psutil.Error, OSError):
+        return None
+    return None
+
+
 class ServerFailed(RuntimeError):
     """The server exited or did not become ready; the message holds its output."""
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.browser import render
-from tests.conftest import NOISE, REPO, write_spec
+from tests.conftest import ATTEMPTS, NOISE, REPO, write_spec
 from tests.grpcproxy import DelayProxy
 from tests.postgres import PostgresServer
 from tests.serverproc import ServerProcess
@@ -66,12 +66,15 @@ def benches(tmp_path_factory, digits_export):
         with PostgresServer() as pg_url, DelayProxy(server.grpc_target, DELAY_S) as proxy:
             grpc_port = server.grpc_port
             passing = {"p99_ms": "< 5000", "failure_ratio": "< 0.01", "rps": "> 1"}
-            a = _bench(tmp_path, "a", digits_export, server.rest_port, grpc_port, passing)
+            def same_twice(suffix=""):  # A and C back to back: the less time between them, the less drift
+                env = {"TFSB_RESULTS_DB": "off"} if suffix else None  # a pair measured again is not history
+                return (_bench(tmp_path, "a" + suffix, digits_export, server.rest_port, grpc_port, passing, env),
+                        _bench(tmp_path, "c" + suffix, digits_export, server.rest_port, grpc_port, passing, env))
+            a, c = same_twice()
             b = _bench(tmp_path, "b", digits_export, server.rest_port, int(proxy.target.rsplit(":", 1)[1]),
                        {**passing, "grpc": {"p50_ms": "< 30"}}, env={"TFSB_RESULTS_DB": pg_url})
-            c = _bench(tmp_path, "c", digits_export, server.rest_port, grpc_port, passing)
             assert proxy.calls > 0
-            yield {"a": a, "b": b, "c": c, "pg": pg_url, "tmp": tmp_path}
+            yield {"a": a, "b": b, "c": c, "pg": pg_url, "tmp": tmp_path, "same_twice": same_twice}
     finally:
         server.stop()
 
@@ -117,12 +120,25 @@ def test_compare_finds_the_delay_on_grpc_only_and_fail_on_exits_7(benches, tmp_p
 
 
 def test_the_same_setup_twice_is_no_change_everywhere(benches):
-    dir_a, dir_c = benches["a"][2], benches["c"][2]
-    result = _compare(dir_a, dir_c)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = json.loads((dir_c / "compare.json").read_text())["rows"]  # B's directory by default
+    """A and C, the same setup measured back to back, differ in no figure. When the harness says either shared its
+    machine with other work (other processes' CPU, the hypervisor's steal, a CPU quota) and a figure moved, the
+    pair is measured again (up to ATTEMPTS): the check then applies, unweakened, to a pair measured on a quiet
+    machine, or fails on the last attempt."""
+    pair = (benches["a"], benches["c"])
+    for attempt in range(1, ATTEMPTS + 1):
+        dir_a, dir_c = pair[0][2], pair[1][2]
+        result = _compare(dir_a, dir_c)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        compared = json.loads((dir_c / "compare.json").read_text())  # B's directory by default
+        moved = any(r["verdict"] != "no change" for r in compared["rows"])
+        if not (moved and compared["shared_machine"]) or attempt == ATTEMPTS:
+            break
+        print(f"attempt {attempt}: a figure moved while the machine was shared ({compared['shared_machine']}); "
+              "measuring the pair again")
+        pair = benches["same_twice"](f"{attempt}")
+    rows = compared["rows"]
     brief = [(r["protocol"], r["metric"], r["a"], r["b"], r["change_pct"], r["ci95_pct"], r["verdict"]) for r in rows]
-    assert len(rows) == 6 and all(r["verdict"] == "no change" for r in rows), brief
+    assert len(rows) == 6 and all(r["verdict"] == "no change" for r in rows), (brief, compared["shared_machine"])
     assert all(r["ci95_pct"][0] <= r["change_pct"] <= r["ci95_pct"][1] for r in rows)
     assert "no change in any of 6 figures" in result.stdout
 

@@ -10,6 +10,7 @@ from deploy import base
 from deploy.base import Deployment
 from deploy.containers import DockerDeployment
 from deploy.embedded import EmbeddedDeployment
+from server.process import free_port
 from spec.loader import load_spec
 
 
@@ -42,11 +43,12 @@ class Recorded(Deployment):
 @pytest.fixture()
 def spec(tmp_path):
     path = tmp_path / "toy.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(textwrap.dedent(f"""\
         name: toy
         model:
-          source: {kind: keras_application, application: MobileNetV2, weights: null}
-        """))
+          source: {{kind: keras_application, application: MobileNetV2, weights: null}}
+        serving: {{rest_port: {free_port()}, grpc_port: {free_port()}}}
+        """))  # free ports: nothing else's server answers as this one
     return load_spec(path)
 
 
@@ -72,6 +74,12 @@ def test_both_backends_are_deployments_and_an_incomplete_one_is_refused(spec):
     embedded = EmbeddedDeployment(spec)
     assert embedded.endpoints.rest_port == spec.serving.rest_port and embedded.serving_version is None
     assert embedded.server_pid is None and embedded.alive() == "no embedded server is running"
+    import os
+    import socket
+    with socket.socket() as sock:  # a server started by hand on the spec's REST port: its pid, for CPU accounting
+        sock.bind(("127.0.0.1", spec.serving.rest_port))
+        sock.listen()
+        assert embedded.server_pid == os.getpid()
 
     class Incomplete(Deployment):
         def start(self):
