@@ -74,7 +74,12 @@ def _measured_cell(run: dict) -> str:
     how = "settled" if run.get("stable") else "<b class=bad>did not settle</b>"
     return (f"{fmt(measured, 1)} <span class=note>(extended {fmt(run['duration_s'], 0)} &rarr; "
             f"{fmt(run['measured_total_s'], 0)} s, {how}; last {run['windows_used']} of {run['windows_total']} "
-            "sub-windows)</span>")
+            f"sub-windows{_grouped(run)})</span>")
+
+
+def _grouped(run: dict) -> str:
+    group = run.get("windows_grouped") or 1
+    return "" if group == 1 else f", judged in parts of {group}"
 
 
 def _bound_cell(run: dict) -> str:

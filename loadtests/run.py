@@ -278,7 +278,8 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
     entry.update(bound_fields(good, rules))
     key_t = due if open_loop else t
     entry["sub_windows"] = validity.sub_windows(t, key_t, ok, latency, window, rules.judged_percentile,
-                                                due=due if open_loop else None, width_s=entry["sub_window_s"])
+                                                due=due if open_loop else None,
+                                                width_s=entry["sub_window_s"] * entry["windows_grouped"])
     entry["invalid_reasons"] = validity.judge(entry, entry["sub_windows"], rules, server_stopped)
     entry["valid"] = not entry["invalid_reasons"]
     if not meta.get("settled"):  # not timed by sub-windows (a samples file from before they were): judged now
@@ -310,12 +311,14 @@ def settling_fields(settled: dict, window_s: float) -> dict:
     if not settled:
         width = window_s / validity.SUB_WINDOWS if window_s and math.isfinite(window_s) else None
         return {"measured_s": window_s, "measured_total_s": window_s, "sub_window_s": width,
-                "windows_total": validity.SUB_WINDOWS, "windows_used": validity.SUB_WINDOWS, "stable": None,
+                "windows_total": validity.SUB_WINDOWS, "windows_used": validity.SUB_WINDOWS, "windows_grouped": 1,
+                "stable": None,
                 "extended_s": 0.0, "duration_s": window_s, "max_duration_s": None, "over_slo": False}
     width = settled["sub_window_s"]
     total = settled["windows_total"] * width
     return {"measured_s": window_s, "measured_total_s": total, "sub_window_s": width,
             "windows_total": settled["windows_total"], "windows_used": settled["windows_used"],
+            "windows_grouped": int(settled.get("windows_grouped", 1)),
             "stable": bool(settled["stable"]), "extended_s": max(0.0, total - settled["duration_s"]),
             "duration_s": settled["duration_s"], "max_duration_s": settled["max_duration_s"],
             "over_slo": bool(settled.get("over_slo"))}
@@ -360,7 +363,13 @@ def settling_note(entry: dict) -> str:
     total, used = entry["measured_total_s"], entry["measured_s"]
     how = "settled" if entry.get("stable") else "did not settle"
     return (f"\n        extended {entry['duration_s']:g} s -> {total:.0f} s ({entry['windows_total']} sub-windows of "
-            f"{entry['sub_window_s']:.1f} s): {how}; figures from the last {entry['windows_used']} ({used:.1f} s)")
+            f"{entry['sub_window_s']:.1f} s): {how}{_grouped(entry)}; figures from the last {entry['windows_used']} "
+            f"({used:.1f} s)")
+
+
+def _grouped(entry: dict) -> str:
+    group = entry.get("windows_grouped") or 1
+    return "" if group == 1 else f" in parts of {group} sub-windows ({group * entry['sub_window_s']:.1f} s)"
 
 
 def run_and_measure(step: Step, target: Target, out_dir: Path, request_bytes: dict, sizes,

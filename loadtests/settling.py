@@ -109,4 +109,5 @@ def facts(window: Window, settled: validity.Settled, over_slo: bool = False) -> 
     the SLO)."""
     return {"duration_s": window.duration_s, "max_duration_s": window.max_duration_s,
             "sub_window_s": window.width_s, "windows_total": settled.count, "windows_used": settled.used,
-            "first_window": settled.first, "stable": settled.stable, "over_slo": over_slo}
+            "first_window": settled.first, "stable": settled.stable, "windows_grouped": settled.group,
+            "over_slo": over_slo}

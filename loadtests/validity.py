@@ -144,11 +144,13 @@ def instabilities(parts: list[dict], rules: Rules) -> list[tuple[str, float]]:
 
 @dataclass(frozen=True)
 class Settled:
-    """Where a run's figures come from: sub-windows [first, count) of `width_s`, and whether they agree."""
+    """Where a run's figures come from: sub-windows [first, count) of `width_s`, judged in parts of `group`
+    consecutive sub-windows, and whether those parts agree."""
     first: int
     count: int
     width_s: float
     stable: bool
+    group: int = 1
 
     @property
     def used(self) -> int:
@@ -161,17 +163,26 @@ def settle(t_done: np.ndarray, t_key: np.ndarray, ok: np.ndarray, latency: np.nd
 
     Stable when the last SUB_WINDOWS sub-windows agree (instabilities finds nothing); the span then reaches back
     over every earlier sub-window that still agrees with it, so a run that settled early keeps all its samples.
-    Unstable: the span is the last SUB_WINDOWS sub-windows, and `stable` is False. `between(edges)`, when given,
-    replaces parts_between (the caller's cached version over the same samples).
+    A run extended past its duration is also judged in coarser parts: the last SUB_WINDOWS parts of `group`
+    sub-windows each (2, 3, ... while they fit), which is the rule a run of that longer duration would be judged
+    by. Noise that only averages out over more than a sub-window (a shared machine's) settles there, where a drift
+    still shows. The smallest part that agrees is used. Unstable: the span is the last SUB_WINDOWS sub-windows, and
+    `stable` is False. `between(edges)`, when given, replaces parts_between (the caller's cached version over the
+    same samples).
     """
     between = between or (lambda edges: parts_between(t_done, t_key, ok, latency, edges, rules.judged_percentile, due))
     last = max(0, count - SUB_WINDOWS)
-    if count < SUB_WINDOWS or instabilities(between([i * width_s for i in range(last, count + 1)]), rules):
-        return Settled(last, count, width_s, False)
-    first = last
-    while first > 0 and not instabilities(between([i * width_s for i in range(first - 1, count + 1)]), rules):
-        first -= 1
-    return Settled(first, count, width_s, True)
+
+    def agree(first: int, group: int) -> bool:
+        return not instabilities(between([i * width_s for i in range(first, count + 1, group)]), rules)
+
+    for group in range(1, count // SUB_WINDOWS + 1):
+        first = count - SUB_WINDOWS * group
+        if agree(first, group):
+            while first - group >= 0 and agree(first - group, group):
+                first -= group
+            return Settled(first, count, width_s, True, group)
+    return Settled(last, count, width_s, False)
 
 
 def upper_bound(latencies: np.ndarray, percentile: float, confidence: float = 0.99) -> Optional[float]:

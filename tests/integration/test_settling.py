@@ -2,8 +2,8 @@
 
 * 40 ms, then 10 ms from the middle of the measured window on: a fixed window blends the two and is judged
   unstable; the adaptive run goes on, reports the settled figure from the sub-windows after the change, and is valid;
-* 10 and 40 ms alternating every 2 s: no three sub-windows ever agree, so the run is INVALID at max_duration, with a
-  reason that says what to try;
+* a service time that grows 4 ms every 3 s (a drift): no three sub-windows, and no three parts of two, ever agree,
+  so the run is INVALID at max_duration, with a reason that says what to try;
 * the same through a Locust master with a worker (the master judges the workers' samples at each boundary).
 """
 from __future__ import annotations
@@ -80,8 +80,9 @@ def test_a_distributed_run_settles(payloads, tmp_path):
 
 
 def test_a_run_that_never_settles_is_invalid_at_max_duration(payloads, tmp_path):
-    # sub-windows of 3 s against a 4 s cycle: every three of them hold different shares of the slow phase
-    with StandIn(payloads[1], servers=8, delays="10x2,40x2", cycle=True) as server:
+    # sub-windows of 3 s, and parts of two of them, against a service time that keeps growing: a drift, which
+    # measuring longer does not average out at any grouping
+    with StandIn(payloads[1], servers=8, delays="10x3,14x3,18x3,22x3,26x3,30x3,34x3,38x3,42") as server:
         entry = _run(server, payloads, tmp_path, Step("rest", "image_b64", users=4), duration_s=9.0,
                      max_duration_s=18.0)
     print(entry["invalid_reasons"])

@@ -59,6 +59,24 @@ def test_a_server_that_alternates_never_settles():
         assert not settled.stable and settled.first == count - 3
 
 
+def test_a_run_extended_past_its_duration_is_judged_in_coarser_parts_too():
+    """Sub-windows of 2 s alternating 10 and 13 ms never agree one by one, but parts of two agree: the rule a 12 s
+    run would be judged by (its three thirds). A steady drift agrees at no grouping."""
+    t, latency, ok = _closed_loop(lambda t: 10.0 if int(t // 2) % 2 == 0 else 13.0, 20.0)
+    assert not _settle(t, latency, ok, 2.0, 3).stable and not _settle(t, latency, ok, 2.0, 5).stable
+    settled = _settle(t, latency, ok, 2.0, 6)
+    assert settled.stable and settled.group == 2 and settled.first == 0 and settled.used == 6
+    seven = _settle(t, latency, ok, 2.0, 7)  # parts of two aligned to the end: the first sub-window is left out
+    assert seven.stable and seven.group == 2 and seven.first == 1 and seven.used == 6
+    window = Window(6.0, 18.0)
+    assert facts(window, settled)["windows_grouped"] == 2
+    fields = settling_fields(facts(window, settled), 12.0)
+    assert fields["windows_grouped"] == 2 and fields["sub_window_s"] == 2.0
+    drifting = _closed_loop(lambda t: 10.0 * (1.0 + 0.05 * t), 20.0)
+    for count in range(3, 10):
+        assert not _settle(*drifting, 2.0, count).stable
+
+
 def test_noise_alone_never_counts_as_instability():
     # few samples per sub-window: p50 wobbles by more than 10%, but within what its sample count allows
     rng = np.random.default_rng(3)
@@ -94,12 +112,13 @@ def _measured(latency_ms_at, fail_over):
 
 
 def test_a_probe_over_its_slo_in_every_sub_window_stops_at_once():
-    overloaded = lambda t: 300.0 if int(t // 2) % 2 == 0 else 600.0  # never settles; always over 200 ms
+    # never settles (it alternates and drifts 5%/s, so no grouping of sub-windows agrees); always over 200 ms
+    overloaded = lambda t: (300.0 if int(t // 2) % 2 == 0 else 600.0) * (1.0 + 0.05 * t)
     settled, over, record = _measured(overloaded, fail_over=(90.0, 200.0))
     assert over and settled.count == 3 and not settled.stable and record["over_slo"] is True
     assert _measured(overloaded, fail_over=None)[0].count == 9, "without an SLO it measures to max_duration"
     # a run that crosses the SLO between sub-windows might still settle under it: it measures on
-    crossing = lambda t: 100.0 if int(t // 2) % 2 == 0 else 600.0
+    crossing = lambda t: (100.0 if int(t // 2) % 2 == 0 else 600.0) * (1.0 + 0.03 * t)
     settled, over, record = _measured(crossing, fail_over=(90.0, 200.0))
     assert not over and settled.count == 9 and record["over_slo"] is False
     entry = {"window_s": 6.0, "requests": 300, "failures": 0, "late_ratio": 0.0, "late_tolerance_ms": 5.0,
