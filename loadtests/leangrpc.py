@@ -217,6 +217,27 @@ class Connection:
         except OSError as exc:
             self._fail_all(f"the connection broke ({exc})")
             return
+        self._take(chunk)
+
+    def read_waiting(self) -> None:
+        """Closed loop, before a call: read what the server sent while nobody was reading (SETTINGS, PING, GOAWAY),
+        so the call obeys it, or goes to a new connection after a GOAWAY."""
+        self.sock.settimeout(0.0)
+        try:
+            while not self.dead:
+                try:
+                    chunk = self.sock.recv(262144)
+                except (BlockingIOError, InterruptedError, socket.timeout):
+                    return
+                except OSError as exc:
+                    self._fail_all(f"the connection broke ({exc})")
+                    return
+                self._take(chunk)
+        finally:
+            if not self.dead:
+                self.sock.settimeout(None)
+
+    def _take(self, chunk: bytes) -> None:
         if not chunk:
             self._fail_all("the server closed the connection")
             return
@@ -408,6 +429,8 @@ class LeanGrpc:
 
     def call(self, message: bytes) -> tuple[bytes, Optional[GrpcError]]:
         """Closed loop: one call on this client's own connection, read by the caller."""
+        if self._sync is not None:
+            self._sync.read_waiting()
         if self._sync is None or self._sync.closed is not None:
             if self._sync is not None:
                 self._sync.close()
