@@ -37,6 +37,7 @@ from loadtests import validity
 from loadtests.files import save_atomically
 from loadtests.figures import grouped
 from loadtests.report import fmt
+from loadtests.run import shared_sentences
 from spec.errors import SpecError, UsageError, program
 
 EXIT_REGRESSION = 7
@@ -229,11 +230,6 @@ def _widened(diffs: np.ndarray, blocks: tuple[list[dict], list[dict]], metric: s
     return center - half, center + half, noise
 
 
-def _shared(runs: list[dict]) -> list[str]:
-    """How a side's runs shared their machine with other work (run.machine_fields), each sentence once."""
-    return sorted({text for run in runs for text in run.get("shared_machine") or []})
-
-
 def shared_machine(rows: Sequence[dict]) -> list[str]:
     """'A: ...' and 'B: ...' for every side whose runs shared the machine, each sentence once."""
     return [f"{side.upper()}: {text}" for side in ("a", "b")
@@ -297,7 +293,7 @@ def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, 
                                                               else "block bootstrap"),
                          "run_noise_pct": None if noise_pct is None else round(noise_pct, 2),
                          "repeats": [len(runs_a), len(runs_b)],
-                         "shared_machine": {"a": _shared(runs_a), "b": _shared(runs_b)},
+                         "shared_machine": {"a": shared_sentences(runs_a), "b": shared_sentences(runs_b)},
                          "valid": all(r["valid"] for r in runs_a + runs_b)})
     return rows
 

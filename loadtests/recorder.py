@@ -6,6 +6,7 @@ these samples instead. Free of Locust imports: it only subscribes to the environ
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -30,6 +31,24 @@ class HostCpu:
 def cgroup_throttled_seconds(membership: Path = Path("/proc/self/cgroup"),
                              root: Path = Path("/sys/fs/cgroup")) -> Optional[float]:
     """Seconds this process's cgroup was throttled by its CPU quota (cgroup v2 or v1), or None."""
+    found = _throttle_stat(membership, root)
+    if found is None:
+        return None
+    path, key, scale = found
+    try:
+        for stat in path.read_text().splitlines():
+            name, _, value = stat.partition(" ")
+            if name == key:
+                return int(value) * scale
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _throttle_stat(membership: Path, root: Path) -> Optional[tuple[Path, str, float]]:
+    """(the cgroup's cpu.stat, the throttled-time key, its unit in seconds), found once per process: a process
+    does not change cgroups during a run."""
     try:
         lines = membership.read_text().splitlines()
     except OSError:
@@ -37,19 +56,13 @@ def cgroup_throttled_seconds(membership: Path = Path("/proc/self/cgroup"),
     for line in lines:
         _id, controllers, where = line.split(":", 2)
         if controllers == "":  # v2: throttled_usec in the unified hierarchy
-            path, key, scale = root / where.lstrip("/") / "cpu.stat", "throttled_usec", 1e-6
+            found = root / where.lstrip("/") / "cpu.stat", "throttled_usec", 1e-6
         elif "cpu" in controllers.split(","):  # v1: throttled_time (ns) in the cpu controller's hierarchy
-            path, key, scale = (root / controllers / where.lstrip("/") / "cpu.stat",
-                                "throttled_time", 1e-9)
+            found = root / controllers / where.lstrip("/") / "cpu.stat", "throttled_time", 1e-9
         else:
             continue
-        try:
-            for stat in path.read_text().splitlines():
-                name, _, value = stat.partition(" ")
-                if name == key:
-                    return int(value) * scale
-        except (OSError, ValueError):
-            continue
+        if found[0].is_file():
+            return found
     return None
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 from loadtests.limits import LIMITS
 from loadtests.report import fmt, level_text
+from loadtests.run import shared_sentences
 
 
 def html_body(summary: dict) -> dict:
@@ -34,7 +35,7 @@ def html_body(summary: dict) -> dict:
     shared = [r for r in summary["runs"] if r.get("shared_machine")]
     if shared:
         notes += (f"<p class=bound>{len(shared)} run(s) shared the machine with other work ("
-                  + esc("; ".join(sorted({text for r in shared for text in r["shared_machine"]})))
+                  + esc("; ".join(shared_sentences(shared)))
                   + "): their own figures hold, but a second run of the same setup may land elsewhere.</p>")
     verdict = ("<p class=bad>FAILED: a run's failure ratio exceeded the threshold.</p>" if summary["failed"] else "")
     answers = summary.get("answers") or {}

@@ -306,6 +306,11 @@ def machine_fields(meta: dict) -> dict:
     return fields
 
 
+def shared_sentences(runs: Sequence[dict]) -> list[str]:
+    """How these runs shared their machine with other work (machine_fields), each sentence once."""
+    return sorted({text for run in runs for text in run.get("shared_machine") or []})
+
+
 def settling_fields(settled: dict, window_s: float) -> dict:
     """How long a run measured and which of its sub-windows its figures come from (summary.json fields)."""
     if not settled:
