@@ -57,7 +57,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     for line in server.startup_lines():
         log.info("%s", line)
-    stopping.wait()
+    # The kernel may deliver SIGTERM to any thread (TF's, gRPC's); Python runs the handler only when the main
+    # thread next runs bytecode, and a wait without a timeout would never return: wake to look twice a second.
+    while not stopping.wait(0.5):
+        pass
     server.stop()
     return 0
 

@@ -337,6 +337,29 @@ def test_model_config_file_labels_and_reload(testdata, tmp_path):
         assert proc.stop() == 0
 
 
+def test_sigterm_that_the_kernel_hands_to_another_thread_still_stops_the_server(testdata):
+    """A process-wide signal goes to any thread that does not block it (TF's and gRPC's threads included); the
+    server must still drain and exit 0 (a main thread waiting without a timeout never saw it: CI killed it)."""
+    import ctypes
+    import os
+    import signal
+
+    tgkill = getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
+    if tgkill is None:
+        pytest.skip("this libc has no tgkill() to aim a signal at one thread")
+    proc = ServerProcess("--model_name=three", f"--model_base_path={testdata / 'saved_model_half_plus_three'}")
+    try:
+        pid = proc.proc.pid
+        others = [int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid]
+        assert others, "the server runs no thread besides its main one"
+        assert tgkill(pid, max(others), signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+        proc.proc.wait(30)  # TimeoutExpired here is the defect; stop() below then kills it
+    finally:
+        code = proc.stop(timeout=5)
+    assert code == 0
+    assert "received signal 15: draining and shutting down" in proc.log_path.read_text()
+
+
 def test_startup_failures_are_one_line(testdata, tmp_path):
     import subprocess
     import sys
