@@ -18,7 +18,9 @@ from loadtests.payloads import PayloadSet, load_or_build
 from tests.conftest import NOISE, REPO, generator_kept_up, measured_while_the_generator_keeps_up, run_cli, write_spec
 from tests.serverproc import ServerProcess, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.measures]
+pytestmark = pytest.mark.slow
+# `measures` per test: the unmarked ones check mechanics (exit codes, messages, files, what is left running),
+# which a busy machine cannot change, so they run in the first tier beside other tests
 
 
 def _bench_spec(tmp_path, digits_export, **overrides):
@@ -81,6 +83,7 @@ def _port_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+@pytest.mark.measures
 def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
     spec_path = _bench_spec(tmp_path, digits_export)
     spec = load_spec(spec_path)
@@ -125,6 +128,7 @@ def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
     assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)  # it stopped what it started
 
 
+@pytest.mark.measures
 def test_floor_runs_the_same_sweep_on_an_almost_free_head_beside_the_model(tmp_path, digits_export):
     spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.users": [1], "benchmark.payloads": ["image_b64"],
                                                         "benchmark.duration": "3s"})
@@ -147,6 +151,7 @@ def test_floor_runs_the_same_sweep_on_an_almost_free_head_beside_the_model(tmp_p
     assert "Protocol floor" in (latest / "report.html").read_text()
 
 
+@pytest.mark.measures
 def test_bench_reuses_a_deployed_model_and_leaves_it_running(tmp_path, digits_export):
     spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.users": [2]})
     spec = load_spec(spec_path)
@@ -169,6 +174,7 @@ def test_bench_reuses_a_deployed_model_and_leaves_it_running(tmp_path, digits_ex
     assert run_cli("-m", "deploy", "status", "--spec", str(spec_path)).returncode == 1
 
 
+@pytest.mark.measures
 def test_distributed_bench_merges_local_and_remote_workers(tmp_path, digits_export):
     """WORKERS=1 plus one `python -m loadtests worker` (as on another machine): every run gets both workers'
     requests, the payloads reach the remote one from the master, and nothing outlives the bench."""
@@ -286,6 +292,7 @@ def test_bad_spec_and_bad_override_get_one_line(tmp_path):
     assert result.returncode == 2 and "users" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.measures
 def test_open_loop_bench_splits_the_schedule_over_workers(tmp_path, digits_export):
     """MODE=open RATES=... WORKERS=2: each run keeps its rate, split over two worker processes, with the open-loop
     fields in summary.json and the report."""
@@ -322,6 +329,7 @@ def test_open_loop_bench_splits_the_schedule_over_workers(tmp_path, digits_expor
     assert "rate" in result.stdout and "Open loop" in (latest / "report.html").read_text()
 
 
+@pytest.mark.measures
 def test_an_invalid_run_is_reported_and_exits_4(tmp_path, digits_export):
     spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.users": [1], "benchmark.payloads": ["image_b64"],
                                                          "benchmark.protocols": ["grpc"],
@@ -336,6 +344,7 @@ def test_an_invalid_run_is_reported_and_exits_4(tmp_path, digits_export):
     assert "INVALID" in result.stdout and "INVALID" in (latest / "report.html").read_text()
 
 
+@pytest.mark.measures
 def test_capacity_command_writes_capacity_json_and_its_plot(tmp_path, digits_export):
     spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.duration": "3s", "benchmark.warmup": "1s",
                                                          "benchmark.payloads": ["image_b64"],

@@ -11,7 +11,9 @@ from tests import tutorial_models
 from tests.conftest import NOISE, run_cli
 from tests.serverproc import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.measures]
+pytestmark = pytest.mark.slow
+# `measures` per test: the unmarked ones check mechanics (exit codes, messages, files, what is left running),
+# which a busy machine cannot change, so they run in the first tier beside other tests
 
 
 def _spec(tmp_path, model_dir, input_size, benchmark=None, preprocessing="unit"):
@@ -54,6 +56,7 @@ def _bench(spec_path, tmp_path) -> dict:
      "tensor_uint8"),
     (tutorial_models.tf1_pbtxt, (24, 24), {"batch_size": 2}, "tensor_row"),
 ])
+@pytest.mark.measures
 def test_a_tutorial_saved_model_benchmarks_over_both_protocols(tmp_path, builder, size, benchmark, payload):
     model_dir = builder(tmp_path / "exported")
     summary = _bench(_spec(tmp_path, model_dir, size, benchmark), tmp_path)
