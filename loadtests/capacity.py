@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 from loadtests import report, reportpage, validity
 from loadtests.limits import LIMITS, MAX_PROBES
 from loadtests.payloads import wire_name
+from spec.resultschema import stamped
 
 MIN_RATE_FRACTION = 1 / 64  # below start x this, the SLO is out of reach (capacity 0)
 GENERATOR_REASONS = ("started late", "generator-bound")
@@ -166,7 +167,8 @@ def search(cell: Cell, run_open: Callable[[float, float], dict], run_closed: Cal
 def write(results: Sequence[dict], out_dir: Path, slo) -> Path:
     """capacity.json: standard JSON, a probe's NaN (a window with no answers) written as null."""
     path = out_dir / "capacity.json"
-    path.write_text(json.dumps(report.plain({"slo": slo.model_dump(), "slo_text": str(slo), "results": list(results)}),
+    path.write_text(json.dumps(report.plain(stamped({"slo": slo.model_dump(), "slo_text": str(slo),
+                                                     "results": list(results)})),
                                indent=2, allow_nan=False, default=lambda value: None) + "\n")
     return path
 

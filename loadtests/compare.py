@@ -37,6 +37,7 @@ from loadtests import validity
 from loadtests.files import save_atomically
 from loadtests.figures import grouped
 from loadtests.report import fmt
+from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION, version_of
 from loadtests.run import shared_sentences
 from spec.errors import SpecError, UsageError, program
 
@@ -101,9 +102,12 @@ def load_run(path: Path, side: str) -> tuple[Path, dict]:
                         "reports/<model>/<timestamp> (or reports/<model>/latest)")
     try:
         summary = json.loads(summary_file.read_text())
-        summary["runs"]
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{side}={summary_file}: not a bench summary.json (no runs)") from None
+    except (OSError, ValueError):
+        summary = None
+    if isinstance(summary, dict):
+        version_of(summary, f"{side}={summary_file}")  # a newer layout is refused before its fields are read
+    if not isinstance(summary, dict) or not isinstance(summary.get("runs"), list):
+        raise UsageError(f"{side}={summary_file}: not a bench summary.json (no runs)")
     if summary.get("capacity") is not None:
         raise UsageError(f"{side}={path}: a capacity search, not a bench; compare matches bench runs (the capacity "
                         "of each search is in make history)")
@@ -419,7 +423,7 @@ def compare(path_a: Path, path_b: Path, fail_on: Optional[str] = None, min_effec
     a, b = load_run(path_a, "A"), load_run(path_b, "B")
     rows = compare_rows(a, b, effect)
     broken = [{**row, "rule": rule.text} for rule in rules for row in rows if rule.broken_by(row)]
-    result = {"model": b[1]["model"], "a": str(a[0]), "b": str(b[0]), "mode": b[1]["mode"],
+    result = {SCHEMA_FIELD: SCHEMA_VERSION, "model": b[1]["model"], "a": str(a[0]), "b": str(b[0]), "mode": b[1]["mode"],
               "min_effect_pct": effect * 100.0, "fail_on": [r.text for r in rules], "rows": rows,
               "broken": broken, "passed": not broken, "headline": headline(rows, broken),
               "shared_machine": shared_machine(rows)}

@@ -3,7 +3,9 @@
 SQLite by default (`<output_dir>/results.sqlite`), or any SQLAlchemy URL, e.g. a team's shared PostgreSQL
 (`postgresql+psycopg://user@host/db`; `postgresql://` is read the same way). Two tables: `results` (one row per
 command run, with what makes it traceable: git commit, model signature hash, serving version) and `figures` (its
-key figures per protocol, payload and level).
+key figures per protocol, payload and level). Each `results` row carries the `schema_version` of the files it
+was recorded from; a database made before that column existed gets it when a result is next recorded (its old
+rows read as version 0), and `make history` leaves out, in one line, rows a newer tfsb wrote.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from spec.errors import SpecError, program
+from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION, readable
 
 ENV = "TFSB_RESULTS_DB"
 FIGURES = ("p50_ms", "p99_ms", "rps", "capacity_rps")
@@ -52,7 +55,7 @@ def _tables():
         Column("model_signature_sha256", String(64)), Column("serving_version", String(80)),
         Column("server", Text), Column("backend", String(16)), Column("image", Text), Column("host", String(200)),
         Column("mode", String(8)), Column("valid", Boolean), Column("failed", Boolean),
-        Column("thresholds_passed", Boolean), Column("note", Text))
+        Column("thresholds_passed", Boolean), Column("note", Text), Column(SCHEMA_FIELD, Integer))
     figures = Table(
         "figures", metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
@@ -97,7 +100,8 @@ def rows_of(kind: str, summary: dict) -> tuple[dict, list[dict]]:
     from loadtests.figures import folded
 
     provenance = summary.get("provenance") or {}
-    result = {"recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": kind,
+    result = {SCHEMA_FIELD: SCHEMA_VERSION,
+              "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": kind,
               "model": summary["model"], "report_dir": str(summary.get("report_dir", "")),
               "mode": summary.get("mode"), "valid": summary.get("valid"), "failed": summary.get("failed"),
               "thresholds_passed": summary.get("thresholds_passed"), "note": summary.get("headline"),
@@ -131,6 +135,7 @@ def record(url: str, kind: str, summary: dict, run_dir: Path) -> int:
     def write() -> int:
         with engine.begin() as connection:
             metadata.create_all(connection)
+            _add_missing_columns(connection, results)
             result_id = connection.execute(insert(results).values(**result)).inserted_primary_key[0]
             if rows:
                 connection.execute(insert(figures), [{**row, "result_id": result_id} for row in rows])
@@ -139,6 +144,17 @@ def record(url: str, kind: str, summary: dict, run_dir: Path) -> int:
         return _call(url, write, " (the report itself is written)")
     finally:
         engine.dispose()
+
+
+def _add_missing_columns(connection, table) -> None:
+    """A table created by an older tfsb gets the columns added since (nullable: its rows keep NULL there)."""
+    from sqlalchemy import inspect, text
+
+    present = {column["name"] for column in inspect(connection).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def tune_summary(result: dict, tune_dir: Path) -> dict:
@@ -167,9 +183,11 @@ def load(url: str, model: str, limit: int = 50) -> list[dict]:
         with engine.connect() as connection:
             if not inspect(connection).has_table("results"):
                 return []
-            chosen = connection.execute(select(results).where(results.c.model == model)
+            present = {column["name"] for column in inspect(connection).get_columns("results")}
+            columns = [column for column in results.columns if column.name in present]  # an older database
+            chosen = connection.execute(select(*columns).where(results.c.model == model)
                                         .order_by(results.c.id.desc()).limit(limit)).mappings().all()
-            out = [dict(row) for row in reversed(chosen)]
+            out = [{SCHEMA_FIELD: None, **row} for row in reversed(chosen)]
             by_id = {row["id"]: row for row in out}
             for row in out:
                 row["figures"] = []
@@ -275,6 +293,14 @@ def main_history(argv) -> int:
             raise SpecError(f"{spec.where('benchmark', 'results_db')}: benchmark.results_db is 'off': nothing is "
                             "recorded, so there is no history; give --db URL")
         results = load(url, spec.name, args.limit)
+        newer = [r for r in results if not readable(r[SCHEMA_FIELD])]
+        if newer:
+            results = [r for r in results if readable(r[SCHEMA_FIELD])]
+            print(f"history: {len(newer)} of the last {len(newer) + len(results)} results were recorded by a newer "
+                  f"tfsb (schema_version {max(r[SCHEMA_FIELD] for r in newer)}; this one reads up to "
+                  f"{SCHEMA_VERSION}) and are left out: upgrade tfsb to see them")
+        if not results and newer:
+            return 0
         if not results:
             print(f"no results of '{spec.name}' recorded in {display(url)} yet: run make bench SPEC={args.spec}")
             return 0

@@ -16,6 +16,7 @@ import numpy as np
 
 from loadtests import report, reporttables
 from loadtests.figures import folded
+from spec.resultschema import stamped
 from spec.resources import package_dir
 
 ASSETS = package_dir("loadtests") / "assets"  # package data
@@ -234,7 +235,8 @@ def write(summary: dict, out_dir: Path) -> None:
     """summary.json (with its headline), PNG copies of the main plots and the interactive report.html."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary["headline"] = headline(summary)
-    (out_dir / "summary.json").write_text(json.dumps(report.plain(summary), indent=2, allow_nan=False) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(report.plain(stamped(summary)), indent=2, allow_nan=False)
+                                          + "\n")
     runs = folded(summary["runs"]) if summary.get("capacity") is None else summary["runs"]
     pngs = []
     if runs:

@@ -21,7 +21,8 @@ from loadtests.history import tune_summary
 from loadtests.run import plan
 from loadtests.session import (EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators, new_run_dir, point_latest,
                                record_history, session, with_monitoring)
-from spec.errors import HarnessError, SpecError
+from spec.errors import HarnessError, SpecError, UsageError
+from spec.resultschema import version_of
 
 TUNE_FILE = "tune.json"
 
@@ -47,7 +48,12 @@ def _resumable(spec, wanted_key: str, log) -> Optional[dict]:
         state = json.loads(latest.read_text())
     except (OSError, ValueError):
         return None
-    if state.get("complete"):
+    if not isinstance(state, dict) or state.get("complete"):
+        return None
+    try:
+        version_of(state, str(latest.resolve()))
+    except UsageError as exc:
+        log(f"tune: not resuming: {exc}")
         return None
     if state.get("key") != wanted_key:
         log(f"tune: not resuming {latest.parent.resolve()}: it searched another spec, SLO, space or settings")

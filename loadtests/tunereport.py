@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from loadtests import report, tunespace
 from loadtests.files import save_atomically
+from spec.resultschema import stamped
 
 PARETO_PLOT = "pareto.png"
 
@@ -291,7 +292,7 @@ def html_page(result: dict, plot: Optional[str]) -> str:
 def write(result: dict, out_dir: Path) -> None:
     """tune.json replaced whole (a checkpoint interrupted mid-write leaves the previous one), then tune.html."""
 
-    text = json.dumps(report.plain(result), indent=2, allow_nan=False, default=lambda value: None) + "\n"
+    text = json.dumps(report.plain(stamped(result)), indent=2, allow_nan=False, default=lambda value: None) + "\n"
     save_atomically(out_dir / "tune.json", text.encode())
     plot = plot_pareto(result, out_dir) if result["complete"] else None
     (out_dir / "tune.html").write_text(html_page(result, plot))

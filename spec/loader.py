@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from spec.errors import SpecError
+from spec.errors import SpecError, UsageError
+from spec.resultschema import version_of
 from spec.schema import SOURCE_KINDS, KerasFileSource, SavedModelSource, Spec
 from spec.yamlsource import YamlSourceError, load_yaml_with_lines
 
@@ -130,6 +131,11 @@ def _apply_tuned(spec: Spec) -> Spec:
                         f"make tune SPEC={spec.origin} SLO=p99:200ms first, or remove serving.tuned") from None
     except (OSError, ValueError) as exc:
         raise SpecError(f"{where}: serving.tuned: {path} cannot be read as a tune result ({exc})") from None
+    if isinstance(result, dict):
+        try:
+            version_of(result, str(path))
+        except UsageError as exc:
+            raise SpecError(f"{where}: serving.tuned: {exc}") from None
     best = result.get("best") if isinstance(result, dict) else None
     if not isinstance(best, dict) or not isinstance(best.get("config"), dict):
         raise SpecError(f"{where}: serving.tuned: {path} has no recommendation (no trial met the SLO, or the search "

@@ -185,3 +185,16 @@ def test_history_lists_the_runs_in_sqlite_and_postgresql(benches):
     grpc_p50 = {r["report_dir"]: next(f["p50_ms"] for f in r["figures"] if f["protocol"] == "grpc") for r in results}
     assert grpc_p50[str(benches["b"][2])] > grpc_p50[str(benches["a"][2])] + 0.8 * DELAY_S * 1000
     assert (benches["tmp"] / "reports" / "digits_cnn" / "history.png").stat().st_size > 1000
+    # a database from before schema_version gets the column on PostgreSQL too; its rows read as unversioned
+    from sqlalchemy import create_engine, text
+    from spec.resultschema import SCHEMA_VERSION
+
+    url = history.database_url(None, benches["pg"])
+    assert {r["schema_version"] for r in results} == {SCHEMA_VERSION}
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE results DROP COLUMN schema_version"))
+    engine.dispose()
+    assert {r["schema_version"] for r in history.load(url, "digits_cnn")} == {None}
+    history.record(url, "bench", json.loads((benches["a"][2] / "summary.json").read_text()), benches["a"][2])
+    assert [r["schema_version"] for r in history.load(url, "digits_cnn")] == [None] * 3 + [SCHEMA_VERSION]

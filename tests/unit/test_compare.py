@@ -294,3 +294,64 @@ def test_repeated_benches_intervals_see_the_noise_between_benches(tmp_path):
     assert found >= 18
     assert all(count >= 18 for count in held[True].values()), held
     assert sum(held[False].values()) < sum(held[True].values()) - 6, held  # what the CI run met
+
+
+def test_every_result_file_reader_takes_older_layouts_and_refuses_a_newer_one_in_one_line(tmp_path):
+    from spec.resultschema import SCHEMA_VERSION, stamped, version_of
+
+    assert stamped({"model": "m", "schema_version": 99}) == {"schema_version": SCHEMA_VERSION, "model": "m"}
+    assert version_of({}, "f") == 0 and version_of({"schema_version": SCHEMA_VERSION}, "f") == SCHEMA_VERSION
+    for bad, says in ((SCHEMA_VERSION + 1, "written by a newer tfsb"), ("1", "not a version number"),
+                      (True, "not a version number"), (-1, "not a version number")):
+        with pytest.raises(UsageError, match=says):
+            version_of({"schema_version": bad}, "f.json")
+    # compare: a summary written before versioning reads; a newer one is refused naming the file
+    a_dir, a = _side(tmp_path, "a", [np.full(50, 1.0)])
+    (a_dir / "summary.json").write_text(json.dumps(a))
+    assert compare.load_run(a_dir, "A")[1]["runs"] == a["runs"]
+    (a_dir / "summary.json").write_text(json.dumps({**a, "schema_version": SCHEMA_VERSION + 1}))
+    with pytest.raises(UsageError, match=f"A={a_dir / 'summary.json'}: written by a newer tfsb") as caught:
+        compare.load_run(a_dir, "A")
+    assert "\n" not in str(caught.value)
+    # what compare writes carries the version
+    b_dir, b = _side(tmp_path, "b", [np.full(50, 1.0)])
+    (a_dir / "summary.json").write_text(json.dumps(stamped(a)))
+    (b_dir / "summary.json").write_text(json.dumps(b))
+    assert compare.compare(a_dir, b_dir, log=lambda line: None) == 0
+    assert json.loads((b_dir / "compare.json").read_text())["schema_version"] == SCHEMA_VERSION
+
+
+def test_history_adds_the_version_column_to_an_older_database_and_leaves_out_newer_rows(tmp_path, capsys):
+    import sqlite3
+
+    from spec.resultschema import SCHEMA_VERSION
+
+    spec_path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.output_dir": str(tmp_path / "r")})
+    url = history.database_url(load_spec(spec_path))
+    database = tmp_path / "r" / "results.sqlite"
+    database.parent.mkdir()
+    with sqlite3.connect(database) as old:  # the layout before schema_version, with one result in it
+        old.execute("CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, recorded_at VARCHAR(32) NOT NULL, "
+                    "kind VARCHAR(16) NOT NULL, model VARCHAR(200) NOT NULL, report_dir TEXT, spec TEXT, "
+                    "spec_sha256 VARCHAR(64), git_commit VARCHAR(80), model_signature_sha256 VARCHAR(64), "
+                    "serving_version VARCHAR(80), server TEXT, backend VARCHAR(16), image TEXT, host VARCHAR(200), "
+                    "mode VARCHAR(8), valid BOOLEAN, failed BOOLEAN, thresholds_passed BOOLEAN, note TEXT)")
+        old.execute("CREATE TABLE figures (id INTEGER PRIMARY KEY AUTOINCREMENT, result_id INTEGER NOT NULL "
+                    "REFERENCES results (id), protocol VARCHAR(8), payload VARCHAR(32), wire VARCHAR(32), level FLOAT, "
+                    "repeats INTEGER, valid BOOLEAN, p50_ms FLOAT, p99_ms FLOAT, rps FLOAT, capacity_rps FLOAT)")
+        old.execute("INSERT INTO results (recorded_at, kind, model, git_commit, valid) "
+                    "VALUES ('2026-01-01T00:00:00+00:00', 'bench', 'digits_cnn', 'old0001', 1)")
+    assert [r["schema_version"] for r in history.load(url, "digits_cnn")] == [None]  # read before any migration
+    runs = [{**_row(p50_ms=5.0, p99_ms=9.0, rps=100.0), "valid": True, "invalid_reasons": [], "requests": 1,
+             "failures": 0}]
+    history.record(url, "bench", {"model": "digits_cnn", "runs": runs, "provenance": {"git_commit": "new0002"},
+                                  "valid": True, "failed": False, "mode": "closed"}, tmp_path)
+    results = history.load(url, "digits_cnn")
+    assert [(r["git_commit"], r["schema_version"]) for r in results] == [("old0001", None), ("new0002", SCHEMA_VERSION)]
+    with sqlite3.connect(database) as newer:  # as a later tfsb would record
+        newer.execute("INSERT INTO results (recorded_at, kind, model, git_commit, valid, schema_version) "
+                      f"VALUES ('2027-01-01T00:00:00+00:00', 'bench', 'digits_cnn', 'next003', 1, {SCHEMA_VERSION + 1})")
+    assert history.main_history(["--spec", str(spec_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"1 of the last 3 results were recorded by a newer tfsb (schema_version {SCHEMA_VERSION + 1}" in out
+    assert "digits_cnn: 2 results in" in out and "old0001" in out and "new0002" in out and "next003" not in out

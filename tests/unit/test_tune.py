@@ -266,6 +266,9 @@ def test_serving_tuned_applies_the_latest_recommendation(tmp_path):
     (latest / "tune.json").write_text(json.dumps({"model": "toy", "best": None}))
     with pytest.raises(SpecError, match="no recommendation"):
         _spec(tmp_path, body=body)
+    (latest / "tune.json").write_text(json.dumps({"schema_version": 99, "model": "toy", "best": {"config": config}}))
+    with pytest.raises(SpecError, match="serving.tuned: .*tune.json: written by a newer tfsb .schema_version 99"):
+        _spec(tmp_path, body=body)
 
 
 def test_the_headline_says_what_the_best_buys_even_when_the_default_met_the_slo_at_no_rate():
@@ -289,3 +292,17 @@ def test_a_checkpoint_is_rewritten_whole(tmp_path):
     written = json.loads((tmp_path / "tune.json").read_text())
     assert written["nan"] is None and not (tmp_path / "tune.json.partial").exists()
     assert "unfinished" in (tmp_path / "tune.html").read_text()
+
+
+def test_a_search_resumes_from_an_older_checkpoint_but_not_from_a_newer_tfsbs(tmp_path):
+    from loadtests.tune import _resumable
+
+    spec = _spec(tmp_path)
+    latest = tmp_path.parent / "reports" / "toy" / "tune" / "latest"
+    latest.mkdir(parents=True, exist_ok=True)
+    said = []
+    (latest / "tune.json").write_text(json.dumps({"complete": False, "key": "k1", "trials": []}))
+    assert _resumable(spec, "k1", said.append)["key"] == "k1" and not said  # written before schema_version
+    (latest / "tune.json").write_text(json.dumps({"schema_version": 99, "complete": False, "key": "k1"}))
+    assert _resumable(spec, "k1", said.append) is None
+    assert len(said) == 1 and "not resuming" in said[0] and "written by a newer tfsb" in said[0], said
