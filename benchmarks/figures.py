@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from loadtests.session import cpu_model
+from loadtests.measure.session import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "docs" / "data"

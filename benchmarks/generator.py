@@ -22,8 +22,8 @@ MAX_LATE = 0.01
 
 
 def headroom(server, payload_file: Path, out_dir: Path, protocol: str, users: int, seconds: float) -> dict:
-    from loadtests import validity
-    from loadtests.run import Step, Target, run_and_measure
+    from loadtests.analyze import validity
+    from loadtests.measure.run import Step, Target, run_and_measure
 
     target = Target(model=server.model, rest_url=server.rest_url, grpc_target=server.grpc_target,
                     payload_file=payload_file, warmup_s=2.0, duration_s=seconds, spawn_rate=100.0,

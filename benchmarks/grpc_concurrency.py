@@ -4,7 +4,7 @@ A stand-in PredictionService takes a fixed 50 ms per call (on 32 threads, so it 
 calls at once) and answers each image with its expected probabilities. Ten GrpcUsers run against
 it in one headless Locust process, exactly as in `make bench`:
 
-* with the lean client (loadtests/leangrpc.py on gevent sockets, what `make bench` uses) and with
+* with the lean client (loadtests/drive/leangrpc.py on gevent sockets, what `make bench` uses) and with
   grpcio made gevent-safe (grpc.experimental.gevent.init_gevent, what the locustfile does for
   benchmark.grpc_client: grpcio), users overlap and reach close to 10 / 0.05 s = 200 requests/s;
   target >= 150 for both;
@@ -35,7 +35,7 @@ TARGET_RPS = 150.0
 
 def _payloads(directory: Path):
     from exporter.images import bundled_photos, encode, resize
-    from loadtests.payloads import PayloadSet
+    from loadtests.drive.payloads import PayloadSet
 
     photos = bundled_photos()[:4]
     jpegs = [encode(resize(pixels, 64, 48), "jpeg", 90) for _, pixels in photos]
@@ -78,7 +78,7 @@ def _stand_in_server(payloads, port: int):
 
 def _measure(payload_file: Path, port: int, out_dir: Path, client: str, blocking: bool, users: int,
              seconds: float) -> dict:
-    from loadtests.run import Step, Target, measure, run_step
+    from loadtests.measure.run import Step, Target, measure, run_step
 
     os.environ["LOADTESTS_BLOCKING_GRPC"] = "1" if blocking else "0"
     try:

@@ -63,9 +63,10 @@ def _h2load(target: str, framed: Path, seconds: float) -> dict:
 
 def measure_spec(spec_path: str, seconds: float, rounds: int, work: Path) -> list[dict]:
     from exporter.export import ensure_exported
-    from loadtests import validity
-    from loadtests.payloads import PayloadSet, load_or_build
-    from loadtests.run import Step, Target, run_and_measure
+    from loadtests.analyze import validity
+    from loadtests.drive.payloads import PayloadSet
+    from loadtests.measure.payloadsets import load_or_build
+    from loadtests.measure.run import Step, Target, run_and_measure
     from server.process import ServerProcess
     from spec.loader import load_spec
 

@@ -37,7 +37,7 @@ PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 def synthetic_payloads(directory: Path, count: int = 4, model: str = "stand_in"):
     """A PayloadSet of bundled photos at 64x48 whose 'right answers' are class i for image i (no model needed)."""
     from exporter.images import bundled_photos, encode, resize
-    from loadtests.payloads import PayloadSet
+    from loadtests.drive.payloads import PayloadSet
 
     photos = bundled_photos()[:count]
     jpegs = [encode(resize(pixels, 64, 48), "jpeg", 90) for _, pixels in photos]
@@ -58,7 +58,7 @@ def _answers(payload_file: Path, model: str) -> tuple[dict, dict]:
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
     from tensorflow_serving.apis import predict_pb2
 
-    from loadtests.payloads import PAYLOADS, PayloadSet
+    from loadtests.drive.payloads import PAYLOADS, PayloadSet
 
     payloads = PayloadSet.load(payload_file)
     rest, grpc_answers = {}, {}

@@ -1,6 +1,6 @@
 """The demo's calls to the deployed model: one image over REST (b64) and over gRPC (bytes), timed.
 
-The requests are the load tests' own (loadtests.payloads.image_rest_body / image_grpc_request), and so
+The requests are the load tests' own (loadtests.drive.payloads.image_rest_body / image_grpc_request), and so
 is the reading of the answers, so what the page shows is what the benchmark measures.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from loadtests.payloads import (IMAGE_SIGNATURE, image_grpc_request, image_rest_body, probabilities_from_grpc,
+from loadtests.drive.payloads import (IMAGE_SIGNATURE, image_grpc_request, image_rest_body, probabilities_from_grpc,
                                 probabilities_from_rest)
 
 TIMEOUT_S = 30.0
@@ -53,7 +53,7 @@ class ModelClient:
     def __init__(self, rest_url: str, grpc_target: str, model: str):
         import grpc
 
-        from loadtests import wire
+        from loadtests.drive import wire
 
         self.rest_url, self.grpc_target, self.model = rest_url.rstrip("/"), grpc_target, model
         parts = urlsplit(self.rest_url)

@@ -7,7 +7,7 @@ Custom arguments (shown in the web UI): --spec, --model-name, --rest-url, --grpc
 open-loop test --rate (requests/s; 0 = closed loop), --arrival and --max-in-flight.
 Hidden ones used by the bench runner: --payload-file, --samples-out, --measure, --server-pid, --metrics-url,
 --seed, --late-tolerance-ms, --drain.
-With --master / --worker, loadtests/distributed.py carries payloads, the window and the samples between them.
+With --master / --worker, loadtests/drive/distributed.py carries payloads, the window and the samples between them.
 """
 from __future__ import annotations
 
@@ -34,18 +34,18 @@ from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 # tolerate 30 s, so a measured window keeps every worker's users and samples. (Locust has no option for it.)
 locust_runners.HEARTBEAT_LIVENESS = 30
 
-from loadtests.distributed import SAMPLES_WAIT_S as distributed_samples_wait  # noqa: E402
-from loadtests.distributed import MasterSide, WorkerSide  # noqa: E402
-from loadtests.leangrpc import grpc_message  # noqa: E402
-from loadtests.payloads import GRPC_WIRE, PayloadSet  # noqa: E402
-from loadtests.profiling import WindowTrace  # noqa: E402
-from loadtests.recorder import Recorder, write_samples  # noqa: E402
-from loadtests.schedule import ARRIVALS, Schedule  # noqa: E402
-from loadtests.servermetrics import Scraper  # noqa: E402
-from loadtests.settling import Window, facts as settled_facts, measure_until_settled  # noqa: E402
-from loadtests.validity import Rules  # noqa: E402
-from loadtests.openloop import OpenLoop  # noqa: E402
-from loadtests.users import GrpcUser, LoadContext, RestUser, render_rest_request  # noqa: E402
+from loadtests.drive.distributed import SAMPLES_WAIT_S as distributed_samples_wait  # noqa: E402
+from loadtests.drive.distributed import MasterSide, WorkerSide  # noqa: E402
+from loadtests.drive.http2 import grpc_message  # noqa: E402
+from loadtests.drive.payloads import GRPC_WIRE, PayloadSet  # noqa: E402
+from loadtests.drive.profiling import WindowTrace  # noqa: E402
+from loadtests.drive.recorder import Recorder, write_samples  # noqa: E402
+from loadtests.drive.schedule import ARRIVALS, Schedule  # noqa: E402
+from loadtests.drive.servermetrics import Scraper  # noqa: E402
+from loadtests.analyze.settling import Window, facts as settled_facts, measure_until_settled  # noqa: E402
+from loadtests.analyze.validity import Rules  # noqa: E402
+from loadtests.drive.openloop import OpenLoop  # noqa: E402
+from loadtests.drive.users import GrpcUser, LoadContext, RestUser, render_rest_request  # noqa: E402
 
 __all__ = ["RestUser", "GrpcUser"]
 DEFAULT_SPEC = "specs/mobilenet_v2.yaml"
@@ -102,7 +102,7 @@ def _load_payloads(options) -> PayloadSet:
         return PayloadSet.load(Path(options.payload_file))
     from spec.loader import load_spec
     from exporter.export import latest_version_dir
-    from loadtests.payloads import load_or_build
+    from loadtests.measure.payloadsets import load_or_build
 
     spec = load_spec(Path(options.spec))
     version_dir = latest_version_dir(spec)

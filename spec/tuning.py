@@ -1,7 +1,7 @@
 """The spec's `tune:` section: what `make tune` searches and how long it may take.
 
 Every knob is a list of candidate values. A knob left out (null) gets candidates derived from the model and the
-machine when the search starts (loadtests.tuning.space); a knob given one value is held at it.
+machine when the search starts (loadtests.measure.tunespace.derive); a knob given one value is held at it.
 """
 from __future__ import annotations
 

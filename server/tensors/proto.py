@@ -71,7 +71,7 @@ def _proto_to_array(proto) -> np.ndarray:
 def array_to_proto(array: np.ndarray, tf_dtype: Optional[int] = None, as_content: bool = False, message=None):
     """numpy -> TensorProto with typed *_val fields (TF Serving's default) or tensor_content.
 
-    `message`: the TensorProto class to fill (TensorFlow's by default; a load generator passes loadtests.wire's).
+    `message`: the TensorProto class to fill (TensorFlow's by default; a load generator passes loadtests.drive.wire's).
     """
     if message is None:
         from tensorflow.core.framework.tensor_pb2 import TensorProto as message

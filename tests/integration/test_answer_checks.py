@@ -8,7 +8,8 @@ import json
 import pytest
 
 from exporter.export import export
-from loadtests.payloads import answer_spread, load_or_build
+from loadtests.drive.payloads import answer_spread
+from loadtests.measure.payloadsets import load_or_build
 from spec.loader import load_spec
 from tests.conftest import run_cli, write_spec
 from tests.serverproc import free_port

@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from spec.loader import load_spec
 from deploy.waiting import Endpoints, rest_status
-from loadtests.payloads import PayloadSet, load_or_build
+from loadtests.drive.payloads import PayloadSet
+from loadtests.measure.payloadsets import load_or_build
+from spec.loader import load_spec
 from tests.conftest import NOISE, REPO, generator_kept_up, measured_while_the_generator_keeps_up, run_cli, write_spec
 from tests.serverproc import ServerProcess, free_port
 
@@ -207,8 +208,8 @@ def test_distributed_bench_merges_local_and_remote_workers(tmp_path, digits_expo
 
 
 def test_wrong_answers_fail_with_their_reason(tmp_path, digits_export):
-    from loadtests.correctness import MismatchError, check
-    from loadtests.run import Step, Target, measure, run_step
+    from loadtests.measure.correctness import MismatchError, check
+    from loadtests.measure.run import Step, Target, measure, run_step
 
     spec_path, version_dir = digits_export
     spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{

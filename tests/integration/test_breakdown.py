@@ -14,10 +14,11 @@ import dataclasses
 
 import pytest
 
-from loadtests import validity
-from loadtests.payloads import load_or_build, request_bytes
-from loadtests.run import Step, Target, run_and_measure
-from loadtests.servermetrics import metrics_url
+from loadtests.analyze import validity
+from loadtests.drive.payloads import request_bytes
+from loadtests.drive.servermetrics import metrics_url
+from loadtests.measure.payloadsets import load_or_build
+from loadtests.measure.run import Step, Target, run_and_measure
 from spec.loader import load_spec
 from tests.grpcproxy import DelayProxy
 from tests.serverproc import ServerProcess

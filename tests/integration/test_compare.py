@@ -160,7 +160,7 @@ def test_the_report_is_interactive_and_self_contained(benches):
 
 
 def test_history_lists_the_runs_in_sqlite_and_postgresql(benches):
-    from loadtests import history
+    from loadtests.analyze import resultsdb
 
     spec_a = benches["a"][0]
     sqlite = subprocess.run([sys.executable, "-m", "loadtests", "history", "--spec", str(spec_a)], cwd=REPO,
@@ -170,7 +170,7 @@ def test_history_lists_the_runs_in_sqlite_and_postgresql(benches):
     # A and C's results, again into PostgreSQL beside B's, through the same code the bench calls
     for name in ("a", "c"):
         run_dir = benches[name][2]
-        history.record(history.database_url(None, benches["pg"]), "bench",
+        resultsdb.record(resultsdb.database_url(None, benches["pg"]), "bench",
                        json.loads((run_dir / "summary.json").read_text()), run_dir)
     pg = subprocess.run([sys.executable, "-m", "loadtests", "history", "--spec", str(spec_a), "--db", benches["pg"]],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -178,7 +178,7 @@ def test_history_lists_the_runs_in_sqlite_and_postgresql(benches):
     assert "digits_cnn: 3 results in postgresql+psycopg://postgres@127.0.0.1" in pg.stdout
     for lines in (sqlite.stdout, pg.stdout):
         assert lines.count("rest image_b64") >= 2 and lines.count("grpc image_bytes") >= 2
-    results = history.load(history.database_url(None, benches["pg"]), "digits_cnn")
+    results = resultsdb.load(resultsdb.database_url(None, benches["pg"]), "digits_cnn")
     assert [r["report_dir"] for r in results] == [str(benches[n][2]) for n in ("b", "a", "c")]
     commit = json.loads((benches["a"][2] / "summary.json").read_text())["provenance"]["git_commit"]
     assert all(r["git_commit"] == commit and len(r["model_signature_sha256"]) == 64 for r in results)
@@ -187,14 +187,15 @@ def test_history_lists_the_runs_in_sqlite_and_postgresql(benches):
     assert (benches["tmp"] / "reports" / "digits_cnn" / "history.png").stat().st_size > 1000
     # a database from before schema_version gets the column on PostgreSQL too; its rows read as unversioned
     from sqlalchemy import create_engine, text
+
     from spec.resultschema import SCHEMA_VERSION
 
-    url = history.database_url(None, benches["pg"])
+    url = resultsdb.database_url(None, benches["pg"])
     assert {r["schema_version"] for r in results} == {SCHEMA_VERSION}
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE results DROP COLUMN schema_version"))
     engine.dispose()
-    assert {r["schema_version"] for r in history.load(url, "digits_cnn")} == {None}
-    history.record(url, "bench", json.loads((benches["a"][2] / "summary.json").read_text()), benches["a"][2])
-    assert [r["schema_version"] for r in history.load(url, "digits_cnn")] == [None] * 3 + [SCHEMA_VERSION]
+    assert {r["schema_version"] for r in resultsdb.load(url, "digits_cnn")} == {None}
+    resultsdb.record(url, "bench", json.loads((benches["a"][2] / "summary.json").read_text()), benches["a"][2])
+    assert [r["schema_version"] for r in resultsdb.load(url, "digits_cnn")] == [None] * 3 + [SCHEMA_VERSION]

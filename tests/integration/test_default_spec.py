@@ -13,7 +13,7 @@ import json
 import pytest
 import yaml
 
-from loadtests.payloads import SCORE_TOLERANCE
+from loadtests.drive.payloads import SCORE_TOLERANCE
 from tests.conftest import NOISE, REPO, run_cli, write_spec
 from tests.serverproc import free_port
 

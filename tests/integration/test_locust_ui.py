@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from loadtests.measure.payloadsets import load_or_build
 from spec.loader import load_spec
-from loadtests.payloads import load_or_build
 from tests.browser import CHROMIUM, launch
 from tests.conftest import write_spec
 from tests.serverproc import ServerProcess, free_port, page_process

@@ -12,11 +12,11 @@ import dataclasses
 import pytest
 
 from benchmarks.standin import StandIn, synthetic_payloads
-from loadtests import validity
-from loadtests.capacity import Cell, search
-from loadtests.payloads import request_bytes
-from loadtests.run import Step, Target, run_and_measure
-from spec.schema import SloSpec
+from loadtests.analyze import validity
+from loadtests.drive.payloads import request_bytes
+from loadtests.measure.run import Step, Target, run_and_measure
+from loadtests.measure.search import Cell, search
+from spec.benchmarkschema import SloSpec
 from tests.conftest import generator_kept_up, measured_while_the_generator_keeps_up
 from tests.queueing import md1_percentile_ms
 

@@ -1,4 +1,4 @@
-"""Runs that settle (loadtests/settling.py) against stand-ins whose service time changes on a known schedule.
+"""Runs that settle (loadtests/analyze/settling.py) against stand-ins whose service time changes on a known schedule.
 
 * 40 ms, then 10 ms from the middle of the measured window on: a fixed window blends the two and is judged
   unstable; the adaptive run goes on, reports the settled figure from the sub-windows after the change, and is valid;
@@ -13,9 +13,9 @@ import dataclasses
 import pytest
 
 from benchmarks.standin import StandIn, synthetic_payloads
-from loadtests import validity
-from loadtests.payloads import request_bytes
-from loadtests.run import Step, Target, run_and_measure
+from loadtests.analyze import validity
+from loadtests.drive.payloads import request_bytes
+from loadtests.measure.run import Step, Target, run_and_measure
 
 pytestmark = [pytest.mark.slow, pytest.mark.measures]
 

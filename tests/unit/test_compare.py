@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import json
-
 import math
 
 import numpy as np
 import pytest
 
-from loadtests import compare, history
-from loadtests.figures import folded, threshold_rows
-from loadtests.recorder import write_samples
+from loadtests.analyze import intervals, resultsdb
+from loadtests.analyze.figures import folded, threshold_rows
+from loadtests.commands import compare, history as history_command
+from loadtests.drive.recorder import write_samples
+from loadtests.report import historypage
 from spec.errors import SpecError, UsageError
 from spec.loader import load_spec
 from spec.thresholds import broken, evaluate, parse
@@ -73,14 +74,14 @@ def test_repeats_fold_into_their_median_and_are_valid_only_together():
 
 
 def test_fail_on_rules_and_minimum_effect_parse():
-    assert [(r.metric, r.limit_pct) for r in compare.parse_fail_on("p99:+10%, rps:-5%,p50:3%")] == [
+    assert [(r.metric, r.limit_pct) for r in intervals.parse_fail_on("p99:+10%, rps:-5%,p50:3%")] == [
         ("p99", 10.0), ("rps", -5.0), ("p50", 3.0)]
     for bad in ("p99:+10", "p99:-10%", "rps:+5%", "latency:5%"):
         with pytest.raises(UsageError, match="--fail-on"):
-            compare.parse_fail_on(bad)
-    assert compare.parse_effect("5%") == 0.05 and compare.parse_effect("0.1") == 0.1 and compare.parse_effect("2") == 0.02
+            intervals.parse_fail_on(bad)
+    assert intervals.parse_effect("5%") == 0.05 and intervals.parse_effect("0.1") == 0.1 and intervals.parse_effect("2") == 0.02
     with pytest.raises(UsageError, match="--min-effect"):
-        compare.parse_effect("lots")
+        intervals.parse_effect("lots")
 
 
 @pytest.mark.parametrize("metric, change, ci, effect, expected", [
@@ -90,7 +91,7 @@ def test_fail_on_rules_and_minimum_effect_parse():
     ("p50", 3.0, [2.0, 4.0], 0.05, "no change"),      # significant but under the minimum effect
     ("p50", 3.0, [2.0, 4.0], 0.0, "slower"), ("p50", None, None, 0.05, "no change")])
 def test_verdicts(metric, change, ci, effect, expected):
-    assert compare.verdict(metric, change, ci, effect) == expected
+    assert intervals.verdict(metric, change, ci, effect) == expected
 
 
 def _fake_run(run_dir, name, latencies_ms, window_s=10.0, protocol="grpc", repeat=1):
@@ -119,12 +120,12 @@ def test_block_bootstrap_sees_drift_inside_a_run_that_a_request_bootstrap_would_
     steady = 10.0 + rng.normal(0, 0.2, 2000)
     drifting = np.linspace(8.0, 13.0, 2000) + rng.normal(0, 0.2, 2000)  # the same mean, drifting over the run
     a = _side(tmp_path, "a", [steady])
-    rows = {r["metric"]: r for r in compare.compare_rows(a, _side(tmp_path, "b", [steady * 1.2]), 0.05)}
+    rows = {r["metric"]: r for r in intervals.compare_rows(a, _side(tmp_path, "b", [steady * 1.2]), 0.05)}
     assert rows["p50"]["verdict"] == "slower" and rows["p50"]["method"] == "block bootstrap + run-to-run noise"
     assert 18 < rows["p50"]["change_pct"] < 22 and rows["p50"]["ci95_pct"][0] > 15
     # the same count: sub-windows of 667, 667 and 666 requests are the only run-to-run noise there is
     assert rows["rps"]["verdict"] == "no change" and -1 < rows["rps"]["ci95_pct"][0] <= 0 <= rows["rps"]["ci95_pct"][1] < 1
-    drift = {r["metric"]: r for r in compare.compare_rows(a, _side(tmp_path, "c", [drifting]), 0.05,
+    drift = {r["metric"]: r for r in intervals.compare_rows(a, _side(tmp_path, "c", [drifting]), 0.05,
                                                           run_noise=False)}["p50"]
     width = drift["ci95_pct"][1] - drift["ci95_pct"][0]
     per_request = 2 * 1.96 * np.std(drifting) * 1.25 / np.sqrt(2000) / 10.5 * 100  # ~ the median's own interval
@@ -135,11 +136,11 @@ def test_repeats_use_the_variation_between_them(tmp_path):
     rng = np.random.default_rng(2)
     a = _side(tmp_path, "a", [10.0 + rng.normal(0, 0.1, 500) for _ in range(3)])
     same = _side(tmp_path, "b", [10.0 * f + rng.normal(0, 0.1, 500) for f in (0.9, 1.0, 1.1)])  # noisy repeats
-    rows = {r["metric"]: r for r in compare.compare_rows(a, same, 0.05)}
+    rows = {r["metric"]: r for r in intervals.compare_rows(a, same, 0.05)}
     assert rows["p50"]["method"] == "repeats" and rows["p50"]["repeats"] == [3, 3]
     assert rows["p50"]["verdict"] == "no change" and rows["p50"]["ci95_pct"][1] - rows["p50"]["ci95_pct"][0] > 20
     slower = _side(tmp_path, "c", [15.0 + rng.normal(0, 0.1, 500) for _ in range(3)])
-    row = {r["metric"]: r for r in compare.compare_rows(a, slower, 0.05)}["p50"]
+    row = {r["metric"]: r for r in intervals.compare_rows(a, slower, 0.05)}["p50"]
     assert row["verdict"] == "slower" and 45 < row["ci95_pct"][0] <= row["change_pct"] <= row["ci95_pct"][1] < 55
 
 
@@ -158,56 +159,56 @@ def test_compare_writes_json_and_html_and_exits_7_on_a_broken_rule(tmp_path, cap
 
 def test_compare_mistakes_are_one_line(tmp_path):
     with pytest.raises(UsageError, match="no summary.json"):
-        compare.load_run(tmp_path, "A")
+        intervals.load_run(tmp_path, "A")
     (tmp_path / "summary.json").write_text(json.dumps({"runs": [], "capacity": []}))
     with pytest.raises(UsageError, match="a capacity search"):
-        compare.load_run(tmp_path, "A")
+        intervals.load_run(tmp_path, "A")
     a = _side(tmp_path, "a", [np.full(50, 1.0)])
     b_dir, b = _side(tmp_path, "b", [np.full(50, 1.0)])
     b["runs"][0]["level"] = 4
     with pytest.raises(UsageError, match="no protocol, payload and level in common"):
-        compare.compare_rows(a, (b_dir, b), 0.05)
+        intervals.compare_rows(a, (b_dir, b), 0.05)
     (b_dir / "samples" / "b0.npz").unlink()
     b["runs"][0]["level"] = 1
     with pytest.raises(UsageError, match="is missing"):
-        compare.compare_rows(a, (b_dir, b), 0.05)
+        intervals.compare_rows(a, (b_dir, b), 0.05)
 
 
 def test_history_records_and_lists_in_sqlite(tmp_path):
     spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.output_dir": str(tmp_path / "r")}))
-    url = history.database_url(spec)
+    url = resultsdb.database_url(spec)
     assert url == f"sqlite:///{tmp_path / 'r' / 'results.sqlite'}"
     provenance = {"git_commit": "abc123", "model_signature_sha256": "f" * 64, "serving_version": "2.21.0",
                   "backend": "embedded"}
     for p50 in (5.0, 7.0):
         runs = [{**_row(p50_ms=p50, p99_ms=2 * p50, rps=100.0), "valid": True, "invalid_reasons": [], "requests": 1,
                  "failures": 0}]
-        history.record(url, "bench", {"model": "digits_cnn", "runs": runs, "provenance": provenance, "valid": True,
+        resultsdb.record(url, "bench", {"model": "digits_cnn", "runs": runs, "provenance": provenance, "valid": True,
                                       "failed": False, "mode": "closed", "headline": f"p50 {p50}"}, tmp_path)
-    history.record(url, "capacity", {"model": "digits_cnn", "runs": [], "provenance": provenance, "capacity": [
+    resultsdb.record(url, "capacity", {"model": "digits_cnn", "runs": [], "provenance": provenance, "capacity": [
         {"protocol": "grpc", "payload": "image_b64", "wire": "image_bytes", "capacity_rps": 42.0,
          "limited_by": None}]}, tmp_path)
-    results = history.load(url, "digits_cnn")
+    results = resultsdb.load(url, "digits_cnn")
     assert [r["kind"] for r in results] == ["bench", "bench", "capacity"]
     assert [r["figures"][0]["p50_ms"] for r in results[:2]] == [5.0, 7.0]
-    text = history.table(results)
+    text = historypage.table(results)
     assert "abc123" in text and "42.0" in text and text.count("rest image_b64") == 2
-    assert history.load(url, "another") == []
-    assert history.plot(results, tmp_path / "h.png").stat().st_size > 1000
+    assert resultsdb.load(url, "another") == []
+    assert historypage.plot(results, tmp_path / "h.png").stat().st_size > 1000
 
 
 def test_history_database_choice_and_its_errors(tmp_path, monkeypatch):
     spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.results_db": "off"}))
-    assert history.database_url(spec) is None
+    assert resultsdb.database_url(spec) is None
     monkeypatch.setenv("TFSB_RESULTS_DB", "postgresql://u:secret@127.0.0.1:1/x")
-    url = history.database_url(spec)
-    assert url.startswith("postgresql+psycopg://") and "secret" not in history.display(url)
+    url = resultsdb.database_url(spec)
+    assert url.startswith("postgresql+psycopg://") and "secret" not in resultsdb.display(url)
     with pytest.raises(SpecError, match="results database postgresql\\+psycopg://u:\\*\\*\\*@127.0.0.1:1/x: .*"
                                         "TFSB_RESULTS_DB") as caught:
-        history.load(url, "m")  # nothing listens on port 1
+        resultsdb.load(url, "m")  # nothing listens on port 1
     assert "secret" not in str(caught.value)
     with pytest.raises(SpecError, match="not a database URL"):
-        history.load("nosuchdb://x", "m")
+        resultsdb.load("nosuchdb://x", "m")
 
 
 def test_thresholds_on_upper_bounds_judge_the_bound_and_fold_to_the_largest():
@@ -238,7 +239,7 @@ def test_one_run_per_side_intervals_see_the_noise_between_runs(tmp_path):
     """Ten same-setup pairs, each two consecutive 8 s runs on a drifting machine: the widened interval holds zero
     in at least 9 of 10 pairs for every figure, where the bootstrap alone (which sees only each run's inside)
     claims a change that is not there far more often."""
-    held = {True: {m: 0 for m in compare.METRICS}, False: {m: 0 for m in compare.METRICS}}
+    held = {True: {m: 0 for m in intervals.METRICS}, False: {m: 0 for m in intervals.METRICS}}
     found = 0
     for pair in range(10):
         latencies = _machine(16.0, seed=100 + pair)
@@ -246,10 +247,10 @@ def test_one_run_per_side_intervals_see_the_noise_between_runs(tmp_path):
         a = _side(tmp_path / f"pair{pair}", "a", [latencies[:800]])
         b = _side(tmp_path / f"pair{pair}", "b", [latencies[800:]])
         for widened in (True, False):
-            for row in compare.compare_rows(a, b, 0.0, seed=pair, run_noise=widened):
+            for row in intervals.compare_rows(a, b, 0.0, seed=pair, run_noise=widened):
                 held[widened][row["metric"]] += row["ci95_pct"][0] <= 0 <= row["ci95_pct"][1]
         slower = _side(tmp_path / f"pair{pair}", "c", [latencies[800:] * 1.4])  # a real change is still seen
-        found += [r["verdict"] for r in compare.compare_rows(a, slower, 0.05, seed=pair)][0] == "slower"
+        found += [r["verdict"] for r in intervals.compare_rows(a, slower, 0.05, seed=pair)][0] == "slower"
     print(held, found)
     assert found >= 9
     assert all(count >= 9 for count in held[True].values()), held
@@ -277,7 +278,7 @@ def test_repeated_benches_intervals_see_the_noise_between_benches(tmp_path):
     1.75 ms two minutes later, +8.9% [+1.0%, +17.4%] by Welch alone): the widened interval holds zero in at least
     18 of 20 pairs for every figure, Welch alone misses more often, and a real +40% is still `slower`."""
     rng = np.random.default_rng(7)
-    held = {True: {m: 0 for m in compare.METRICS}, False: {m: 0 for m in compare.METRICS}}
+    held = {True: {m: 0 for m in intervals.METRICS}, False: {m: 0 for m in intervals.METRICS}}
     found = 0
     for pair in range(20):
         root = tmp_path / f"pair{pair}"
@@ -285,11 +286,11 @@ def test_repeated_benches_intervals_see_the_noise_between_benches(tmp_path):
         a = _bench_pair(root, "a", rng, 0.04, 0.04)
         b = _bench_pair(root, "b", rng, 0.04, 0.04)
         for widened in (True, False):
-            for row in compare.compare_rows(a, b, 0.0, run_noise=widened):
+            for row in intervals.compare_rows(a, b, 0.0, run_noise=widened):
                 assert row["method"] == "repeats" and (row["run_noise_pct"] is not None) == widened
                 held[widened][row["metric"]] += row["ci95_pct"][0] <= 0 <= row["ci95_pct"][1]
         slower = _bench_pair(root, "c", rng, 0.04, 0.04, factor=1.4)
-        found += {r["metric"]: r for r in compare.compare_rows(a, slower, 0.05)}["p50"]["verdict"] == "slower"
+        found += {r["metric"]: r for r in intervals.compare_rows(a, slower, 0.05)}["p50"]["verdict"] == "slower"
     print(held, found)
     assert found >= 18
     assert all(count >= 18 for count in held[True].values()), held
@@ -308,10 +309,10 @@ def test_every_result_file_reader_takes_older_layouts_and_refuses_a_newer_one_in
     # compare: a summary written before versioning reads; a newer one is refused naming the file
     a_dir, a = _side(tmp_path, "a", [np.full(50, 1.0)])
     (a_dir / "summary.json").write_text(json.dumps(a))
-    assert compare.load_run(a_dir, "A")[1]["runs"] == a["runs"]
+    assert intervals.load_run(a_dir, "A")[1]["runs"] == a["runs"]
     (a_dir / "summary.json").write_text(json.dumps({**a, "schema_version": SCHEMA_VERSION + 1}))
     with pytest.raises(UsageError, match=f"A={a_dir / 'summary.json'}: written by a newer tfsb") as caught:
-        compare.load_run(a_dir, "A")
+        intervals.load_run(a_dir, "A")
     assert "\n" not in str(caught.value)
     # what compare writes carries the version
     b_dir, b = _side(tmp_path, "b", [np.full(50, 1.0)])
@@ -327,7 +328,7 @@ def test_history_adds_the_version_column_to_an_older_database_and_leaves_out_new
     from spec.resultschema import SCHEMA_VERSION
 
     spec_path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.output_dir": str(tmp_path / "r")})
-    url = history.database_url(load_spec(spec_path))
+    url = resultsdb.database_url(load_spec(spec_path))
     database = tmp_path / "r" / "results.sqlite"
     database.parent.mkdir()
     with sqlite3.connect(database) as old:  # the layout before schema_version, with one result in it
@@ -341,17 +342,17 @@ def test_history_adds_the_version_column_to_an_older_database_and_leaves_out_new
                     "repeats INTEGER, valid BOOLEAN, p50_ms FLOAT, p99_ms FLOAT, rps FLOAT, capacity_rps FLOAT)")
         old.execute("INSERT INTO results (recorded_at, kind, model, git_commit, valid) "
                     "VALUES ('2026-01-01T00:00:00+00:00', 'bench', 'digits_cnn', 'old0001', 1)")
-    assert [r["schema_version"] for r in history.load(url, "digits_cnn")] == [None]  # read before any migration
+    assert [r["schema_version"] for r in resultsdb.load(url, "digits_cnn")] == [None]  # read before any migration
     runs = [{**_row(p50_ms=5.0, p99_ms=9.0, rps=100.0), "valid": True, "invalid_reasons": [], "requests": 1,
              "failures": 0}]
-    history.record(url, "bench", {"model": "digits_cnn", "runs": runs, "provenance": {"git_commit": "new0002"},
+    resultsdb.record(url, "bench", {"model": "digits_cnn", "runs": runs, "provenance": {"git_commit": "new0002"},
                                   "valid": True, "failed": False, "mode": "closed"}, tmp_path)
-    results = history.load(url, "digits_cnn")
+    results = resultsdb.load(url, "digits_cnn")
     assert [(r["git_commit"], r["schema_version"]) for r in results] == [("old0001", None), ("new0002", SCHEMA_VERSION)]
     with sqlite3.connect(database) as newer:  # as a later tfsb would record
         newer.execute("INSERT INTO results (recorded_at, kind, model, git_commit, valid, schema_version) "
                       f"VALUES ('2027-01-01T00:00:00+00:00', 'bench', 'digits_cnn', 'next003', 1, {SCHEMA_VERSION + 1})")
-    assert history.main_history(["--spec", str(spec_path)]) == 0
+    assert history_command.main_history(["--spec", str(spec_path)]) == 0
     out = capsys.readouterr().out
     assert f"1 of the last 3 results were recorded by a newer tfsb (schema_version {SCHEMA_VERSION + 1}" in out
     assert "digits_cnn: 2 results in" in out and "old0001" in out and "new0002" in out and "next003" not in out

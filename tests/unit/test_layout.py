@@ -97,6 +97,43 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle_among_the_projects_modules():
     graph = import_graph()
-    assert "loadtests.session" in graph["loadtests.bench"], "the graph sees imports"
-    assert "loadtests.tune" in graph["loadtests.__main__"], "the graph sees imports inside functions"
+    assert "loadtests.measure.session" in graph["loadtests.commands.bench"], "the graph sees imports"
+    assert "loadtests.commands.tune" in graph["loadtests.__main__"], "the graph sees imports inside functions"
     assert cycles(graph) == []
+
+
+ROOMS = ("drive", "analyze", "measure", "report", "commands")  # loadtests' subpackages, lowest first
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where a room of loadtests imports a room above it."""
+    def room(module: str):
+        parts = module.split(".")
+        return ROOMS.index(parts[1]) if parts[0] == "loadtests" and len(parts) > 1 and parts[1] in ROOMS else None
+
+    return sorted((name, target) for name, targets in graph.items() for target in targets
+                  if room(name) is not None and room(target) is not None and room(target) > room(name))
+
+
+def test_the_measuring_side_imports_only_downward():
+    """drive (inside every generator process) <- analyze <- measure <- report <- commands: data goes one way."""
+    graph = import_graph()
+    assert upward_imports({"loadtests.drive.a": {"loadtests.report.b"}, "loadtests.report.b": set()}) == [
+        ("loadtests.drive.a", "loadtests.report.b")]
+    assert upward_imports(graph) == []
+    at_top = sorted(name for name in graph if name.startswith("loadtests.") and name.count(".") == 1
+                    and name.split(".")[1] not in ROOMS)
+    assert at_top == ["loadtests.__main__", "loadtests.locustfile"], at_top  # the CLI and Locust's entry only
+
+
+def test_the_load_generator_side_never_imports_tensorflow_at_import_time():
+    """Every Locust process imports drive/: a TensorFlow import there would cost each one seconds and memory."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib, pkgutil, loadtests.drive as d\n"
+            "for m in pkgutil.iter_modules(d.__path__): importlib.import_module('loadtests.drive.' + m.name)\n"
+            "print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

@@ -1,9 +1,9 @@
 """The lean clients' protocol edges, against servers written with the python-hyper libraries (hyperframe for
 HTTP/2 frames, h11 for HTTP/1.1), not with grpcio or our own server, which never send most of them.
 
-HTTP/2 (loadtests/leangrpc.py): padded and prioritised HEADERS, header blocks split over CONTINUATION frames,
+HTTP/2 (loadtests/drive/leangrpc.py): padded and prioritised HEADERS, header blocks split over CONTINUATION frames,
 padded DATA, RST_STREAM, GOAWAY with streams on both sides of its last id, SETTINGS that shrink the frame size and
-the stream window mid-connection, PING. HTTP/1.1 (loadtests/users.py LeanHttp): Content-Length, chunked bodies
+the stream window mid-connection, PING. HTTP/1.1 (loadtests/drive/users.py LeanHttp): Content-Length, chunked bodies
 with extensions and trailers, bodies delimited by closing the connection, and answers that have no body."""
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import gevent
 import h11
 import pytest
 from hpack import Encoder
-from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame,
-                              RstStreamFrame, SettingsFrame, WindowUpdateFrame)
+from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame,
+                              SettingsFrame, WindowUpdateFrame)
 
-from loadtests.leangrpc import PREFACE, LeanGrpc, grpc_message
-from loadtests.leanhttp import LeanHttp
+from loadtests.drive.http2 import PREFACE, grpc_message
+from loadtests.drive.leangrpc import LeanGrpc
+from loadtests.drive.leanhttp import LeanHttp
 
 PATH = "/tensorflow.serving.PredictionService/Predict"
 

@@ -1,4 +1,4 @@
-"""The lean gRPC client (loadtests/leangrpc.py) against a real grpcio server: answers, errors, flow control."""
+"""The lean gRPC client (loadtests/drive/leangrpc.py) against a real grpcio server: answers, errors, flow control."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,8 @@ import grpc
 import pytest
 from hpack import Decoder
 
-from loadtests.leangrpc import GrpcError, LeanGrpc, _integer, grpc_message, request_headers
+from loadtests.drive.http2 import GrpcError, _integer, grpc_message, request_headers
+from loadtests.drive.leangrpc import LeanGrpc
 
 PATH = "/tensorflow.serving.PredictionService/Predict"
 
@@ -145,7 +146,7 @@ def test_a_server_that_stops_mid_call_fails_the_call_and_the_client_reconnects_l
 def test_remembered_header_blocks_give_what_the_decoder_gives_as_the_table_changes():
     from hpack import Encoder
 
-    from loadtests.leangrpc import Connection
+    from loadtests.drive.leangrpc import Connection
 
     conn = Connection.__new__(Connection)  # only the decoding state: no socket
     conn.decoder, conn.decoded, conn.decoded_state = Decoder(), {}, ()
@@ -166,7 +167,7 @@ def test_remembered_header_blocks_give_what_the_decoder_gives_as_the_table_chang
 
 def test_open_loop_large_messages_wait_for_the_servers_windows_and_share_the_connection(server, monkeypatch):
     """Five 2 MB requests started at once on one connection: the rest of each goes out as windows open."""
-    from loadtests.leangrpc import Connection
+    from loadtests.drive.leangrpc import Connection
 
     waited = []
     send_pending = Connection._send_pending

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from loadtests.drive.payloads import PayloadSet, cells, probabilities_from_grpc, probabilities_from_rest
+from loadtests.drive.recorder import write_samples
+from loadtests.measure.run import Step, Target, locust_command, measure, plan, worker_command
 from spec.errors import UsageError
 from spec.loader import load_spec
-from loadtests.payloads import PayloadSet, cells, probabilities_from_grpc, probabilities_from_rest
-from loadtests.recorder import write_samples
-from loadtests.run import Step, Target, locust_command, measure, plan, worker_command
 from tests.conftest import REPO, write_spec
 
 
@@ -150,7 +150,7 @@ def test_worker_samples_merge_into_one_window(tmp_path):
 
 
 def test_generators_are_checked_and_retarget_the_workers():
-    from loadtests.session import Generators
+    from loadtests.measure.session import Generators
 
     with pytest.raises(UsageError, match="MASTER_PORT"):
         Generators(remote_workers=2).check()
@@ -198,7 +198,7 @@ def test_a_busy_generator_is_flagged(tmp_path):
 
 
 def test_overrides_are_validated_like_the_spec(tmp_path):
-    from loadtests.session import Overrides, apply_overrides
+    from loadtests.measure.session import Overrides, apply_overrides
 
     spec = load_spec(REPO / "specs" / "digits_cnn.yaml")
     changed = apply_overrides(spec, Overrides(users="1, 2,16", duration="1m", protocols="grpc"))
@@ -226,7 +226,8 @@ def _run(protocol, wire, users, rps, p50, bound=False, failures=0):
 
 
 def test_report_files_and_terminal_ratios(tmp_path):
-    from loadtests import report, reportpage
+    from loadtests import report
+    from loadtests.report import reportpage
 
     runs = [_run("rest", "image_b64", 1, 100.0, 10.0), _run("grpc", "image_bytes", 1, 125.0, 8.0),
             _run("rest", "image_b64", 4, 300.0, 13.0, bound=True), _run("grpc", "image_bytes", 4, 200.0, 20.0,
@@ -258,8 +259,8 @@ def test_report_files_and_terminal_ratios(tmp_path):
 
 
 def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):
-    from server.configs import load_batching_parameters, load_model_config_file, load_monitoring_config
     from deploy.serving_config import ServerLayout, server_flags, write_configs
+    from server.configs import load_batching_parameters, load_model_config_file, load_monitoring_config
 
     spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{
         "serving.batching": {"enabled": True, "max_batch_size": 8, "allowed_batch_sizes": [2, 8],
@@ -280,8 +281,8 @@ def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):
 
 
 def test_a_model_config_with_every_served_model(tmp_path, testdata):
-    from server.configs import load_model_config_file
     from deploy.serving_config import ServerLayout, write_configs
+    from server.configs import load_model_config_file
 
     spec = load_spec(REPO / "specs" / "digits_and_half_plus_two.yaml")
     write_configs(spec, tmp_path / "cfg", ServerLayout.on_host(spec, tmp_path / "cfg"))
@@ -292,7 +293,7 @@ def test_a_model_config_with_every_served_model(tmp_path, testdata):
 
 
 def test_answer_spread_says_when_no_check_could_fail():
-    from loadtests.payloads import answer_spread
+    from loadtests.drive.payloads import answer_spread
 
     constant = np.full((5, 1000), 0.001)
     assert not answer_spread(constant)["informative"]
@@ -307,7 +308,7 @@ def test_answer_spread_says_when_no_check_could_fail():
 
 
 def test_exit_codes_order_failures_then_uninformative_then_invalid():
-    from loadtests.session import exit_code
+    from loadtests.measure.session import exit_code
 
     base = {"failed": False, "valid": True, "answers": {"informative": True}}
     assert exit_code(base) == 0
@@ -318,7 +319,8 @@ def test_exit_codes_order_failures_then_uninformative_then_invalid():
 
 
 def test_tensor_uint8_on_this_harness_export_is_a_clear_error(tmp_path):
-    from loadtests.payloads import PayloadError, check_signatures
+    from loadtests.drive.payloads import PayloadError
+    from loadtests.measure.payloadsets import check_signatures
     from spec.schema import Spec
 
     spec = Spec.model_validate({"name": "m", "model": {"source": {"kind": "keras_application",
@@ -328,7 +330,7 @@ def test_tensor_uint8_on_this_harness_export_is_a_clear_error(tmp_path):
 
 
 def test_answer_spread_of_a_signature_without_numeric_outputs_says_so():
-    from loadtests.payloads import answer_spread
+    from loadtests.drive.payloads import answer_spread
 
     spread = answer_spread(np.zeros((4, 0)))
     assert not spread["informative"] and "no numeric output" in spread["reason"]
@@ -339,10 +341,10 @@ def test_payload_names_are_spelled_once_in_the_contract():
     (own-signature) planner all take them from there, so a new payload cannot be half-added."""
     from typing import get_args
 
-    from loadtests.foreign import IMAGE_PAYLOADS
-    from loadtests.payloads import GRPC_WIRE, SIGNATURE_FOR
+    from loadtests.drive.foreign import IMAGE_PAYLOADS
+    from loadtests.drive.payloads import GRPC_WIRE, SIGNATURE_FOR
     from spec import contract, thresholds
-    from spec.schema import BenchmarkSpec
+    from spec.benchmarkschema import BenchmarkSpec
 
     (literal,) = get_args(BenchmarkSpec.model_fields["payloads"].annotation)[:1]
     assert get_args(literal) == contract.PAYLOADS

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import psutil
 
-from loadtests import compare
-from loadtests.recorder import (DISTURBED_PERCENT, HostCpu, cgroup_throttled_seconds, host_cpu, host_percents,
-                                other_cpu_percent, write_samples)
-from loadtests.run import machine_fields
+from loadtests.analyze.machine import machine_fields
+from loadtests.commands import compare
+from loadtests.drive.recorder import (DISTURBED_PERCENT, HostCpu, cgroup_throttled_seconds, host_cpu, host_percents,
+                                      other_cpu_percent, write_samples)
 
 
 def _burn(seconds: float) -> None:

@@ -7,13 +7,15 @@ import gevent
 import numpy as np
 import pytest
 
-from loadtests import validity
-from loadtests.capacity import Cell, probe_window, search, terminal_table
-from loadtests.run import Step, Target, locust_command, measure
-from loadtests.schedule import Schedule
-from loadtests.openloop import OpenLoop, drive_open_loop
+from loadtests.analyze import validity
+from loadtests.drive.openloop import OpenLoop, drive_open_loop
+from loadtests.drive.schedule import Schedule
+from loadtests.measure.run import Step, Target, locust_command, measure
+from loadtests.measure.search import Cell, probe_window, search
+from loadtests.report.capacitypage import terminal_table
+from spec.benchmarkschema import BenchmarkSpec, SloSpec
 from spec.errors import UsageError
-from spec.schema import BenchmarkSpec, SloSpec, parse_slo
+from spec.units import parse_slo
 from tests.queueing import md1_percentile_ms
 from tests.unit.test_loadtests import _samples
 
@@ -60,7 +62,7 @@ def test_slo_and_the_new_benchmark_keys_validate():
 
 
 def test_open_loop_overrides_are_validated_like_the_spec():
-    from loadtests.session import Overrides, apply_overrides
+    from loadtests.measure.session import Overrides, apply_overrides
     from spec.loader import load_spec
     from tests.conftest import REPO
 
@@ -224,8 +226,8 @@ def test_capacity_json_stays_standard_json_when_a_probe_had_no_answers(tmp_path)
     """A probe whose window held no answers has NaN percentiles: written as null, not a crash."""
     import json
 
-    from loadtests.capacity import write
-    from spec.schema import SloSpec
+    from loadtests.report.capacitypage import write
+    from spec.benchmarkschema import SloSpec
 
     results = [{"protocol": "rest", "payload": "image_b64", "capacity_rps": 855.0, "bracket": [855.0, 1282.4],
                 "probes": [{"offered_rps": 1709.9, "achieved_rps": 0.0, "p90_ms": float("nan"),
@@ -243,7 +245,7 @@ def test_capacity_on_the_confidence_bound_counts_only_rates_whose_bound_meets_th
         return {"offered_rps": 40.0, "rps": 40.0, "p90_ms": p90, "p90_ms_upper": bound, "service_p50_ms": 20.0,
                 "late_ratio": 0.0, "failure_ratio": 0.0, "window_s": 10.0, "requests": 400, "valid": True,
                 "invalid_reasons": []}
-    from loadtests.capacity import verdict
+    from loadtests.measure.search import verdict
     assert verdict(entry(95.0, 104.0), slo, 0.01)["meets_slo"]  # the point estimate: a pass
     on_bound = verdict(entry(95.0, 104.0), slo, 0.01, on_bound=True)
     assert not on_bound["meets_slo"] and on_bound["judged_on"] == "p90_ms_upper" and on_bound["p90_ms"] == 95.0

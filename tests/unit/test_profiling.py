@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests import profiling
 from loadtests.__main__ import check_profile
-from loadtests.session import Generators
+from loadtests.drive import profiling
+from loadtests.measure.session import Generators
 from spec.errors import UsageError
 from spec.loader import load_spec
 from tests.conftest import REPO

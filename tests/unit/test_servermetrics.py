@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests import servermetrics as sm
+from loadtests.drive import servermetrics as sm
 from server.metrics import Metrics
 
 

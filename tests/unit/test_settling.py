@@ -1,5 +1,5 @@
 """Runs that settle (validity.settle), the percentile's confidence bound (validity.upper_bound) and the exact
-float JSON of REST payloads (loadtests/jsonfloat.py), on synthetic data whose answers are known."""
+float JSON of REST payloads (loadtests/drive/jsonfloat.py), on synthetic data whose answers are known."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from loadtests import jsonfloat, validity
-from loadtests.run import bound_fields, settling_fields
-from loadtests.settling import Gathered, Window, facts, measure_until_settled
+from loadtests.analyze import validity
+from loadtests.analyze.settling import Gathered, Window, facts, measure_until_settled
+from loadtests.drive import jsonfloat
+from loadtests.measure.run import bound_fields, settling_fields
 
 RULES = validity.Rules(stability_percent=10.0, judged_percentile=50.0)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from spec.jsonschema import render
 from spec.errors import SpecError, UsageError
+from spec.jsonschema import render
 from spec.loader import load_spec
-from spec.schema import parse_duration
+from spec.units import parse_duration
 from tests.conftest import REPO, run_cli
 
 
@@ -195,7 +195,7 @@ def test_max_duration_and_slo_confidence_are_checked_where_they_are_written(tmp_
 
 
 def test_a_max_duration_override_shorter_than_duration_is_one_line(tmp_path):
-    from loadtests.session import Overrides, apply_overrides
+    from loadtests.measure.session import Overrides, apply_overrides
     from tests.conftest import write_spec
     spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.duration": "10s"}))
     with pytest.raises(UsageError, match=r"command-line override: .*max_duration \(5 s\) is shorter than duration"):

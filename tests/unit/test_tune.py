@@ -8,8 +8,9 @@ import textwrap
 import pytest
 
 from deploy.serving_config import ServerLayout, server_flags
-from loadtests import tunereport, tunespace
-from loadtests.tune import label, trial_record
+from loadtests.commands.tune import label, trial_record
+from loadtests.measure import tunespace
+from loadtests.report import tunereport
 from spec.errors import SpecError
 from spec.loader import load_spec
 from spec.tuning import apply_config, config_of
@@ -295,7 +296,7 @@ def test_a_checkpoint_is_rewritten_whole(tmp_path):
 
 
 def test_a_search_resumes_from_an_older_checkpoint_but_not_from_a_newer_tfsbs(tmp_path):
-    from loadtests.tune import _resumable
+    from loadtests.commands.tune import _resumable
 
     spec = _spec(tmp_path)
     latest = tmp_path.parent / "reports" / "toy" / "tune" / "latest"

@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from benchmarks.standin import synthetic_payloads
-from loadtests.payloads import Verdicts
+from loadtests.drive.payloads import Verdicts
 
 
 def _body(row) -> bytes:

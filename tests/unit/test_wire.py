@@ -1,4 +1,4 @@
-"""loadtests.wire: TF Serving's Predict messages without TensorFlow, held to TensorFlow's own descriptors and bytes,
+"""loadtests.drive.wire: TF Serving's Predict messages without TensorFlow, held to TensorFlow's own descriptors and bytes,
 and a load-generator process that renders and checks gRPC requests without importing TensorFlow."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from loadtests import wire
+from loadtests.drive import wire
 from server.tensors.dtypes import DType
 from server.tensors.proto import array_to_proto, proto_to_array
 from tests.conftest import REPO
@@ -118,9 +118,9 @@ def test_a_load_generator_renders_and_checks_grpc_without_importing_tensorflow(t
 import sys
 import numpy as np
 import loadtests.locustfile  # what `locust -f` loads
-from loadtests import wire
-from loadtests.foreign import ForeignPayloadSet
-from loadtests.payloads import PayloadSet, Verdicts
+from loadtests.drive import wire
+from loadtests.drive.foreign import ForeignPayloadSet
+from loadtests.drive.payloads import PayloadSet, Verdicts
 from server.tensors.proto import array_to_proto
 rng = np.random.default_rng(0)
 expected = rng.dirichlet(np.ones(4), size=2).astype(np.float32)

@@ -12,17 +12,25 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
+from deploy.waiting import rest_status
+from loadtests.analyze import resultsdb, validity
+from loadtests.analyze.figures import threshold_rows
+from loadtests.drive.payloads import answer_spread, request_bytes
+from loadtests.drive.servermetrics import metrics_url
+from loadtests.measure import correctness, run
+from loadtests.measure.payloadsets import load_or_build, payload_plan
+from server.version import SERVER_VERSION
+from spec.benchmarkschema import BenchmarkSpec
 from spec.errors import SpecError, UsageError
-from spec.schema import BenchmarkSpec, Spec
+from spec.schema import Spec
+from spec.thresholds import broken, evaluate
+from spec.tuning import TuneSpec
 
 EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_UNINFORMATIVE, EXIT_THRESHOLD = 0, 1, 4, 5, 6  # user errors (2),
-# mismatches (3), Ctrl-C (130): spec.errors; a broken make compare --fail-on rule (7): loadtests.compare
-REPO = Path(__file__).resolve().parents[1]
-
-if TYPE_CHECKING:
-    from loadtests import run, validity
+# mismatches (3), Ctrl-C (130): spec.errors; a broken make compare --fail-on rule (7): loadtests.commands.compare
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -105,8 +113,6 @@ def _tune_overrides(spec: Spec, overrides: Overrides) -> Spec:
     """The spec with BUDGET / STRATEGY applied to its tune section, validated like the file."""
     from pydantic import ValidationError
 
-    from spec.tuning import TuneSpec
-
     changed = {k: getattr(overrides, k) for k in ("budget", "strategy") if getattr(overrides, k) is not None}
     if not changed:
         return spec
@@ -159,7 +165,6 @@ def provenance(spec: Spec, version_dir: Path, deployment, reused: bool) -> dict:
     image = deployment.image  # (for docker, also learns the serving version of a container found running)
     serving_version = deployment.serving_version
     if serving_version is None and deployment.backend == "embedded":
-        from server.version import SERVER_VERSION
         serving_version = SERVER_VERSION
     return {
         "spec": str(spec.origin), "spec_sha256": spec.sha256, "model": spec.name,
@@ -217,7 +222,6 @@ class Session:
 
     def server_gone(self) -> Optional[str]:
         """Why the model is no longer served (None while it is AVAILABLE)."""
-        from deploy.waiting import rest_status
 
         endpoints = self.deployment.endpoints
         status = rest_status(endpoints)
@@ -225,8 +229,6 @@ class Session:
 
     def summary(self, results: list[dict], generators: "Generators", runs_planned: int, **extra) -> dict:
         """summary.json's content: settings, provenance, correctness, every run and the thresholds' verdicts."""
-        from loadtests.figures import threshold_rows
-        from spec.thresholds import broken, evaluate
 
         settings = self.spec.benchmark
         failed = bool(self.server_died) or any(r["failure_ratio"] > settings.failure_threshold for r in results)
@@ -277,9 +279,6 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
     """
     from deploy.deployment import deployment_for, preflight  # deferred: TensorFlow (exporter), the docker SDK
     from exporter.export import ensure_exported
-    from loadtests import correctness, run, validity
-    from loadtests.payloads import answer_spread, load_or_build, payload_plan, request_bytes
-    from loadtests.servermetrics import metrics_url
 
     preflight(spec, deployment_for(spec, backend))  # the engine and the ports, before minutes of export or training
     version_dir = ensure_exported(spec, log)
@@ -377,10 +376,8 @@ def exit_code(summary: dict) -> int:
 
 def record_history(spec: Spec, kind: str, summary: dict, run_dir: Path, log: Callable[[str], None]) -> None:
     """Add the result to the results database (benchmark.results_db, or TFSB_RESULTS_DB) unless it is 'off'."""
-    from loadtests import history
-
-    where = history.database_url(spec)
+    where = resultsdb.database_url(spec)
     if where is None:
         return
-    history.record(where, kind, summary, run_dir)
-    log(f"history: recorded in {history.display(where)} (make history SPEC={spec.origin})")
+    resultsdb.record(where, kind, summary, run_dir)
+    log(f"history: recorded in {resultsdb.display(where)} (make history SPEC={spec.origin})")

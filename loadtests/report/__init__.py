@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from loadtests.payloads import GRPC_WIRE
+from loadtests.analyze.figures import folded
+from loadtests.drive.payloads import GRPC_WIRE
 
 PLOTS = ("latency.png", "throughput.png", "latency_vs_size.png")
 BREAKDOWN_PLOT = "breakdown.png"
@@ -203,7 +204,6 @@ def threshold_lines(summary: dict) -> list[str]:
 def terminal_summary(summary: dict) -> str:
     """One screen: per comparison and level, p50 and throughput of each protocol and their REST/gRPC ratio
     (repeats folded into their median), then the breakdown, the floor, validity and the thresholds."""
-    from loadtests.figures import folded
 
     measured = summary["runs"]
     runs = folded(measured)

@@ -20,14 +20,15 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from loadtests import servermetrics, validity
-from loadtests.payloads import cells, wire_name
-from loadtests.recorder import DISTURBED_PERCENT
-from loadtests.validity import GENERATOR_BOUND_PERCENT
+from loadtests.analyze import validity
+from loadtests.analyze.machine import machine_fields
+from loadtests.analyze.validity import GENERATOR_BOUND_PERCENT
+from loadtests.drive import servermetrics
+from loadtests.drive.payloads import cells, wire_name
 from server.process import free_port
 from spec.errors import HarnessError
 
-LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parents[1] / "locustfile.py"
 REPO = LOCUSTFILE.parents[1]
 USER_CLASS = {"rest": "RestUser", "grpc": "GrpcUser"}
 PROTOCOL_LABEL = {"rest": "REST", "grpc": "gRPC"}
@@ -90,7 +91,7 @@ class Target:
     remote_workers: int = 0       # workers started elsewhere (python -m loadtests worker) the master waits for
     master_bind: str = "127.0.0.1"
     master_port: int = 0          # 0: a free port per step (only local workers)
-    grpc_client: str = "lean"     # GrpcUser's client: lean (loadtests/leangrpc.py) or grpcio
+    grpc_client: str = "lean"     # GrpcUser's client: lean (loadtests/drive/leangrpc.py) or grpcio
     # open loop (steps with a rate)
     arrival: str = "poisson"
     seed: int = 0
@@ -290,25 +291,6 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
     entry.update(servermetrics.cpu_per_request(entry, meta))
     return entry
 
-
-def machine_fields(meta: dict) -> dict:
-    """What the rest of the machine did during the window (% of one core): all processes' CPU, the share of other
-    work (not the generator's nor the server's), time stolen by the hypervisor, time the cgroup was throttled; and
-    `shared_machine`, a sentence for each over DISTURBED_PERCENT. A run on a shared machine stays valid (its own
-    figures hold), but a second run of the same setup may land elsewhere, so compare and the report say so."""
-    fields = {key: meta.get(key) for key in ("host_cpu_percent", "other_cpu_percent", "steal_percent",
-                                             "throttled_percent")}
-    said = {"other_cpu_percent": "other processes used {:.0f}% of a core",
-            "steal_percent": "the hypervisor took {:.0f}% of a core from this machine",
-            "throttled_percent": "the CPU quota throttled this cgroup for {:.0f}% of the window"}
-    fields["shared_machine"] = [text.format(fields[key]) for key, text in said.items()
-                                if fields[key] is not None and fields[key] > DISTURBED_PERCENT]
-    return fields
-
-
-def shared_sentences(runs: Sequence[dict]) -> list[str]:
-    """How these runs shared their machine with other work (machine_fields), each sentence once."""
-    return sorted({text for run in runs for text in run.get("shared_machine") or []})
 
 
 def settling_fields(settled: dict, window_s: float) -> dict:

@@ -17,11 +17,12 @@ from typing import Callable, Optional
 import grpc
 from locust import FastHttpUser, User, constant, task
 
-from loadtests import wire
-from loadtests.leangrpc import GrpcError, LeanGrpc
-from loadtests.leanhttp import LeanHttp
-from loadtests.openloop import OpenLoop, drive_open_loop, spawning
-from loadtests.payloads import PayloadSet, Verdicts
+from loadtests.drive import wire
+from loadtests.drive.http2 import GrpcError
+from loadtests.drive.leangrpc import LeanGrpc
+from loadtests.drive.leanhttp import LeanHttp
+from loadtests.drive.openloop import OpenLoop, drive_open_loop, spawning
+from loadtests.drive.payloads import PayloadSet, Verdicts
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 CONTEXT_WAIT_S = 150.0
@@ -239,7 +240,7 @@ class RestUser(_LeanPaths, FastHttpUser):
 class GrpcUser(_LeanPaths, User):
     """PredictionService.Predict with the run's PredictRequests, one connection per user; timed around the call.
 
-    By default through loadtests/leangrpc.py (pre-rendered HTTP/2 frames: what the server sees is the same call);
+    By default through loadtests/drive/leangrpc.py (pre-rendered HTTP/2 frames: what the server sees is the same call);
     with --grpc-client grpcio, through the official tensorflow-serving-api stub on a grpcio channel.
     """
     wait_time = constant(0)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from spec.errors import SpecError
 from spec.tuning import BATCHING_KNOBS, SERVING_KNOBS, config_of
 
 TIMEOUTS_US = (0, 1000, 2000, 5000, 10000)
@@ -105,7 +106,6 @@ def derive(spec, cells: Sequence[tuple[str, str]], backend: str, log=print, cpus
         values["image"] = (serving.image,)
     too_small = [size for size in values["max_batch_size"] if size < per_request]
     if too_small:
-        from spec.errors import SpecError
         raise SpecError(f"{spec.where('tune', 'max_batch_size')}: tune.max_batch_size {too_small} is below the "
                         f"request batch size {per_request} (benchmark.batch_size): such a server rejects every "
                         "request; list sizes of at least that")

@@ -8,9 +8,12 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from loadtests import report, tunespace
-from loadtests.files import save_atomically
+from deploy.serving_config import ServerLayout, batching_text, server_flags
+from loadtests import report
+from loadtests.drive.files import save_atomically
+from loadtests.measure import tunespace
 from spec.resultschema import stamped
+from spec.tuning import SERVING_KNOBS, apply_config
 
 PARETO_PLOT = "pareto.png"
 
@@ -107,8 +110,6 @@ def _fragment(config: dict, serving) -> str:
     """A serving: block to paste into the spec (the batching section in full when batching is on)."""
     import yaml
 
-    from spec.tuning import SERVING_KNOBS, apply_config
-
     tuned = apply_config(serving, config)
     block: dict = {"batching": {"enabled": tuned.batching.enabled}}
     if tuned.batching.enabled:
@@ -124,8 +125,6 @@ def _fragment(config: dict, serving) -> str:
 
 def recommendation(trial: dict, baseline: dict, spec) -> dict:
     """tune.json's best: config, capacity, the flags and batching file a TF Serving container needs, a fragment."""
-    from deploy.serving_config import ServerLayout, batching_text, server_flags
-    from spec.tuning import apply_config
 
     tuned = spec.model_copy(update={"serving": apply_config(spec.serving, trial["config"])})
     gain = (trial["capacity_rps"] / baseline["capacity_rps"]) if baseline and baseline.get("capacity_rps") else None

@@ -2,15 +2,11 @@
 
 grpcio in gevent mode spends a few hundred microseconds of Python per call (call objects, completion-queue
 polling, condition variables), which is most of what one Locust process can send. This client speaks the part of
-HTTP/2 (RFC 9113) a unary call needs, on a gevent socket:
-
-* requests are rendered before the run: one HEADERS block (HPACK literals, no dynamic table) and the
-  length-prefixed message, so a call is one write of frames with the stream id filled in;
-* answers are read frame by frame: HEADERS and CONTINUATION are decoded with the `hpack` package (the server's
-  dynamic table and Huffman codes), DATA collects the message, the trailers give grpc-status and grpc-message;
-* SETTINGS are acknowledged, PINGs answered, flow control is kept both ways (our windows are opened wide and
-  refilled; the server's windows and maximum frame size are respected when sending), RST_STREAM and GOAWAY fail
-  the calls they concern.
+HTTP/2 (RFC 9113) a unary call needs, on a gevent socket. Requests are rendered before the run (http2.py), so a
+call is one write of frames with the stream id filled in. Answers are read frame by frame: HEADERS and
+CONTINUATION decoded with the `hpack` package, DATA collecting the message, the trailers giving grpc-status and
+grpc-message. SETTINGS are acknowledged, PINGs answered, flow control kept both ways (our windows opened wide and
+refilled; the server's windows and maximum frame size respected), RST_STREAM and GOAWAY fail the calls they concern.
 
 Closed loop (`call`), the caller reads its own answer: one wait per call, as in a blocking stub. Open loop
 (`start`), a reader greenlet per connection hands each answer to a callback, and streams are multiplexed on one
@@ -19,7 +15,6 @@ No TLS and no compression: a target that needs either uses grpcio (`--grpc-clien
 """
 from __future__ import annotations
 
-import math
 import struct
 from typing import Callable, Optional
 
@@ -30,79 +25,12 @@ from gevent import socket  # what Locust's monkey-patching gives too; here also 
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-SETTINGS_HEADER_TABLE_SIZE, SETTINGS_ENABLE_PUSH, SETTINGS_MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
-SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
-MAX_WINDOW = 2 ** 31 - 1
-DEFAULT_WINDOW = 65535
-DEFAULT_FRAME = 16384
-OUR_MAX_FRAME = 2 ** 24 - 1
-LAST_STREAM_ID = 2 ** 31 - 1
-# grpc-status codes (the gRPC spec's numbering) by name, as grpc.StatusCode spells them
-STATUS_NAMES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-                "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"]
-
-
-class GrpcError(Exception):
-    """A call that ended without an answer: a non-zero grpc-status, a reset stream or a broken connection."""
-
-    def __init__(self, code: str, details: str):
-        super().__init__(f"{code}: {details}")
-        self.code, self.details = code, details
-
-
-def _integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    """HPACK's prefixed integer (RFC 7541 section 5.1), the prefix's high bits set from `first`."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = [first | limit]
-    value -= limit
-    while value >= 128:
-        out.append(value % 128 + 128)
-        value //= 128
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name_index: int, name: bytes, value: bytes) -> bytes:
-    """A literal header field without indexing (section 6.2.2): the server's dynamic table is left alone."""
-    head = _integer(name_index, 4) if name_index else b"\x00" + _integer(len(name), 7) + name
-    return head + _integer(len(value), 7) + value
-
-
-def request_headers(authority: str, path: str, timeout_s: Optional[float] = None) -> bytes:
-    """The HPACK block of a unary call: POST, http, the method's path, the authority, gRPC's content type, te,
-    and the deadline (grpc-timeout, as grpcio sends for a call with a timeout; a proxy or server may need one)."""
-    deadline = _literal(0, b"grpc-timeout", b"%dS" % math.ceil(timeout_s)) if timeout_s else b""
-    return (b"\x83\x86"  # :method POST and :scheme http, from the static table (indexes 3 and 6)
-            + _literal(4, b"", path.encode()) + _literal(1, b"", authority.encode())
-            + _literal(31, b"", b"application/grpc") + _literal(0, b"te", b"trailers") + deadline)
-
-
-def grpc_message(serialized: bytes) -> bytes:
-    """A gRPC length-prefixed message: not compressed, 4-byte big-endian length, the bytes."""
-    return struct.pack(">?I", False, len(serialized)) + serialized
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream) + payload
-
-
-class _Stream:
-    __slots__ = ("job", "on_answer", "data", "status", "message", "send_window", "pending", "done")
-
-    def __init__(self, job, on_answer, send_window: int):
-        self.job, self.on_answer = job, on_answer
-        self.data = bytearray()
-        self.status: Optional[str] = None
-        self.message = ""
-        self.send_window = send_window
-        self.pending: Optional[memoryview] = None  # message bytes waiting for the server's window
-        self.done = False
+from loadtests.drive.http2 import (ACK, CONTINUATION, DATA, DEFAULT_FRAME, DEFAULT_WINDOW, END_HEADERS, END_STREAM,
+                                   GOAWAY, HEADERS, LAST_STREAM_ID, MAX_WINDOW, OUR_MAX_FRAME, PADDED, PING, PREFACE,
+                                   PRIORITY, RST_STREAM, SETTINGS, SETTINGS_ENABLE_PUSH, SETTINGS_HEADER_TABLE_SIZE,
+                                   SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+                                   SETTINGS_MAX_FRAME_SIZE, STATUS_NAMES, WINDOW_UPDATE, GrpcError, Stream, frame,
+                                   request_headers)
 
 
 class Connection:
@@ -115,7 +43,7 @@ class Connection:
         self.decoder = Decoder()
         self.decoded: dict[bytes, list] = {}  # header blocks that change no table -> their fields (see _decode)
         self.decoded_state: tuple = ()
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, Stream] = {}
         self.next_id = 1
         self.peer_window = DEFAULT_WINDOW  # connection-level window for what we send
         self.peer_initial = DEFAULT_WINDOW
@@ -130,8 +58,8 @@ class Connection:
         self.window_opened = gevent.event.Event()
         settings = struct.pack(">HIHIHI", SETTINGS_ENABLE_PUSH, 0, SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW,
                                SETTINGS_MAX_FRAME_SIZE, OUR_MAX_FRAME)
-        self.sock.sendall(PREFACE + _frame(SETTINGS, 0, 0, settings)  # our windows wide open from the start
-                          + _frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - DEFAULT_WINDOW)))
+        self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0, settings)  # our windows wide open from the start
+                          + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - DEFAULT_WINDOW)))
         self.reader = gevent.spawn(self._read_forever) if threaded else None
 
     @property
@@ -142,8 +70,8 @@ class Connection:
         """Send one call; on_answer(job, grpc status name or None, message bytes, error) runs when it ends."""
         stream_id = self.next_id
         self.next_id += 2
-        stream = self.streams[stream_id] = _Stream(job, on_answer, self.peer_initial)
-        frames = [_frame(HEADERS, END_HEADERS, stream_id, headers)]
+        stream = self.streams[stream_id] = Stream(job, on_answer, self.peer_initial)
+        frames = [frame(HEADERS, END_HEADERS, stream_id, headers)]
         view = memoryview(message)
         sendable = max(0, min(len(view), stream.send_window, self.peer_window))
         frames.extend(self._data_frames(stream, stream_id, view[:sendable], last=sendable == len(view)))
@@ -154,19 +82,19 @@ class Connection:
         if stream.pending is not None and self.reader is not None:  # closed loop: `call` sends the rest itself
             gevent.spawn(self._send_pending, stream_id, stream)
 
-    def _data_frames(self, stream: _Stream, stream_id: int, view: memoryview, last: bool) -> list[bytes]:
+    def _data_frames(self, stream: Stream, stream_id: int, view: memoryview, last: bool) -> list[bytes]:
         stream.send_window -= len(view)
         self.peer_window -= len(view)
         frames = []
         for at in range(0, len(view), self.peer_frame):
             chunk = view[at:at + self.peer_frame]
             end = last and at + len(chunk) == len(view)
-            frames.append(_frame(DATA, END_STREAM if end else 0, stream_id, bytes(chunk)))
+            frames.append(frame(DATA, END_STREAM if end else 0, stream_id, bytes(chunk)))
         if last and not view:
-            frames.append(_frame(DATA, END_STREAM, stream_id))
+            frames.append(frame(DATA, END_STREAM, stream_id))
         return frames
 
-    def _send_pending(self, stream_id: int, stream: _Stream) -> None:
+    def _send_pending(self, stream_id: int, stream: Stream) -> None:
         """The rest of a message larger than the server's windows: sent as WINDOW_UPDATEs open them."""
         while stream.pending is not None and not stream.done and not self.dead:
             sendable = min(len(stream.pending), stream.send_window, self.peer_window)
@@ -264,7 +192,7 @@ class Connection:
                 replies.append(reply)
         del buffer[:at]
         if self.received > MAX_WINDOW // 2:
-            replies.append(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.received)))
+            replies.append(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.received)))
             self.received = 0
         if replies and not self.dead:
             self._write(b"".join(replies))
@@ -313,9 +241,9 @@ class Connection:
                     self.peer_streams = value
                 elif key == SETTINGS_HEADER_TABLE_SIZE:
                     pass  # the size of *our* encoder's table: we never index, so nothing to do
-            return _frame(SETTINGS, ACK, 0)
+            return frame(SETTINGS, ACK, 0)
         elif kind == PING:
-            return None if flags & ACK else _frame(PING, ACK, 0, payload)
+            return None if flags & ACK else frame(PING, ACK, 0, payload)
         elif kind == WINDOW_UPDATE:
             increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
             if stream_id == 0:
@@ -380,7 +308,7 @@ class Connection:
         if end_stream:
             self._end(stream_id, stream)
 
-    def _end(self, stream_id: int, stream: _Stream, error: Optional[GrpcError] = None) -> None:
+    def _end(self, stream_id: int, stream: Stream, error: Optional[GrpcError] = None) -> None:
         del self.streams[stream_id]
         stream.done = True
         body = b""

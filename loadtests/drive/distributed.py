@@ -13,7 +13,7 @@ Imported only by loadtests/locustfile.py (after Locust's monkey-patching). Messa
   master -> worker  boundary        a sub-window ends: mark it (time, CPU, requests in flight) and answer with
   worker -> master  progress        the samples recorded since the last boundary (open loop: once the requests
                                     due before it have answered, or a grace time is up), so the master can
-                                    judge whether the run has settled (loadtests/settling.py)
+                                    judge whether the run has settled (loadtests/analyze/settling.py)
   master -> worker  end_window      the window is over, its figures come from the span of sub-windows given:
                                     stop recording (open loop: once the requests due in the window have
                                     answered, or the drain time is up) and answer with
@@ -31,9 +31,9 @@ from typing import Callable, Optional
 import gevent
 from gevent.event import Event
 
-from loadtests.payloads import PayloadSet
+from loadtests.drive.payloads import PayloadSet
 
-log = logging.getLogger("loadtests.distributed")
+log = logging.getLogger("loadtests.drive.distributed")
 SAMPLES_WAIT_S = 30.0  # how long the master waits for the workers' samples after end_window
 PAYLOADS_WAIT_S = 120.0  # how long a worker's users wait for the master's payloads
 

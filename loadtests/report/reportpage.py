@@ -14,12 +14,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from loadtests import report, reporttables
-from loadtests.figures import folded
-from spec.resultschema import stamped
+from loadtests import report
+from loadtests.analyze.figures import folded
+from loadtests.report import reporttables
 from spec.resources import package_dir
+from spec.resultschema import stamped
 
-ASSETS = package_dir("loadtests") / "assets"  # package data
+ASSETS = package_dir("loadtests.report") / "assets"  # package data
 TIMELINE_BUCKETS = 60
 CDF_POINTS = [q / 2 for q in range(0, 199)] + [99.5, 99.9, 100.0]
 COLORS = {"rest": ("#1f77b4", "#2ca02c", "#17becf", "#9467bd"), "grpc": ("#ff7f0e", "#d62728", "#8c564b", "#e377c2")}

@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional, Sequence
 
-from loadtests import report, reportpage, run
-from loadtests.floor import beside, run_floor
-from loadtests.session import Generators, exit_code, point_latest, record_history, report_server_death, session
+from loadtests import report
+from loadtests.measure import run
+from loadtests.measure.floor import beside, run_floor
+from loadtests.measure.session import Generators, exit_code, point_latest, record_history, report_server_death, session
+from loadtests.report import reportpage
 from spec.schema import Spec
 
 

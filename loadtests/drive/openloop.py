@@ -1,8 +1,8 @@
 """The open-loop schedule of one load-generating process: due times, the cap on requests in flight, and the
-driver that starts each request at its due time. gevent only: no Locust, no TensorFlow (loadtests/users.py runs it
+driver that starts each request at its due time. gevent only: no Locust, no TensorFlow (loadtests/drive/users.py runs it
 inside a Locust user; the unit tests drive it directly).
 
-`ctx` is the run's LoadContext (loadtests/users.py): its `open_loop`, `in_flight(delta, since)` and `next_image()`.
+`ctx` is the run's LoadContext (loadtests/drive/users.py): its `open_loop`, `in_flight(delta, since)` and `next_image()`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import gevent
 import gevent.event
 import gevent.pool
 
-from loadtests.schedule import Schedule
+from loadtests.drive.schedule import Schedule
 
 
 class OpenLoop:

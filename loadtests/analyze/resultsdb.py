@@ -1,4 +1,4 @@
-"""The results history: every bench, capacity and tune result in a database, and `make history` over it.
+"""The results history's database: every bench, capacity and tune result recorded, and read back.
 
 SQLite by default (`<output_dir>/results.sqlite`), or any SQLAlchemy URL, e.g. a team's shared PostgreSQL
 (`postgresql+psycopg://user@host/db`; `postgresql://` is read the same way). Two tables: `results` (one row per
@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from spec.errors import SpecError, program
-from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION, readable
+from loadtests.analyze.figures import folded
+from spec.errors import SpecError
+from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION
 
 ENV = "TFSB_RESULTS_DB"
 FIGURES = ("p50_ms", "p99_ms", "rps", "capacity_rps")
@@ -97,7 +98,6 @@ def _number(value) -> Optional[float]:
 
 def rows_of(kind: str, summary: dict) -> tuple[dict, list[dict]]:
     """The `results` row and the `figures` rows of one result (a bench or capacity summary, or a tune result)."""
-    from loadtests.figures import folded
 
     provenance = summary.get("provenance") or {}
     result = {SCHEMA_FIELD: SCHEMA_VERSION,
@@ -217,96 +217,3 @@ def key_figures(result: dict) -> list[dict]:
                     "max_rps": max(rps) if rps else None, "capacity_rps": max(capacity) if capacity else None,
                     "valid": all(f["valid"] is not False for f in figs)})
     return out
-
-
-def _cell(value, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def table(results: list[dict]) -> str:
-    """The terminal table: one line per result and protocol/payload, oldest first."""
-    lines = [f"{'recorded (UTC)':20} {'kind':8} {'commit':12} {'signature':12} {'serving':10} {'backend':8} "
-             f"{'protocol payload':22} {'p50 ms':>8} {'p99 ms':>8} {'max rps':>8} {'capacity':>8}  valid"]
-    for result in results:
-        head = (f"{result['recorded_at'][:19].replace('T', ' '):20} {result['kind']:8} "
-                f"{(result['git_commit'] or '?')[:12]:12} {(result['model_signature_sha256'] or '?')[:12]:12} "
-                f"{(result['serving_version'] or '?')[:10]:10} {(result['backend'] or '?'):8} ")
-        figures = key_figures(result) or [{"cell": "(no figures)", "p50_ms": None, "p99_ms": None,
-                                           "max_rps": None, "capacity_rps": None, "valid": result["valid"]}]
-        for fig in figures:
-            lines.append(head + f"{fig['cell']:22} {_cell(fig['p50_ms']):>8} {_cell(fig['p99_ms']):>8} "
-                         f"{_cell(fig['max_rps'], 1):>8} {_cell(fig['capacity_rps'], 1):>8}  "
-                         f"{'yes' if fig['valid'] and result['valid'] is not False else 'no'}")
-            head = " " * len(head)
-    return "\n".join(lines)
-
-
-def plot(results: list[dict], path: Path) -> Path:
-    """history.png: each protocol/payload's p50 (lowest level), highest throughput and capacity, run after run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = (("p50_ms", "p50 at the lowest level (ms)"), ("max_rps", "highest throughput (req/s)"),
-              ("capacity_rps", "capacity under the SLO (req/s)"))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    labels = [f"{i + 1}\n{(r['git_commit'] or '?')[:7]}" for i, r in enumerate(results)]
-    for ax, (key, title) in zip(axes, panels):
-        series: dict[str, list] = {}
-        for i, result in enumerate(results):
-            for figure in key_figures(result):
-                if figure[key] is not None:
-                    series.setdefault(figure["cell"], []).append((i, figure[key]))
-        for name, points in series.items():
-            ax.plot([p[0] for p in points], [p[1] for p in points], "-o", label=name)
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(len(results)), labels, fontsize=7)
-        ax.set_xlabel("result (oldest first) and git commit")
-        ax.grid(alpha=0.3)
-        if series:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def main_history(argv) -> int:
-    """`python -m loadtests history --spec FILE [--db URL] [--limit N]`."""
-    import argparse
-
-    from spec.errors import run_command
-    from spec.loader import load_spec
-
-    parser = argparse.ArgumentParser(prog=program("python -m loadtests history"),
-                                     description="The recorded bench, capacity and tune results of a spec's model.")
-    parser.add_argument("--spec", required=True, type=Path, help="the model spec (YAML)")
-    parser.add_argument("--db", help=f"the results database (default: ${ENV}, else benchmark.results_db)")
-    parser.add_argument("--limit", type=int, default=50, help="the last N results (default 50)")
-    args = parser.parse_args(argv)
-
-    def body() -> int:
-        spec = load_spec(args.spec)
-        url = database_url(spec, args.db)
-        if url is None:
-            raise SpecError(f"{spec.where('benchmark', 'results_db')}: benchmark.results_db is 'off': nothing is "
-                            "recorded, so there is no history; give --db URL")
-        results = load(url, spec.name, args.limit)
-        newer = [r for r in results if not readable(r[SCHEMA_FIELD])]
-        if newer:
-            results = [r for r in results if readable(r[SCHEMA_FIELD])]
-            print(f"history: {len(newer)} of the last {len(newer) + len(results)} results were recorded by a newer "
-                  f"tfsb (schema_version {max(r[SCHEMA_FIELD] for r in newer)}; this one reads up to "
-                  f"{SCHEMA_VERSION}) and are left out: upgrade tfsb to see them")
-        if not results and newer:
-            return 0
-        if not results:
-            print(f"no results of '{spec.name}' recorded in {display(url)} yet: run make bench SPEC={args.spec}")
-            return 0
-        print(f"{spec.name}: {len(results)} results in {display(url)}\n{table(results)}")
-        out = plot(results, spec.resolve(spec.benchmark.output_dir) / spec.name / "history.png")
-        print(f"\nplot: {out}")
-        return 0
-
-    return run_command(body, interrupted="history: interrupted")

@@ -25,8 +25,10 @@ from typing import Optional
 
 import numpy as np
 
-from loadtests import jsonfloat
-from loadtests.files import save_atomically
+from loadtests.drive import jsonfloat, wire
+from loadtests.drive.files import save_atomically
+from server.tensors.dtypes import NUMPY_DTYPES, DType, dtype_name
+from server.tensors.proto import array_to_proto, proto_to_array
 from spec.errors import HarnessError
 
 DERIVED = ("image_height", "image_width")
@@ -82,7 +84,6 @@ def _signatures(version_dir: Path) -> dict:
 def plan_for(spec, version_dir: Path) -> Plan:
     """How to feed the spec's signature (`benchmark.signature`, default serving_default); ForeignError if it
     cannot be fed from the spec."""
-    from server.tensors.dtypes import DType, dtype_name
 
     settings = spec.benchmark
     name = settings.signature or "serving_default"
@@ -135,7 +136,6 @@ def plan_for(spec, version_dir: Path) -> Plan:
                 tuple(signature.outputs), batched)
 
 
-
 @dataclass
 class ForeignPayloadSet:
     """The contract PayloadSet's interface for any signature: rendering, answers and their checks."""
@@ -168,7 +168,6 @@ class ForeignPayloadSet:
 
     def inputs(self, index: int) -> dict[str, np.ndarray]:
         """Request `index`'s inputs by alias, as numpy arrays of the signature's dtypes."""
-        from server.tensors.dtypes import NUMPY_DTYPES
 
         chosen = self._images(index)
         if self.plan.image_kind == "bytes":
@@ -214,9 +213,6 @@ class ForeignPayloadSet:
         return jsonfloat.dumps(body).encode()
 
     def grpc_request(self, payload: str, index: int, model: str):
-        from loadtests import wire
-        from server.tensors.proto import array_to_proto
-
         request = wire.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = self.plan.signature
@@ -243,8 +239,6 @@ class ForeignPayloadSet:
         return {outputs[0]: _array(found)}
 
     def answer_grpc(self, response) -> dict[str, np.ndarray]:
-        from server.tensors.proto import proto_to_array
-
         return {alias: proto_to_array(response.outputs[alias]) for alias in self.plan.outputs}
 
     def compare(self, index: int, answer: dict[str, np.ndarray]) -> tuple[float, Optional[str]]:

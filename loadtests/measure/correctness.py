@@ -10,8 +10,9 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-from loadtests.payloads import PayloadSet, wire_name
-from loadtests.run import PROTOCOL_LABEL
+from loadtests.drive import wire
+from loadtests.drive.payloads import PayloadSet, wire_name
+from loadtests.measure.run import PROTOCOL_LABEL
 from spec.errors import MISMATCH, HarnessError
 
 
@@ -40,8 +41,6 @@ def check(payloads: PayloadSet, rest_url: str, grpc_target: str, model: str,
     Raises MismatchError naming the protocol, payload and image at the first disagreement.
     """
     import grpc
-
-    from loadtests import wire
 
     results = []
     with grpc.insecure_channel(grpc_target, options=[("grpc.max_receive_message_length", 64 << 20),

@@ -15,14 +15,17 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from loadtests import capacity, reportpage, tunereport, tunespace
-from loadtests.capacity import open_loop_spec
-from loadtests.history import tune_summary
-from loadtests.run import plan
-from loadtests.session import (EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators, new_run_dir, point_latest,
-                               record_history, session, with_monitoring)
+from loadtests.analyze.resultsdb import tune_summary
+from loadtests.measure import tunespace
+from loadtests.measure.run import plan
+from loadtests.measure.search import measure_cells, open_loop_spec
+from loadtests.measure.session import (EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE, Generators, new_run_dir, point_latest,
+                                       record_history, session, with_monitoring)
+from loadtests.report import capacitypage, reportpage, tunereport
 from spec.errors import HarnessError, SpecError, UsageError
+from spec.loader import tune_result_path
 from spec.resultschema import version_of
+from spec.tuning import apply_config
 
 TUNE_FILE = "tune.json"
 
@@ -41,8 +44,6 @@ def search_key(spec, cells, space: tunespace.Space, backend: str) -> str:
 
 
 def _resumable(spec, wanted_key: str, log) -> Optional[dict]:
-    from spec.loader import tune_result_path
-
     latest = tune_result_path(spec, "latest")
     try:
         state = json.loads(latest.read_text())
@@ -145,7 +146,6 @@ def _starts(best: Optional[dict], baseline: Optional[dict], strategy: str, prune
 def run_trial(spec, config: dict, index: int, space: tunespace.Space, tune_dir: Path, backend: str, generators,
               starts: dict, prune: bool, log: Callable[[str], None], answers: dict) -> dict:
     """Deploy `config`, measure its capacity per cell, stop it; a deployment or answer failure is a failed trial."""
-    from spec.tuning import apply_config
 
     started = time.monotonic()
     trial_dir = tune_dir / "trials" / f"{index:02d}"
@@ -163,7 +163,7 @@ def run_trial(spec, config: dict, index: int, space: tunespace.Space, tune_dir: 
                 raise SpecError(f"'{spec.name}' was already served when trial {index} began: tune deploys every "
                                 "configuration itself; stop the other server (make down) and rerun to resume")
             answers.update(current.answers)
-            results, stopped = capacity.measure_cells(current, log, starts=starts, prune=prune, runs=runs)
+            results, stopped = measure_cells(current, log, starts=starts, prune=prune, runs=runs)
     except SpecError:
         raise
     except HarnessError as exc:
@@ -173,7 +173,7 @@ def run_trial(spec, config: dict, index: int, space: tunespace.Space, tune_dir: 
     stopped = stopped or bool(current.server_died)
     summary = current.summary(runs, generators, len(runs), capacity=results, tune_trial=index)
     reportpage.write(summary, current.run_dir)
-    capacity.write(results, current.run_dir, spec.benchmark.slo)
+    capacitypage.write(results, current.run_dir, spec.benchmark.slo)
     record = trial_record(index, config, space.baseline, results, stopped, spec.benchmark.slo, started,
                           trial_dir, current.cells,
                           error=f"the server stopped: {current.server_died}" if current.server_died else None)

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Sequence
 
-from loadtests.run import REPO, worker_command
+from loadtests.measure.run import REPO, worker_command
 from spec.errors import program
 
 RETRY_PAUSE_S = 2.0

@@ -17,8 +17,8 @@ from typing import Callable, Iterable, Optional
 import gevent
 import numpy as np
 
-from loadtests import validity
-from loadtests.validity import SUB_WINDOWS
+from loadtests.analyze import validity
+from loadtests.analyze.validity import SUB_WINDOWS
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import html
 from typing import Optional
 
-from loadtests.limits import LIMITS
+from loadtests.analyze.limits import LIMITS
+from loadtests.analyze.machine import shared_sentences
 from loadtests.report import fmt, level_text
-from loadtests.run import shared_sentences
 
 
 def html_body(summary: dict) -> dict:

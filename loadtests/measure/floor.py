@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from loadtests.measure import run, session
+from server.process import free_port
 from spec import contract as c
 from spec.errors import HarnessError
 from spec.schema import BuilderSource, Spec
@@ -36,7 +38,6 @@ def output_classes(version_dir: Path) -> int:
 def floor_spec(spec: Spec, classes: int, base_path: Path) -> Spec:
     """The spec with the floor model in place of its own: same input settings, signatures and serving settings,
     exported under `base_path`, served on free loopback ports, and nothing else served beside it."""
-    from server.process import free_port
 
     model = spec.model.model_copy(update={
         "source": BuilderSource(kind="builder", function=FLOOR_FUNCTION, args={"classes": classes}),
@@ -56,7 +57,6 @@ def floor_spec(spec: Spec, classes: int, base_path: Path) -> Spec:
 def run_floor(spec: Spec, version_dir: Path, run_dir: Path, steps: Sequence, backend: Optional[str], generators,
               log: Callable[[str], None]) -> dict:
     """Export, serve, check and sweep the floor model; its runs and facts for summary.json's `floor`."""
-    from loadtests import run, session
 
     classes = output_classes(version_dir)
     floor = floor_spec(spec, classes, run_dir / "floor" / "models")

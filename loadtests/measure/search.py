@@ -1,4 +1,5 @@
-"""`make capacity SLO=p99:100ms`: the highest arrival rate each protocol x payload sustains within the SLO.
+"""The capacity search, written once (make capacity, and every tune trial): the highest arrival rate each
+protocol x payload sustains within the SLO.
 
 For each cell a short closed-loop probe (one user) gives a starting rate (half its throughput). Open-loop
 probes then double the rate until one fails and halve it until one passes (the bracket), and bisect until the
@@ -14,16 +15,16 @@ limited by the generator, and says so.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
-from loadtests import report, reportpage, validity
-from loadtests.limits import LIMITS, MAX_PROBES
-from loadtests.payloads import wire_name
-from spec.resultschema import stamped
+from loadtests.analyze import validity
+from loadtests.analyze.limits import MAX_PROBES
+from loadtests.drive.payloads import wire_name
+from loadtests.measure import run
+from spec.errors import SpecError
 
 MIN_RATE_FRACTION = 1 / 64  # below start x this, the SLO is out of reach (capacity 0)
 GENERATOR_REASONS = ("started late", "generator-bound")
@@ -164,34 +165,6 @@ def search(cell: Cell, run_open: Callable[[float, float], dict], run_closed: Cal
             "probes": cell.probes}
 
 
-def write(results: Sequence[dict], out_dir: Path, slo) -> Path:
-    """capacity.json: standard JSON, a probe's NaN (a window with no answers) written as null."""
-    path = out_dir / "capacity.json"
-    path.write_text(json.dumps(report.plain(stamped({"slo": slo.model_dump(), "slo_text": str(slo),
-                                                     "results": list(results)})),
-                               indent=2, allow_nan=False, default=lambda value: None) + "\n")
-    return path
-
-
-def terminal_table(results: Sequence[dict], slo) -> str:
-    """Capacity at the SLO, REST against gRPC, per payload."""
-    from loadtests.payloads import GRPC_WIRE
-
-    lines = [f"capacity at {slo} (highest passing open-loop rate, req/s)",
-             f"  {'payload (REST / gRPC)':28} | {'REST':>9} | {'gRPC':>9} | {'gRPC/REST':>9}"]
-    by = {(r["protocol"], r["payload"]): r for r in results}
-    for payload in dict.fromkeys(r["payload"] for r in results):
-        rest, grpc = by.get(("rest", payload)), by.get(("grpc", payload))
-        ratio = (f"{grpc['capacity_rps'] / rest['capacity_rps']:.2f}x" if rest and grpc and rest["capacity_rps"]
-                 else "n/a")
-        shown = [f"{r['capacity_rps']:.1f}" if r else "-" for r in (rest, grpc)]
-        lines.append(f"  {payload + ' / ' + GRPC_WIRE[payload]:28} | {shown[0]:>9} | {shown[1]:>9} | {ratio:>9}")
-    for r in results:
-        if r["limited_by"]:
-            lines.append(f"  note: {r['protocol']} {r['wire']}: {LIMITS[r['limited_by']]}")
-    return "\n".join(lines)
-
-
 class _ServerStopped(Exception):
     pass
 
@@ -204,10 +177,6 @@ def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = 
     `runs`. Returns the cells' results and whether the server stopped (the search then ends early). With
     `profile`, one more window at each cell's capacity traces the server (`result["profile"]`); it is not a probe.
     """
-    import dataclasses
-
-    from loadtests import run
-
     settings = current.spec.benchmark
     slo = settings.slo
     runs = [] if runs is None else runs
@@ -259,48 +228,8 @@ def measure_cells(current, log: Callable[[str], None], starts: Optional[dict] = 
     return results, False
 
 
-def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None,
-             profile: bool = False) -> int:
-    """Run the capacity search of every protocol x payload of `spec`; returns the exit code."""
-    from loadtests.session import (EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_THRESHOLD, EXIT_UNINFORMATIVE,
-                                   Generators, point_latest, record_history, report_server_death, session,
-                                   uninformative)
-
-    generators = generators or Generators()
-    spec = open_loop_spec(spec)
-    settings = spec.benchmark
-    slo = settings.slo
-    runs: list[dict] = []
-    with session(spec, log, backend, generators) as current:
-        log(f"capacity at {slo}: {len(current.cells)} protocol/payload cells, precision {settings.precision:.0%}, "
-            f"{settings.arrival} arrivals; writing to {current.run_dir}")
-        results, _stopped = measure_cells(current, log, runs=runs, profile=profile)
-    summary = current.summary(runs, generators, len(runs), capacity=results)
-    reportpage.write(summary, current.run_dir)
-    write(results, current.run_dir, slo)
-    point_latest(current.run_dir)
-    log(terminal_table(results, slo))
-    log("\n".join(report.threshold_lines(summary)))
-    log(f"\nreport: {current.run_dir / 'report.html'}\ncapacity: {current.run_dir / 'capacity.json'}")
-    for result in results:
-        if profile and result.get("profile"):
-            log(report.profile_line({"profile": result["profile"], "protocol": result["protocol"],
-                                     "wire": result["wire"], "offered_rps": result["profile"]["offered_rps"]},
-                                    current.run_dir))
-    record_history(spec, "capacity", summary, current.run_dir, log)
-    if current.server_died:
-        report_server_death(current, len(runs), None, during="capacity search")
-        return EXIT_FAILURES
-    if summary["thresholds_passed"] is False:
-        return EXIT_THRESHOLD
-    if uninformative(summary):
-        return EXIT_UNINFORMATIVE
-    return EXIT_INVALID if any(r["limited_by"] in ("generator", "probes") for r in results) else EXIT_OK
-
-
 def open_loop_spec(spec, command: str = "capacity"):
     """The spec in open mode, or a SpecError when it has no latency objective."""
-    from spec.errors import SpecError
 
     settings = spec.benchmark
     if settings.slo is None:

@@ -1,0 +1,59 @@
+"""The results history in the terminal (one line per result and protocol/payload) and as history.png."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from loadtests.analyze.resultsdb import key_figures
+
+
+def _cell(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: list[dict]) -> str:
+    """The terminal table: one line per result and protocol/payload, oldest first."""
+    lines = [f"{'recorded (UTC)':20} {'kind':8} {'commit':12} {'signature':12} {'serving':10} {'backend':8} "
+             f"{'protocol payload':22} {'p50 ms':>8} {'p99 ms':>8} {'max rps':>8} {'capacity':>8}  valid"]
+    for result in results:
+        head = (f"{result['recorded_at'][:19].replace('T', ' '):20} {result['kind']:8} "
+                f"{(result['git_commit'] or '?')[:12]:12} {(result['model_signature_sha256'] or '?')[:12]:12} "
+                f"{(result['serving_version'] or '?')[:10]:10} {(result['backend'] or '?'):8} ")
+        figures = key_figures(result) or [{"cell": "(no figures)", "p50_ms": None, "p99_ms": None,
+                                           "max_rps": None, "capacity_rps": None, "valid": result["valid"]}]
+        for fig in figures:
+            lines.append(head + f"{fig['cell']:22} {_cell(fig['p50_ms']):>8} {_cell(fig['p99_ms']):>8} "
+                         f"{_cell(fig['max_rps'], 1):>8} {_cell(fig['capacity_rps'], 1):>8}  "
+                         f"{'yes' if fig['valid'] and result['valid'] is not False else 'no'}")
+            head = " " * len(head)
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> Path:
+    """history.png: each protocol/payload's p50 (lowest level), highest throughput and capacity, run after run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("p50_ms", "p50 at the lowest level (ms)"), ("max_rps", "highest throughput (req/s)"),
+              ("capacity_rps", "capacity under the SLO (req/s)"))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    labels = [f"{i + 1}\n{(r['git_commit'] or '?')[:7]}" for i, r in enumerate(results)]
+    for ax, (key, title) in zip(axes, panels):
+        series: dict[str, list] = {}
+        for i, result in enumerate(results):
+            for figure in key_figures(result):
+                if figure[key] is not None:
+                    series.setdefault(figure["cell"], []).append((i, figure[key]))
+        for name, points in series.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], "-o", label=name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(results)), labels, fontsize=7)
+        ax.set_xlabel("result (oldest first) and git commit")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
