@@ -60,8 +60,13 @@ def test_swarm_from_the_web_ui_counts_rest_and_grpc(locust_ui):
             failures = {row["method"]: row["num_failures"] for row in
                         page.request.get(f"{locust_ui}/stats/requests").json()["stats"] if row["name"] == "digits_cnn"}
             assert failures == {"REST": 0, "gRPC": 0}
-            table = page.locator("table").first.inner_text()  # what the user sees in the statistics tab
-            assert "REST" in table and "gRPC" in table and "digits_cnn" in table
+            # what the user sees in the statistics tab: the page redraws it from its own poll of the stats, a
+            # second or two after the counts above exist (a CI run once read the table before its first redraw)
+            table, deadline = "", time.monotonic() + 30
+            while time.monotonic() < deadline and not all(word in table for word in ("REST", "gRPC", "digits_cnn")):
+                page.wait_for_timeout(500)
+                table = page.locator("table").first.inner_text()
+            assert "REST" in table and "gRPC" in table and "digits_cnn" in table, table
             page.get_by_role("button", name="Stop").click()
         finally:
             browser.close()
