@@ -8,7 +8,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ValidationError
 
 from spec.errors import SpecError, UsageError
-from spec.resultschema import version_of
+from spec.results import TuneResult
 from spec.schema import SOURCE_KINDS, KerasFileSource, SavedModelSource, Spec
 from spec.yamlsource import YamlSourceError, load_yaml_with_lines
 
@@ -118,8 +118,6 @@ def tune_result_path(spec: Spec, reference: str) -> Path:
 def _apply_tuned(spec: Spec) -> Spec:
     import json
 
-    from pydantic import ValidationError
-
     from spec.tuning import apply_config
 
     where = spec.where("serving", "tuned")
@@ -131,17 +129,16 @@ def _apply_tuned(spec: Spec) -> Spec:
                         f"make tune SPEC={spec.origin} SLO=p99:200ms first, or remove serving.tuned") from None
     except (OSError, ValueError) as exc:
         raise SpecError(f"{where}: serving.tuned: {path} cannot be read as a tune result ({exc})") from None
-    if isinstance(result, dict):
-        try:
-            version_of(result, str(path))
-        except UsageError as exc:
-            raise SpecError(f"{where}: serving.tuned: {exc}") from None
-    best = result.get("best") if isinstance(result, dict) else None
-    if not isinstance(best, dict) or not isinstance(best.get("config"), dict):
+    try:
+        result = TuneResult.from_dict(result, str(path))
+    except UsageError as exc:  # a newer layout, or not a tune result
+        raise SpecError(f"{where}: serving.tuned: {exc}") from None
+    best = result.best
+    if best is None or not isinstance(best.get("config"), dict):
         raise SpecError(f"{where}: serving.tuned: {path} has no recommendation (no trial met the SLO, or the search "
                         "did not finish its baseline): rerun make tune, or remove serving.tuned")
-    if result.get("model") != spec.name:
-        raise SpecError(f"{where}: serving.tuned: {path} tuned model {result.get('model')!r}, not {spec.name!r}")
+    if result.model != spec.name:
+        raise SpecError(f"{where}: serving.tuned: {path} tuned model {result.model!r}, not {spec.name!r}")
     try:
         serving = apply_config(spec.serving, best["config"])
     except (ValidationError, TypeError, ValueError) as exc:

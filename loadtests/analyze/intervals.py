@@ -34,9 +34,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from loadtests.analyze import validity
-from loadtests.analyze.figures import grouped
 from loadtests.analyze.machine import shared_sentences
 from spec.errors import UsageError
+from spec.results import BenchSummary, CompareRow, Run
 from spec.resultschema import version_of
 
 METRICS = ("p50", "p99", "rps")
@@ -56,11 +56,11 @@ class FailOn:
     def text(self) -> str:
         return f"{self.metric}:{self.limit_pct:+g}%"
 
-    def broken_by(self, row: dict) -> bool:
-        if row["metric"] != self.metric or row["verdict"] == "no change" or row["change_pct"] is None:
+    def broken_by(self, row: CompareRow) -> bool:
+        if row.metric != self.metric or row.verdict == "no change" or row.change_pct is None:
             return False
         bad = "faster" if self.metric == "rps" else "slower"
-        return row["verdict"] == bad and abs(row["change_pct"]) > abs(self.limit_pct)
+        return row.verdict == bad and abs(row.change_pct) > abs(self.limit_pct)
 
 
 def parse_fail_on(text: Optional[str]) -> list[FailOn]:
@@ -90,8 +90,8 @@ def parse_effect(text: Optional[str]) -> float:
     return value
 
 
-def load_run(path: Path, side: str) -> tuple[Path, dict]:
-    """A report directory (or its summary.json, or a `latest` link) and its summary; SpecError when it is none."""
+def load_run(path: Path, side: str) -> tuple[Path, BenchSummary]:
+    """A report directory (or its summary.json, or a `latest` link) and its summary; UsageError when it is none."""
     path = Path(path)
     summary_file = path / "summary.json" if path.is_dir() else path
     if not summary_file.is_file():
@@ -108,21 +108,24 @@ def load_run(path: Path, side: str) -> tuple[Path, dict]:
     if summary.get("capacity") is not None:
         raise UsageError(f"{side}={path}: a capacity search, not a bench; compare matches bench runs (the capacity "
                         "of each search is in make history)")
-    return summary_file.parent.resolve(), summary
+    return summary_file.parent.resolve(), BenchSummary.from_dict(summary, f"{side}={summary_file}")
 
 
 # ------------------------------------------------------------------------ the figures and their intervals
 
-def _blocks(run: dict, run_dir: Path, side: str) -> dict:
+def _blocks(run: Run, run_dir: Path, side: str) -> dict:
     """The run's samples cut into BLOCKS time blocks: good latencies per block and completions per block."""
-    path = run_dir / "samples" / run["samples_file"]
+    if not run.samples_file:
+        raise UsageError(f"{side}: a {run.protocol} {run.wire} run in {run_dir} has no samples_file: compare "
+                         "recomputes every figure from the samples of the run")
+    path = run_dir / "samples" / run.samples_file
     if not path.is_file():
         raise UsageError(f"{side}: {path} is missing: compare recomputes every figure from the samples of the run")
     with np.load(path) as data:
         t, latency, ok, due = data["t"], data["latency_ms"], data["ok"], data["due"]
         meta = json.loads(data["meta"].tobytes())
-    window = float(meta["window_s"] or run["window_s"])
-    key = due if run["mode"] == "open" else t
+    window = float(meta["window_s"] or run.window_s)
+    key = due if run.mode == "open" else t
     inside = (key >= 0) & (key < window) & ok
     index = np.minimum((key[inside] / window * BLOCKS).astype(int), BLOCKS - 1)
     latencies = [latency[inside][index == b] for b in range(BLOCKS)]
@@ -191,10 +194,6 @@ def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return diff - half, diff + half
 
 
-def _value(run: dict, metric: str) -> float:
-    return run["rps"] if metric == "rps" else run[f"{metric}_ms"]
-
-
 def _pct(log_ratio: float) -> Optional[float]:
     return (math.exp(log_ratio) - 1.0) * 100.0 if math.isfinite(log_ratio) else None
 
@@ -231,22 +230,30 @@ def _widened(diffs: np.ndarray, blocks: tuple[list[dict], list[dict]], metric: s
     return center - half, center + half, noise
 
 
-def shared_machine(rows: Sequence[dict]) -> list[str]:
+def shared_machine(rows: Sequence[CompareRow]) -> list[str]:
     """'A: ...' and 'B: ...' for every side whose runs shared the machine, each sentence once."""
     return [f"{side.upper()}: {text}" for side in ("a", "b")
-            for text in sorted({t for r in rows for t in (r.get("shared_machine") or {}).get(side, [])})]
+            for text in sorted({t for r in rows for t in r.shared_machine.get(side, [])})]
 
 
-def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, seed: int = 0,
-                 run_noise: bool = True) -> list[dict]:
+def grouped(runs: Sequence[Run]) -> dict[tuple[str, str, float], list[Run]]:
+    """The runs of each (protocol, payload, level), in the order measured."""
+    groups: dict[tuple[str, str, float], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.protocol, run.payload, run.level), []).append(run)
+    return groups
+
+
+def compare_rows(a: tuple[Path, BenchSummary], b: tuple[Path, BenchSummary], min_effect: float, seed: int = 0,
+                 run_noise: bool = True) -> list[CompareRow]:
     """One row per matched (protocol, payload, level) and metric. run_noise=False leaves an interval at what the
     runs alone show (the repeats' Welch interval, or a one-run bootstrap's, which sees only the variation inside
     each run): for comparison in tests."""
     (dir_a, sum_a), (dir_b, sum_b) = a, b
-    if sum_a.get("mode") != sum_b.get("mode"):
-        raise UsageError(f"A is a {sum_a.get('mode')}-loop bench and B a {sum_b.get('mode')}-loop one: their levels "
+    if sum_a.mode != sum_b.mode:
+        raise UsageError(f"A is a {sum_a.mode}-loop bench and B a {sum_b.mode}-loop one: their levels "
                         "(users against rates) do not match")
-    groups_a, groups_b = grouped(sum_a["runs"]), grouped(sum_b["runs"])
+    groups_a, groups_b = grouped(sum_a.runs), grouped(sum_b.runs)
     common = [key for key in groups_a if key in groups_b]
     if not common:
         raise UsageError(f"A ({dir_a}) and B ({dir_b}) have no protocol, payload and level in common: "
@@ -259,8 +266,9 @@ def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, 
         blocks = None if repeats else ([_blocks(r, dir_a, "A") for r in runs_a], [_blocks(r, dir_b, "B") for r in runs_b])
         for metric in METRICS:
             noise_pct = None
-            la = np.log([_value(r, metric) for r in runs_a])
-            lb = np.log([_value(r, metric) for r in runs_b])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                la = np.log([_known(r.figure(metric)) for r in runs_a])
+                lb = np.log([_known(r.figure(metric)) for r in runs_b])
             if not (np.all(np.isfinite(la)) and np.all(np.isfinite(lb))):
                 low = high = change = None
             elif repeats:
@@ -284,19 +292,24 @@ def compare_rows(a: tuple[Path, dict], b: tuple[Path, dict], min_effect: float, 
                     noise_pct = _pct(noise)
                 elif diffs.size:
                     low, high = _pct(float(np.percentile(diffs, 2.5))), _pct(float(np.percentile(diffs, 97.5)))
-            ci = None if low is None or high is None else [round(low, 2), round(high, 2)]
-            rows.append({"protocol": key[0], "payload": key[1], "wire": runs_a[0]["wire"], "level": key[2],
-                         "metric": metric, "a": float(np.exp(la.mean())) if np.all(np.isfinite(la)) else None,
-                         "b": float(np.exp(lb.mean())) if np.all(np.isfinite(lb)) else None,
-                         "change_pct": None if change is None else round(change, 2), "ci95_pct": ci,
-                         "verdict": verdict(metric, change, ci, min_effect),
-                         "method": "repeats" if repeats else ("block bootstrap + run-to-run noise" if run_noise
-                                                              else "block bootstrap"),
-                         "run_noise_pct": None if noise_pct is None else round(noise_pct, 2),
-                         "repeats": [len(runs_a), len(runs_b)],
-                         "shared_machine": {"a": shared_sentences(runs_a), "b": shared_sentences(runs_b)},
-                         "valid": all(r["valid"] for r in runs_a + runs_b)})
+            ci = None if low is None or high is None else (round(low, 2), round(high, 2))
+            rows.append(CompareRow(
+                protocol=key[0], payload=key[1], wire=runs_a[0].wire, level=key[2], metric=metric,
+                a=float(np.exp(la.mean())) if np.all(np.isfinite(la)) else None,
+                b=float(np.exp(lb.mean())) if np.all(np.isfinite(lb)) else None,
+                change_pct=None if change is None else round(change, 2), ci95_pct=ci,
+                verdict=verdict(metric, change, ci, min_effect),
+                method="repeats" if repeats else ("block bootstrap + run-to-run noise" if run_noise
+                                                  else "block bootstrap"),
+                run_noise_pct=None if noise_pct is None else round(noise_pct, 2), repeats=(len(runs_a), len(runs_b)),
+                shared_machine={"a": shared_sentences(runs_a), "b": shared_sentences(runs_b)},
+                valid=all(r.valid for r in runs_a + runs_b)))
     return rows
+
+
+def _known(value: Optional[float]) -> float:
+    """A figure, NaN when the run has none (null in its summary.json: no request answered)."""
+    return math.nan if value is None else value
 
 
 # ------------------------------------------------------------------------ output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -12,7 +13,7 @@ from loadtests.analyze.intervals import (DEFAULT_MIN_EFFECT, compare_rows, load_
 from loadtests.drive.files import save_atomically
 from loadtests.report.comparepage import headline, html_page, terminal
 from spec.errors import program, run_command
-from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION
+from spec.results import CompareResult
 
 EXIT_REGRESSION = 7
 
@@ -24,15 +25,14 @@ def compare(path_a: Path, path_b: Path, fail_on: Optional[str] = None, min_effec
     rules, effect = parse_fail_on(fail_on), parse_effect(min_effect)
     a, b = load_run(path_a, "A"), load_run(path_b, "B")
     rows = compare_rows(a, b, effect)
-    broken = [{**row, "rule": rule.text} for rule in rules for row in rows if rule.broken_by(row)]
-    result = {SCHEMA_FIELD: SCHEMA_VERSION, "model": b[1]["model"], "a": str(a[0]), "b": str(b[0]),
-              "mode": b[1]["mode"],
-              "min_effect_pct": effect * 100.0, "fail_on": [r.text for r in rules], "rows": rows,
-              "broken": broken, "passed": not broken, "headline": headline(rows, broken),
-              "shared_machine": shared_machine(rows)}
+    broken = [dataclasses.replace(row, rule=rule.text) for rule in rules for row in rows if rule.broken_by(row)]
+    result = CompareResult(model=b[1].model, a=str(a[0]), b=str(b[0]), mode=b[1].mode,
+                           min_effect_pct=effect * 100.0, fail_on=tuple(r.text for r in rules), rows=tuple(rows),
+                           broken=tuple(broken), passed=not broken, headline=headline(rows, broken),
+                           shared_machine=tuple(shared_machine(rows)))
     out = Path(output).resolve() if output else b[0]
     out.mkdir(parents=True, exist_ok=True)
-    save_atomically(out / "compare.json", (json.dumps(result, indent=2) + "\n").encode())
+    save_atomically(out / "compare.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
     save_atomically(out / "compare.html", html_page(result).encode())
     log(terminal(result))
     log(f"\ncompare: {out / 'compare.html'}\n         {out / 'compare.json'}")

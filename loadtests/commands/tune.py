@@ -24,7 +24,7 @@ from loadtests.measure.session import (EXIT_INVALID, EXIT_OK, EXIT_UNINFORMATIVE
 from loadtests.report import capacitypage, reportpage, tunereport
 from spec.errors import HarnessError, SpecError, UsageError
 from spec.loader import tune_result_path
-from spec.resultschema import version_of
+from spec.results import TuneResult
 from spec.tuning import apply_config
 
 TUNE_FILE = "tune.json"
@@ -52,14 +52,14 @@ def _resumable(spec, wanted_key: str, log) -> Optional[dict]:
     if not isinstance(state, dict) or state.get("complete"):
         return None
     try:
-        version_of(state, str(latest.resolve()))
+        checked = TuneResult.from_dict(state, str(latest.resolve()))  # a newer layout is refused first
     except UsageError as exc:
         log(f"tune: not resuming: {exc}")
         return None
-    if state.get("key") != wanted_key:
+    if checked.key != wanted_key:
         log(f"tune: not resuming {latest.parent.resolve()}: it searched another spec, SLO, space or settings")
         return None
-    return state
+    return checked.to_dict()  # the checkpoint the search goes on from (rewritten whole after each trial)
 
 
 def label(config: dict, baseline: dict) -> str:

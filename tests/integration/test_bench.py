@@ -16,6 +16,7 @@ from deploy.waiting import Endpoints, rest_status
 from loadtests.drive.payloads import PayloadSet
 from loadtests.measure.payloadsets import load_or_build
 from spec.loader import load_spec
+from spec.results import BenchSummary, CapacityResult
 from tests.conftest import NOISE, REPO, generator_kept_up, measured_while_the_generator_keeps_up, run_cli, write_spec
 from tests.serverproc import ServerProcess, free_port
 
@@ -97,6 +98,8 @@ def test_short_sweep_writes_summary_and_report(tmp_path, digits_export):
     assert "tensorboard --logdir" in result.stdout
     assert latest.is_symlink()
     summary = json.loads((latest / "summary.json").read_text())
+    typed = BenchSummary.from_dict(summary, "summary.json")  # the typed result reads the file back whole
+    assert typed.to_dict() == summary and [r.users for r in typed.runs] == [r["users"] for r in summary["runs"]]
     runs = summary["runs"]
     assert [(r["users"], r["protocol"], r["wire"]) for r in runs] == [
         (u, p, w) for u in (1, 2) for p, w in (("rest", "image_b64"), ("grpc", "image_bytes"),
@@ -359,6 +362,10 @@ def test_capacity_command_writes_capacity_json_and_its_plot(tmp_path, digits_exp
     latest = tmp_path / "reports" / "digits_cnn" / "latest"
     capacity = json.loads((latest / "capacity.json").read_text())
     assert capacity["slo"] == {"percentile": 90.0, "latency_ms": 40.0}
+    typed = CapacityResult.from_dict(capacity, "capacity.json")
+    assert typed.to_dict() == capacity and typed.results[0].capacity_rps == capacity["results"][0]["capacity_rps"]
+    summary = json.loads((latest / "summary.json").read_text())  # a capacity search's summary: its cells too
+    assert BenchSummary.from_dict(summary, "summary.json").capacity is not None
     (cell,) = capacity["results"]
     assert (cell["protocol"], cell["payload"]) == ("rest", "image_b64")
     passing = [p["offered_rps"] for p in cell["probes"] if p["meets_slo"]]

@@ -23,6 +23,7 @@ import time
 import pytest
 
 from spec.loader import load_spec
+from spec.results import TuneResult
 from tests.conftest import REPO, run_cli, write_spec
 from tests.serverproc import free_port
 from tests.tunefail import REFUSAL
@@ -82,6 +83,8 @@ def test_tune_turns_batching_on_where_it_pays(tmp_path):
     assert done.returncode in (0, 4), done.stdout[-4000:] + done.stderr[-3000:]
     result = _result(spec_path)
     assert result["complete"] and len(result["trials"]) == 2, [t["label"] for t in result["trials"]]
+    typed = TuneResult.from_dict(result, "tune.json")  # the typed result reads the file back whole
+    assert typed.to_dict() == result and [t.index for t in typed.trials] == [1, 2]
     baseline, best = result["baseline"], result["best"]
     assert not baseline["config"]["batching"] and baseline["capacity_rps"] > 0
     assert best["config"]["batching"] and best["config"]["max_batch_size"] >= 4, result["headline"]

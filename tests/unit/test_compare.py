@@ -13,6 +13,7 @@ from loadtests.commands import compare, history as history_command
 from loadtests.drive.recorder import write_samples
 from loadtests.report import historypage
 from spec.errors import SpecError, UsageError
+from spec.results import BenchSummary
 from spec.loader import load_spec
 from spec.thresholds import broken, evaluate, parse
 from tests.conftest import write_spec
@@ -105,14 +106,20 @@ def _fake_run(run_dir, name, latencies_ms, window_s=10.0, protocol="grpc", repea
     lat = np.asarray(latencies_ms)
     return {**_row(protocol), "mode": "closed", "users": 1, "samples_file": f"{name}.npz", "window_s": window_s,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "rps": n / window_s,
-            "valid": True, "invalid_reasons": [], "repeat": repeat}
+            "requests": n, "failures": 0, "failure_ratio": 0.0, "valid": True, "invalid_reasons": [], "repeat": repeat}
 
 
 def _side(tmp_path, name, runs):
     directory = tmp_path / name
     directory.mkdir(exist_ok=True)
     made = [_fake_run(directory, f"{name}{i}", lat, repeat=i + 1) for i, lat in enumerate(runs)]
-    return directory, {"model": "m", "mode": "closed", "runs": made}
+    return directory, {"model": "m", "mode": "closed", "failed": False, "valid": True, "runs": made}
+
+
+def _rows(a, b, *args, **kwargs):
+    """compare_rows on two sides as load_run reads them (typed summaries)."""
+    typed = [(directory, BenchSummary.from_dict(summary, str(directory))) for directory, summary in (a, b)]
+    return intervals.compare_rows(*typed, *args, **kwargs)
 
 
 def test_block_bootstrap_sees_drift_inside_a_run_that_a_request_bootstrap_would_not(tmp_path):
@@ -120,14 +127,14 @@ def test_block_bootstrap_sees_drift_inside_a_run_that_a_request_bootstrap_would_
     steady = 10.0 + rng.normal(0, 0.2, 2000)
     drifting = np.linspace(8.0, 13.0, 2000) + rng.normal(0, 0.2, 2000)  # the same mean, drifting over the run
     a = _side(tmp_path, "a", [steady])
-    rows = {r["metric"]: r for r in intervals.compare_rows(a, _side(tmp_path, "b", [steady * 1.2]), 0.05)}
-    assert rows["p50"]["verdict"] == "slower" and rows["p50"]["method"] == "block bootstrap + run-to-run noise"
-    assert 18 < rows["p50"]["change_pct"] < 22 and rows["p50"]["ci95_pct"][0] > 15
+    rows = {r.metric: r for r in _rows(a, _side(tmp_path, "b", [steady * 1.2]), 0.05)}
+    assert rows["p50"].verdict == "slower" and rows["p50"].method == "block bootstrap + run-to-run noise"
+    assert 18 < rows["p50"].change_pct < 22 and rows["p50"].ci95_pct[0] > 15
     # the same count: sub-windows of 667, 667 and 666 requests are the only run-to-run noise there is
-    assert rows["rps"]["verdict"] == "no change" and -1 < rows["rps"]["ci95_pct"][0] <= 0 <= rows["rps"]["ci95_pct"][1] < 1
-    drift = {r["metric"]: r for r in intervals.compare_rows(a, _side(tmp_path, "c", [drifting]), 0.05,
+    assert rows["rps"].verdict == "no change" and -1 < rows["rps"].ci95_pct[0] <= 0 <= rows["rps"].ci95_pct[1] < 1
+    drift = {r.metric: r for r in _rows(a, _side(tmp_path, "c", [drifting]), 0.05,
                                                           run_noise=False)}["p50"]
-    width = drift["ci95_pct"][1] - drift["ci95_pct"][0]
+    width = drift.ci95_pct[1] - drift.ci95_pct[0]
     per_request = 2 * 1.96 * np.std(drifting) * 1.25 / np.sqrt(2000) / 10.5 * 100  # ~ the median's own interval
     assert width > 3 * per_request  # the blocks carry the drift into the interval
 
@@ -136,12 +143,12 @@ def test_repeats_use_the_variation_between_them(tmp_path):
     rng = np.random.default_rng(2)
     a = _side(tmp_path, "a", [10.0 + rng.normal(0, 0.1, 500) for _ in range(3)])
     same = _side(tmp_path, "b", [10.0 * f + rng.normal(0, 0.1, 500) for f in (0.9, 1.0, 1.1)])  # noisy repeats
-    rows = {r["metric"]: r for r in intervals.compare_rows(a, same, 0.05)}
-    assert rows["p50"]["method"] == "repeats" and rows["p50"]["repeats"] == [3, 3]
-    assert rows["p50"]["verdict"] == "no change" and rows["p50"]["ci95_pct"][1] - rows["p50"]["ci95_pct"][0] > 20
+    rows = {r.metric: r for r in _rows(a, same, 0.05)}
+    assert rows["p50"].method == "repeats" and rows["p50"].repeats == (3, 3)
+    assert rows["p50"].verdict == "no change" and rows["p50"].ci95_pct[1] - rows["p50"].ci95_pct[0] > 20
     slower = _side(tmp_path, "c", [15.0 + rng.normal(0, 0.1, 500) for _ in range(3)])
-    row = {r["metric"]: r for r in intervals.compare_rows(a, slower, 0.05)}["p50"]
-    assert row["verdict"] == "slower" and 45 < row["ci95_pct"][0] <= row["change_pct"] <= row["ci95_pct"][1] < 55
+    row = {r.metric: r for r in _rows(a, slower, 0.05)}["p50"]
+    assert row.verdict == "slower" and 45 < row.ci95_pct[0] <= row.change_pct <= row.ci95_pct[1] < 55
 
 
 def test_compare_writes_json_and_html_and_exits_7_on_a_broken_rule(tmp_path, capsys):
@@ -167,11 +174,11 @@ def test_compare_mistakes_are_one_line(tmp_path):
     b_dir, b = _side(tmp_path, "b", [np.full(50, 1.0)])
     b["runs"][0]["level"] = 4
     with pytest.raises(UsageError, match="no protocol, payload and level in common"):
-        intervals.compare_rows(a, (b_dir, b), 0.05)
+        _rows(a, (b_dir, b), 0.05)
     (b_dir / "samples" / "b0.npz").unlink()
     b["runs"][0]["level"] = 1
     with pytest.raises(UsageError, match="is missing"):
-        intervals.compare_rows(a, (b_dir, b), 0.05)
+        _rows(a, (b_dir, b), 0.05)
 
 
 def test_history_records_and_lists_in_sqlite(tmp_path):
@@ -247,10 +254,10 @@ def test_one_run_per_side_intervals_see_the_noise_between_runs(tmp_path):
         a = _side(tmp_path / f"pair{pair}", "a", [latencies[:800]])
         b = _side(tmp_path / f"pair{pair}", "b", [latencies[800:]])
         for widened in (True, False):
-            for row in intervals.compare_rows(a, b, 0.0, seed=pair, run_noise=widened):
-                held[widened][row["metric"]] += row["ci95_pct"][0] <= 0 <= row["ci95_pct"][1]
+            for row in _rows(a, b, 0.0, seed=pair, run_noise=widened):
+                held[widened][row.metric] += row.ci95_pct[0] <= 0 <= row.ci95_pct[1]
         slower = _side(tmp_path / f"pair{pair}", "c", [latencies[800:] * 1.4])  # a real change is still seen
-        found += [r["verdict"] for r in intervals.compare_rows(a, slower, 0.05, seed=pair)][0] == "slower"
+        found += [r.verdict for r in _rows(a, slower, 0.05, seed=pair)][0] == "slower"
     print(held, found)
     assert found >= 9
     assert all(count >= 9 for count in held[True].values()), held
@@ -269,7 +276,7 @@ def _bench_pair(tmp_path, name, rng, offset_sd, repeat_sd, factor=1.0, repeats=3
     directory.mkdir()
     made = [_fake_run(directory, f"{name}{i}", lat, window_s=window, repeat=i + 1)
             for i, (lat, window) in enumerate(runs)]
-    return directory, {"model": "m", "mode": "closed", "runs": made}
+    return directory, {"model": "m", "mode": "closed", "failed": False, "valid": True, "runs": made}
 
 
 def test_repeated_benches_intervals_see_the_noise_between_benches(tmp_path):
@@ -286,11 +293,11 @@ def test_repeated_benches_intervals_see_the_noise_between_benches(tmp_path):
         a = _bench_pair(root, "a", rng, 0.04, 0.04)
         b = _bench_pair(root, "b", rng, 0.04, 0.04)
         for widened in (True, False):
-            for row in intervals.compare_rows(a, b, 0.0, run_noise=widened):
-                assert row["method"] == "repeats" and (row["run_noise_pct"] is not None) == widened
-                held[widened][row["metric"]] += row["ci95_pct"][0] <= 0 <= row["ci95_pct"][1]
+            for row in _rows(a, b, 0.0, run_noise=widened):
+                assert row.method == "repeats" and (row.run_noise_pct is not None) == widened
+                held[widened][row.metric] += row.ci95_pct[0] <= 0 <= row.ci95_pct[1]
         slower = _bench_pair(root, "c", rng, 0.04, 0.04, factor=1.4)
-        found += {r["metric"]: r for r in intervals.compare_rows(a, slower, 0.05)}["p50"]["verdict"] == "slower"
+        found += {r.metric: r for r in _rows(a, slower, 0.05)}["p50"].verdict == "slower"
     print(held, found)
     assert found >= 18
     assert all(count >= 18 for count in held[True].values()), held
@@ -309,7 +316,7 @@ def test_every_result_file_reader_takes_older_layouts_and_refuses_a_newer_one_in
     # compare: a summary written before versioning reads; a newer one is refused naming the file
     a_dir, a = _side(tmp_path, "a", [np.full(50, 1.0)])
     (a_dir / "summary.json").write_text(json.dumps(a))
-    assert intervals.load_run(a_dir, "A")[1]["runs"] == a["runs"]
+    assert [run.to_dict() for run in intervals.load_run(a_dir, "A")[1].runs] == a["runs"]
     (a_dir / "summary.json").write_text(json.dumps({**a, "schema_version": SCHEMA_VERSION + 1}))
     with pytest.raises(UsageError, match=f"A={a_dir / 'summary.json'}: written by a newer tfsb") as caught:
         intervals.load_run(a_dir, "A")

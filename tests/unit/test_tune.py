@@ -246,6 +246,9 @@ def test_configs_round_trip_and_reach_the_server_flags(tmp_path):
     assert not any("threads" in f for f in server_flags(spec, ServerLayout.in_image(spec), embedded=False))
 
 
+CHECKPOINT = {"model": "toy", "key": "k1", "complete": True, "trials": []}  # what every tune.json holds
+
+
 def test_serving_tuned_applies_the_latest_recommendation(tmp_path):
     body = SPEC + "serving:\n  tuned: latest\n"
     with pytest.raises(SpecError) as error:
@@ -256,18 +259,18 @@ def test_serving_tuned_applies_the_latest_recommendation(tmp_path):
     config = {"batching": True, "max_batch_size": 8, "batch_timeout_micros": 1000, "num_batch_threads": 2,
               "max_enqueued_batches": 64, "allowed_batch_sizes": "any", "intra_op_parallelism": 0,
               "inter_op_parallelism": 0, "rest_api_num_threads": 0, "grpc_max_threads": 0, "image": "cpu"}
-    (latest / "tune.json").write_text(json.dumps({"model": "toy", "best": {"config": config}}))
+    (latest / "tune.json").write_text(json.dumps({**CHECKPOINT, "model": "toy", "best": {"config": config}}))
     spec = _spec(tmp_path, body=body)
     assert spec.serving.batching.enabled and spec.serving.batching.max_batch_size == 8
     assert spec.tuned_from == latest / "tune.json"
     assert not load_spec(tmp_path / "toy.yaml", tuned=False).serving.batching.enabled
-    (latest / "tune.json").write_text(json.dumps({"model": "other", "best": {"config": config}}))
+    (latest / "tune.json").write_text(json.dumps({**CHECKPOINT, "model": "other", "best": {"config": config}}))
     with pytest.raises(SpecError, match="tuned model 'other'"):
         _spec(tmp_path, body=body)
-    (latest / "tune.json").write_text(json.dumps({"model": "toy", "best": None}))
+    (latest / "tune.json").write_text(json.dumps({**CHECKPOINT, "model": "toy", "best": None}))
     with pytest.raises(SpecError, match="no recommendation"):
         _spec(tmp_path, body=body)
-    (latest / "tune.json").write_text(json.dumps({"schema_version": 99, "model": "toy", "best": {"config": config}}))
+    (latest / "tune.json").write_text(json.dumps({**CHECKPOINT, "schema_version": 99, "best": {"config": config}}))
     with pytest.raises(SpecError, match="serving.tuned: .*tune.json: written by a newer tfsb .schema_version 99"):
         _spec(tmp_path, body=body)
 
@@ -302,7 +305,7 @@ def test_a_search_resumes_from_an_older_checkpoint_but_not_from_a_newer_tfsbs(tm
     latest = tmp_path.parent / "reports" / "toy" / "tune" / "latest"
     latest.mkdir(parents=True, exist_ok=True)
     said = []
-    (latest / "tune.json").write_text(json.dumps({"complete": False, "key": "k1", "trials": []}))
+    (latest / "tune.json").write_text(json.dumps({"model": "toy", "complete": False, "key": "k1", "trials": []}))
     assert _resumable(spec, "k1", said.append)["key"] == "k1" and not said  # written before schema_version
     (latest / "tune.json").write_text(json.dumps({"schema_version": 99, "complete": False, "key": "k1"}))
     assert _resumable(spec, "k1", said.append) is None
