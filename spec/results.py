@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -21,7 +22,8 @@ from spec.errors import UsageError
 from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION, version_of
 
 _NONE = type(None)
-_OWN = ("more", "absent")  # a Record's own fields, not the JSON's
+NOT_OURS = ": the file was not written by tfsb, or was edited by hand"
+_OWN = ("more", "absent", "order")  # a Record's own fields, not the JSON's
 
 
 def optional_field():
@@ -32,9 +34,11 @@ def optional_field():
 @dataclass(frozen=True, kw_only=True)
 class Record:
     """A typed part of a result: its named fields, and `more` (every other field of the JSON object, in order).
-    `absent`: the named fields the object read did not have, left out again when written while still None."""
+    `absent`: the named fields the object read did not have, left out again when written while still at their
+    default; `order`: the object's keys in the order read, the order they are written in again."""
     more: Mapping[str, Any] = field(default_factory=dict)
     absent: frozenset = field(default=frozenset(), repr=False, compare=False)
+    order: tuple = field(default=(), repr=False, compare=False)
 
     @classmethod
     def _hints(cls) -> dict[str, Any]:
@@ -45,8 +49,7 @@ class Record:
     def from_dict(cls, data: Any, where: str):
         """The record in `data` (a JSON object); UsageError naming `where` and the field when it is not one."""
         if not isinstance(data, Mapping):
-            raise UsageError(f"{where}: {_kind(data)}, not an object: the file was not written by tfsb, or was "
-                             "edited by hand")
+            raise UsageError(f"{where}: {_kind(data)}, not an object{NOT_OURS}")
         values, hints = {}, cls._hints()
         for spec in dataclasses.fields(cls):
             if spec.name in _OWN:
@@ -54,16 +57,26 @@ class Record:
             if spec.name in data:
                 values[spec.name] = _read(data[spec.name], hints[spec.name], f"{where}: {spec.name}")
             elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-                raise UsageError(f"{where}: no {spec.name!r}: the file was not written by tfsb, or was edited by "
-                                 "hand")
+                raise UsageError(f"{where}: no {spec.name!r}{NOT_OURS}")
         more = {k: v for k, v in data.items() if k not in hints and k != SCHEMA_FIELD}
-        return cls(**values, more=more, absent=frozenset(name for name in hints if name not in data))
+        return cls(**values, more=more, absent=frozenset(name for name in hints if name not in data),
+                   order=tuple(key for key in data if key != SCHEMA_FIELD))
+
+    @classmethod
+    def made(cls, data: Mapping[str, Any]):
+        """The record of a dict this harness built (a run entry, a summary): a field that does not fit is a defect
+        here, not a user's mistake, so it is a TypeError."""
+        try:
+            return cls.from_dict(data, f"internal: the {cls.__name__} built")
+        except UsageError as exc:
+            raise TypeError(str(exc).replace(NOT_OURS, "")) from None
 
     def to_dict(self) -> dict:
         """The JSON object: the named fields in their order, then `more`."""
         named = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
                  if f.name not in _OWN and not self._left_out(f)}
-        return {**named, **{k: v for k, v in self.more.items() if k not in named}}
+        every = {**named, **{k: v for k, v in self.more.items() if k not in named}}
+        return {**{k: every[k] for k in self.order if k in every}, **every}
 
     def _left_out(self, spec: dataclasses.Field) -> bool:
         """Whether a named field stays out of the JSON: an optional_field while None, or a field the object read
@@ -97,6 +110,10 @@ class Document(Record):
     def to_dict(self) -> dict:
         return {SCHEMA_FIELD: SCHEMA_VERSION, **super().to_dict()}
 
+    def to_json(self) -> str:
+        """The file's text: standard JSON (a NaN figure written as null), indented, ending in a newline."""
+        return json.dumps(_standard(self.to_dict()), indent=2, allow_nan=False, default=_scalar) + "\n"
+
 
 def _kind(value: Any) -> str:
     return "null" if value is None else f"a {type(value).__name__} ({value!r:.40})"
@@ -115,18 +132,15 @@ def _read(value: Any, hint: Any, where: str) -> Any:
         return hint.from_dict(value, where)
     if origin is tuple:
         if not isinstance(value, list):
-            raise UsageError(f"{where} is {_kind(value)}, not a list: the file was not written by tfsb, or was "
-                             "edited by hand")
+            raise UsageError(f"{where} is {_kind(value)}, not a list{NOT_OURS}")
         return tuple(_read(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
     if origin in (collections.abc.Mapping, dict) or hint in (Mapping, dict):
         if not isinstance(value, Mapping):
-            raise UsageError(f"{where} is {_kind(value)}, not an object: the file was not written by tfsb, or was "
-                             "edited by hand")
+            raise UsageError(f"{where} is {_kind(value)}, not an object{NOT_OURS}")
         return dict(value)
     expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[hint]
     if isinstance(value, bool) != (hint is bool) or not isinstance(value, expected):
-        raise UsageError(f"{where} is {_kind(value)}, not a {hint.__name__}: the file was not written by tfsb, or "
-                         "was edited by hand")
+        raise UsageError(f"{where} is {_kind(value)}, not a {hint.__name__}{NOT_OURS}")
     return float(value) if hint is float else value
 
 
@@ -135,8 +149,23 @@ def _plain(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
+    return value
+
+
+def _scalar(value: Any) -> Any:
+    """A value the json module does not know: a NumPy scalar as its Python value, anything else null."""
+    item = getattr(value, "item", None)
+    return _standard(item()) if callable(item) else None
+
+
+def _standard(value: Any) -> Any:
+    """Standard JSON: a figure with no value (NaN, infinity) becomes null, at any depth."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None  # standard JSON: a figure with no value (NaN) is written as null
+        return None
+    if isinstance(value, Mapping):
+        return {key: _standard(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_standard(item) for item in value]
     return value
 
 
@@ -186,11 +215,17 @@ class BenchSummary(Document):
     created: Optional[str] = None
     report_dir: Optional[str] = None
     mode: str
+    failure_threshold: Optional[float] = None
     failed: bool
     valid: bool
-    runs: tuple[Run, ...]
+    invalid_runs: int = 0
+    server_died: Optional[str] = None  # why the server stopped during the measurement
+    runs_planned: Optional[int] = None
     settings: Mapping[str, Any] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    correctness: tuple[Mapping[str, Any], ...] = ()
+    answers: Mapping[str, Any] = field(default_factory=dict)  # whether the answer checks could fail
+    runs: tuple[Run, ...]
     capacity: Optional[tuple[Mapping[str, Any], ...]] = optional_field()  # a capacity search's cells; not a bench's
     thresholds: Optional[tuple[Mapping[str, Any], ...]] = None
     thresholds_passed: Optional[bool] = None

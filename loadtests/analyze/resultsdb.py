@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from loadtests.analyze.figures import folded
 from spec.errors import SpecError
+from spec.results import BenchSummary
 from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION
 
 ENV = "TFSB_RESULTS_DB"
@@ -96,26 +97,26 @@ def _number(value) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def rows_of(kind: str, summary: dict) -> tuple[dict, list[dict]]:
+def rows_of(kind: str, summary: BenchSummary) -> tuple[dict, list[dict]]:
     """The `results` row and the `figures` rows of one result (a bench or capacity summary, or a tune result)."""
 
-    provenance = summary.get("provenance") or {}
+    provenance = summary.provenance
     result = {SCHEMA_FIELD: SCHEMA_VERSION,
               "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": kind,
-              "model": summary["model"], "report_dir": str(summary.get("report_dir", "")),
-              "mode": summary.get("mode"), "valid": summary.get("valid"), "failed": summary.get("failed"),
-              "thresholds_passed": summary.get("thresholds_passed"), "note": summary.get("headline"),
+              "model": summary.model, "report_dir": summary.report_dir or "",
+              "mode": summary.mode, "valid": summary.valid, "failed": summary.failed,
+              "thresholds_passed": summary.thresholds_passed, "note": summary.headline,
               **{k: provenance.get(k) for k in ("spec", "spec_sha256", "git_commit", "model_signature_sha256",
                                                 "serving_version", "server", "backend", "image", "host")}}
     result["serving_version"] = None if result["serving_version"] is None else str(result["serving_version"])
     figures = []
     if kind == "bench":
-        for r in folded(summary["runs"]):
+        for r in folded([run.to_dict() for run in summary.runs]):
             figures.append({"protocol": r["protocol"], "payload": r["payload"], "wire": r["wire"],
                             "level": float(r["level"]), "repeats": r["repeats"], "valid": r["valid"],
                             **{k: _number(r.get(k)) for k in ("p50_ms", "p99_ms", "rps")}, "capacity_rps": None})
     else:  # capacity, or tune (its best configuration's cells)
-        for c in summary.get("capacity") or []:
+        for c in summary.capacity or ():
             figures.append({"protocol": c["protocol"], "payload": c["payload"], "wire": c["wire"], "level": None,
                             "repeats": 1, "valid": c["limited_by"] not in ("generator", "probes"),
                             "p50_ms": None, "p99_ms": None, "rps": None,
@@ -123,7 +124,7 @@ def rows_of(kind: str, summary: dict) -> tuple[dict, list[dict]]:
     return result, figures
 
 
-def record(url: str, kind: str, summary: dict, run_dir: Path) -> int:
+def record(url: str, kind: str, summary: BenchSummary, run_dir: Path) -> int:
     """Insert one result and its figures; returns its id. SpecError (one line) when the database refuses."""
     from sqlalchemy import insert
 
@@ -157,7 +158,7 @@ def _add_missing_columns(connection, table) -> None:
             connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
-def tune_summary(result: dict, tune_dir: Path) -> dict:
+def tune_summary(result: dict, tune_dir: Path) -> BenchSummary:
     """A tune result as history records it: the best configuration's cells, provenance from its trial."""
     best = result.get("best")
     trial = next((t for t in result["trials"] if best and t["index"] == best.get("trial")), None)
@@ -166,10 +167,10 @@ def tune_summary(result: dict, tune_dir: Path) -> dict:
         summary_file = Path(trial["report_dir"]) / "summary.json"
         if summary_file.exists():
             provenance = json.loads(summary_file.read_text()).get("provenance") or {}
-    return {"model": result["model"], "report_dir": str(tune_dir), "mode": "open",
-            "valid": bool(best and best.get("valid")), "failed": False, "thresholds_passed": None,
-            "headline": result.get("headline"), "provenance": provenance,
-            "capacity": trial["cells"] if trial else []}
+    return BenchSummary.made({"model": result["model"], "report_dir": str(tune_dir), "mode": "open",
+                              "valid": bool(best and best.get("valid")), "failed": False, "thresholds_passed": None,
+                              "headline": result.get("headline"), "provenance": provenance, "runs": [],
+                              "capacity": trial["cells"] if trial else []})
 
 
 def load(url: str, model: str, limit: int = 50) -> list[dict]:

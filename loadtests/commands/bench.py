@@ -38,12 +38,12 @@ def bench(spec: Spec, log: Callable[[str], None] = print, backend: Optional[str]
         floor["beside"] = beside(results, floor["runs"])
     summary = current.summary(results, generators, len(steps), **({"floor": floor} if floor else {}))
     if floor:  # the floor's runs are measurements the report shows: they count for the verdict too
-        summary["failed"] = summary["failed"] or bool(floor["server_died"]) or any(
-            r["failure_ratio"] > settings.failure_threshold for r in floor["runs"])
         floor_invalid = sum(not r["valid"] for r in floor["runs"])
-        summary["invalid_runs"] += floor_invalid
-        summary["valid"] = summary["valid"] and not floor_invalid
-    reportpage.write(summary, current.run_dir)
+        summary = dataclasses.replace(
+            summary, failed=summary.failed or bool(floor["server_died"]) or any(
+                r["failure_ratio"] > settings.failure_threshold for r in floor["runs"]),
+            invalid_runs=summary.invalid_runs + floor_invalid, valid=summary.valid and not floor_invalid)
+    summary = reportpage.write(summary, current.run_dir)
     point_latest(current.run_dir)
     log(report.terminal_summary(summary))
     log(f"\nreport: {current.run_dir / 'report.html'}\nsummary: {current.run_dir / 'summary.json'}")

@@ -26,7 +26,7 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
             f"{settings.arrival} arrivals; writing to {current.run_dir}")
         results, _stopped = measure_cells(current, log, runs=runs, profile=profile)
     summary = current.summary(runs, generators, len(runs), capacity=results)
-    reportpage.write(summary, current.run_dir)
+    summary = reportpage.write(summary, current.run_dir)
     write(results, current.run_dir, slo)
     point_latest(current.run_dir)
     log(terminal_table(results, slo))
@@ -41,7 +41,7 @@ def capacity(spec, log: Callable[[str], None] = print, backend: Optional[str] = 
     if current.server_died:
         report_server_death(current, len(runs), None, during="capacity search")
         return EXIT_FAILURES
-    if summary["thresholds_passed"] is False:
+    if summary.thresholds_passed is False:
         return EXIT_THRESHOLD
     if uninformative(summary):
         return EXIT_UNINFORMATIVE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -32,7 +31,7 @@ def compare(path_a: Path, path_b: Path, fail_on: Optional[str] = None, min_effec
                            shared_machine=tuple(shared_machine(rows)))
     out = Path(output).resolve() if output else b[0]
     out.mkdir(parents=True, exist_ok=True)
-    save_atomically(out / "compare.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    save_atomically(out / "compare.json", result.to_json().encode())
     save_atomically(out / "compare.html", html_page(result).encode())
     log(terminal(result))
     log(f"\ncompare: {out / 'compare.html'}\n         {out / 'compare.json'}")

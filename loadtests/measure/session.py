@@ -24,6 +24,7 @@ from loadtests.measure.payloadsets import load_or_build, payload_plan
 from server.version import SERVER_VERSION
 from spec.benchmarkschema import BenchmarkSpec
 from spec.errors import SpecError, UsageError
+from spec.results import BenchSummary
 from spec.schema import Spec
 from spec.thresholds import broken, evaluate
 from spec.tuning import TuneSpec
@@ -227,7 +228,7 @@ class Session:
         status = rest_status(endpoints)
         return None if status == "AVAILABLE" else (self.deployment.alive() or f"{endpoints.status_url}: {status}")
 
-    def summary(self, results: list[dict], generators: "Generators", runs_planned: int, **extra) -> dict:
+    def summary(self, results: list[dict], generators: "Generators", runs_planned: int, **extra) -> BenchSummary:
         """summary.json's content: settings, provenance, correctness, every run and the thresholds' verdicts."""
 
         settings = self.spec.benchmark
@@ -255,7 +256,7 @@ class Session:
         verdicts = evaluate(settings.threshold_rules, threshold_rows(summary), capacity="capacity" in extra)
         summary["thresholds"] = verdicts
         summary["thresholds_passed"] = not broken(verdicts) if verdicts else None
-        return summary
+        return BenchSummary.made(summary)
 
 
 def with_monitoring(spec: Spec, log: Callable[[str], None]) -> Spec:
@@ -356,25 +357,25 @@ def report_server_death(current: Session, measured: int, planned: Optional[int],
           f"measured and the report covers them.\n  the server's last log lines:\n{tail}", file=sys.stderr)
 
 
-def uninformative(summary: dict) -> bool:
+def uninformative(summary: BenchSummary) -> bool:
     """The answer checks could not have failed (the same answer for every image), and the spec did not accept it."""
-    answers = summary.get("answers") or {}
+    answers = summary.answers
     return bool(answers) and not answers["informative"] and not answers.get("accepted")
 
 
-def exit_code(summary: dict) -> int:
+def exit_code(summary: BenchSummary) -> int:
     """1 when a run failed (or the server died), else 6 when a threshold is broken, else 5 when no answer check
     could fail, else 4 when a run was invalid, else 0."""
-    if summary["failed"]:
+    if summary.failed:
         return EXIT_FAILURES
-    if summary.get("thresholds_passed") is False:
+    if summary.thresholds_passed is False:
         return EXIT_THRESHOLD
     if uninformative(summary):
         return EXIT_UNINFORMATIVE
-    return EXIT_INVALID if not summary["valid"] else EXIT_OK
+    return EXIT_INVALID if not summary.valid else EXIT_OK
 
 
-def record_history(spec: Spec, kind: str, summary: dict, run_dir: Path, log: Callable[[str], None]) -> None:
+def record_history(spec: Spec, kind: str, summary: BenchSummary, run_dir: Path, log: Callable[[str], None]) -> None:
     """Add the result to the results database (benchmark.results_db, or TFSB_RESULTS_DB) unless it is 'off'."""
     where = resultsdb.database_url(spec)
     if where is None:

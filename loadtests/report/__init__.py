@@ -1,13 +1,13 @@
 """The bench report: summary.json, report.html with plots, and a one-screen terminal summary."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 from loadtests.analyze.figures import folded
 from loadtests.drive.payloads import GRPC_WIRE
+from spec.results import BenchSummary
 
 PLOTS = ("latency.png", "throughput.png", "latency_vs_size.png")
 BREAKDOWN_PLOT = "breakdown.png"
@@ -184,9 +184,9 @@ def fmt(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def threshold_lines(summary: dict) -> list[str]:
+def threshold_lines(summary: BenchSummary) -> list[str]:
     """The terminal's thresholds block: every rule's verdict, failures first named."""
-    verdicts = summary.get("thresholds") or []
+    verdicts = summary.thresholds or []
     if not verdicts:
         return []
     broken = [v for v in verdicts if v["passed"] is False]
@@ -201,9 +201,10 @@ def threshold_lines(summary: dict) -> list[str]:
     return lines
 
 
-def terminal_summary(summary: dict) -> str:
+def terminal_summary(typed: BenchSummary) -> str:
     """One screen: per comparison and level, p50 and throughput of each protocol and their REST/gRPC ratio
     (repeats folded into their median), then the breakdown, the floor, validity and the thresholds."""
+    summary = typed.to_dict()  # the tables read the runs' fields by their JSON names
 
     measured = summary["runs"]
     runs = folded(measured)
@@ -251,7 +252,7 @@ def terminal_summary(summary: dict) -> str:
         reason = next(iter(r["failure_reasons"]), "")
         lines.append(f"  FAILED {r['protocol']} {r['wire']} users={r['users']}: {r['failures']}/{r['requests']} "
                      f"failed (threshold {summary['failure_threshold']:.2%}); first reason: {reason}")
-    lines += threshold_lines(summary)
+    lines += threshold_lines(typed)
     return "\n".join(lines)
 
 

@@ -1,22 +1,19 @@
 """capacity.json and the capacity table in the terminal."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
-from loadtests import report
 from loadtests.analyze.limits import LIMITS
 from loadtests.drive.payloads import GRPC_WIRE
-from spec.resultschema import stamped
+from spec.results import CapacityResult
 
 
 def write(results: Sequence[dict], out_dir: Path, slo) -> Path:
     """capacity.json: standard JSON, a probe's NaN (a window with no answers) written as null."""
     path = out_dir / "capacity.json"
-    path.write_text(json.dumps(report.plain(stamped({"slo": slo.model_dump(), "slo_text": str(slo),
-                                                     "results": list(results)})),
-                               indent=2, allow_nan=False, default=lambda value: None) + "\n")
+    path.write_text(CapacityResult.made({"slo": slo.model_dump(), "slo_text": str(slo),
+                                         "results": list(results)}).to_json())
     return path
 
 

@@ -6,6 +6,7 @@ capacity probes. The tables (runs, breakdown, floor, correctness, provenance) ar
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -18,7 +19,7 @@ from loadtests import report
 from loadtests.analyze.figures import folded
 from loadtests.report import reporttables
 from spec.resources import package_dir
-from spec.resultschema import stamped
+from spec.results import BenchSummary
 
 ASSETS = package_dir("loadtests.report") / "assets"  # package data
 TIMELINE_BUCKETS = 60
@@ -232,12 +233,13 @@ def page(summary: dict, run_dir: Path, pngs: Sequence[str] = ()) -> str:
 """
 
 
-def write(summary: dict, out_dir: Path) -> None:
-    """summary.json (with its headline), PNG copies of the main plots and the interactive report.html."""
+def write(summary: BenchSummary, out_dir: Path) -> BenchSummary:
+    """summary.json (with its headline), PNG copies of the main plots and the interactive report.html; returns
+    the summary as written (with its headline)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary["headline"] = headline(summary)
-    (out_dir / "summary.json").write_text(json.dumps(report.plain(stamped(summary)), indent=2, allow_nan=False)
-                                          + "\n")
+    typed = dataclasses.replace(summary, headline=headline(summary.to_dict()))
+    summary = typed.to_dict()
+    (out_dir / "summary.json").write_text(typed.to_json())
     runs = folded(summary["runs"]) if summary.get("capacity") is None else summary["runs"]
     pngs = []
     if runs:
@@ -246,3 +248,4 @@ def write(summary: dict, out_dir: Path) -> None:
     if summary.get("capacity"):
         pngs.append(report.plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir))
     (out_dir / "report.html").write_text(page(summary, out_dir, pngs))
+    return typed

@@ -3,16 +3,14 @@ ranked table, and the terminal lines. Everything here is read off the recorded t
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 from deploy.serving_config import ServerLayout, batching_text, server_flags
-from loadtests import report
 from loadtests.drive.files import save_atomically
 from loadtests.measure import tunespace
-from spec.resultschema import stamped
+from spec.results import TuneResult
 from spec.tuning import SERVING_KNOBS, apply_config
 
 PARETO_PLOT = "pareto.png"
@@ -291,7 +289,6 @@ def html_page(result: dict, plot: Optional[str]) -> str:
 def write(result: dict, out_dir: Path) -> None:
     """tune.json replaced whole (a checkpoint interrupted mid-write leaves the previous one), then tune.html."""
 
-    text = json.dumps(report.plain(stamped(result)), indent=2, allow_nan=False, default=lambda value: None) + "\n"
-    save_atomically(out_dir / "tune.json", text.encode())
+    save_atomically(out_dir / "tune.json", TuneResult.made(result).to_json().encode())
     plot = plot_pareto(result, out_dir) if result["complete"] else None
     (out_dir / "tune.html").write_text(html_page(result, plot))

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from spec.results import BenchSummary
 from tests.browser import render
 from tests.conftest import ATTEMPTS, NOISE, REPO, write_spec
 from tests.grpcproxy import DelayProxy
@@ -77,6 +78,10 @@ def benches(tmp_path_factory, digits_export):
             yield {"a": a, "b": b, "c": c, "pg": pg_url, "tmp": tmp_path, "same_twice": same_twice}
     finally:
         server.stop()
+
+
+def _summary(run_dir) -> BenchSummary:
+    return BenchSummary.from_dict(json.loads((run_dir / "summary.json").read_text()), "summary.json")
 
 
 def _compare(*args) -> subprocess.CompletedProcess:
@@ -170,8 +175,7 @@ def test_history_lists_the_runs_in_sqlite_and_postgresql(benches):
     # A and C's results, again into PostgreSQL beside B's, through the same code the bench calls
     for name in ("a", "c"):
         run_dir = benches[name][2]
-        resultsdb.record(resultsdb.database_url(None, benches["pg"]), "bench",
-                       json.loads((run_dir / "summary.json").read_text()), run_dir)
+        resultsdb.record(resultsdb.database_url(None, benches["pg"]), "bench", _summary(run_dir), run_dir)
     pg = subprocess.run([sys.executable, "-m", "loadtests", "history", "--spec", str(spec_a), "--db", benches["pg"]],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert pg.returncode == 0, pg.stderr
@@ -197,5 +201,5 @@ def test_history_lists_the_runs_in_sqlite_and_postgresql(benches):
         connection.execute(text("ALTER TABLE results DROP COLUMN schema_version"))
     engine.dispose()
     assert {r["schema_version"] for r in resultsdb.load(url, "digits_cnn")} == {None}
-    resultsdb.record(url, "bench", json.loads((benches["a"][2] / "summary.json").read_text()), benches["a"][2])
+    resultsdb.record(url, "bench", _summary(benches["a"][2]), benches["a"][2])
     assert [r["schema_version"] for r in resultsdb.load(url, "digits_cnn")] == [None] * 3 + [SCHEMA_VERSION]

@@ -181,6 +181,16 @@ def test_compare_mistakes_are_one_line(tmp_path):
         _rows(a, (b_dir, b), 0.05)
 
 
+def _run(**figures) -> dict:
+    """A closed-loop run entry of one user with these figures."""
+    return {**_row(**figures), "mode": "closed", "users": 1, "valid": True, "invalid_reasons": [], "requests": 1,
+            "failures": 0, "failure_ratio": 0.0}
+
+
+def _summary(data: dict) -> BenchSummary:
+    return BenchSummary.from_dict(data, "summary.json")
+
+
 def test_history_records_and_lists_in_sqlite(tmp_path):
     spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{"benchmark.output_dir": str(tmp_path / "r")}))
     url = resultsdb.database_url(spec)
@@ -188,13 +198,14 @@ def test_history_records_and_lists_in_sqlite(tmp_path):
     provenance = {"git_commit": "abc123", "model_signature_sha256": "f" * 64, "serving_version": "2.21.0",
                   "backend": "embedded"}
     for p50 in (5.0, 7.0):
-        runs = [{**_row(p50_ms=p50, p99_ms=2 * p50, rps=100.0), "valid": True, "invalid_reasons": [], "requests": 1,
-                 "failures": 0}]
-        resultsdb.record(url, "bench", {"model": "digits_cnn", "runs": runs, "provenance": provenance, "valid": True,
-                                      "failed": False, "mode": "closed", "headline": f"p50 {p50}"}, tmp_path)
-    resultsdb.record(url, "capacity", {"model": "digits_cnn", "runs": [], "provenance": provenance, "capacity": [
-        {"protocol": "grpc", "payload": "image_b64", "wire": "image_bytes", "capacity_rps": 42.0,
-         "limited_by": None}]}, tmp_path)
+        runs = [_run(p50_ms=p50, p99_ms=2 * p50, rps=100.0)]
+        resultsdb.record(url, "bench", _summary({"model": "digits_cnn", "runs": runs, "provenance": provenance,
+                                                 "valid": True, "failed": False, "mode": "closed",
+                                                 "headline": f"p50 {p50}"}), tmp_path)
+    resultsdb.record(url, "capacity", _summary({
+        "model": "digits_cnn", "runs": [], "provenance": provenance, "valid": True, "failed": False, "mode": "open",
+        "capacity": [{"protocol": "grpc", "payload": "image_b64", "wire": "image_bytes", "capacity_rps": 42.0,
+                      "limited_by": None}]}), tmp_path)
     results = resultsdb.load(url, "digits_cnn")
     assert [r["kind"] for r in results] == ["bench", "bench", "capacity"]
     assert [r["figures"][0]["p50_ms"] for r in results[:2]] == [5.0, 7.0]
@@ -350,10 +361,9 @@ def test_history_adds_the_version_column_to_an_older_database_and_leaves_out_new
         old.execute("INSERT INTO results (recorded_at, kind, model, git_commit, valid) "
                     "VALUES ('2026-01-01T00:00:00+00:00', 'bench', 'digits_cnn', 'old0001', 1)")
     assert [r["schema_version"] for r in resultsdb.load(url, "digits_cnn")] == [None]  # read before any migration
-    runs = [{**_row(p50_ms=5.0, p99_ms=9.0, rps=100.0), "valid": True, "invalid_reasons": [], "requests": 1,
-             "failures": 0}]
-    resultsdb.record(url, "bench", {"model": "digits_cnn", "runs": runs, "provenance": {"git_commit": "new0002"},
-                                  "valid": True, "failed": False, "mode": "closed"}, tmp_path)
+    runs = [_run(p50_ms=5.0, p99_ms=9.0, rps=100.0)]
+    resultsdb.record(url, "bench", _summary({"model": "digits_cnn", "runs": runs, "valid": True, "failed": False,
+                                             "provenance": {"git_commit": "new0002"}, "mode": "closed"}), tmp_path)
     results = resultsdb.load(url, "digits_cnn")
     assert [(r["git_commit"], r["schema_version"]) for r in results] == [("old0001", None), ("new0002", SCHEMA_VERSION)]
     with sqlite3.connect(database) as newer:  # as a later tfsb would record

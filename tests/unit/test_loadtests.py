@@ -13,6 +13,7 @@ from loadtests.drive.recorder import write_samples
 from loadtests.measure.run import Step, Target, locust_command, measure, plan, worker_command
 from spec.errors import UsageError
 from spec.loader import load_spec
+from spec.results import BenchSummary
 from tests.conftest import REPO, write_spec
 
 
@@ -232,14 +233,14 @@ def test_report_files_and_terminal_ratios(tmp_path):
     runs = [_run("rest", "image_b64", 1, 100.0, 10.0), _run("grpc", "image_bytes", 1, 125.0, 8.0),
             _run("rest", "image_b64", 4, 300.0, 13.0, bound=True), _run("grpc", "image_bytes", 4, 200.0, 20.0,
                                                                       failures=5)]
-    summary = {"model": "m", "created": "now", "report_dir": str(tmp_path), "failure_threshold": 0.01,
-               "failed": True, "provenance": {"backend": "docker", "git_commit": "abc", "server": "tfserve-bench "
+    summary = {"model": "m", "created": "now", "report_dir": str(tmp_path), "mode": "closed",
+               "failure_threshold": 0.01, "failed": True, "valid": False, "provenance": {"backend": "docker", "git_commit": "abc", "server": "tfserve-bench "
                                               "embedded server", "base_image": "tfserve-bench/standin-serving:2.21.0",
                                               "base_image_id": "sha256:0123456789abcdef0123"},
                "correctness": [{"protocol": "rest", "wire": "image_b64", "images": 3, "max_abs_diff": 1e-7,
                                 "top1_equal": True}], "runs": runs}
-    reportpage.write(summary, tmp_path)
-    text = report.terminal_summary(summary)
+    written = reportpage.write(BenchSummary.made(summary), tmp_path)
+    text = report.terminal_summary(written)
     assert "1.25x" in text and "0.80x" in text  # p50 10/8 and rps 100/125 at one user
     assert "generator-bound" in text and "FAILED grpc image_bytes users=4: 5/100" in text
     saved = json.loads((tmp_path / "summary.json").read_text())  # standard JSON: NaN became null
@@ -310,12 +311,17 @@ def test_answer_spread_says_when_no_check_could_fail():
 def test_exit_codes_order_failures_then_uninformative_then_invalid():
     from loadtests.measure.session import exit_code
 
-    base = {"failed": False, "valid": True, "answers": {"informative": True}}
-    assert exit_code(base) == 0
-    assert exit_code({**base, "valid": False}) == 4
-    assert exit_code({**base, "valid": False, "answers": {"informative": False}}) == 5
-    assert exit_code({**base, "answers": {"informative": False, "accepted": True}}) == 0
-    assert exit_code({**base, "failed": True, "answers": {"informative": False}}) == 1
+    base = {"model": "m", "mode": "closed", "runs": [], "failed": False, "valid": True,
+            "answers": {"informative": True}}
+
+    def code(**change) -> int:
+        return exit_code(BenchSummary.made({**base, **change}))
+    assert code() == 0
+    assert code(valid=False) == 4
+    assert code(valid=False, answers={"informative": False}) == 5
+    assert code(answers={"informative": False, "accepted": True}) == 0
+    assert code(failed=True, answers={"informative": False}) == 1
+    assert code(thresholds_passed=False, valid=False) == 6
 
 
 def test_tensor_uint8_on_this_harness_export_is_a_clear_error(tmp_path):

@@ -229,8 +229,8 @@ def test_capacity_json_stays_standard_json_when_a_probe_had_no_answers(tmp_path)
     from loadtests.report.capacitypage import write
     from spec.benchmarkschema import SloSpec
 
-    results = [{"protocol": "rest", "payload": "image_b64", "capacity_rps": 855.0, "bracket": [855.0, 1282.4],
-                "probes": [{"offered_rps": 1709.9, "achieved_rps": 0.0, "p90_ms": float("nan"),
+    results = [{"protocol": "rest", "payload": "image_b64", "wire": "image_b64", "capacity_rps": 855.0,
+                "bracket": [855.0, 1282.4], "precision": 0.1, "limited_by": None, "probes": [{"offered_rps": 1709.9, "achieved_rps": 0.0, "p90_ms": float("nan"),
                             "service_p50_ms": float("nan"), "valid": False}]}]
     path = write(results, tmp_path, SloSpec(percentile=90, latency_ms=40))
     probe = json.loads(path.read_text())["results"][0]["probes"][0]

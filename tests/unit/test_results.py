@@ -8,7 +8,7 @@ import json
 import pytest
 
 from spec.errors import UsageError
-from spec.results import BenchSummary, CapacityResult, CompareResult, CompareRow, Run, TuneResult
+from spec.results import BenchSummary, CapacityResult, CompareResult, Run, TuneResult
 from spec.resultschema import SCHEMA_VERSION
 
 RUN = {"protocol": "grpc", "payload": "image_b64", "wire": "image_bytes", "mode": "open", "users": None,
@@ -31,6 +31,8 @@ def test_a_summary_reads_typed_and_writes_back_what_it_read():
     assert summary.capacity is None and summary.settings == {"repeats": 1}
     # written again: the same fields and values (fields the file did not have stay out), this harness's version
     assert summary.to_dict() == {"schema_version": SCHEMA_VERSION, **SUMMARY}
+    assert list(summary.to_dict()) == ["schema_version", *SUMMARY]  # in the order read
+    assert list(summary.runs[0].to_dict()) == list(RUN)
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.rps = 1.0
 
@@ -58,9 +60,11 @@ def test_every_result_kind_round_trips():
     read = CompareResult.from_dict(compare, "compare.json")
     assert read.to_dict() == compare and read.broken[0].rule == "p99:+10%" and read.rows[0].rule is None
     assert "rule" not in read.rows[0].to_dict()
-    # a record made in code writes NaN as null (standard JSON) and leaves out an unset optional field
-    made = dataclasses.replace(CompareRow.from_dict(row, "r"), change_pct=float("nan"))
-    assert json.loads(json.dumps(made.to_dict()))["change_pct"] is None
+    # a file is standard JSON: a NaN figure, typed or not, is written as null
+    made = dataclasses.replace(read, rows=(dataclasses.replace(read.rows[0], change_pct=float("nan")),),
+                               more={"extra": [float("inf")]})
+    written = json.loads(made.to_json())
+    assert written["rows"][0]["change_pct"] is None and written["extra"] == [None]
 
 
 @pytest.mark.parametrize("change, says", [

@@ -287,7 +287,7 @@ def test_the_headline_says_what_the_best_buys_even_when_the_default_met_the_slo_
 
 
 def test_a_checkpoint_is_rewritten_whole(tmp_path):
-    result = {"model": "toy", "complete": False, "slo": {"percentile": 99.0, "latency_ms": 200.0},
+    result = {"model": "toy", "key": "k1", "complete": False, "slo": {"percentile": 99.0, "latency_ms": 200.0},
               "slo_text": "p99 <= 200 ms", "strategy": "quick", "backend": "embedded", "elapsed_s": 1.0,
               "budget_s": 60.0, "stopped_by": None, "trials": [], "best": None, "pareto": [],
               "baseline": None, "headline": "h", "batching": {"why": "w"}, "min_gain": 0.1,
