@@ -16,14 +16,17 @@ import os
 import tempfile
 from pathlib import Path
 
+from benchmarks.figures import Figures
+from benchmarks.standin import StandIn, synthetic_payloads
+from loadtests.analyze import validity
+from loadtests.measure.run import Step, Target, run_and_measure
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GOAL = 0.8
 MAX_LATE = 0.01
 
 
 def headroom(server, payload_file: Path, out_dir: Path, protocol: str, users: int, seconds: float) -> dict:
-    from loadtests.analyze import validity
-    from loadtests.measure.run import Step, Target, run_and_measure
 
     target = Target(model=server.model, rest_url=server.rest_url, grpc_target=server.grpc_target,
                     payload_file=payload_file, warmup_s=2.0, duration_s=seconds, spawn_rate=100.0,
@@ -79,8 +82,6 @@ def headroom(server, payload_file: Path, out_dir: Path, protocol: str, users: in
 
 
 def main() -> int:
-    from benchmarks.figures import Figures
-    from benchmarks.standin import StandIn, synthetic_payloads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=8, help="closed-loop users of the one process")

@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.figures import Figures
+from exporter.images import bundled_photos, encode, resize
+from loadtests.drive.payloads import PayloadSet
+from loadtests.measure.run import Step, Target, measure, run_step
 from spec import contract as c
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,8 +37,6 @@ TARGET_RPS = 150.0
 
 
 def _payloads(directory: Path):
-    from exporter.images import bundled_photos, encode, resize
-    from loadtests.drive.payloads import PayloadSet
 
     photos = bundled_photos()[:4]
     jpegs = [encode(resize(pixels, 64, 48), "jpeg", 90) for _, pixels in photos]
@@ -78,7 +79,6 @@ def _stand_in_server(payloads, port: int):
 
 def _measure(payload_file: Path, port: int, out_dir: Path, client: str, blocking: bool, users: int,
              seconds: float) -> dict:
-    from loadtests.measure.run import Step, Target, measure, run_step
 
     os.environ["LOADTESTS_BLOCKING_GRPC"] = "1" if blocking else "0"
     try:

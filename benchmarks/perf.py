@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.figures import Figures
+from exporter.export import existing_versions, export
+from exporter.images import bundled_photos, encode, resize
+from server.model import LoadedModel
+from server.process import ServerProcess
+from server.tensors import fastpath
 from spec import contract as c
+from spec.errors import SpecError
+from spec.loader import load_spec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,7 +51,6 @@ def _timed(function, count):
 
 
 def latest_export(spec):
-    from exporter.export import existing_versions, export
 
     versions = existing_versions(spec.model_dir)
     if versions:
@@ -57,9 +63,6 @@ def serving_overhead(version_dir: Path, name: str, jpeg: bytes, rounds: int, per
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    from server.model import LoadedModel
-    from server.process import ServerProcess
 
     model = LoadedModel.load(version_dir)
     signature = model.signatures[c.IMAGE_SIGNATURE]
@@ -98,7 +101,6 @@ def serving_overhead(version_dir: Path, name: str, jpeg: bytes, rounds: int, per
 
 
 def rest_decoding(repeats: int) -> dict:
-    from server.tensors import fastpath
 
     image = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
     body = json.dumps({"instances": image.tolist()}).encode()
@@ -126,7 +128,6 @@ def rest_decoding(repeats: int) -> dict:
 def in_process_batch_gain(version_dir: Path, jpeg: bytes, size: int, repeats: int = 7) -> dict:
     """Sequential in-process runs: one image at a time vs one batch of `size`, per image. With no server in the
     way, this is how much a batch of that size can gain on this machine at most (same-process, same threads)."""
-    from server.model import LoadedModel
 
     model = LoadedModel.load(version_dir)
     signature = model.signatures[c.IMAGE_SIGNATURE]
@@ -148,8 +149,6 @@ def batching_throughput(version_dir: Path, name: str, jpeg: bytes, seconds: floa
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    from server.process import ServerProcess
 
     def run(*flags):
         # every client needs a gRPC thread while it waits for its batch (TF Serving: --grpc_max_threads, 4 per CPU)
@@ -203,9 +202,6 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=["overhead", "decoding", "batching"], action="append",
                         help="run only these parts (repeatable); all three by default")
     args = parser.parse_args(argv)
-    from exporter.images import bundled_photos, encode, resize
-    from spec.errors import SpecError
-    from spec.loader import load_spec
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:

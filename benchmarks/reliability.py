@@ -32,7 +32,12 @@ from typing import Optional
 import numpy as np
 
 from benchmarks.figures import Figures
+from exporter.builtin_models import digits_uint8
+from exporter.export import ensure_exported
+from exporter.images import encode
+from server.process import ServerProcess
 from spec import contract as c
+from spec.loader import load_spec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -169,7 +174,6 @@ def _rss_mb(pid: int) -> float:
 
 def _server(tmp: Path, scenario: str, source: Path, *flags: str):
     """(base path holding version 1, a server on it): each scenario's own copy of the model."""
-    from server.process import ServerProcess
 
     base = tmp / scenario
     base.mkdir()
@@ -305,10 +309,6 @@ def main(argv=None) -> int:
     parser.add_argument("--soak", type=float, help="soak seconds (default 600, --quick 20)")
     parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 1,3")
     args = parser.parse_args(argv)
-    from exporter.builtin_models import digits_uint8
-    from exporter.export import ensure_exported
-    from exporter.images import encode
-    from spec.loader import load_spec
 
     version_dir = ensure_exported(load_spec(args.spec))
     _, _, images, _ = digits_uint8(seed=0)

@@ -29,6 +29,9 @@ from typing import Optional
 
 import numpy as np
 
+from exporter.images import bundled_photos, encode, resize
+from loadtests.drive.payloads import PAYLOADS, PayloadSet
+from server.process import free_port
 from spec import contract as c
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -36,8 +39,6 @@ PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 def synthetic_payloads(directory: Path, count: int = 4, model: str = "stand_in"):
     """A PayloadSet of bundled photos at 64x48 whose 'right answers' are class i for image i (no model needed)."""
-    from exporter.images import bundled_photos, encode, resize
-    from loadtests.drive.payloads import PayloadSet
 
     photos = bundled_photos()[:count]
     jpegs = [encode(resize(pixels, 64, 48), "jpeg", 90) for _, pixels in photos]
@@ -57,8 +58,6 @@ def _answers(payload_file: Path, model: str) -> tuple[dict, dict]:
     """{REST body: JSON answer} and {serialized PredictRequest: serialized PredictResponse} for every payload."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
     from tensorflow_serving.apis import predict_pb2
-
-    from loadtests.drive.payloads import PAYLOADS, PayloadSet
 
     payloads = PayloadSet.load(payload_file)
     rest, grpc_answers = {}, {}
@@ -210,7 +209,6 @@ class StandIn:
 
     def __init__(self, payload_file: Path, service_ms: float = 0.0, servers: int = 1, stall_every: float = 0.0,
                  stall_s: float = 0.0, model: str = "stand_in", delays: str = "", cycle: bool = False):
-        from server.process import free_port
 
         self.model = model
         self.rest_port, self.grpc_port = free_port(), free_port()

@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from spec.errors import program
+from demo.app import DemoConfig, DemoServer
+from demo.client import ModelClient
+from deploy.base import DeployError
+from deploy.deployment import DeployError, deployment_for, preflight
+from exporter.export import ensure_exported, read_provenance, spec_labels
+from spec.errors import UsageError, program, run_command
+from spec.loader import load_spec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +32,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def expects_text(version_dir: Path) -> str:
     """'32x32x1, x / 255, values in [0, 1]' from the export's provenance; '' for a model we did not export."""
-    from exporter.export import read_provenance
 
     expected = (read_provenance(version_dir) or {}).get("input")
     if not expected:
@@ -37,7 +42,6 @@ def expects_text(version_dir: Path) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from spec.errors import run_command
 
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -48,8 +52,6 @@ def _port_free(host: str, port: int) -> None:
     """DeployError now when the demo page's own port is taken (not after an export)."""
     import socket
 
-    from deploy.base import DeployError
-
     with socket.socket() as probe:
         try:
             probe.bind((host, port))
@@ -59,10 +61,6 @@ def _port_free(host: str, port: int) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from deploy.deployment import DeployError, deployment_for, preflight  # deferred: the docker SDK
-    from exporter.export import ensure_exported, spec_labels  # deferred: TensorFlow
-    from spec.errors import UsageError
-    from spec.loader import load_spec
 
     spec = load_spec(args.spec)
     if args.max_upload_mb <= 0:
@@ -72,8 +70,6 @@ def _serve(args: argparse.Namespace) -> int:
     _port_free(args.host, args.port)
     version_dir = ensure_exported(spec)
     with deployment:  # serves the model (or uses the one already served) and stops what it started
-        from demo.app import DemoConfig, DemoServer
-        from demo.client import ModelClient
 
         endpoints = deployment.endpoints
         client = ModelClient(endpoints.rest_url, endpoints.grpc_target, spec.name)

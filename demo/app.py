@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional, Sequence
 
 from demo.client import ModelClient, ModelDown
+from exporter.images import bundled_photos, encode, resize
 from spec.resources import package_dir
 
 STATIC = package_dir("demo") / "static"  # package data
@@ -91,7 +92,6 @@ class Samples:
     def _load(self) -> dict[str, bytes]:
         with self._lock:
             if self._jpegs is None:
-                from exporter.images import bundled_photos, encode, resize
 
                 jpegs = {}
                 for name, photo in bundled_photos():

@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from loadtests.drive import wire
 from loadtests.drive.payloads import (IMAGE_SIGNATURE, image_grpc_request, image_rest_body, probabilities_from_grpc,
-                                probabilities_from_rest)
+                                      probabilities_from_rest)
 
 TIMEOUT_S = 30.0
 
@@ -52,8 +53,6 @@ class ModelClient:
 
     def __init__(self, rest_url: str, grpc_target: str, model: str):
         import grpc
-
-        from loadtests.drive import wire
 
         self.rest_url, self.grpc_target, self.model = rest_url.rstrip("/"), grpc_target, model
         parts = urlsplit(self.rest_url)

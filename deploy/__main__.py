@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from spec.errors import program
+from deploy.containers import build_plan, remove_everything
+from deploy.deployment import already_serving, bring_up, deployment_for, preflight
+from deploy.embedded import STATE_DIR
+from deploy.images import prepare_context
+from deploy.manifests import compose, kubernetes
+from exporter.export import ensure_exported
+from spec.errors import program, run_command
+from spec.loader import load_spec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +35,6 @@ def render(spec, kind: str, out: Path) -> Path:
     """Write docker-compose.yaml (with its build context) or k8s.yaml for the spec into `out`."""
     import yaml
 
-    from deploy.containers import build_plan
-    from deploy.images import prepare_context
-    from deploy.manifests import compose, kubernetes
-    from exporter.export import ensure_exported
-
     ensure_exported(spec)
     plan = build_plan(spec)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +51,6 @@ def render(spec, kind: str, out: Path) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from spec.errors import run_command
 
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -57,15 +58,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from deploy.deployment import already_serving, bring_up, deployment_for, preflight
-    from spec.loader import load_spec
 
     spec = load_spec(args.spec)
     if args.image:
         spec = spec.model_copy(update={"serving": spec.serving.model_copy(update={"image": args.image})})
     deployment = deployment_for(spec, args.backend)
     if args.command == "up":
-        from exporter.export import ensure_exported
         preflight(spec, deployment)  # the engine and the ports, before minutes of export or training
         ensure_exported(spec)
         bring_up(spec, deployment)
@@ -89,11 +87,9 @@ def _command(args: argparse.Namespace) -> int:
             print(f"  also serves {served.name}: {'AVAILABLE' if also else 'not serving'}")
         return 0 if serving else 1
     elif args.command in ("compose", "k8s"):
-        from deploy.embedded import STATE_DIR
         out = args.out or STATE_DIR / f"{spec.name}-{spec.serving.rest_port}" / args.command
         print(f"wrote {render(spec, args.command, out)}")
     elif args.command == "clean":
-        from deploy.containers import remove_everything
         print(remove_everything())
     else:
         sys.stdout.write(deployment.logs())

@@ -13,7 +13,9 @@ from typing import Callable, Optional
 from deploy import docker_client
 from deploy.base import DeployError, Deployment
 from deploy.embedded import OUR_SERVER
-from deploy.images import CONTAINER_PORTS, FLAVOURS, HARDENING, build, build_options, image_tag, prepare_context, serving_version
+from deploy.images import (CONTAINER_PORTS, FLAVOURS, HARDENING, build, build_options, image_tag, prepare_context,
+                           serving_version)
+from exporter.export import existing_versions, read_provenance
 from spec.schema import Spec
 
 
@@ -28,7 +30,6 @@ class BuildPlan:
 
 def build_plan(spec: Spec, log: Callable[[str], None] = print) -> BuildPlan:
     """Tag, build args and target of the spec's image (DeployError when nothing is exported)."""
-    from exporter.export import existing_versions, read_provenance
 
     flavour = spec.serving.image
     versions = existing_versions(spec.model_dir)

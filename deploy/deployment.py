@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from deploy.base import DeployError, Deployment, already_serving, bring_up, ports_free
+from deploy.containers import DockerDeployment
 from deploy.embedded import EmbeddedDeployment
 from spec.schema import Spec
 
@@ -18,7 +19,6 @@ def deployment_for(spec: Spec, backend: Optional[str] = None, log: Callable[[str
     if backend == "embedded":
         return EmbeddedDeployment(spec, log=log)
     if backend == "docker":
-        from deploy.containers import DockerDeployment  # deferred: the docker SDK
         return DockerDeployment(spec, log)
     raise DeployError(f"unknown backend {backend!r}; use embedded or docker")
 

@@ -19,6 +19,7 @@ from deploy import docker_client
 from deploy.base import DeployError
 from deploy.embedded import STATE_DIR
 from deploy.serving_config import ServerLayout, server_flags, write_configs
+from exporter.export import existing_versions
 from spec.resources import package_dir
 from spec.schema import Spec
 
@@ -98,7 +99,6 @@ def prepare_context(spec: Spec, flavour: str, directory: Path, versions: list[in
     """Fill `directory` with everything `FLAVOURS[flavour]` copies; returns it."""
     if directory.exists():
         shutil.rmtree(directory)
-    from exporter.export import existing_versions
 
     for served in spec.served:  # the spec's model (the given versions), then serving.also_serve's (all exported)
         chosen = versions if served is spec else existing_versions(served.model_dir)

@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from spec.errors import program
+from exporter.describe import InspectError, describe
+from exporter.export import export
+from spec.errors import UsageError, program, run_command
+from spec.loader import load_spec
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -28,7 +31,6 @@ def _inspect_parser() -> argparse.ArgumentParser:
 
 
 def _version(value: Optional[str]):
-    from spec.errors import UsageError
 
     if value is None or value == "auto":
         return value
@@ -38,7 +40,6 @@ def _version(value: Optional[str]):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from spec.errors import run_command
 
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -50,7 +51,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _inspect(directory: Path) -> int:
-    from exporter.describe import InspectError, describe
 
     try:
         print(describe(directory))
@@ -60,9 +60,6 @@ def _inspect(directory: Path) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from exporter.describe import describe
-    from exporter.export import export
-    from spec.loader import load_spec
 
     version = _version(args.version)
     spec = load_spec(args.spec)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from exporter.calibrate import calibrate, photo_batch
+from exporter.preprocess import preprocess, resize
 from spec.schema import InputSpec
 
 
@@ -29,8 +31,6 @@ def digits_cnn(input_spec: InputSpec, epochs: int = 12, seed: int = 0):
     """Train a small CNN on the training split of the digits; returns a Keras model on preprocessed input."""
     import keras
     import tensorflow as tf
-
-    from exporter.preprocess import preprocess, resize
 
     keras.utils.set_random_seed(seed)
     train_x, train_y, test_x, test_y = digits_uint8(seed)
@@ -81,7 +81,6 @@ def protocol_floor(input_spec: InputSpec, classes: int, seed: int = 0):
 
 def _calibrated(model, input_spec: InputSpec):
     """The model with its softmax classifier scaled on the bundled photos: answers that differ by image."""
-    from exporter.calibrate import calibrate, photo_batch
 
     calibrate(model, photo_batch(input_spec))
     return model

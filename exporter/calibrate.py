@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from exporter.images import bundled_photos
+from exporter.preprocess import preprocess, resize
 from spec.schema import InputSpec
 
 LOGIT_STD = 3.0
@@ -25,9 +27,6 @@ LOGIT_STD = 3.0
 def photo_batch(input_spec: InputSpec) -> np.ndarray:
     """The bundled photos resized and preprocessed as the model's input (float32 N,H,W,C)."""
     import tensorflow as tf
-
-    from exporter.images import bundled_photos
-    from exporter.preprocess import preprocess, resize
 
     batch = []
     for _name, pixels in bundled_photos():

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 from server.model import Signature, TensorSpec, signatures_of
+from server.repository import discover_versions
 from server.tensors.dtypes import DType, dtype_name
 from spec.errors import HarnessError
 
@@ -31,7 +32,6 @@ def read_meta_graphs(directory: Path) -> list:
         return list(saved_model.meta_graphs)
     if not path.is_file():
         hint = ""
-        from server.repository import discover_versions
 
         versions = discover_versions(str(directory)) or {}
         if versions:

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from exporter import images as image_corpus
+from exporter.describe import read_meta_graphs
+from exporter.preprocess import decode_batch, expected_input
+from exporter.signatures import build_functions, head, save
+from exporter.sources import load_source
+from exporter.verify import verify_copy, verify_image_model
+from exporter.warmup import write_warmup
+from server.repository import discover_versions
 from spec.errors import HarnessError
 from spec.schema import SavedModelSource, Spec
 
@@ -33,7 +41,6 @@ class ExportResult:
 
 def existing_versions(model_dir: Path) -> list[int]:
     """Numeric version directories under model_dir, found by the server's own rule."""
-    from server.repository import discover_versions
 
     return sorted(discover_versions(str(model_dir)) or ())
 
@@ -104,7 +111,6 @@ def export(spec: Spec, version: Union[int, str, None] = None, overwrite: Optiona
 
 
 def _export_as_is(spec: Spec, staging: Path, log, started: float) -> dict:
-    from exporter.verify import verify_copy
 
     source_dir = spec.resolve(spec.model.source.path)
     _step(log, started, f"copying SavedModel {source_dir}")
@@ -122,13 +128,6 @@ def _export_as_is(spec: Spec, staging: Path, log, started: float) -> dict:
 def _export_image_model(spec: Spec, staging: Path, log, started: float) -> dict:
     import numpy as np
     import tensorflow as tf
-
-    from exporter import images as image_corpus
-    from exporter.preprocess import decode_batch
-    from exporter.signatures import build_functions, save
-    from exporter.sources import load_source
-    from exporter.verify import verify_image_model
-    from exporter.warmup import write_warmup
 
     _step(log, started, f"building the model ({spec.model.source.kind})")
     source = load_source(spec)
@@ -160,8 +159,6 @@ def _export_image_model(spec: Spec, staging: Path, log, started: float) -> dict:
         def preprocess_batch(batch):
             return decode_batch(tf.constant(batch, tf.string), input_spec).numpy()
 
-        from exporter.signatures import head
-
         def reference(pixels):
             return np.asarray(head(source.call(tf.constant(pixels)), spec.model.outputs))
 
@@ -170,13 +167,11 @@ def _export_image_model(spec: Spec, staging: Path, log, started: float) -> dict:
         _step(log, started, f"verified: {result.summary()}")
         verification.update(max_abs_diff=result.max_abs_diff, images=[n for n, _ in photos],
                             tolerance=spec.export.verify.tolerance)
-    from exporter.preprocess import expected_input
     return {"source": source.description, "verification": verification, "warmup_records": warmup,
             "signatures": list(signatures), "num_classes": num_classes, "input": expected_input(input_spec)}
 
 
 def _signature_names(directory: Path) -> list[str]:
-    from exporter.describe import read_meta_graphs
 
     return sorted(k for mg in read_meta_graphs(directory) for k in mg.signature_def if not k.startswith("__"))
 

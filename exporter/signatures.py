@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from exporter.preprocess import decode_batch
 from exporter.sources import SourceModel
 from spec import contract as c
 from spec.schema import Spec
@@ -36,8 +37,6 @@ def head(outputs, mode: str):
 def build_functions(spec: Spec, source: SourceModel, labels: Sequence[str]) -> dict[str, tuple]:
     """{signature name: (python function, input_signature)} for every signature the spec exports."""
     import tensorflow as tf
-
-    from exporter.preprocess import decode_batch
 
     input_spec = spec.model.input
     mode = spec.model.outputs

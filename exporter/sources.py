@@ -15,15 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from exporter.calibrate import calibrate, photo_batch
 from spec.errors import HarnessError
-from spec.schema import (
-    BuilderSource,
-    FrozenGraphSource,
-    KerasApplicationSource,
-    KerasFileSource,
-    SavedModelSource,
-    Spec,
-)
+from spec.schema import (BuilderSource, FrozenGraphSource, KerasApplicationSource, KerasFileSource, SavedModelSource,
+                         Spec)
 
 
 class SourceError(HarnessError):
@@ -64,7 +59,6 @@ def _keras_application(spec: Spec, source: KerasApplicationSource) -> SourceMode
                           f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: {text}") from None
     description = f"keras.applications.{source.application}(weights={source.weights!r})"
     if source.weights is None and source.calibrate:
-        from exporter.calibrate import calibrate, photo_batch
         done = calibrate(model, photo_batch(spec.model.input))
         description += (f", random weights calibrated on {done['photos']} bundled photos "
                         f"({done['batch_normalizations']} BatchNormalization layers, classifier scaled)")

@@ -8,6 +8,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from server.errors import ServingError
+from server.model import LoadedModel
 from spec import contract as c
 from spec.errors import MISMATCH, HarnessError
 
@@ -49,7 +51,6 @@ def verify_image_model(version_dir: Path, reference: Callable[[np.ndarray], np.n
                        preprocess_batch: Callable[[Sequence[bytes]], np.ndarray], encoded: Sequence[bytes],
                        labels: Sequence[str], signatures: Sequence[str], tolerance: float) -> Verification:
     """Run each exported signature in a fresh session and compare with `reference(preprocessed images)`."""
-    from server.model import LoadedModel
 
     pixels = preprocess_batch(encoded)
     expected = np.asarray(reference(pixels), dtype=np.float32)
@@ -99,11 +100,9 @@ def tree_digest(directory: Path, skip: Optional[Path] = None) -> str:
 
 def verify_copy(source_dir: Path, version_dir: Path, skip: Path) -> Verification:
     """An as-is SavedModel: byte-identical files, it loads in a fresh session, and float signatures agree."""
-    from server.model import LoadedModel
 
     if tree_digest(source_dir, skip=skip) != tree_digest(version_dir, skip=skip):  # its provenance is ours
         raise VerificationError(f"the files in {version_dir} differ from {source_dir}")
-    from server.errors import ServingError
 
     result = Verification(notes=["files byte-identical to the source"])
     try:

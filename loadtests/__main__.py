@@ -19,7 +19,15 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from loadtests.commands.bench import bench
+from loadtests.commands.capacity import capacity
+from loadtests.commands.compare import main_compare
+from loadtests.commands.history import main_history
+from loadtests.commands.tune import tune
+from loadtests.commands.worker import main_worker
+from loadtests.measure.session import Generators, Overrides, apply_overrides
 from spec.errors import UsageError, program, run_command
+from spec.loader import load_spec
 
 USAGE = ("usage: python -m loadtests bench --spec FILE [--users 1,4 | --mode open --rates 10,20] [--duration 30s] ...\n"
          "       python -m loadtests capacity --spec FILE --slo p99:100ms [--protocols ...] [--precision 5%]\n"
@@ -34,18 +42,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] not in (["bench"], ["capacity"], ["tune"], ["worker"], ["compare"], ["history"]):
         print(USAGE, file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # each command is imported only once chosen: most of them pull in TensorFlow, numpy and Locust
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when a step that needs TensorFlow imports it
     if argv[0] == "compare":
-        from loadtests.commands.compare import main_compare
         return main_compare(argv[1:])
     if argv[0] == "history":
-        from loadtests.commands.history import main_history
         return main_history(argv[1:])
     if argv[0] == "worker":
-        from loadtests.commands.worker import main_worker
         return run_command(lambda: main_worker(argv[1:]), interrupted="worker: stopped")
-    from loadtests.measure.session import Generators, Overrides
 
     command = argv[0]
     args = parse_args(argv[1:], command)
@@ -65,8 +68,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def main_bench(spec_path: Path, overrides, backend: Optional[str] = None, log: Callable[[str], None] = print,
                generators=None, command: str = "bench", profile: bool = False) -> int:
     """Load and override the spec, run bench, capacity or tune, and turn every user-facing failure into one line."""
-    from loadtests.measure.session import Generators, apply_overrides
-    from spec.loader import load_spec
 
     generators = generators or Generators()
 
@@ -74,7 +75,6 @@ def main_bench(spec_path: Path, overrides, backend: Optional[str] = None, log: C
         generators.check()
         spec = apply_overrides(load_spec(spec_path, tuned=command != "tune"), overrides)
         if command == "tune":
-            from loadtests.commands.tune import tune
             if spec.serving.tuned:
                 log(f"tune: serving.tuned ({spec.serving.tuned}) is not applied: the baseline is the spec's own "
                     "serving section")
@@ -82,9 +82,7 @@ def main_bench(spec_path: Path, overrides, backend: Optional[str] = None, log: C
         if profile:
             check_profile(spec, backend, generators)
         if command == "capacity":
-            from loadtests.commands.capacity import capacity
             return capacity(spec, log, backend, generators, profile=profile)
-        from loadtests.commands.bench import bench
         return bench(spec, log, backend, generators, profile=profile)
 
     return run_command(body, interrupted="interrupted: the deployment this run started has been stopped")

@@ -46,6 +46,8 @@ from loadtests.analyze.settling import Window, facts as settled_facts, measure_u
 from loadtests.analyze.validity import Rules  # noqa: E402
 from loadtests.drive.openloop import OpenLoop  # noqa: E402
 from loadtests.drive.users import GrpcUser, LoadContext, RestUser, render_rest_request  # noqa: E402
+from spec.errors import SpecError  # noqa: E402
+from spec.loader import load_spec  # noqa: E402
 
 __all__ = ["RestUser", "GrpcUser"]
 DEFAULT_SPEC = "specs/mobilenet_v2.yaml"
@@ -100,7 +102,8 @@ def _arguments(parser) -> None:
 def _load_payloads(options) -> PayloadSet:
     if options.payload_file:
         return PayloadSet.load(Path(options.payload_file))
-    from spec.loader import load_spec
+    # deferred: without --payload-file (a test from the web UI) the payloads are built from the export, which
+    # needs the exporter and measure rooms; the worker processes of a bench never load them
     from exporter.export import latest_version_dir
     from loadtests.measure.payloadsets import load_or_build
 
@@ -115,8 +118,6 @@ def _endpoints(options) -> tuple[str, str]:
     """(REST URL, gRPC target): the options, or the spec's ports on 127.0.0.1 where they are blank."""
     if options.rest_url and options.grpc_target:
         return options.rest_url.rstrip("/"), options.grpc_target
-    from spec.errors import SpecError
-    from spec.loader import load_spec
     try:
         serving = load_spec(Path(options.spec)).serving
     except SpecError as exc:

@@ -13,6 +13,8 @@ import threading
 from typing import Optional, Sequence
 
 from server import flags as flag_module
+from server.app import Server, StartupError
+from server.version import version_lines
 
 log = logging.getLogger("server")
 
@@ -34,14 +36,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except flag_module.UsageError as exc:
         flag_module.print_usage_and_exit(str(exc))
     if flags.version:
-        from server.version import version_lines
         print(version_lines())
         return 0
     if unknown:
         print(f"unknown argument: {unknown[0]}\n{flag_module.usage()}", flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _configure_logging()
-    from server.app import Server, StartupError
     try:
         server = Server(flags)
         server.start()

@@ -6,13 +6,16 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from server.batching import Batcher
 from server.configs import (ConfigError, ModelConfig, load_batching_parameters, load_model_config_file,
-                                   load_monitoring_config, load_ssl_config)
+                            load_monitoring_config, load_ssl_config)
 from server.dataplane import WARMUP_FILE, DataPlane, direct_runner
 from server.errors import ServingError
 from server.flags import NO_EFFECT, Flags
 from server.metrics import Metrics
 from server.model import LoadOptions
+from server.repository import Repository
+from server.rest import RestApi, RestServer
 
 log = logging.getLogger("server")
 
@@ -47,7 +50,6 @@ def _model_configs(flags: Flags) -> list[ModelConfig]:
 
 class Server:
     def __init__(self, flags: Flags):
-        from server.repository import Repository
 
         self.flags = flags
         if flags.rest_api_port and flags.rest_api_port == flags.port:
@@ -89,7 +91,6 @@ class Server:
         self.batcher = None
         runner = direct_runner
         if batching is not None:
-            from server.batching import Batcher
             self.batcher = runner = Batcher(batching, direct_runner, self.metrics)
         self.repository = Repository(
             self.configs, options, poll_seconds=flags.file_system_poll_wait_seconds,
@@ -111,8 +112,8 @@ class Server:
 
     def start(self) -> None:
         """Load every model (blocking), then start gRPC and REST."""
+        # deferred: tensorflow_serving's protos import TensorFlow (seconds); a flag mistake is answered without it
         from server.grpc_api import BindError, GrpcServer
-        from server.rest import RestApi, RestServer
 
         try:
             self.repository.start()

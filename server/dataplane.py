@@ -17,6 +17,7 @@ from server.errors import DataLoss, FailedPrecondition, InvalidArgument, Serving
 from server.metrics import Metrics
 from server.model import LoadedModel, Signature
 from server.repository import Repository, VersionState
+from server.tensors.proto import proto_to_array
 
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
@@ -211,7 +212,6 @@ class DataPlane:
             return 0
         from tensorflow_serving.apis import prediction_log_pb2
 
-        from server.tensors.proto import proto_to_array
         started = time.perf_counter()
         try:
             records = _read_tfrecords(path)

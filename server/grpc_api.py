@@ -11,14 +11,15 @@ from concurrent import futures
 from typing import Optional
 
 import grpc
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, inference_pb2,
+                                     model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from server.configs import model_configs_from_proto
 from server.dataplane import CLASSIFY, DataPlane, Resolved, Target, examples_from_input
 from server.errors import Code, InvalidArgument, ServingError, as_serving_error, grpc_code
 from server.metrics import Metrics
+from server.profiler import ProfilerService
 from server.repository import Repository
 from server.tensors.proto import array_to_proto, proto_to_array
 
@@ -215,15 +216,13 @@ class GrpcServer:
                                                                   self._server)
         self.health = None
         if health:
-            from grpc_health.v1 import health as grpc_health
-            from grpc_health.v1 import health_pb2, health_pb2_grpc
+            from grpc_health.v1 import health as grpc_health, health_pb2, health_pb2_grpc
 
             self.health = grpc_health.HealthServicer()
             for service in HEALTH_SERVICES:
                 self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if profiler:  # tensorflow.ProfilerService on this port, as TF Serving's --enable_profiler
-            from server.profiler import ProfilerService
 
             self._server.add_generic_rpc_handlers((ProfilerService().handler(),))
         self.port = self._listen(f"{host}:{port}", credentials) if port is not None else 0  # 0: a free port

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spec.contract import DEFAULT_PAYLOADS, PAYLOADS
+from spec.thresholds import parse
 from spec.units import parse_duration, parse_fraction, parse_slo
 
 
@@ -151,14 +152,12 @@ class BenchmarkSpec(_Strict):
     @field_validator("thresholds")
     @classmethod
     def _thresholds(cls, value: Optional[dict]) -> Optional[dict]:
-        from spec.thresholds import parse
         parse(value)  # a malformed rule is a spec error naming its key
         return value
 
     @property
     def threshold_rules(self):
         """The parsed thresholds (spec.thresholds.Threshold), in the order written."""
-        from spec.thresholds import parse
         return parse(self.thresholds)
 
     @field_validator("precision", mode="before")

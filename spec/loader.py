@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from spec.errors import SpecError, UsageError
 from spec.results import TuneResult
 from spec.schema import SOURCE_KINDS, KerasFileSource, SavedModelSource, Spec
+from spec.tuning import apply_config
 from spec.yamlsource import YamlSourceError, load_yaml_with_lines
 
 
@@ -117,8 +118,6 @@ def tune_result_path(spec: Spec, reference: str) -> Path:
 
 def _apply_tuned(spec: Spec) -> Spec:
     import json
-
-    from spec.tuning import apply_config
 
     where = spec.where("serving", "tuned")
     path = tune_result_path(spec, spec.serving.tuned)

@@ -12,6 +12,9 @@ import io
 import json
 from typing import Any, Callable, Optional
 
+from spec.errors import set_program
+from spec.loader import json_schema
+from tfsb.cli import COMMANDS, usage
 
 
 def _resolve(schema: dict, node: dict) -> dict:
@@ -70,7 +73,6 @@ def _rows(schema: dict, node: dict, prefix: str) -> list[str]:
 
 def spec_page() -> str:
     """Markdown: every key of a spec, section by section, with its type, default and description."""
-    from spec.loader import json_schema
 
     schema = json_schema()
     lines = ["# Spec keys", "",
@@ -108,8 +110,6 @@ def help_text(entry: str, args: tuple[str, ...]) -> str:
 
 def commands_page() -> str:
     """Markdown: `tfsb --help`, then each command's usage and flags as its parser prints them under tfsb."""
-    from spec.errors import set_program
-    from tfsb.cli import COMMANDS, usage
 
     lines = ["# Commands and flags", "",
              "One command, `tfsb`, with a subcommand per job; `python -m <module>` runs the same entry points. Each "

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from deploy.deployment import already_serving, deployment_for
 from loadtests.analyze.resultsdb import tune_summary
 from loadtests.measure import tunespace
 from loadtests.measure.run import plan
@@ -186,7 +187,6 @@ def run_trial(spec, config: dict, index: int, space: tunespace.Space, tune_dir: 
 
 def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None, generators=None) -> int:
     """Search the configurations of `spec`'s tune section; returns the exit code."""
-    from deploy.deployment import already_serving, deployment_for  # deferred: the docker SDK
 
     generators = generators or Generators()
     spec = with_monitoring(open_loop_spec(spec, "tune"), log)

@@ -25,8 +25,11 @@ from typing import Optional
 
 import numpy as np
 
+from exporter.describe import read_meta_graphs
+from exporter.preprocess import decode_one, preprocess
 from loadtests.drive import jsonfloat, wire
 from loadtests.drive.files import save_atomically
+from server.model import LoadedModel, signatures_of
 from server.tensors.dtypes import NUMPY_DTYPES, DType, dtype_name
 from server.tensors.proto import array_to_proto, proto_to_array
 from spec.errors import HarnessError
@@ -73,8 +76,6 @@ class Plan:
 
 
 def _signatures(version_dir: Path) -> dict:
-    from exporter.describe import read_meta_graphs
-    from server.model import signatures_of
 
     graphs = read_meta_graphs(version_dir)
     serve = [g for g in graphs if "serve" in g.meta_info_def.tags] or graphs
@@ -310,9 +311,6 @@ def _array(value) -> np.ndarray:
 def build(spec, version_dir: Path, plan: Plan, names, sizes, jpegs) -> ForeignPayloadSet:
     """Decode and resize the photos for the plan, and compute the in-process answers (imports TensorFlow)."""
     import tensorflow as tf
-
-    from exporter.preprocess import decode_one, preprocess
-    from server.model import LoadedModel
 
     input_spec = spec.model.input.model_copy(update={"height": plan.height, "width": plan.width,
                                                      "channels": plan.channels})

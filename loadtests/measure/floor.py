@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from exporter.describe import read_meta_graphs
 from loadtests.measure import run, session
+from server.model import signatures_of
 from server.process import free_port
 from spec import contract as c
 from spec.errors import HarnessError
@@ -22,8 +24,6 @@ FLOOR_SUFFIX = "_floor"
 
 def output_classes(version_dir: Path) -> int:
     """How many probabilities the exported model returns per image (its `probabilities` output's last dim)."""
-    from exporter.describe import read_meta_graphs
-    from server.model import signatures_of
 
     for meta_graph in read_meta_graphs(version_dir):
         for signature in signatures_of(meta_graph).values():

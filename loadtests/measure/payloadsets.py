@@ -10,10 +10,13 @@ from typing import Sequence
 
 import numpy as np
 
+from exporter.describe import read_meta_graphs
 from exporter.images import encode, load_photos, resize
+from exporter.preprocess import decode_batch
 from loadtests.drive import foreign
 from loadtests.drive.foreign import IMAGE_PAYLOADS, plan_for
 from loadtests.drive.payloads import FORMAT, PAYLOADS, SIGNATURE_FOR, PayloadError, PayloadSet
+from server.model import LoadedModel, signatures_of
 from server.tensors.dtypes import DType, dtype_name
 from spec.contract import DEFAULT_PAYLOADS, IMAGE_INPUT, IMAGE_SIGNATURE, OUTPUT, TENSOR_INPUT, TENSOR_SIGNATURE
 
@@ -64,8 +67,6 @@ def check_signatures(spec, version_dir: Path, payload_names: Sequence[str]) -> N
     Reads saved_model.pb only (no session). Raises PayloadError (exit 2) naming the signature, what it has,
     and what to put in the spec.
     """
-    from exporter.describe import read_meta_graphs
-    from server.model import signatures_of
 
     foreign_only = [p for p in payload_names if p not in SIGNATURE_FOR]
     if foreign_only:
@@ -141,9 +142,6 @@ def payload_plan(spec, version_dir: Path, payload_names: Sequence[str]):
 def build(spec, version_dir: Path, payload_names: Sequence[str], plan=None):
     """Encode the spec's images and compute the model's in-process answers (imports TensorFlow)."""
     import tensorflow as tf
-
-    from exporter.preprocess import decode_batch
-    from server.model import LoadedModel
 
     if plan is not None:
 

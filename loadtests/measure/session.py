@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from deploy.deployment import deployment_for, preflight
 from deploy.waiting import rest_status
+from exporter.describe import read_meta_graphs
+from exporter.export import ensure_exported
 from loadtests.analyze import resultsdb, validity
 from loadtests.analyze.figures import threshold_rows
 from loadtests.drive.payloads import answer_spread, request_bytes
@@ -138,7 +141,6 @@ def git_commit() -> str:
 
 def signature_hash(version_dir: Path) -> str:
     """sha256 of the serving MetaGraph's signature map: equal hashes mean clients see the same API."""
-    from exporter.describe import read_meta_graphs  # saved_model.pb or saved_model.pbtxt
 
     digest = hashlib.sha256()
     for meta_graph in read_meta_graphs(version_dir):
@@ -278,8 +280,6 @@ def session(spec: Spec, log: Callable[[str], None], backend: Optional[str], gene
     Yields a Session with a fresh report directory and the Locust target; the deployment this started is stopped
     however the block ends (Ctrl-C included).
     """
-    from deploy.deployment import deployment_for, preflight  # deferred: TensorFlow (exporter), the docker SDK
-    from exporter.export import ensure_exported
 
     preflight(spec, deployment_for(spec, backend))  # the engine and the ports, before minutes of export or training
     version_dir = ensure_exported(spec, log)

@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from server import native
 from server.tensors.dtypes import FLOAT_TYPES, DType, dtype_of
-
 
 _NOT_SKELETON = bytes(c for c in range(256) if chr(c) not in "[],")
 MAX_RANK = 64
@@ -24,7 +24,6 @@ def native_check() -> Optional[Any]:
     """The C skeleton check (server/skeleton.c) if it is built, else None; looked up once."""
     global _native
     if _native is None:
-        from server import native
         _native = native.load() or False
     return _native or None
 

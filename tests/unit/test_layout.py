@@ -98,7 +98,7 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_import_cycle_among_the_projects_modules():
     graph = import_graph()
     assert "loadtests.measure.session" in graph["loadtests.commands.bench"], "the graph sees imports"
-    assert "loadtests.commands.tune" in graph["loadtests.__main__"], "the graph sees imports inside functions"
+    assert "server.grpc_api" in graph["server.app"], "the graph sees imports inside functions"
     assert cycles(graph) == []
 
 
@@ -137,3 +137,42 @@ def test_the_load_generator_side_never_imports_tensorflow_at_import_time():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+def function_level_imports() -> list[tuple[str, int, str, bool]]:
+    """(module, line, imported project module, says why) for every import of a project module inside a
+    function; it says why when a comment on its line, or on the comment lines right above its run of imports,
+    says it is deferred."""
+    found = []
+    modules = _modules()
+    for name, (path, tree) in modules.items():
+        lines = path.read_text().splitlines()
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and not node.level:
+                    targets = [node.module or ""]
+                elif isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                else:
+                    continue
+                for target in targets:
+                    if target.split(".")[0] not in PACKAGES:
+                        continue
+                    said, row = "deferred" in lines[node.lineno - 1], node.lineno - 2
+                    while not said and row >= 0 and lines[row].strip().startswith(("#", "from ", "import ")):
+                        said = "deferred" in lines[row] and lines[row].strip().startswith("#")
+                        row -= 1
+                    found.append((name, node.lineno, target, said))
+    return sorted(set(found))
+
+
+def test_an_import_inside_a_function_defers_a_heavy_one_and_says_so():
+    """Imports at the top show what a module needs; one inside a function hides it, so it is kept only where it
+    defers a heavy import (TensorFlow, or a room a process never needs), with a comment saying so."""
+    found = function_level_imports()
+    assert ("server.app", next(line for name, line, target, _ in found if name == "server.app"), "server.grpc_api",
+            True) in found  # the finder sees them, and their comments
+    assert len(found) < 30, found
+    assert [f for f in found if not f[3]] == []
