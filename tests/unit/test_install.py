@@ -44,8 +44,8 @@ def _imports(folder: Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("where, allowed", [(PRODUCT, ("runtime",)), (("tests",), ("runtime", "test")),
-                                            (("docs",), ("runtime", "docs"))])
+@pytest.mark.parametrize("where, allowed", [(PRODUCT[:-1], ("runtime",)), (("benchmarks",), ("runtime", "perf")),
+                                            (("tests",), ("runtime", "test")), (("docs",), ("runtime", "docs"))])
 def test_every_direct_import_is_declared(where, allowed):
     declared = _declared()
     ok = set().union(*(declared[kind] for kind in allowed))
@@ -62,7 +62,8 @@ def test_every_direct_import_is_declared(where, allowed):
 
 def test_runtime_dependencies_leave_out_what_only_tests_and_docs_use():
     declared = _declared()
-    for tool in ("pytest", "pytest-timeout", "mkdocs", "mkdocs-material", "playwright", "hypothesis", "schemathesis"):
+    for tool in ("pytest", "pytest-timeout", "mkdocs", "mkdocs-material", "playwright", "hypothesis", "schemathesis",
+                 "h2"):
         assert tool not in declared["runtime"], tool
 
 
