@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from loadtests.analyze.resultsdb import ENV, database_url, display, load
-from loadtests.report.historypage import plot, table
+from loadtests.report.historypage import table
+from loadtests.report.plots import plot_history
 from spec.errors import SpecError, program, run_command
 from spec.loader import load_spec
 from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION, readable
@@ -40,7 +41,7 @@ def main_history(argv) -> int:
             print(f"no results of '{spec.name}' recorded in {display(url)} yet: run make bench SPEC={args.spec}")
             return 0
         print(f"{spec.name}: {len(results)} results in {display(url)}\n{table(results)}")
-        out = plot(results, spec.resolve(spec.benchmark.output_dir) / spec.name / "history.png")
+        out = plot_history(results, spec.resolve(spec.benchmark.output_dir) / spec.name / "history.png")
         print(f"\nplot: {out}")
         return 0
 

@@ -1,16 +1,46 @@
 """The bench report: summary.json, report.html with plots, and a one-screen terminal summary."""
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup
+
 from loadtests.analyze.figures import folded
 from loadtests.drive.payloads import GRPC_WIRE
+from spec.resources import package_dir
 from spec.results import BenchSummary
 
-PLOTS = ("latency.png", "throughput.png", "latency_vs_size.png")
-BREAKDOWN_PLOT = "breakdown.png"
+
+@functools.lru_cache(maxsize=1)
+def assets() -> Path:
+    """The pages' template, stylesheet and script (package data)."""
+    return package_dir("loadtests.report") / "assets"
+
+
+@functools.lru_cache(maxsize=1)
+def _templates() -> Environment:
+    return Environment(loader=FileSystemLoader(str(assets())), autoescape=True, keep_trailing_newline=True)
+
+
+def chart_slot(chart_id: str, note: str = "", picker: str = "") -> str:
+    """Where report.js draws a chart (by its id), with its caption and, for a chart of one run or level, a picker."""
+    select = f"<label>run <select id='{picker}'></select></label>" if picker else ""
+    return f"<figure>{select}<div class='chart' id='{chart_id}'></div><figcaption>{note}</figcaption></figure>"
+
+
+def shell(title: str, heading: str, body: str, headline: Optional[str] = None, data: Optional[str] = None) -> str:
+    """Every page the harness writes (bench, capacity, tune, compare), in one shell with one stylesheet
+    (assets/page.html, assets/report.css). `title`, `heading` and `headline` are text, escaped here; `body` is
+    the page's own HTML; `data`, the charts' JSON, adds report.js, which draws the page's charts from it."""
+    return _templates().get_template("page.html").render(
+        title=title, heading=heading, headline=headline, body=Markup(body),
+        stylesheet=Markup((assets() / "report.css").read_text()),
+        data=None if data is None else Markup(data.replace("</", "<\\/")),
+        script=Markup((assets() / "report.js").read_text()) if data is not None else "")
 # the breakdown's stack, bottom to top: (key, label, colour)
 PARTS = (("model_ms", "model (runtime - queue)", "tab:green"), ("queue_ms", "batching queue", "tab:purple"),
          ("server_overhead_ms", "server overhead (request - runtime)", "tab:olive"),
@@ -27,119 +57,17 @@ def pairs(runs: Sequence[dict]) -> list[tuple[str, str]]:
     return found
 
 
-def _series(runs, protocol: str, key: str) -> list[dict]:
+def series(runs, protocol: str, key: str) -> list[dict]:
     field = "payload" if protocol == "rest" else "wire"
     return sorted((r for r in runs if r["protocol"] == protocol and r[field] == key), key=lambda r: r["level"])
-
-
-def _level_name(runs) -> str:
-    return "offered load (requests/s)" if runs and runs[0]["mode"] == "open" else "concurrent users"
 
 
 def level_text(run: dict) -> str:
     return f"{run['level']:g}/s" if run["mode"] == "open" else str(run["users"])
 
 
-def plot(runs: Sequence[dict], out_dir: Path) -> list[str]:
-    """Write the report's PNG plots into out_dir; returns their file names."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = pairs(runs)
-    fig_l, axes_l = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
-    fig_t, axes_t = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
-    for column, (rest_payload, grpc_wire) in enumerate(groups):
-        ax_l, ax_t = axes_l[0][column], axes_t[0][column]
-        for protocol, key, colour in (("rest", rest_payload, "tab:blue"), ("grpc", grpc_wire, "tab:orange")):
-            if key is None:
-                continue
-            series = _series(runs, protocol, key)
-            users = [r["level"] for r in series]
-            name = f"{'REST' if protocol == 'rest' else 'gRPC'} {key}"
-            for pct, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
-                ax_l.plot(users, [r[pct] for r in series], style, marker="o", color=colour,
-                          label=f"{name} {pct[:-3]}")
-            ax_t.plot(users, [r["rps"] for r in series], "-", marker="o", color=colour, label=name)
-        title = " vs ".join(filter(None, [rest_payload and f"REST {rest_payload}", grpc_wire and f"gRPC {grpc_wire}"]))
-        for ax, ylabel in ((ax_l, "latency (ms)"), (ax_t, "throughput (requests/s)")):
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel(_level_name(runs))
-            levels = sorted({r["level"] for r in runs})
-            if len(levels) <= 12:
-                ax.set_xticks(levels)
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig_l.tight_layout()
-    fig_l.savefig(out_dir / PLOTS[0], dpi=110)
-    fig_t.tight_layout()
-    fig_t.savefig(out_dir / PLOTS[1], dpi=110)
-
-    fig_s, ax = plt.subplots(figsize=(7, 4.2))
-    lowest = min(r["level"] for r in runs)
-    for r in runs:
-        if r["level"] != lowest or not r["by_image"]:
-            continue
-        ax.scatter([b["request_bytes"] / 1024 for b in r["by_image"]], [b["p50_ms"] for b in r["by_image"]],
-                   label=f"{'REST' if r['protocol'] == 'rest' else 'gRPC'} {r['wire']}", s=22)
-    ax.set_xscale("log")
-    ax.set_xlabel("request size (KiB, log scale)")
-    ax.set_ylabel(f"p50 latency per image (ms), {level_text(min(runs, key=lambda r: r['level']))}"
-                  + (" user(s)" if runs[0]["mode"] == "closed" else ""))
-    ax.set_title("latency against image/request size", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig_s.tight_layout()
-    fig_s.savefig(out_dir / PLOTS[2], dpi=110)
-    plt.close("all")
-    return list(PLOTS)
-
-
-def _name(run: dict) -> str:
+def run_name(run: dict) -> str:
     return f"{'REST' if run['protocol'] == 'rest' else 'gRPC'} {run['wire']}"
-
-
-def plot_breakdown(runs: Sequence[dict], out_dir: Path) -> Optional[str]:
-    """Stacked bars of each run's mean time, REST beside gRPC at every level, one panel per payload pair."""
-    if not any(r.get("breakdown") for r in runs):
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = pairs(runs)
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.4), squeeze=False)
-    for ax, (rest_payload, grpc_wire) in zip(axes[0], groups):
-        levels = sorted({r["level"] for r in runs})
-        labelled = set()
-        for offset, (protocol, key, hatch) in enumerate((("rest", rest_payload, ""), ("grpc", grpc_wire, "//"))):
-            if key is None:
-                continue
-            for r in _series(runs, protocol, key):
-                parts, x, bottom = r.get("breakdown"), levels.index(r["level"]) + (offset - 0.5) * 0.38, 0.0
-                if not parts:
-                    continue
-                for part, label, colour in PARTS:
-                    height = parts.get(part) or 0.0
-                    if height <= 0:
-                        continue
-                    ax.bar(x, height, 0.36, bottom=bottom, color=colour, hatch=hatch, edgecolor="white",
-                           label=label if label not in labelled else None)
-                    labelled.add(label)
-                    bottom += height
-                ax.text(x, bottom, "REST" if protocol == "rest" else "gRPC", ha="center", va="bottom", fontsize=6)
-        ax.set_xticks(range(len(levels)), [level_text({"level": v, "users": v, "mode": runs[0]["mode"]}) for v in levels])
-        ax.set_xlabel(_level_name(runs))
-        ax.set_ylabel("mean latency from send (ms)")
-        ax.set_title(" vs ".join(filter(None, [rest_payload and f"REST {rest_payload}",
-                                               grpc_wire and f"gRPC {grpc_wire}"])), fontsize=10)
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / BREAKDOWN_PLOT, dpi=110)
-    plt.close(fig)
-    return BREAKDOWN_PLOT
 
 
 def breakdown_lines(runs: Sequence[dict]) -> list[str]:
@@ -148,7 +76,7 @@ def breakdown_lines(runs: Sequence[dict]) -> list[str]:
              "CPU in core-ms per request)"]
     for r in runs:
         parts, server = r.get("breakdown"), r.get("server") or {}
-        head = f"    {_name(r):22} {level_text(r):>7}: "
+        head = f"    {run_name(r):22} {level_text(r):>7}: "
         if not parts:
             lines.append(head + f"no server metrics ({server.get('reason', 'not scraped')})")
             continue
@@ -172,7 +100,7 @@ def floor_lines(summary: dict) -> list[str]:
     for row in floor["beside"]:
         share = "n/a" if row["floor_share"] is None else f"{row['floor_share']:.0%}"
         flag = "" if row["floor_valid"] else " !"
-        lines.append(f"    {_name(row):22} {level_text(row):>7} | {fmt(row['model_p50_ms']):>7} "
+        lines.append(f"    {run_name(row):22} {level_text(row):>7} | {fmt(row['model_p50_ms']):>7} "
                      f"{fmt(row['floor_p50_ms']):>7} | {fmt(row['model_mean_ms']):>7} {fmt(row['floor_mean_ms']):>7} "
                      f"{share:>6}{flag}")
     return lines
@@ -217,8 +145,8 @@ def terminal_summary(typed: BenchSummary) -> str:
         name = "rate" if runs and runs[0]["mode"] == "open" else "users"
         lines.append(f"  {name:>7} | {'REST p50':>9} {'REST rps':>9} | {'gRPC p50':>9} {'gRPC rps':>9} | "
                      f"{'p50 REST/gRPC':>13} {'rps REST/gRPC':>13}")
-        rest = {r["level"]: r for r in _series(runs, "rest", rest_payload)} if rest_payload else {}
-        grpc = {r["level"]: r for r in _series(runs, "grpc", grpc_wire)} if grpc_wire else {}
+        rest = {r["level"]: r for r in series(runs, "rest", rest_payload)} if rest_payload else {}
+        grpc = {r["level"]: r for r in series(runs, "grpc", grpc_wire)} if grpc_wire else {}
         for level in sorted(set(rest) | set(grpc)):
             a, b = rest.get(level), grpc.get(level)
             p50 = fmt(a["p50_ms"] / b["p50_ms"]) + "x" if a and b and b["p50_ms"] else "n/a"
@@ -263,38 +191,6 @@ def served_by(provenance: dict) -> str:
     base_id = (provenance.get("base_image_id") or "")[:19]
     detail = f" ({base}{', ' + base_id if base_id else ''})" if base else ""
     return f"{provenance.get('backend', '')}: {server}{detail}"
-
-
-def plot_capacity(results: Sequence[dict], slo: dict, out_dir: Path) -> str:
-    """The SLO percentile against offered load, REST and gRPC on one plot per payload: the knee shows."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    key = f"p{slo['percentile']:g}_ms"
-    payloads = list(dict.fromkeys(r["payload"] for r in results))
-    fig, axes = plt.subplots(1, len(payloads), figsize=(6 * len(payloads), 4.4), squeeze=False)
-    for ax, payload in zip(axes[0], payloads):
-        for r in (r for r in results if r["payload"] == payload):
-            probes = sorted((p for p in r["probes"] if p[key] is not None), key=lambda p: p["offered_rps"])
-            colour = "tab:blue" if r["protocol"] == "rest" else "tab:orange"
-            name = f"{'REST' if r['protocol'] == 'rest' else 'gRPC'} {r['wire']}"
-            ax.plot([p["offered_rps"] for p in probes], [p[key] for p in probes], "-", color=colour, alpha=0.5)
-            for p in probes:
-                ax.plot(p["offered_rps"], p[key], "o" if p["meets_slo"] else "x", color=colour)
-            ax.axvline(r["capacity_rps"], color=colour, linestyle=":", label=f"{name}: {r['capacity_rps']:.1f} req/s")
-        ax.axhline(slo["latency_ms"], color="tab:red", linestyle="--", label=f"SLO p{slo['percentile']:g} "
-                   f"{slo['latency_ms']:g} ms")
-        ax.set_yscale("log")
-        ax.set_xlabel("offered load (requests/s)")
-        ax.set_ylabel(f"p{slo['percentile']:g} latency from scheduled send (ms, log)")
-        ax.set_title(f"{payload}: o pass, x fail", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "capacity.png", dpi=110)
-    plt.close(fig)
-    return "capacity.png"
 
 
 def plain(value):

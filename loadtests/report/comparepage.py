@@ -3,11 +3,12 @@ of the changes with their intervals, then the table)."""
 from __future__ import annotations
 
 import html
+import json
 import math
 from typing import Sequence
 
 from loadtests.analyze.intervals import BLOCKS
-from loadtests.report import fmt
+from loadtests.report import chart_slot, fmt, shell
 from spec.results import CompareResult, CompareRow
 
 
@@ -64,32 +65,12 @@ def _noise(row: CompareRow) -> str:
     return "" if noise is None else ("n/a" if not math.isfinite(noise) else f"&plusmn;{noise:.1f}%")
 
 
-def _forest(rows: Sequence[CompareRow]) -> str:
-    """An inline SVG: each row's change and interval against zero and the minimum effect."""
-    shown = [r for r in rows if r.change_pct is not None]
-    if not shown:
-        return ""
-    bound = max([abs(x) for r in shown for x in ([r.change_pct] + list(r.ci95_pct or ()))] + [10.0]) * 1.1
-    width, left, row_h = 760, 300, 18
-    height = row_h * len(shown) + 30
-
-    def x(value: float) -> float:
-        return left + (value + bound) / (2 * bound) * (width - left - 20)
-    marks = [f"<line x1='{x(0):.1f}' y1='0' x2='{x(0):.1f}' y2='{height - 20}' stroke='#888'/>"]
-    for i, r in enumerate(shown):
-        y = 14 + i * row_h
-        colour = {"slower": "#b00020", "faster": "#1b7f3b"}.get(r.verdict, "#555")
-        label = html.escape(f"{r.protocol} {r.wire} {r.level:g} {r.metric}")
-        marks.append(f"<text x='4' y='{y + 4}' font-size='11'>{label}</text>")
-        if r.ci95_pct:
-            marks.append(f"<line x1='{x(r.ci95_pct[0]):.1f}' y1='{y}' x2='{x(r.ci95_pct[1]):.1f}' y2='{y}' "
-                         f"stroke='{colour}' stroke-width='2'/>")
-        marks.append(f"<circle cx='{x(r.change_pct):.1f}' cy='{y}' r='4' fill='{colour}'><title>"
-                     f"{r.change_pct:+.1f}% {html.escape(_ci(r.ci95_pct))}: {r.verdict}</title></circle>")
-    marks.append(f"<text x='{x(-bound):.1f}' y='{height - 4}' font-size='10'>{-bound:.0f}%</text>"
-                 f"<text x='{x(0) - 4:.1f}' y='{height - 4}' font-size='10'>0</text>"
-                 f"<text x='{x(bound) - 30:.1f}' y='{height - 4}' font-size='10'>+{bound:.0f}%</text>")
-    return f"<svg width='{width}' height='{height}' role='img' aria-label='changes'>{''.join(marks)}</svg>"
+def chart_data(result: CompareResult) -> dict:
+    """The forest chart's rows for report.js: each figure's change and its 95% interval."""
+    return {"changes": {"effect": result.min_effect_pct, "rows": [
+        {"label": f"{r.protocol} {r.wire} {_level(r, result.mode)} {r.metric}", "change": r.change_pct,
+         "low": r.ci95_pct[0] if r.ci95_pct else None, "high": r.ci95_pct[1] if r.ci95_pct else None,
+         "verdict": r.verdict} for r in result.rows]}}
 
 
 def html_page(result: CompareResult) -> str:
@@ -105,18 +86,14 @@ def html_page(result: CompareResult) -> str:
                      f"{esc(_level(b, result.mode))} {b.metric} {b.change_pct:+.1f}%</p>" for b in result.broken)
     shared = (f"<p class=slower>Shared machine: {esc('; '.join(result.shared_machine))}. A change may be the "
               "machine's, not the setup's.</p>" if result.shared_machine else "")
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>compare: {esc(result.model)}</title>
-<style>body {{ font-family: system-ui, sans-serif; margin: 2em; }} table {{ border-collapse: collapse; font-size: 13px; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }} th {{ background: #f3f3f3; }}
-.slower {{ color: #b00020; }} .faster {{ color: #1b7f3b; }}</style></head><body>
-<h1>{esc(result.model)}: B against A</h1><p><b>{esc(result.headline)}</b></p>{broken}{shared}
+    return shell(f"compare: {result.model}", f"{result.model}: B against A", f"""{broken}{shared}
 <p>A: <code>{esc(result.a)}</code><br>B: <code>{esc(result.b)}</code></p>
 <p>Change is B over A. Intervals are 95%: a Welch t interval on the log of the per-repeat figures when both sides
 have two or more repeats (benchmark.repeats), otherwise a bootstrap of {BLOCKS} consecutive time blocks of each run,
 widened by the run-to-run noise that one run per side cannot show, estimated from the spread between each run's
 sub-windows (the <i>run noise</i> column: the half-width it adds).
 A change under the minimum effect ({result.min_effect_pct:g}%) is <i>no change</i> whatever its interval.</p>
-{_forest(result.rows)}
+{chart_slot("chart-changes", "hover a change for its figures; red: slower, green: faster")}
 <table><thead><tr>{''.join(f'<th>{h}</th>' for h in ('protocol', 'payload', 'level', 'metric', 'A', 'B', 'change', '95% CI', 'verdict', 'interval', 'run noise', 'valid'))}</tr></thead>
-<tbody>{body}</tbody></table></body></html>
-"""
+<tbody>{body}</tbody></table>
+""", headline=result.headline, data=json.dumps(chart_data(result), allow_nan=False))

@@ -1,7 +1,6 @@
 """The results history in the terminal (one line per result and protocol/payload) and as history.png."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from loadtests.analyze.resultsdb import key_figures
 
@@ -26,34 +25,3 @@ def table(results: list[dict]) -> str:
                          f"{'yes' if fig['valid'] and result['valid'] is not False else 'no'}")
             head = " " * len(head)
     return "\n".join(lines)
-
-
-def plot(results: list[dict], path: Path) -> Path:
-    """history.png: each protocol/payload's p50 (lowest level), highest throughput and capacity, run after run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = (("p50_ms", "p50 at the lowest level (ms)"), ("max_rps", "highest throughput (req/s)"),
-              ("capacity_rps", "capacity under the SLO (req/s)"))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    labels = [f"{i + 1}\n{(r['git_commit'] or '?')[:7]}" for i, r in enumerate(results)]
-    for ax, (key, title) in zip(axes, panels):
-        series: dict[str, list] = {}
-        for i, result in enumerate(results):
-            for figure in key_figures(result):
-                if figure[key] is not None:
-                    series.setdefault(figure["cell"], []).append((i, figure[key]))
-        for name, points in series.items():
-            ax.plot([p[0] for p in points], [p[1] for p in points], "-o", label=name)
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(len(results)), labels, fontsize=7)
-        ax.set_xlabel("result (oldest first) and git commit")
-        ax.grid(alpha=0.3)
-        if series:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

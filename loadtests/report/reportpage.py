@@ -17,18 +17,12 @@ import numpy as np
 
 from loadtests import report
 from loadtests.analyze.figures import folded
-from loadtests.report import reporttables
-from spec.resources import package_dir
+from loadtests.report import plots, reporttables
 from spec.results import BenchSummary
 
-ASSETS = package_dir("loadtests.report") / "assets"  # package data
 TIMELINE_BUCKETS = 60
 CDF_POINTS = [q / 2 for q in range(0, 199)] + [99.5, 99.9, 100.0]
 COLORS = {"rest": ("#1f77b4", "#2ca02c", "#17becf", "#9467bd"), "grpc": ("#ff7f0e", "#d62728", "#8c564b", "#e377c2")}
-
-
-def _name(run: dict) -> str:
-    return f"{'REST' if run['protocol'] == 'rest' else 'gRPC'} {run['wire']}"
 
 
 def _finite(value) -> Optional[float]:
@@ -87,15 +81,15 @@ def headline(summary: dict) -> str:
     if summary.get("capacity"):
         best = sorted(summary["capacity"], key=lambda r: -r["capacity_rps"])
         slo = summary["settings"]["slo"]
-        parts = ", ".join(f"{_name(r)} {r['capacity_rps']:.1f} req/s" for r in best)
+        parts = ", ".join(f"{report.run_name(r)} {r['capacity_rps']:.1f} req/s" for r in best)
         return f"capacity at p{slo['percentile']:g} <= {slo['latency_ms']:g} ms: {parts}; {tail}"
     if not runs:
         return "no run was measured"
     for rest_payload, grpc_wire in report.pairs(runs):
         if rest_payload is None or grpc_wire is None:
             continue
-        rest = {r["level"]: r for r in report._series(runs, "rest", rest_payload)}
-        grpc = {r["level"]: r for r in report._series(runs, "grpc", grpc_wire)}
+        rest = {r["level"]: r for r in report.series(runs, "rest", rest_payload)}
+        grpc = {r["level"]: r for r in report.series(runs, "grpc", grpc_wire)}
         levels = sorted(set(rest) & set(grpc))
         ratios = [grpc[lv]["p50_ms"] / rest[lv]["p50_ms"] for lv in levels
                   if _finite(rest[lv]["p50_ms"]) and _finite(grpc[lv]["p50_ms"]) and rest[lv]["p50_ms"] > 0]
@@ -112,8 +106,8 @@ def headline(summary: dict) -> str:
         return f"{faster} is {change:.0%} faster than {slower} at p50 over {span}; {tail}"
     lowest = min(runs, key=lambda r: r["level"])
     peak = max(runs, key=lambda r: r["rps"])
-    return (f"{_name(lowest)}: p50 {report.fmt(lowest['p50_ms'])} ms at {_level_label(lowest['level'], mode)}, "
-            f"peak {peak['rps']:.1f} req/s ({_name(peak)}); {tail}")
+    return (f"{report.run_name(lowest)}: p50 {report.fmt(lowest['p50_ms'])} ms at {_level_label(lowest['level'], mode)}, "
+            f"peak {peak['rps']:.1f} req/s ({report.run_name(peak)}); {tail}")
 
 
 def page_data(summary: dict, run_dir: Path) -> dict:
@@ -121,7 +115,7 @@ def page_data(summary: dict, run_dir: Path) -> dict:
     mode = summary.get("mode", "closed")
     capacity = summary.get("capacity")
     runs = folded(summary["runs"]) if capacity is None else summary["runs"]
-    names = list(dict.fromkeys(_name(r) for r in summary["runs"]))
+    names = list(dict.fromkeys(report.run_name(r) for r in summary["runs"]))
     colors, used = {}, {"rest": 0, "grpc": 0}
     for name in names:
         protocol = "rest" if name.startswith("REST") else "grpc"
@@ -130,7 +124,7 @@ def page_data(summary: dict, run_dir: Path) -> dict:
     curves = []
     if capacity is None:
         for name in names:
-            mine = sorted((r for r in runs if _name(r) == name), key=lambda r: r["level"])
+            mine = sorted((r for r in runs if report.run_name(r) == name), key=lambda r: r["level"])
             curves.append({"name": name, "points": [
                 {"level": r["level"], "p50": _finite(r["p50_ms"]), "p99": _finite(r["p99_ms"]), "rps": _finite(r["rps"]),
                  "valid": r["valid"], "note": (f"median of {r['repeats']} repeats; " if r.get("repeats", 1) > 1 else "")
@@ -142,24 +136,24 @@ def page_data(summary: dict, run_dir: Path) -> dict:
         if drawn is None:
             continue
         repeat = r.get("repeat", 1)
-        label = f"{_name(r)} at {_level_label(r['level'], mode)}" + (f", repeat {repeat}" if repeat > 1 else "") + \
+        label = f"{report.run_name(r)} at {_level_label(r['level'], mode)}" + (f", repeat {repeat}" if repeat > 1 else "") + \
             (f" ({r['tag']})" if r.get("tag") else "")
-        measured.append({"name": _name(r), "level": r["level"], "repeat": repeat, "label": label, **drawn})
+        measured.append({"name": report.run_name(r), "level": r["level"], "repeat": repeat, "label": label, **drawn})
     pairs = []
     if capacity is None:
         for level in sorted({r["level"] for r in runs}):
-            bars = [{"name": _name(r), "short": "REST" if r["protocol"] == "rest" else "gRPC",
+            bars = [{"name": report.run_name(r), "short": "REST" if r["protocol"] == "rest" else "gRPC",
                      "p50": _finite(r["p50_ms"])} for r in runs if r["level"] == level]
             pairs.append({"level": _level_label(level, mode), "bars": bars})
     lowest = min((r["level"] for r in runs), default=None)
-    images = [{"name": _name(r), "points": [[b["request_bytes"] / 1024, b["p50_ms"],
+    images = [{"name": report.run_name(r), "points": [[b["request_bytes"] / 1024, b["p50_ms"],
                                              f"image {b['image']} ({b['width']}x{b['height']}), {b['requests']} requests"]
                                             for b in r.get("by_image") or []]}
               for r in runs if r["level"] == lowest and r.get("by_image")]
     breakdown = []
     if capacity is None and any(r.get("breakdown") for r in runs):
         for level in sorted({r["level"] for r in runs}):
-            bars = [{"name": _name(r), "short": "REST" if r["protocol"] == "rest" else "gRPC",
+            bars = [{"name": report.run_name(r), "short": "REST" if r["protocol"] == "rest" else "gRPC",
                      "parts": [{"name": label, "value": _finite((r.get("breakdown") or {}).get(key)),
                                 "color": {"tab:green": "#2ca02c", "tab:purple": "#9467bd", "tab:olive": "#bcbd22",
                                           "tab:gray": "#7f7f7f"}[colour]} for key, label, colour in report.PARTS]}
@@ -174,16 +168,11 @@ def page_data(summary: dict, run_dir: Path) -> dict:
         key = f"p{slo['percentile']:g}_ms"
         data["capacity"] = {"slo_ms": slo["latency_ms"], "slo_text": f"SLO p{slo['percentile']:g} {slo['latency_ms']:g} ms",
                             "ylabel": f"p{slo['percentile']:g} latency from scheduled send (ms)", "results": [
-                                {"name": _name(c), "capacity": c["capacity_rps"],
+                                {"name": report.run_name(c), "capacity": c["capacity_rps"],
                                  "probes": [[p["offered_rps"], _finite(p.get(key)), "pass" if p["meets_slo"] else "fail",
                                              p["meets_slo"]] for p in sorted(c["probes"], key=lambda p: p["offered_rps"])]}
                                 for c in capacity]}
     return report.plain(data)
-
-
-def _chart(chart_id: str, note: str = "", picker: str = "") -> str:
-    select = f"<label>run <select id='{picker}'></select></label>" if picker else ""
-    return f"<figure>{select}<div class='chart' id='{chart_id}'></div><figcaption>{note}</figcaption></figure>"
 
 
 def page(summary: dict, run_dir: Path, pngs: Sequence[str] = ()) -> str:
@@ -194,43 +183,35 @@ def page(summary: dict, run_dir: Path, pngs: Sequence[str] = ()) -> str:
     charts = []
     if capacity is None:
         charts.append("<h2>Latency and throughput by level</h2><div class='row'>"
-                      + _chart("chart-latency", "hollow points: an invalid run") + _chart("chart-throughput") + "</div>")
-        charts.append("<h2>REST against gRPC</h2>" + _chart("chart-pairs", "p50 of each protocol and payload at every "
+                      + report.chart_slot("chart-latency", "hollow points: an invalid run") + report.chart_slot("chart-throughput") + "</div>")
+        charts.append("<h2>REST against gRPC</h2>" + report.chart_slot("chart-pairs", "p50 of each protocol and payload at every "
                                                               "level; hover for values"))
     else:
-        charts.append("<h2>Capacity curves</h2>" + _chart("chart-capacity", "every probe of the search; the dotted "
+        charts.append("<h2>Capacity curves</h2>" + report.chart_slot("chart-capacity", "every probe of the search; the dotted "
                                                           "lines are the capacities found"))
     if data["runs"]:
         charts.append("<h2>Latency over time within each run</h2>"
-                      + _chart("chart-timeline", "p50 and p99 per slice of everything measured (warm-up excluded): "
+                      + report.chart_slot("chart-timeline", "p50 and p99 per slice of everything measured (warm-up excluded): "
                                "drift, stalls and warm-up left-overs show here; a run that had not settled by its "
                                "duration went on measuring, and the dotted lines mark the span its figures come from",
                                picker="pick-run"))
         charts.append("<h2>Latency distribution</h2>"
-                      + _chart("chart-cdf", "every run at the level chosen (dashed: later repeats)", picker="pick-level")
+                      + report.chart_slot("chart-cdf", "every run at the level chosen (dashed: later repeats)", picker="pick-level")
                       .replace("<label>run", "<label>level"))
     if data["images"]:
-        charts.append("<h2>Per-image latency</h2>" + _chart("chart-images", "each benchmark image: its request size "
+        charts.append("<h2>Per-image latency</h2>" + report.chart_slot("chart-images", "each benchmark image: its request size "
                                                              "against its p50"))
     if data["breakdown"]:
-        charts.append("<h2>Where the time goes (chart)</h2>" + _chart("chart-breakdown", "stacked means from the "
+        charts.append("<h2>Where the time goes (chart)</h2>" + report.chart_slot("chart-breakdown", "stacked means from the "
                                                                        "client's send; see the table below"))
     if pngs:
         charts.append("<p class=files>Static copies (PNG) beside this page: "
                       + ", ".join(f"<a href='{esc(name)}'>{esc(name)}</a>" for name in pngs) + ".</p>")
     body = reporttables.html_body(summary)
-    blob = json.dumps(data, allow_nan=False).replace("</", "<\\/")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(summary['model'])}: {esc(headline(summary))}</title>
-<style>{(ASSETS / 'report.css').read_text()}</style></head><body>
-<h1>{esc(summary['model'])}: REST vs gRPC on {esc(report.served_by(summary['provenance']))}</h1>
-<p class=headline id=headline>{esc(headline(summary))}</p>
-{body['verdict']}{''.join(charts)}{body['tables']}
-<div id=tip></div>
-<script type="application/json" id="report-data">{blob}</script>
-<script>{(ASSETS / 'report.js').read_text()}</script>
-</body></html>
-"""
+    return report.shell(f"{summary['model']}: {headline(summary)}",
+                        f"{summary['model']}: REST vs gRPC on {report.served_by(summary['provenance'])}",
+                        body["verdict"] + "".join(charts) + body["tables"], headline=headline(summary),
+                        data=json.dumps(data, allow_nan=False))
 
 
 def write(summary: BenchSummary, out_dir: Path) -> BenchSummary:
@@ -243,9 +224,9 @@ def write(summary: BenchSummary, out_dir: Path) -> BenchSummary:
     runs = folded(summary["runs"]) if summary.get("capacity") is None else summary["runs"]
     pngs = []
     if runs:
-        pngs += report.plot(runs, out_dir)
-        pngs += filter(None, [report.plot_breakdown(runs, out_dir)])
+        pngs += plots.plot(runs, out_dir)
+        pngs += filter(None, [plots.plot_breakdown(runs, out_dir)])
     if summary.get("capacity"):
-        pngs.append(report.plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir))
+        pngs.append(plots.plot_capacity(summary["capacity"], summary["settings"]["slo"], out_dir))
     (out_dir / "report.html").write_text(page(summary, out_dir, pngs))
     return typed

@@ -3,6 +3,7 @@ ranked table, and the terminal lines. Everything here is read off the recorded t
 from __future__ import annotations
 
 import html
+import json
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -10,10 +11,10 @@ from typing import Optional, Sequence
 from deploy.serving_config import ServerLayout, batching_text, server_flags
 from loadtests.drive.files import save_atomically
 from loadtests.measure import tunespace
+from loadtests.report import chart_slot, shell
+from loadtests.report.plots import pareto_points, plot_pareto
 from spec.results import TuneResult
 from spec.tuning import SERVING_KNOBS, apply_config
-
-PARETO_PLOT = "pareto.png"
 
 
 def best_trial(trials: Sequence[dict], min_gain: float) -> Optional[dict]:
@@ -218,33 +219,25 @@ def terminal(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_pareto(result: dict, out_dir: Path) -> Optional[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [dict(p, trial=t["index"]) for t in result["trials"] for p in t.get("pareto_points", [])
-              if p.get("slo_ms") is not None]
-    if not points:
-        return None
-    key = result["slo"]["percentile"]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for index in sorted({p["trial"] for p in points}):
-        mine = [p for p in points if p["trial"] == index]
-        ax.scatter([p["achieved_rps"] for p in mine], [p["slo_ms"] for p in mine], s=18, label=f"trial {index}")
-    for cell in {(p["protocol"], p["wire"]) for p in result["pareto"]}:
-        front = [p for p in result["pareto"] if (p["protocol"], p["wire"]) == cell]
-        ax.step([p["achieved_rps"] for p in front], [p["slo_ms"] for p in front], where="post", color="black",
-                linewidth=1)
-    ax.axhline(result["slo"]["latency_ms"], color="red", linestyle="--", linewidth=1, label="SLO")
-    ax.set_xlabel("throughput (answered requests/s)")
-    ax.set_ylabel(f"p{key:g} latency from the scheduled send (ms)")
-    ax.set_title("passing probes of every trial; the line is the Pareto front")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out_dir / PARETO_PLOT, dpi=110)
-    plt.close(fig)
-    return PARETO_PLOT
+def chart_data(result: dict) -> dict:
+    """The Pareto chart for report.js: each trial's passing probes, and each cell's front as a step line."""
+    points = pareto_points(result)
+    fronts = []
+    for protocol, wire in sorted({(p["protocol"], p["wire"]) for p in result["pareto"]}):
+        front = sorted((p for p in result["pareto"] if (p["protocol"], p["wire"]) == (protocol, wire)),
+                       key=lambda p: p["achieved_rps"])
+        steps = []
+        for here, after in zip(front, front[1:] + [None]):
+            steps.append([here["achieved_rps"], here["slo_ms"]])
+            if after is not None:  # the front holds its latency until the next point's throughput
+                steps.append([after["achieved_rps"], here["slo_ms"]])
+        fronts.append({"name": f"front: {protocol} {wire}", "points": steps})
+    return {"pareto": {"ylabel": f"p{result['slo']['percentile']:g} from the scheduled send (ms)",
+                       "slo_ms": result["slo"]["latency_ms"], "slo_text": result["slo_text"], "fronts": fronts,
+                       "trials": [{"name": f"trial {index}",
+                                   "points": [[p["achieved_rps"], p["slo_ms"], f"{p['protocol']} {p['wire']}, offered "
+                                               f"{p['offered_rps']:.1f} req/s"] for p in points if p["trial"] == index]}
+                                  for index in sorted({p["trial"] for p in points})]}}
 
 
 def html_page(result: dict, plot: Optional[str]) -> str:
@@ -270,20 +263,19 @@ def html_page(result: dict, plot: Optional[str]) -> str:
                  + (f"<h3>batching_parameters.txt</h3><pre>{e(best['batching_parameters'])}</pre>"
                     if best["batching_parameters"] else "")
                  + f"<h3>spec fragment</h3><pre>{e(best['spec_fragment'])}</pre>")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>tune: " + e(result["model"]) + "</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;"
-            "padding:3px 6px;font-size:13px}table{border-collapse:collapse}pre{background:#f4f4f4;padding:8px;"
-            "white-space:pre-wrap}</style></head><body>"
-            f"<h1>tune: {e(result['model'])} at {e(result['slo_text'])}</h1><p><b>{e(result['headline'])}</b></p>"
-            f"<p>{e(result['batching']['why'])}</p>"
-            f"<p>{result['strategy']} search on the {e(result['backend'])} backend; {result['coverage']['trials']} "
-            f"trials in {result['elapsed_s'] / 60:.1f} of {result['budget_s'] / 60:g} minutes"
-            + (f" (the grid holds {result['coverage']['grid_size']})" if result['coverage']['grid_size'] else "")
-            + (", stopped by the budget" if result["stopped_by"] == "budget" else "")
-            + ("" if result["complete"] else ", <b>unfinished</b> (rerun the command to resume)") + ".</p>"
-            + (f'<img src="{plot}" alt="Pareto plot">' if plot else "<p>No probe met the SLO: no Pareto plot.</p>")
-            + "<h2>Trials, best first</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"
-            + "".join(rows) + "</table>" + best_html + "</body></html>")
+    facts = (f"<p>{result['strategy']} search on the {e(result['backend'])} backend; {result['coverage']['trials']} "
+             f"trials in {result['elapsed_s'] / 60:.1f} of {result['budget_s'] / 60:g} minutes"
+             + (f" (the grid holds {result['coverage']['grid_size']})" if result['coverage']['grid_size'] else "")
+             + (", stopped by the budget" if result["stopped_by"] == "budget" else "")
+             + ("" if result["complete"] else ", <b>unfinished</b> (rerun the command to resume)") + ".</p>")
+    return shell(f"tune: {result['model']}", f"tune: {result['model']} at {result['slo_text']}",
+                 f"<p>{e(result['batching']['why'])}</p>" + facts
+                 + (chart_slot("chart-pareto", "hover a probe for its trial and rate; a static copy: "
+                               f"<a href='{e(plot)}'>{e(plot)}</a>") if plot
+                    else "<p>No probe met the SLO: no Pareto plot.</p>")
+                 + "<h2>Trials, best first</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"
+                 + "".join(rows) + "</table>" + best_html, headline=result["headline"],
+                 data=json.dumps(chart_data(result), allow_nan=False) if plot else None)
 
 
 def write(result: dict, out_dir: Path) -> None:

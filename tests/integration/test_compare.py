@@ -121,7 +121,7 @@ def test_compare_finds_the_delay_on_grpc_only_and_fail_on_exits_7(benches, tmp_p
     assert "FAIL-ON p99:+10%" in result.stdout and "gRPC image_bytes" in result.stdout
     assert _compare(dir_a, dir_b, "--output", tmp_path / "plain").returncode == 0  # no rule, no failure
     page = render(tmp_path / "compare.html")
-    assert page["errors"] == [] and page["requests"] == [] and page["charts"]["changes"]["circle"] == len(rows)
+    assert page["errors"] == [] and page["requests"] == [] and page["charts"]["chart-changes"]["circle"] == len(rows)
 
 
 def test_the_same_setup_twice_is_no_change_everywhere(benches):

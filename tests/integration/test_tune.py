@@ -24,6 +24,7 @@ import pytest
 
 from spec.loader import load_spec
 from spec.results import TuneResult
+from tests.browser import render
 from tests.conftest import REPO, run_cli, write_spec
 from tests.serverproc import free_port
 from tests.tunefail import REFUSAL
@@ -107,6 +108,9 @@ def test_tune_turns_batching_on_where_it_pays(tmp_path):
     run_dir = tmp_path / "reports" / "weight_bound" / "tune" / "latest"
     for name in ("tune.html", "pareto.png", "trials/01/report.html", "trials/01/capacity.json"):
         assert (run_dir / name).is_file(), name
+    page = render(run_dir / "tune.html")  # the Pareto chart, drawn by report.js from the page's data
+    passing = sum(len(t["pareto_points"]) for t in result["trials"])
+    assert page["errors"] == [] and page["charts"]["chart-pareto"]["circle"] == passing > 0, page
     assert "x the default's capacity" in done.stdout
     # serving.tuned: latest serves the recommendation
     tuned = write_spec(tmp_path, str(spec_path), **{"serving.tuned": "latest"})

@@ -11,7 +11,8 @@ from loadtests.analyze import intervals, resultsdb
 from loadtests.analyze.figures import folded, threshold_rows
 from loadtests.commands import compare, history as history_command
 from loadtests.drive.recorder import write_samples
-from loadtests.report import historypage
+from loadtests import report
+from loadtests.report import historypage, plots
 from spec.errors import SpecError, UsageError
 from spec.results import BenchSummary
 from spec.loader import load_spec
@@ -160,7 +161,12 @@ def test_compare_writes_json_and_html_and_exits_7_on_a_broken_rule(tmp_path, cap
     result = json.loads((b_dir / "compare.json").read_text())
     assert [b["metric"] for b in result["broken"]] == ["p50"] and not result["passed"]  # the rule names p50 only
     assert {"protocol", "payload", "level", "metric", "a", "b", "change_pct", "ci95_pct", "verdict"} <= set(result["rows"][0])
-    assert "<svg" in (b_dir / "compare.html").read_text() and "FAIL-ON p50:+50%" in capsys.readouterr().out
+    page = (b_dir / "compare.html").read_text()
+    assert "id='chart-changes'" in page and "FAIL-ON p50:+50%" in capsys.readouterr().out
+    drawn = json.loads(page.split('id="report-data">')[1].split("</script>")[0])["changes"]  # what report.js draws
+    assert [(r["label"].split()[-1], r["verdict"]) for r in drawn["rows"]] == \
+        [(r["metric"], r["verdict"]) for r in result["rows"]] and drawn["effect"] == 5.0
+    assert (report.assets() / "report.css").read_text() in page and "<h1>m: B against A</h1>" in page
     assert compare.compare(a_dir, b_dir, fail_on="p50:+150%", output=tmp_path / "out") == 0
 
 
@@ -212,7 +218,7 @@ def test_history_records_and_lists_in_sqlite(tmp_path):
     text = historypage.table(results)
     assert "abc123" in text and "42.0" in text and text.count("rest image_b64") == 2
     assert resultsdb.load(url, "another") == []
-    assert historypage.plot(results, tmp_path / "h.png").stat().st_size > 1000
+    assert plots.plot_history(results, tmp_path / "h.png").stat().st_size > 1000
 
 
 def test_history_database_choice_and_its_errors(tmp_path, monkeypatch):

@@ -228,7 +228,7 @@ def _run(protocol, wire, users, rps, p50, bound=False, failures=0):
 
 def test_report_files_and_terminal_ratios(tmp_path):
     from loadtests import report
-    from loadtests.report import reportpage
+    from loadtests.report import plots, reportpage
 
     runs = [_run("rest", "image_b64", 1, 100.0, 10.0), _run("grpc", "image_bytes", 1, 125.0, 8.0),
             _run("rest", "image_b64", 4, 300.0, 13.0, bound=True), _run("grpc", "image_bytes", 4, 200.0, 20.0,
@@ -249,7 +249,7 @@ def test_report_files_and_terminal_ratios(tmp_path):
     assert "generator-bound" in page and "FAILED" in page and "abc" in page
     served = "docker: tfserve-bench embedded server (tfserve-bench/standin-serving:2.21.0, sha256:0123456789ab)"
     assert f"<h1>m: REST vs gRPC on {served}</h1>" in page and served in text  # never passed off as TF Serving
-    for name in report.PLOTS:  # PNG copies beside the page, linked; the page itself needs no other file
+    for name in plots.PLOTS:  # PNG copies beside the page, linked; the page itself needs no other file
         assert (tmp_path / name).stat().st_size > 1000 and f"href='{name}'" in page
     assert "src=" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "id=\"report-data\"" in page and "id='chart-latency'" in page
@@ -257,6 +257,20 @@ def test_report_files_and_terminal_ratios(tmp_path):
     assert saved["headline"] == "REST image_b64 is 10% faster than gRPC image_bytes at p50 over 1-4 users; " \
         "1 of 4 runs invalid"
     assert saved["headline"] in page
+
+
+def test_every_page_is_one_shell_with_one_stylesheet():
+    """report.shell: text escaped, the page's HTML kept, the charts' data unable to end its script element, and
+    the script only where a page has charts."""
+    from loadtests import report
+
+    page = report.shell("t <1>", "h & h", "<p id=x>body</p>", headline="a < b", data='{"k": "</script>"}')
+    assert "<title>t &lt;1&gt;</title>" in page and "<h1>h &amp; h</h1>" in page
+    assert "<p class=headline id=headline>a &lt; b</p>" in page and "<p id=x>body</p>" in page
+    assert (report.assets() / "report.css").read_text() in page and '"</script>"' not in page
+    assert (report.assets() / "report.js").read_text() in page and '<script type="application/json"' in page
+    plain = report.shell("t", "h", "<p>no charts</p>")
+    assert "<script" not in plain and "headline" not in plain.split("</style>")[1]
 
 
 def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):

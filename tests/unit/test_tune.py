@@ -10,6 +10,7 @@ import pytest
 from deploy.serving_config import ServerLayout, server_flags
 from loadtests.commands.tune import label, trial_record
 from loadtests.measure import tunespace
+from loadtests import report
 from loadtests.report import tunereport
 from spec.errors import SpecError
 from spec.loader import load_spec
@@ -295,7 +296,9 @@ def test_a_checkpoint_is_rewritten_whole(tmp_path):
     tunereport.write(result, tmp_path)
     written = json.loads((tmp_path / "tune.json").read_text())
     assert written["nan"] is None and not (tmp_path / "tune.json.partial").exists()
-    assert "unfinished" in (tmp_path / "tune.html").read_text()
+    page = (tmp_path / "tune.html").read_text()
+    assert "unfinished" in page and (report.assets() / "report.css").read_text() in page  # the one shell and style
+    assert "<p class=headline id=headline>h</p>" in page
 
 
 def test_a_search_resumes_from_an_older_checkpoint_but_not_from_a_newer_tfsbs(tmp_path):

@@ -1,4 +1,5 @@
-// The bench report's charts: plain SVG drawn from the JSON embedded in the page (no library, no network).
+// Every page's charts (bench and capacity report, tune, compare): plain SVG drawn from the JSON embedded in the
+// page (no library, no network).
 // Every mark carries its values: hovering shows them in the tooltip, and <title> for screen readers.
 "use strict";
 const D = JSON.parse(document.getElementById("report-data").textContent);
@@ -141,6 +142,45 @@ function barChart(container, opts) {
   legend(container, [...seen].map(([name, color]) => [name, color]));
 }
 
+// rows: [{label, change, low, high, verdict}]: each change (%) with its 95% interval, against zero (a forest plot);
+// effect: the minimum effect (%), drawn either side of zero
+function forestChart(container, opts) {
+  const rows = opts.rows.filter(r => r.change !== null && Number.isFinite(r.change));
+  container.innerHTML = "";
+  if (!rows.length) return;
+  if (opts.title) { const h = document.createElement("div"); h.className = "chart-title"; h.textContent = opts.title;
+                    container.appendChild(h); }
+  const W = opts.width || 760, left = 300, rowH = 18, H = rowH * rows.length + 48;
+  const svg = el("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img"}, container);
+  const values = rows.flatMap(r => [r.change, r.low, r.high]).filter(v => v !== null && Number.isFinite(v));
+  const bound = Math.max(10, opts.effect || 0, ...values.map(Math.abs)) * 1.1;
+  const sx = v => left + (v + bound) / (2 * bound) * (W - left - 40), bottom = H - 32;
+  const axes = el("g", {class: "axes"}, svg);
+  for (const t of [-bound, -bound / 2, 0, bound / 2, bound]) {
+    el("line", {x1: sx(t), x2: sx(t), y1: 6, y2: bottom, class: t === 0 ? "axis" : "grid"}, axes);
+    el("text", {x: sx(t), y: bottom + 14, "text-anchor": "middle"}, axes).textContent =
+      t === 0 ? "0" : (t > 0 ? "+" : "") + fmt(t) + "%";
+  }
+  for (const e of opts.effect ? [-opts.effect, opts.effect] : [])
+    el("line", {x1: sx(e), x2: sx(e), y1: 6, y2: bottom, class: "slo"}, axes)
+      .appendChild(document.createElementNS(NS, "title")).textContent = "the minimum effect";
+  el("text", {x: (left + W - 40) / 2, y: H - 4, "text-anchor": "middle", class: "label"}, axes).textContent =
+    "change of B over A, with its 95% interval (dashed: the minimum effect)";
+  const marks = el("g", {class: "marks"}, svg);
+  rows.forEach((r, i) => {
+    const y = 14 + i * rowH, color = {slower: "#b00020", faster: "#1b7f3b"}[r.verdict] || "#555";
+    el("text", {x: 4, y: y + 4}, marks).textContent = r.label;
+    if (r.low !== null && r.high !== null)
+      el("line", {x1: sx(r.low), x2: sx(r.high), y1: y, y2: y, stroke: color, "stroke-width": 2}, marks);
+    const dot = el("circle", {cx: sx(r.change), cy: y, r: 4, fill: color, class: "point"}, marks);
+    const text = `<b>${r.label}</b><br>change: ${r.change > 0 ? "+" : ""}${fmt(r.change)}%<br>95% interval: ` +
+                 (r.low === null ? "n/a" : `${fmt(r.low)}% to ${fmt(r.high)}%`) + `<br>${r.verdict}`;
+    dot.appendChild(document.createElementNS(NS, "title")).textContent = text.replace(/<br>/g, "; ").replace(/<[^>]+>/g, "");
+    dot.addEventListener("mousemove", e => showTip(e, text));
+    dot.addEventListener("mouseleave", hideTip);
+  });
+}
+
 function legend(container, items) {
   const box = document.createElement("div");
   box.className = "legend";
@@ -180,7 +220,7 @@ function drawAll() {
       groups: D.pairs.map(g => ({label: g.level, bars: g.bars.map(b => ({name: b.name, short: b.short,
         parts: [{name: b.name + " p50", value: b.p50, color: colorOf(b.name)}]}))}))});
   }
-  picker("pick-run", D.runs.map((r, i) => [i, r.label]), i => {
+  if (chart("chart-timeline")) picker("pick-run", D.runs.map((r, i) => [i, r.label]), i => {
     const r = D.runs[i];
     lineChart(chart("chart-timeline"), {xlabel: "seconds since measuring began", ylabel: "latency (ms)", logY: true,
       xname: "t (s)", title: `${r.label}: per ${fmt(r.bucket_s)} s, p50 and p99` + (r.extended ? " (extended until it settled)" : ""),
@@ -190,7 +230,7 @@ function drawAll() {
         {name: "p99", color: colorOf(r.name), dash: "5 3", points: r.timeline.map(b => [b[0], b[2], `${b[3]} requests`])},
         {name: "failures", color: "#b00020", line: false, points: r.timeline.filter(b => b[4] > 0).map(b => [b[0], b[1], `${b[4]} failed`])}]});
   });
-  picker("pick-level", D.levels.map(l => [l, D.levelLabel(l)]), level => {
+  if (chart("chart-cdf")) picker("pick-level", D.levels.map(l => [l, D.levelLabel(l)]), level => {
     const mine = D.runs.filter(r => String(r.level) === String(level));
     lineChart(chart("chart-cdf"), {xlabel: "latency (ms, log)", ylabel: "fraction of requests", logX: true, yZero: true,
       xname: "latency (ms)", yname: "fraction", title: "latency distribution (CDF)",
@@ -210,6 +250,17 @@ function drawAll() {
       title: "probes: filled pass, hollow fail", hlines: [{y: D.capacity.slo_ms, label: D.capacity.slo_text}],
       vlines: D.capacity.results.map(r => ({x: r.capacity, color: colorOf(r.name), label: `${r.name}: ${fmt(r.capacity)} req/s`})),
       series: D.capacity.results.map(r => ({name: r.name, color: colorOf(r.name), points: r.probes}))});
+  }
+  if (chart("chart-pareto")) {
+    lineChart(chart("chart-pareto"), {xlabel: "throughput (answered requests/s)", ylabel: D.pareto.ylabel,
+      xname: "req/s", yname: "ms", xZero: true, title: "passing probes of every trial; black: the Pareto front of each cell",
+      hlines: [{y: D.pareto.slo_ms, label: D.pareto.slo_text}],
+      series: D.pareto.trials.map(t => ({name: t.name, line: false, points: t.points})).concat(
+        D.pareto.fronts.map(f => ({name: f.name, color: "#000", marker: false, points: f.points})))});
+  }
+  if (chart("chart-changes")) {
+    forestChart(chart("chart-changes"), {rows: D.changes.rows, effect: D.changes.effect,
+      title: "B against A: each figure's change and its interval"});
   }
   document.body.dataset.rendered = "yes";
 }
