@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from loadtests.analyze.figures import folded
 from spec.errors import SpecError
-from spec.results import BenchSummary
+from spec.results import BenchSummary, TuneResult
 from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION
 
 ENV = "TFSB_RESULTS_DB"
@@ -158,19 +158,19 @@ def _add_missing_columns(connection, table) -> None:
             connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
-def tune_summary(result: dict, tune_dir: Path) -> BenchSummary:
+def tune_summary(result: TuneResult, tune_dir: Path) -> BenchSummary:
     """A tune result as history records it: the best configuration's cells, provenance from its trial."""
-    best = result.get("best")
-    trial = next((t for t in result["trials"] if best and t["index"] == best.get("trial")), None)
+    best = result.best
+    trial = next((t for t in result.trials if best and t.index == best.get("trial")), None)
     provenance = {}
     if trial is not None:
-        summary_file = Path(trial["report_dir"]) / "summary.json"
+        summary_file = Path(trial.report_dir or "") / "summary.json"
         if summary_file.exists():
             provenance = json.loads(summary_file.read_text()).get("provenance") or {}
-    return BenchSummary.made({"model": result["model"], "report_dir": str(tune_dir), "mode": "open",
+    return BenchSummary.made({"model": result.model, "report_dir": str(tune_dir), "mode": "open",
                               "valid": bool(best and best.get("valid")), "failed": False, "thresholds_passed": None,
-                              "headline": result.get("headline"), "provenance": provenance, "runs": [],
-                              "capacity": trial["cells"] if trial else []})
+                              "headline": result.headline, "provenance": provenance, "runs": [],
+                              "capacity": trial.get("cells", []) if trial else []})
 
 
 def load(url: str, model: str, limit: int = 50) -> list[dict]:

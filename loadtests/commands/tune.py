@@ -256,7 +256,7 @@ def tune(spec, log: Callable[[str], None] = print, backend: Optional[str] = None
     answers = result.get("answers") or {}
     if answers and not answers.get("informative", True) and not answers.get("accepted"):
         return EXIT_UNINFORMATIVE
-    return EXIT_OK if result["best"] and result["best"].get("valid") else EXIT_INVALID
+    return EXIT_OK if result.best and result.best.get("valid") else EXIT_INVALID
 
 
 def _expected_s(trials) -> float:
@@ -264,7 +264,7 @@ def _expected_s(trials) -> float:
     return sum(durations) / len(durations) if durations else 0.0
 
 
-def _checkpoint(state: dict, tune_dir: Path, spec, space) -> dict:
+def _checkpoint(state: dict, tune_dir: Path, spec, space) -> TuneResult:
     """Write tune.json (and tune.html) from the trials so far; returns what was written."""
     result = tunereport.assemble(state, spec, space)
     tunereport.write(result, tune_dir)

@@ -153,7 +153,7 @@ def headline(result: dict) -> str:
     return f"{best['label']}: {best['gain']:.1f}x the default's capacity at {slo} ({best['capacity_rps']:.1f} req/s){bound}"
 
 
-def assemble(state: dict, spec, space) -> dict:
+def assemble(state: dict, spec, space) -> TuneResult:
     """tune.json's content from the search state."""
     trials = state["trials"]
     baseline = trials[0] if trials else None
@@ -173,7 +173,7 @@ def assemble(state: dict, spec, space) -> dict:
     result["pareto"] = pareto(trials)
     result["batching"] = batching_verdict(trials, best, baseline, state["min_gain"])
     result["headline"] = headline(result)
-    return result
+    return TuneResult.made(result)
 
 
 def _grid_size(spec, state, space) -> Optional[int]:
@@ -201,7 +201,9 @@ def ranked(trials: Sequence[dict]) -> list[dict]:
     return sorted(trials, key=lambda t: (-(tunespace.score(t) or -1.0), t["index"]))
 
 
-def terminal(result: dict) -> str:
+def terminal(typed: TuneResult) -> str:
+    """The terminal table: every trial, best first, then the recommendation and the batching verdict."""
+    result = typed.to_dict()
     base = (result["baseline"] or {}).get("capacity_rps")
     cover = result["coverage"]
     lines = [f"tune at {result['slo_text']}: {cover['trials']} trials "
@@ -278,9 +280,10 @@ def html_page(result: dict, plot: Optional[str]) -> str:
                  data=json.dumps(chart_data(result), allow_nan=False) if plot else None)
 
 
-def write(result: dict, out_dir: Path) -> None:
+def write(typed: TuneResult, out_dir: Path) -> None:
     """tune.json replaced whole (a checkpoint interrupted mid-write leaves the previous one), then tune.html."""
 
-    save_atomically(out_dir / "tune.json", TuneResult.made(result).to_json().encode())
+    save_atomically(out_dir / "tune.json", typed.to_json().encode())
+    result = typed.to_dict()  # the page and the plot read the fields by their JSON names
     plot = plot_pareto(result, out_dir) if result["complete"] else None
     (out_dir / "tune.html").write_text(html_page(result, plot))

@@ -14,6 +14,7 @@ from loadtests import report
 from loadtests.report import tunereport
 from spec.errors import SpecError
 from spec.loader import load_spec
+from spec.results import TuneResult
 from spec.tuning import apply_config, config_of
 
 SPEC = textwrap.dedent("""\
@@ -293,7 +294,7 @@ def test_a_checkpoint_is_rewritten_whole(tmp_path):
               "budget_s": 60.0, "stopped_by": None, "trials": [], "best": None, "pareto": [],
               "baseline": None, "headline": "h", "batching": {"why": "w"}, "min_gain": 0.1,
               "coverage": {"trials": 0, "grid_size": None}, "nan": float("nan")}
-    tunereport.write(result, tmp_path)
+    tunereport.write(TuneResult.made(result), tmp_path)
     written = json.loads((tmp_path / "tune.json").read_text())
     assert written["nan"] is None and not (tmp_path / "tune.json.partial").exists()
     page = (tmp_path / "tune.html").read_text()
