@@ -45,9 +45,9 @@ def _run(installed, *args, timeout=120):
 
 def test_the_installed_packages_and_their_data_are_used(installed):
     site, _, _ = installed
-    code = ("import json, deploy.images, loadtests.report.reportpage, demo.app, server.native, tfsb;"
+    code = ("import json, deploy.images, loadtests.report, demo.app, server.native, tfsb;"
             "print(json.dumps({'tfsb': tfsb.__file__, 'dockerfiles': str(deploy.images.DOCKERFILES),"
-            "'assets': str(loadtests.report.reportpage.ASSETS), 'static': str(demo.app.STATIC),"
+            "'assets': str(loadtests.report.assets()), 'static': str(demo.app.STATIC),"
             "'native': str(server.native.LIBRARY)}))")
     done = _run(installed, sys.executable, "-c", code)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -55,7 +55,8 @@ def test_the_installed_packages_and_their_data_are_used(installed):
     for name in ("tfsb", "dockerfiles", "assets", "static"):
         assert where[name].startswith(str(site)), (name, where[name])
     for data in ("dockerfiles/Dockerfile.cpu", "dockerfiles/Dockerfile.embedded", "dockerfiles/serve.sh",
-                 "dockerfiles/requirements-server.txt", "loadtests/report/assets/report.css", "demo/static/index.html",
+                 "dockerfiles/requirements-server.txt", "loadtests/report/assets/report.css",
+                 "loadtests/report/assets/report.js", "loadtests/report/assets/page.html", "demo/static/index.html",
                  "server/skeleton.c"):
         assert (site / data).is_file(), data
     assert not where["native"].startswith(str(site)), "the C helpers are built outside the installed code"
