@@ -72,7 +72,7 @@ class Record:
             raise TypeError(str(exc).replace(NOT_OURS, "")) from None
 
     def to_dict(self) -> dict:
-        """The JSON object: the named fields in their order, then `more`."""
+        """The JSON object, its keys in the order read (a record made in code: the named fields, then `more`)."""
         named = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
                  if f.name not in _OWN and not self._left_out(f)}
         every = {**named, **{k: v for k, v in self.more.items() if k not in named}}
@@ -115,8 +115,13 @@ class Document(Record):
         return json.dumps(_standard(self.to_dict()), indent=2, allow_nan=False, default=_scalar) + "\n"
 
 
+# JSON's kinds of value in words, for the messages
+_WORDS = {bool: "a boolean", int: "a whole number", float: "a number", str: "a string", list: "a list",
+          dict: "an object"}
+
+
 def _kind(value: Any) -> str:
-    return "null" if value is None else f"a {type(value).__name__} ({value!r:.40})"
+    return "null" if value is None else f"{_WORDS.get(type(value), 'a ' + type(value).__name__)} ({value!r:.40})"
 
 
 def _read(value: Any, hint: Any, where: str) -> Any:
@@ -140,7 +145,7 @@ def _read(value: Any, hint: Any, where: str) -> Any:
         return dict(value)
     expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[hint]
     if isinstance(value, bool) != (hint is bool) or not isinstance(value, expected):
-        raise UsageError(f"{where} is {_kind(value)}, not a {hint.__name__}{NOT_OURS}")
+        raise UsageError(f"{where} is {_kind(value)}, not {_WORDS[hint]}{NOT_OURS}")
     return float(value) if hint is float else value
 
 

@@ -69,10 +69,11 @@ def test_every_result_kind_round_trips():
 
 @pytest.mark.parametrize("change, says", [
     ({"runs": None}, "summary.json: runs is null, not a list"),
-    ({"runs": [{**RUN, "requests": "400"}]}, "summary.json: runs[0]: requests is a str ('400'), not a int"),
-    ({"runs": [{**RUN, "valid": 1}]}, "summary.json: runs[0]: valid is a int (1), not a bool"),
-    ({"runs": [{**RUN, "requests": True}]}, "runs[0]: requests is a bool (True), not a int"),
-    ({"model": None}, "summary.json: model is null, not a str"),
+    ({"runs": [{**RUN, "requests": "400"}]},
+     "summary.json: runs[0]: requests is a string ('400'), not a whole number"),
+    ({"runs": [{**RUN, "valid": 1}]}, "summary.json: runs[0]: valid is a whole number (1), not a boolean"),
+    ({"runs": [{**RUN, "requests": True}]}, "runs[0]: requests is a boolean (True), not a whole number"),
+    ({"model": None}, "summary.json: model is null, not a string"),
     ({"schema_version": SCHEMA_VERSION + 1}, "summary.json: written by a newer tfsb"),
 ])
 def test_a_file_that_is_not_what_tfsb_writes_is_one_line_naming_the_field(change, says):
