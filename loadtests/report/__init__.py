@@ -1,4 +1,6 @@
-"""The bench report: summary.json, report.html with plots, and a one-screen terminal summary."""
+"""What every report shares: the page shell (`shell`, one Jinja2 template and one stylesheet for every page) and
+the chart slots report.js draws into, and the bench report's terminal text (the one-screen summary, the breakdown,
+the floor, the thresholds)."""
 from __future__ import annotations
 
 import functools
@@ -41,6 +43,8 @@ def shell(title: str, heading: str, body: str, headline: Optional[str] = None, d
         stylesheet=Markup((assets() / "report.css").read_text()),
         data=None if data is None else Markup(data.replace("</", "<\\/")),
         script=Markup((assets() / "report.js").read_text()) if data is not None else "")
+
+
 # the breakdown's stack, bottom to top: (key, label, colour)
 PARTS = (("model_ms", "model (runtime - queue)", "tab:green"), ("queue_ms", "batching queue", "tab:purple"),
          ("server_overhead_ms", "server overhead (request - runtime)", "tab:olive"),
@@ -58,6 +62,7 @@ def pairs(runs: Sequence[dict]) -> list[tuple[str, str]]:
 
 
 def series(runs, protocol: str, key: str) -> list[dict]:
+    """One protocol's runs of one payload (REST) or wire (gRPC), by level."""
     field = "payload" if protocol == "rest" else "wire"
     return sorted((r for r in runs if r["protocol"] == protocol and r[field] == key), key=lambda r: r["level"])
 
