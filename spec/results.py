@@ -112,7 +112,7 @@ class Document(Record):
 
     def to_json(self) -> str:
         """The file's text: standard JSON (a NaN figure written as null), indented, ending in a newline."""
-        return json.dumps(_standard(self.to_dict()), indent=2, allow_nan=False, default=_scalar) + "\n"
+        return json.dumps(standard(self.to_dict()), indent=2, allow_nan=False, default=_scalar) + "\n"
 
 
 # JSON's kinds of value in words, for the messages
@@ -160,17 +160,17 @@ def _plain(value: Any) -> Any:
 def _scalar(value: Any) -> Any:
     """A value the json module does not know: a NumPy scalar as its Python value, anything else null."""
     item = getattr(value, "item", None)
-    return _standard(item()) if callable(item) else None
+    return standard(item()) if callable(item) else None
 
 
-def _standard(value: Any) -> Any:
+def standard(value: Any) -> Any:
     """Standard JSON: a figure with no value (NaN, infinity) becomes null, at any depth."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {key: _standard(item) for key, item in value.items()}
+        return {key: standard(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_standard(item) for item in value]
+        return [standard(item) for item in value]
     return value
 
 

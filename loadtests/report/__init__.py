@@ -198,17 +198,6 @@ def served_by(provenance: dict) -> str:
     return f"{provenance.get('backend', '')}: {server}{detail}"
 
 
-def plain(value):
-    """NaN/Inf become null: summary.json stays standard JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
 def profile_line(entry: dict, run_dir: Path) -> str:
     """Where a traced run's server profile is (--profile), or why there is none."""
     profile = entry.get("profile") or {}

@@ -18,7 +18,7 @@ import numpy as np
 from loadtests import report
 from loadtests.analyze.figures import folded
 from loadtests.report import plots, reporttables
-from spec.results import BenchSummary
+from spec.results import BenchSummary, standard
 
 TIMELINE_BUCKETS = 60
 CDF_POINTS = [q / 2 for q in range(0, 199)] + [99.5, 99.9, 100.0]
@@ -172,7 +172,7 @@ def page_data(summary: dict, run_dir: Path) -> dict:
                                  "probes": [[p["offered_rps"], _finite(p.get(key)), "pass" if p["meets_slo"] else "fail",
                                              p["meets_slo"]] for p in sorted(c["probes"], key=lambda p: p["offered_rps"])]}
                                 for c in capacity]}
-    return report.plain(data)
+    return standard(data)
 
 
 def page(summary: dict, run_dir: Path, pngs: Sequence[str] = ()) -> str:
