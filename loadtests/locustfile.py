@@ -291,11 +291,13 @@ def _init(environment, **_kwargs) -> None:
 
         def boundary(window: Window):
             grace_s = _grace_s(window, options.drain)
-            def at(number: int) -> list[dict]:
+            def at(number: int) -> tuple[float, list[dict]]:
+                """The instant this process marked the boundary, and the samples recorded since the last one."""
                 if master:  # every worker marks the boundary too and sends what it recorded since the last one
-                    recorder.mark()
-                    return environment.cluster.boundary(number, grace_s)
-                return [_boundary(environment, recorder, grace_s)]
+                    marked = recorder.mark().wall
+                    return marked, environment.cluster.boundary(number, grace_s)
+                part = _boundary(environment, recorder, grace_s)
+                return recorder.marks[-1].wall, [part]
             return at
 
         def end(span, settled: dict) -> None:

@@ -55,20 +55,21 @@ class Gathered:
             self._parts = {key: [array] for key, array in self._arrays.items()}
         return self._arrays
 
-    def settle(self, window: Window, count: int, rules: validity.Rules, open_loop: bool) -> validity.Settled:
-        """validity.settle over the first `count` sub-windows of what was gathered."""
+    def settle(self, marks, count: int, rules: validity.Rules, open_loop: bool) -> validity.Settled:
+        """validity.settle over the first `count` sub-windows (between `marks`, seconds from the first) of what was
+        gathered."""
         a = self.arrays()
         key = a["due"] if open_loop else a["t"]
-        return validity.settle(a["t"], key, a["ok"], a["latency_ms"], window.width_s, count, rules,
+        return validity.settle(a["t"], key, a["ok"], a["latency_ms"], marks, count, rules,
                                due=a["due"] if open_loop else None)
 
 
-    def all_over(self, window: Window, count: int, fail_over: tuple[float, float], open_loop: bool) -> bool:
+    def all_over(self, marks, count: int, fail_over: tuple[float, float], open_loop: bool) -> bool:
         """Whether the `fail_over` percentile of every one of the last SUB_WINDOWS sub-windows is above its
         latency (a sub-window with no answer counts as above: none came back inside it)."""
         a = self.arrays()
         percentile, latency_ms = fail_over
-        edges = [i * window.width_s for i in range(count - SUB_WINDOWS, count + 1)]
+        edges = list(marks[count - SUB_WINDOWS:count + 1])
         parts = validity.parts_between(a["t"], a["due"] if open_loop else a["t"], a["ok"], a["latency_ms"], edges,
                                        percentile)
         values = [part[validity.pkey(percentile)] for part in parts]
@@ -76,31 +77,36 @@ class Gathered:
 
 
 def measure_until_settled(window: Window, rules: validity.Rules, open_loop: bool, started_at: float,
-                          boundary: Callable[[int], Iterable[dict]],
+                          boundary: Callable[[int], tuple[float, Iterable[dict]]],
                           fail_over: Optional[tuple[float, float]] = None) -> tuple[validity.Settled, bool]:
     """Wait for each sub-window boundary after `started_at` (a perf_counter time), call `boundary(i)` there (it
-    marks the boundary and returns the samples recorded since the last one), and return the settled span once the
-    run has measured `duration_s` and its last sub-windows agree, or has reached `max_duration_s`.
+    marks the boundary and returns the instant it marked, a perf_counter time, and the samples recorded since the
+    last one), and return the settled span once the run has measured `duration_s` and its last sub-windows agree,
+    or has reached `max_duration_s`. Sub-windows are cut at the marked instants, not the planned ones: a boundary
+    marked late (a busy machine) moves the edge the final judgment uses too, so both judge the same parts.
 
     `fail_over` (percentile, latency in ms: a capacity probe's SLO) ends an unsettled run early once that
     percentile of each of the last sub-windows is above the latency: the run's percentile lies between its
     sub-windows' (they hold all its samples), so it fails the SLO however long it goes on. The second value
     returned says whether that happened."""
     gathered = Gathered()
+    marks = [0.0]
     count = 0
     while True:
         count += 1
         gevent.sleep(max(0.0, started_at + count * window.width_s - time.perf_counter()))
-        for part in boundary(count):
+        marked_at, parts = boundary(count)
+        marks.append(max(marks[-1], marked_at - started_at))
+        for part in parts:
             gathered.add(part)
         if count < SUB_WINDOWS:
             continue
         gevent.sleep(0)  # let the users run between gathering and judging
-        settled = gathered.settle(window, count, rules, open_loop)
+        settled = gathered.settle(marks, count, rules, open_loop)
         if settled.stable or count >= window.max_windows:
             return settled, False
-        if fail_over and count * window.width_s >= window.duration_s - 1e-6 \
-                and gathered.all_over(window, count, fail_over, open_loop):
+        if fail_over and marks[count] >= window.duration_s - 1e-6 \
+                and gathered.all_over(marks, count, fail_over, open_loop):
             return settled, True
 
 
@@ -110,4 +116,4 @@ def facts(window: Window, settled: validity.Settled, over_slo: bool = False) -> 
     return {"duration_s": window.duration_s, "max_duration_s": window.max_duration_s,
             "sub_window_s": window.width_s, "windows_total": settled.count, "windows_used": settled.used,
             "first_window": settled.first, "stable": settled.stable, "windows_grouped": settled.group,
-            "over_slo": over_slo}
+            "before_s": settled.marks[settled.first], "edges_s": settled.edges_s, "over_slo": over_slo}

@@ -144,11 +144,12 @@ def instabilities(parts: list[dict], rules: Rules) -> list[tuple[str, float]]:
 
 @dataclass(frozen=True)
 class Settled:
-    """Where a run's figures come from: sub-windows [first, count) of `width_s`, judged in parts of `group`
-    consecutive sub-windows, and whether those parts agree."""
+    """Where a run's figures come from: sub-windows [first, count), judged in parts of `group` consecutive
+    sub-windows, and whether those parts agree. `marks`: the sub-window boundaries 0..count as they were taken,
+    in seconds from the first; the run's final judgment cuts its span at the same instants (`edges_s`)."""
     first: int
     count: int
-    width_s: float
+    marks: tuple[float, ...]
     stable: bool
     group: int = 1
 
@@ -156,10 +157,16 @@ class Settled:
     def used(self) -> int:
         return self.count - self.first
 
+    @property
+    def edges_s(self) -> list[float]:
+        """The edges of the judged parts, in seconds from the span's start."""
+        return [self.marks[i] - self.marks[self.first] for i in range(self.first, self.count + 1, self.group)]
 
-def settle(t_done: np.ndarray, t_key: np.ndarray, ok: np.ndarray, latency: np.ndarray, width_s: float, count: int,
+
+def settle(t_done: np.ndarray, t_key: np.ndarray, ok: np.ndarray, latency: np.ndarray, marks, count: int,
            rules: Rules, due: Optional[np.ndarray] = None, between=None) -> Settled:
-    """The last stable span of `count` sub-windows of `width_s` (times from the first one's start).
+    """The last stable span of the `count` sub-windows between `marks` (count + 1 boundaries, in seconds from the
+    first; times from the same instant).
 
     Stable when the last SUB_WINDOWS sub-windows agree (instabilities finds nothing); the span then reaches back
     over every earlier sub-window that still agrees with it, so a run that settled early keeps all its samples.
@@ -170,19 +177,35 @@ def settle(t_done: np.ndarray, t_key: np.ndarray, ok: np.ndarray, latency: np.nd
     `stable` is False. `between(edges)`, when given, replaces parts_between (the caller's cached version over the
     same samples).
     """
+    marks = tuple(float(m) for m in marks[:count + 1])
+    if len(marks) != count + 1:
+        raise ValueError(f"settle: {count} sub-windows need {count + 1} marks, got {len(marks)}")
     between = between or (lambda edges: parts_between(t_done, t_key, ok, latency, edges, rules.judged_percentile, due))
     last = max(0, count - SUB_WINDOWS)
 
     def agree(first: int, group: int) -> bool:
-        return not instabilities(between([i * width_s for i in range(first, count + 1, group)]), rules)
+        return not instabilities(between([marks[i] for i in range(first, count + 1, group)]), rules)
 
     for group in range(1, count // SUB_WINDOWS + 1):
         first = count - SUB_WINDOWS * group
         if agree(first, group):
             while first - group >= 0 and agree(first - group, group):
                 first -= group
-            return Settled(first, count, width_s, True, group)
-    return Settled(last, count, width_s, False)
+            return Settled(first, count, marks, True, group)
+    return Settled(last, count, marks, False)
+
+
+def judged_parts(settled: dict, t_done: np.ndarray, t_key: np.ndarray, ok: np.ndarray, latency: np.ndarray,
+                 window_s: float, percentile: float, due: Optional[np.ndarray] = None) -> list[dict]:
+    """The parts a measured run is judged by (times from its span's start): cut at the instants its settling was
+    judged at (`edges_s` of its samples file's `settled`), so the final verdict is the one that stopped the run;
+    a samples file without them: its window in SUB_WINDOWS parts of its sub-window width (or equal thirds)."""
+    if settled.get("edges_s"):
+        return parts_between(t_done, t_key, ok, latency, settled["edges_s"], percentile, due)
+    width = settled.get("sub_window_s")
+    group = int(settled.get("windows_grouped", 1))
+    return sub_windows(t_done, t_key, ok, latency, window_s, percentile, due=due,
+                       width_s=width * group if width else None)
 
 
 def upper_bound(latencies: np.ndarray, percentile: float, confidence: float = 0.99) -> Optional[float]:

@@ -181,11 +181,11 @@ class Recorder:
     def mark(self) -> Mark:
         """A sub-window boundary: the time, this process's and the server's CPU, the users' outstanding-request
         integral and (in the process that times the window) the server's metrics page, all at this instant."""
-        if self.scraper is not None:
-            self.scraper.scrape(f"mark{len(self.marks)}")
         mark = Mark(time.perf_counter(), time.process_time(),
                     process_cpu_seconds(self.server_pid) if self.server_pid else None, host_cpu(),
                     self._outstanding() if self._outstanding is not None else None)
+        if self.scraper is not None:  # after the instant is taken: a slow metrics page must not move the boundary
+            self.scraper.scrape(f"mark{len(self.marks)}")
         self.marks.append(mark)
         return mark
 

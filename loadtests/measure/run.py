@@ -278,9 +278,8 @@ def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes:
         entry["profile"] = profile
     entry.update(bound_fields(good, rules))
     key_t = due if open_loop else t
-    entry["sub_windows"] = validity.sub_windows(t, key_t, ok, latency, window, rules.judged_percentile,
-                                                due=due if open_loop else None,
-                                                width_s=entry["sub_window_s"] * entry["windows_grouped"])
+    entry["sub_windows"] = validity.judged_parts(meta.get("settled") or {}, t, key_t, ok, latency, window,
+                                                 rules.judged_percentile, due=due if open_loop else None)
     entry["invalid_reasons"] = validity.judge(entry, entry["sub_windows"], rules, server_stopped)
     entry["valid"] = not entry["invalid_reasons"]
     if not meta.get("settled"):  # not timed by sub-windows (a samples file from before they were): judged now

@@ -42,7 +42,8 @@ def _samples(run: dict, run_dir: Path) -> Optional[dict]:
     if window <= 0:
         return None
     settled = meta.get("settled") or {}
-    before = float(settled.get("first_window", 0) * settled.get("sub_window_s", 0.0))  # measured before the span
+    before = float(settled["before_s"] if "before_s" in settled  # measured before the span
+                   else settled.get("first_window", 0) * settled.get("sub_window_s", 0.0))
     key = (due if run["mode"] == "open" else t) + before  # from the moment measuring began
     total = before + window
     measured = (key >= 0) & (key < total)

@@ -33,8 +33,12 @@ def _closed_loop(latency_ms_at, seconds: float, users: int = 2, seed: int = 0):
     return t_done, latency, np.ones(t_done.size, bool)
 
 
+def _marks(width: float, count: int) -> list[float]:
+    return [i * width for i in range(count + 1)]
+
+
 def _settle(t, latency, ok, width, count):
-    return validity.settle(t, t, ok, latency, width, count, RULES)
+    return validity.settle(t, t, ok, latency, _marks(width, count), count, RULES)
 
 
 def test_a_steady_run_is_stable_and_keeps_every_sub_window():
@@ -83,7 +87,7 @@ def test_noise_alone_never_counts_as_instability():
     rng = np.random.default_rng(3)
     t = np.sort(rng.uniform(0, 6, 90))
     latency = rng.exponential(10.0, t.size)
-    assert validity.settle(t, t, np.ones(t.size, bool), latency, 2.0, 3,
+    assert validity.settle(t, t, np.ones(t.size, bool), latency, _marks(2.0, 3), 3,
                            validity.Rules(stability_percent=10.0)).stable
 
 
@@ -95,7 +99,7 @@ def test_gathered_samples_judge_as_the_whole_does():
                       "due": [math.nan] * chunk.size})
     window = Window(6.0, 18.0)
     assert window.width_s == 2.0 and window.max_windows == 9
-    assert gathered.settle(window, 5, RULES, open_loop=False) == _settle(t, latency, ok, 2.0, 5)
+    assert gathered.settle(_marks(2.0, 5), 5, RULES, open_loop=False) == _settle(t, latency, ok, 2.0, 5)
 
 
 def _measured(latency_ms_at, fail_over):
@@ -104,11 +108,14 @@ def _measured(latency_ms_at, fail_over):
     t, latency, ok = _closed_loop(latency_ms_at, 20.0, users=50)
     window = Window(6.0, 18.0)
 
+    started = time.perf_counter() - 100.0
+
     def boundary(i):
         inside = (t >= (i - 1) * 2.0) & (t < i * 2.0)
-        return [{"t": t[inside], "latency_ms": latency[inside], "ok": ok[inside], "due": t[inside] * math.nan}]
+        return started + i * 2.0, [{"t": t[inside], "latency_ms": latency[inside], "ok": ok[inside],
+                                    "due": t[inside] * math.nan}]
     settled, over = measure_until_settled(window, validity.Rules(stability_percent=10.0, judged_percentile=90.0),
-                                          False, time.perf_counter() - 100.0, boundary, fail_over=fail_over)
+                                          False, started, boundary, fail_over=fail_over)
     return settled, over, facts(window, settled, over)
 
 
@@ -199,3 +206,63 @@ def test_dumps_writes_nested_bodies_with_exact_arrays():
     array = np.float32([[0.1, 0.2]])
     body = jsonfloat.dumps({"signature_name": "s", "inputs": {"x": array, "k": np.int64(3), "v": [array[0, 1]]}})
     assert body == '{"signature_name":"s","inputs":{"x":[[0.1,0.2]],"k":3,"v":[0.2]}}'
+
+
+def _late_marked_run(seed: int):
+    """A closed-loop run on a machine that stalls: completions at about 300/s, with pauses of up to 0.7 s in which
+    nothing completes (and the boundary is marked late, when the process runs again), then the queued answers."""
+    rng = np.random.default_rng(seed)
+    width, count = 2.0, int(rng.integers(3, 7))
+    marks = [0.0]
+    for i in range(1, count + 1):
+        marks.append(i * width + (rng.uniform(0.0, 0.7) if rng.random() < 0.6 else 0.0))
+    t = np.sort(rng.uniform(0.0, marks[-1] + 1.0, int(300 * (marks[-1] + 1.0))))
+    for mark in marks[1:]:  # nothing completes between the planned boundary and the late mark; then it all does
+        planned = round(mark / width) * width
+        stalled = (t >= planned) & (t < mark)
+        t[stalled] = mark + rng.uniform(0.0, 0.05, int(stalled.sum()))
+    t = np.sort(t)
+    latency = rng.gamma(4.0, 2.5, t.size)
+    return t, latency, np.ones(t.size, bool), marks, count
+
+
+def test_the_final_judgment_cuts_a_run_where_its_settling_did():
+    """A run is judged twice: while it measures (settle: may it stop?) and once its samples are saved (judged_parts,
+    through the settled facts in the samples file). Both must cut the span at the instants the boundaries were
+    marked, so a run that stopped because it settled is never then reported unstable (and the other way round),
+    however late a busy machine marked its boundaries. The planned edges, which the final judgment used to take,
+    disagree with the settling on some of these runs."""
+    rules = validity.Rules(stability_percent=10.0, judged_percentile=50.0)
+    window = Window(6.0, 30.0)
+    planned_disagreed = 0
+    for seed in range(40):
+        t, latency, ok, marks, count = _late_marked_run(seed)
+        settled = validity.settle(t, t, ok, latency, marks, count, rules)
+        recorded = facts(window, settled)
+        start, end = marks[settled.first], marks[settled.count]  # the samples file: times from the span's start
+        inside = (t >= start) & (t < end + 1.0)
+        rebased = t[inside] - start
+        parts = validity.judged_parts(recorded, rebased, rebased, ok[inside], latency[inside], end - start, 50.0)
+        assert len(parts) == validity.SUB_WINDOWS if not settled.stable else len(parts) >= validity.SUB_WINDOWS
+        assert settled.stable == (not validity.instabilities(parts, rules)), (seed, marks, settled)
+        planned = validity.sub_windows(rebased, rebased, ok[inside], latency[inside], end - start, 50.0,
+                                       width_s=2.0 * settled.group)
+        planned_disagreed += settled.stable != (not validity.instabilities(planned, rules))
+    assert planned_disagreed, "the late marks never mattered: this test would not catch the planned edges"
+
+
+def test_measuring_cuts_sub_windows_where_the_boundaries_were_marked():
+    t, latency, ok, marks, _count = _late_marked_run(7)
+    started = time.perf_counter() - 100.0
+
+    def boundary(i):
+        low, high = marks[i - 1], marks[i]
+        inside = (t >= low) & (t < high)
+        return started + high, [{"t": t[inside], "latency_ms": latency[inside], "ok": ok[inside],
+                                 "due": t[inside] * math.nan}]
+    window = Window(6.0, 2.0 * (len(marks) - 1))
+    settled, _over = measure_until_settled(window, RULES, False, started, boundary)
+    assert settled.marks == pytest.approx(marks[:settled.count + 1])
+    recorded = facts(window, settled)
+    assert recorded["edges_s"][0] == 0.0 and recorded["before_s"] == pytest.approx(marks[settled.first])
+    assert recorded["edges_s"][-1] == pytest.approx(marks[settled.count] - marks[settled.first])
