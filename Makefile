@@ -18,7 +18,7 @@ export TFSB_RESULTS_DB := $(RESULTS_DB)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-unit test-integration test-docker test-fast screenshots schema docs docs-serve perf perf-harness perf-generator perf-cost reliability serve bench capacity tune compare history worker demo deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-unit test-integration test-docker test-fast screenshots schema docs docs-serve perf perf-harness perf-generator perf-cost reliability serve bench capacity tune lifecycle compare history worker demo deploy down status ui compose k8s clean
 
 help: ## list the targets, by audience
 	@awk 'BEGIN {FS = ":.*?## "} /^##@ / {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*?## / {printf "  make %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,7 +63,12 @@ compare: $(READY) ## B against A with 95% intervals and verdicts: make compare A
 	$(TFSB) compare $(A) $(B) $(if $(FAIL_ON),--fail-on $(FAIL_ON)) $(if $(MIN_EFFECT),--min-effect $(MIN_EFFECT)) \
 	  $(if $(OUTPUT),--output $(OUTPUT))
 
-history: $(READY) ## the recorded bench, capacity and tune results of SPEC's model (table and plot) [RESULTS_DB=URL]
+lifecycle: $(READY) ## cold start of a fresh server, with and without the export's warmup records [REPEATS=3] [FIRST_REQUESTS=200] [BACKEND=docker]
+	$(TFSB) lifecycle --spec $(SPEC) $(strip $(if $(REPEATS),--repeats $(REPEATS)) \
+	  $(if $(FIRST_REQUESTS),--first-requests $(FIRST_REQUESTS)) $(if $(PARTS),--parts $(PARTS)) \
+	  $(if $(BACKEND),--backend $(BACKEND)) $(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR)))
+
+history: $(READY) ## the recorded bench, capacity, tune and lifecycle results of SPEC's model (table and plot) [RESULTS_DB=URL]
 	$(TFSB) history --spec $(SPEC) $(if $(RESULTS_DB),--db $(RESULTS_DB))
 
 export: $(READY) ## export the model of SPEC (default specs/mobilenet_v2.yaml) as a new version

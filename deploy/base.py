@@ -50,9 +50,18 @@ class Deployment(abc.ABC):
     def preflight(self) -> None:
         """Check the backend itself before any long step (DeployError naming the problem)."""
 
+    def prepare(self) -> None:
+        """What start needs before the server process begins (the docker backend builds its image here), so a
+        cold start times the server alone. start calls it when it has not been called."""
+
     @abc.abstractmethod
     def start(self) -> None:
         """Start serving; returns once it runs (not yet ready: bring_up waits for that)."""
+
+    def memory_bytes(self) -> Optional[int]:
+        """What the server holds in memory now (embedded: the process's resident set; docker: the container's
+        usage less its inactive page cache, as `docker stats` shows it), or None where it cannot be read."""
+        return None
 
     @abc.abstractmethod
     def stop(self) -> bool:

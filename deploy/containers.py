@@ -103,6 +103,7 @@ class DockerDeployment(Deployment):
         self.tag: Optional[str] = None
         self.serving_version: Optional[str] = None
         self._engine = None
+        self._built: Optional[str] = None  # the tag prepare built, for the next start
 
     @property
     def engine(self):
@@ -165,11 +166,29 @@ class DockerDeployment(Deployment):
             self.tag = build(self.engine, context, plan.tag, plan.buildargs, labels, target=plan.target, log=self.log)
         return self.tag
 
+    def prepare(self) -> None:
+        """Build the image now, so start only runs it (a cold start then times the container, not the build)."""
+        self._built = self.build_image()
+
+    @docker_client.translated
+    def memory_bytes(self) -> Optional[int]:
+        """The container's memory as the engine reports it (usage less inactive page cache), or None."""
+        container = self._container()
+        if container is None or container.status != "running":
+            return None
+        stats = self.engine.api.stats(container.id, stream=False, one_shot=True).get("memory_stats") or {}
+        usage = stats.get("usage")
+        if usage is None:
+            return None
+        details = stats.get("stats") or {}
+        return int(usage - details.get("inactive_file", details.get("total_inactive_file", 0)))
+
     @docker_client.translated
     def start(self) -> None:
-        """Build, replace an exited container of the same name, and run. Cleans up if run fails."""
+        """Build (unless prepare did), replace an exited container of the same name, and run. Cleans up if run
+        fails."""
         errors = docker_client.errors()
-        tag = self.build_image()
+        tag, self._built = self._built or self.build_image(), None
         old = self._container()
         if old is not None:
             old.remove(force=True)

@@ -73,6 +73,19 @@ class EmbeddedDeployment(Deployment):
             return self._proc.pid
         return self.pid() or listening_pid(self.spec.serving.rest_port)
 
+    def memory_bytes(self) -> Optional[int]:
+        """The server process's resident set (its children's too), or None when it does not run."""
+        import psutil
+
+        pid = self.server_pid
+        if not pid:
+            return None
+        try:
+            process = psutil.Process(pid)
+            return process.memory_info().rss + sum(child.memory_info().rss for child in process.children(True))
+        except (psutil.Error, OSError):
+            return None
+
     def preflight(self) -> None:
         """Nothing to check before a long step: the embedded server runs from this very installation."""
 

@@ -8,6 +8,8 @@
 
 `python -m loadtests history --spec FILE`: the recorded results of a model over time (make history).
 
+`python -m loadtests lifecycle --spec FILE [--repeats 3]`: the cold start, with and without warmup (make lifecycle).
+
 `python -m loadtests worker --master-host HOST [--master-port 5557]`: a Locust worker for a bench run on
 another machine; it rejoins the master of every run of the sweep until interrupted.
 """
@@ -23,6 +25,7 @@ from loadtests.commands.bench import bench
 from loadtests.commands.capacity import capacity
 from loadtests.commands.compare import main_compare
 from loadtests.commands.history import main_history
+from loadtests.commands.lifecycle import main_lifecycle
 from loadtests.commands.tune import tune
 from loadtests.commands.worker import main_worker
 from loadtests.measure.session import Generators, Overrides, apply_overrides
@@ -34,12 +37,13 @@ USAGE = ("usage: python -m loadtests bench --spec FILE [--users 1,4 | --mode ope
          "       python -m loadtests tune --spec FILE --slo p99:200ms [--budget 20m] [--strategy quick|grid]\n"
          "       python -m loadtests compare A B [--fail-on p99:+10%] [--min-effect 5%] [--output DIR]\n"
          "       python -m loadtests history --spec FILE [--db URL]\n"
+         "       python -m loadtests lifecycle --spec FILE [--repeats 3] [--first-requests 200]\n"
          "       python -m loadtests worker --master-host HOST [--master-port 5557]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] not in (["bench"], ["capacity"], ["tune"], ["worker"], ["compare"], ["history"]):
+    if argv[:1] not in (["bench"], ["capacity"], ["tune"], ["worker"], ["compare"], ["history"], ["lifecycle"]):
         print(USAGE, file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when a step that needs TensorFlow imports it
@@ -47,6 +51,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return main_compare(argv[1:])
     if argv[0] == "history":
         return main_history(argv[1:])
+    if argv[0] == "lifecycle":
+        return main_lifecycle(argv[1:])
     if argv[0] == "worker":
         return run_command(lambda: main_worker(argv[1:]), interrupted="worker: stopped")
 

@@ -1,5 +1,5 @@
 """The results the harness writes, typed: a run, a bench summary (summary.json), a capacity result (capacity.json),
-a tune result (tune.json) and a compare result (compare.json).
+a tune result (tune.json), a compare result (compare.json) and a lifecycle result (lifecycle.json).
 
 Each is a frozen dataclass. `from_dict(data, where)` reads what a file holds: it refuses a newer schema_version
 (spec/resultschema.py) and a missing or mistyped field in one line that names the file and the field; `to_dict()`
@@ -324,3 +324,34 @@ class CompareResult(Document):
     passed: bool
     headline: str
     shared_machine: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------- lifecycle
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColdStartVariant(Record):
+    """The cold starts of one variant of the export: as it is, or a copy without its warmup records."""
+    name: str
+    base_path: str
+    warmup_file: bool
+    starts: tuple[Mapping[str, Any], ...]
+    median: Mapping[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LifecycleResult(Document):
+    """lifecycle.json: what make lifecycle measured around serving (the cold start), its thresholds and headline."""
+    model: str
+    created: str
+    report_dir: str
+    backend: str
+    parts: tuple[str, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    warmup_records: Optional[int] = None
+    warmup: Mapping[str, Any] = field(default_factory=dict)
+    cold_start: tuple[ColdStartVariant, ...] = ()
+    thresholds: tuple[Mapping[str, Any], ...] = ()
+    thresholds_passed: Optional[bool] = None
+    headline: str

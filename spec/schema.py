@@ -27,6 +27,7 @@ from spec.contract import (
     SIGNATURE_KINDS,
     TENSOR_SIGNATURE,
 )
+from spec.lifecycle import LifecycleSpec
 from spec.tuning import TuneSpec
 from spec.yamlsource import YamlDocument
 
@@ -273,6 +274,7 @@ class Spec(_Strict):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     tune: TuneSpec = Field(default_factory=TuneSpec)
+    lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec)
 
     _origin: Optional[Path] = PrivateAttr(None)
     _lines: dict = PrivateAttr(default_factory=dict)

@@ -54,10 +54,11 @@ class Threshold:
         return (f"{self.scope}: " if self.scope != "all" else "") + f"{self.metric} {self.op} {self.limit:g}"
 
 
-def _expression(scope: str, metric: str, text: Any) -> Threshold:
+def expression(scope: str, metric: str, text: Any, metrics: dict = METRICS) -> Threshold:
+    """One `metric: "< limit"` rule; ValueError (one line, naming the key) when it is not one."""
     where = f"{metric}" if scope == "all" else f"{scope}.{metric}"
-    if metric not in METRICS:
-        raise ValueError(f"{where}: unknown metric '{metric}'; thresholds can be set on {', '.join(METRICS)}")
+    if metric not in metrics:
+        raise ValueError(f"{where}: unknown metric '{metric}'; thresholds can be set on {', '.join(metrics)}")
     match = _EXPRESSION.match(text) if isinstance(text, str) else None
     if not match:
         raise ValueError(f"{where}: {text!r} is not a threshold: write an operator and a number, e.g. \"< 120\" "
@@ -89,13 +90,13 @@ def parse(raw: Optional[dict]) -> tuple[Threshold, ...]:
         key = str(key)
         if key in METRICS or _scope(key) is None:
             expressions = value if isinstance(value, list) else [value]
-            rules += [_expression("all", key, text) for text in expressions]
+            rules += [expression("all", key, text) for text in expressions]
             continue
         if not isinstance(value, dict):
             raise ValueError(f"{key}: a protocol or payload scope holds metrics, e.g. {key}: {{p99_ms: \"< 100\"}}")
         for metric, given in value.items():
             expressions = given if isinstance(given, list) else [given]
-            rules += [_expression(key, str(metric), text) for text in expressions]
+            rules += [expression(key, str(metric), text) for text in expressions]
     return tuple(rules)
 
 

@@ -45,6 +45,8 @@ COMMANDS: tuple[Command, ...] = (
             "one report against another, with intervals and verdicts (a CI gate)"),
     Command("history", "loadtests.__main__:main", ("history",), "python -m loadtests history", "make history",
             "a model's recorded bench, capacity and tune results over time"),
+    Command("lifecycle", "loadtests.__main__:main", ("lifecycle",), "python -m loadtests lifecycle", "make lifecycle",
+            "the cold start of a fresh server, with and without the export's warmup records"),
     Command("worker", "loadtests.__main__:main", ("worker",), "python -m loadtests worker", "make worker",
             "a load-generator worker for a bench run on another machine"),
     Command("demo", "demo.__main__:main", (), "python -m demo", "make demo",

@@ -1,4 +1,4 @@
-"""The results history's database: every bench, capacity and tune result recorded, and read back.
+"""The results history's database: every bench, capacity, tune and lifecycle result recorded, and read back.
 
 SQLite by default (`<output_dir>/results.sqlite`), or any SQLAlchemy URL, e.g. a team's shared PostgreSQL
 (`postgresql+psycopg://user@host/db`; `postgresql://` is read the same way). Two tables: `results` (one row per
@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from loadtests.analyze.figures import folded
 from spec.errors import SpecError
-from spec.results import BenchSummary, TuneResult
+from spec.results import BenchSummary, LifecycleResult, TuneResult
 from spec.resultschema import FIELD as SCHEMA_FIELD, SCHEMA_VERSION
 
 ENV = "TFSB_RESULTS_DB"
@@ -126,10 +126,32 @@ def rows_of(kind: str, summary: BenchSummary) -> tuple[dict, list[dict]]:
 
 def record(url: str, kind: str, summary: BenchSummary, run_dir: Path) -> int:
     """Insert one result and its figures; returns its id. SpecError (one line) when the database refuses."""
+    result, rows = rows_of(kind, summary)
+    return _insert(url, result, rows, run_dir)
+
+
+def lifecycle_row(result: LifecycleResult) -> dict:
+    """The `results` row of a make lifecycle result: its headline is the note (it has no per-cell figures)."""
+    provenance = result.provenance
+    row = {SCHEMA_FIELD: SCHEMA_VERSION,
+           "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": "lifecycle",
+           "model": result.model, "report_dir": result.report_dir, "mode": None, "valid": True, "failed": False,
+           "thresholds_passed": result.thresholds_passed, "note": result.headline,
+           **{k: provenance.get(k) for k in ("spec", "spec_sha256", "git_commit", "model_signature_sha256",
+                                             "serving_version", "server", "backend", "image", "host")}}
+    row["serving_version"] = None if row["serving_version"] is None else str(row["serving_version"])
+    return row
+
+
+def record_lifecycle(url: str, result: LifecycleResult, run_dir: Path) -> int:
+    """Insert a make lifecycle result; returns its id."""
+    return _insert(url, lifecycle_row(result), [], run_dir)
+
+
+def _insert(url: str, result: dict, rows: list[dict], run_dir: Path) -> int:
     from sqlalchemy import insert
 
     metadata, results, figures = _tables()
-    result, rows = rows_of(kind, summary)
     result["report_dir"] = str(run_dir)
     engine = _engine(url)
 

@@ -1,7 +1,6 @@
 """The results history in the terminal (one line per result and protocol/payload) and as history.png."""
 from __future__ import annotations
 
-
 from loadtests.analyze.resultsdb import key_figures
 
 
@@ -17,6 +16,9 @@ def table(results: list[dict]) -> str:
         head = (f"{result['recorded_at'][:19].replace('T', ' '):20} {result['kind']:8} "
                 f"{(result['git_commit'] or '?')[:12]:12} {(result['model_signature_sha256'] or '?')[:12]:12} "
                 f"{(result['serving_version'] or '?')[:10]:10} {(result['backend'] or '?'):8} ")
+        if result["kind"] == "lifecycle":  # no per-cell figures: its headline
+            lines.append(head + (result.get("note") or ""))
+            continue
         figures = key_figures(result) or [{"cell": "(no figures)", "p50_ms": None, "p99_ms": None,
                                            "max_rps": None, "capacity_rps": None, "valid": result["valid"]}]
         for fig in figures:

@@ -68,7 +68,7 @@ BAD_SPECS = {
     "unknown_key": ("name: m\nmodel:\n  source:\n    kind: keras_application\n    application: MobileNetV2\n"
                     "    wieghts: null\n", ":6: model.source.wieghts: unknown key 'wieghts'; allowed keys: application"),
     "unknown_top_key": ("name: m\nmodel:\n  source: {kind: builder, function: 'a.b:c'}\nexprt: {}\n",
-                        ":4: exprt: unknown key 'exprt'; allowed keys: benchmark, export, model, name, serving"),
+                        ":4: exprt: unknown key 'exprt'; allowed keys: benchmark, export, lifecycle, model, name, serving"),
     "wrong_type": ("name: m\nmodel:\n  source: {kind: builder, function: 'a:b'}\nserving:\n  grpc_port: abc\n",
                    ":5: serving.grpc_port: Input should be a valid integer"),
     "negative_port": ("name: m\nmodel:\n  source: {kind: builder, function: 'a:b'}\nserving:\n  rest_port: -1\n",

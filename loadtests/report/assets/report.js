@@ -1,5 +1,5 @@
-// Every page's charts (bench and capacity report, tune, compare): plain SVG drawn from the JSON embedded in the
-// page (no library, no network).
+// Every page's charts (bench and capacity report, tune, compare, lifecycle): plain SVG drawn from the JSON embedded in
+// the page (no library, no network).
 // Every mark carries its values: hovering shows them in the tooltip, and <title> for screen readers.
 "use strict";
 const D = JSON.parse(document.getElementById("report-data").textContent);
@@ -261,6 +261,16 @@ function drawAll() {
   if (chart("chart-changes")) {
     forestChart(chart("chart-changes"), {rows: D.changes.rows, effect: D.changes.effect,
       title: "B against A: each figure's change and its interval"});
+  }
+  if (chart("chart-coldstart")) {
+    const c = D.coldstart;
+    barChart(chart("chart-coldstart"), {ylabel: "seconds from start", unit: "s", title: "each cold start, by phase",
+      groups: c.groups});
+    lineChart(chart("chart-first"), {xlabel: "request after AVAILABLE", ylabel: "latency (ms)", logY: true,
+      xname: "request", yname: "ms", title: "the first requests, one at a time", hlines: c.steady,
+      series: c.first.map(s => ({...s, marker: false}))});
+    if (c.memory.length) barChart(chart("chart-memory"), {ylabel: "MiB", unit: "MiB", title: "the server's memory",
+      groups: c.memory});
   }
   document.body.dataset.rendered = "yes";
 }

@@ -1,0 +1,99 @@
+"""make lifecycle for real on the embedded server: cold starts of the digits export with its warmup records and of a
+copy without them (the server's own metrics prove which warmed up), a warmup file the server was told to ignore,
+the thresholds' exit code, the page drawn in headless Chromium and the history row."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loadtests.analyze import resultsdb
+from loadtests.measure import coldstart
+from spec.results import LifecycleResult
+from tests.browser import render
+from tests.conftest import run_cli, write_spec
+from tests.serverproc import free_port
+
+pytestmark = [pytest.mark.slow]
+
+
+def _spec(tmp_path, digits_export, **more):
+    _, version_dir = digits_export
+    return write_spec(tmp_path, "specs/digits_cnn.yaml", **{
+        "export.base_path": str(version_dir.parents[1]), "serving.rest_port": free_port(),
+        "serving.grpc_port": free_port(), "benchmark.output_dir": str(tmp_path / "reports"),
+        "benchmark.images.count": 2, "lifecycle.first_requests": 20, "lifecycle.steady_requests": 40,
+        "lifecycle.start_timeout": "90s", **more})
+
+
+def _result(tmp_path) -> tuple[dict, LifecycleResult]:
+    latest = tmp_path / "reports" / "digits_cnn" / "lifecycle" / "latest"
+    data = json.loads((latest / "lifecycle.json").read_text())
+    return data, LifecycleResult.from_dict(data, "lifecycle.json")
+
+
+def test_cold_starts_with_and_without_the_warmup_records(tmp_path, digits_export):
+    _, version_dir = digits_export
+    records = coldstart.warmup_records(version_dir)
+    assert records, "the digits export writes warmup records"
+    spec_path = _spec(tmp_path, digits_export, **{"lifecycle.thresholds": {"available_s": "< 600",
+                                                                            "first_answer_s": "< 0.001"}})
+    done = run_cli("-m", "loadtests", "lifecycle", "--spec", str(spec_path), "--repeats", "1")
+    assert done.returncode == 6, done.stdout[-3000:] + done.stderr[-3000:]  # first_answer_s < 1 ms cannot hold
+    data, result = _result(tmp_path)
+    assert result.to_dict() == data and result.backend == "embedded" and result.warmup_records == records
+    exported, bare = result.cold_start
+    assert (exported.name, bare.name) == ("as exported", "without warmup records")
+    for variant in (exported, bare):
+        [start] = variant.starts
+        assert 0 < start["ports_open_s"] <= start["available_s"] <= start["first_answer_s"] < 90, start
+        assert len(start["first_requests_ms"]) == 20 and start["first_request_ms"] == pytest.approx(start["first_requests_ms"][0], abs=1e-3)
+        assert 0 <= start["slow_requests"] <= 20 and start["steady_p50_ms"] > 0
+        assert start["memory_available_mb"] > 50 and start["memory_peak_mb"] >= 50, start  # TensorFlow alone
+        assert start["load_ms"] > 0, "the server's load_latency metric"
+    # the server's own account: one warmup run replaying every record with them, none without
+    assert exported.starts[0]["warmup_runs"] == 1 and exported.starts[0]["warmup_records_read"] == records
+    assert exported.starts[0]["warmup_ms"] > 0
+    assert bare.starts[0]["warmup_runs"] == 0 and bare.starts[0]["warmup_records_read"] is None
+    assert result.warmup["used"] is True and f"{records} warmup record" in result.warmup["text"]
+    assert [t["passed"] for t in result.thresholds] == [True, False] and result.thresholds_passed is False
+    assert "threshold FAILED: first_answer_s < 0.001" in done.stdout and result.headline in done.stdout
+    assert not (tmp_path / "reports" / "digits_cnn" / "lifecycle" / "latest" / ".without-warmup").exists()
+    page = render(tmp_path / "reports" / "digits_cnn" / "lifecycle" / "latest" / "lifecycle.html")
+    assert page["errors"] == [] and page["requests"] == [], page
+    assert page["charts"]["chart-coldstart"]["rect"] == 6, page  # 2 starts x 3 phases
+    assert page["charts"]["chart-first"]["path"] >= 2 and page["headline"] == result.headline
+    [row] = resultsdb.load(f"sqlite:///{tmp_path / 'reports' / 'results.sqlite'}", "digits_cnn")
+    assert row["kind"] == "lifecycle" and row["note"] == result.headline and row["thresholds_passed"] is False
+    history = run_cli("-m", "loadtests", "history", "--spec", str(spec_path))
+    assert history.returncode == 0 and "lifecycle" in history.stdout and "AVAILABLE after" in history.stdout
+
+
+def test_a_warmup_file_the_server_ignores_is_reported_not_used(tmp_path, digits_export):
+    # export.warmup: false starts the server with --enable_model_warmup=false, as TF Serving's flag: the export's
+    # file is then never read, and the report must say so rather than show a cold start as if it were warm
+    spec_path = _spec(tmp_path, digits_export, **{"export.warmup": False})
+    done = run_cli("-m", "loadtests", "lifecycle", "--spec", str(spec_path), "--repeats", "1",
+                   "--first-requests", "10")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _, result = _result(tmp_path)
+    assert result.cold_start[0].starts[0]["warmup_runs"] == 0
+    assert result.warmup["used"] is False and result.warmup["text"].startswith("NOT USED")
+    assert "warmup: NOT USED" in done.stdout and result.headline.endswith("Warmup: NOT USED")
+
+
+def test_a_model_already_served_is_refused_before_anything_starts(tmp_path, digits_export):
+    from tests.serverproc import ServerProcess
+
+    _, version_dir = digits_export
+    server = ServerProcess("--model_name=digits_cnn", f"--model_base_path={version_dir.parent}", log_dir=tmp_path)
+    try:
+        spec_path = _spec(tmp_path, digits_export, **{"serving.rest_port": server.rest_port,
+                                                      "serving.grpc_port": server.grpc_port})
+        done = run_cli("-m", "loadtests", "lifecycle", "--spec", str(spec_path))
+        assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith("error: lifecycle: 'digits_cnn' is already served") and "make down" in line
+        assert not (tmp_path / "reports").exists()
+    finally:
+        server.stop()
