@@ -8,6 +8,7 @@ import abc
 import dataclasses
 import socket
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 from deploy.waiting import Endpoints, NotReady, rest_status, wait_ready
@@ -30,6 +31,9 @@ class Deployment(abc.ABC):
         self.log = log
         self.endpoints = Endpoints(spec.serving.host, spec.serving.rest_port, spec.serving.grpc_port, spec.name)
         self.started = False  # whether entering this deployment started it (so leaving it stops it)
+        # model name -> a host folder the docker backend mounts (read-only) over the image's copy of that model, so
+        # a version delivered into the folder reaches the server; the embedded backend serves from the spec's paths
+        self.mounts: dict[str, Path] = {}
 
     @property
     @abc.abstractmethod

@@ -193,6 +193,9 @@ class DockerDeployment(Deployment):
         if old is not None:
             old.remove(force=True)
         arguments = run_arguments(self.spec, tag)
+        if self.mounts:
+            arguments["volumes"] = {str(Path(host).resolve()): {"bind": f"/models/{name}", "mode": "ro"}
+                                    for name, host in self.mounts.items()}
         try:
             container = self.engine.containers.run(**arguments)
         except errors.APIError as exc:

@@ -8,7 +8,8 @@
 
 `python -m loadtests history --spec FILE`: the recorded results of a model over time (make history).
 
-`python -m loadtests lifecycle --spec FILE [--repeats 3]`: the cold start, with and without warmup (make lifecycle).
+`python -m loadtests lifecycle --spec FILE [--parts cold_start,swap,density]`: cold start, a version swap under
+load, density (make lifecycle).
 
 `python -m loadtests worker --master-host HOST [--master-port 5557]`: a Locust worker for a bench run on
 another machine; it rejoins the master of every run of the sweep until interrupted.
@@ -37,7 +38,7 @@ USAGE = ("usage: python -m loadtests bench --spec FILE [--users 1,4 | --mode ope
          "       python -m loadtests tune --spec FILE --slo p99:200ms [--budget 20m] [--strategy quick|grid]\n"
          "       python -m loadtests compare A B [--fail-on p99:+10%] [--min-effect 5%] [--output DIR]\n"
          "       python -m loadtests history --spec FILE [--db URL]\n"
-         "       python -m loadtests lifecycle --spec FILE [--repeats 3] [--first-requests 200]\n"
+         "       python -m loadtests lifecycle --spec FILE [--parts cold_start,swap,density] [--rate 20] ...\n"
          "       python -m loadtests worker --master-host HOST [--master-port 5557]")
 
 

@@ -341,7 +341,8 @@ class ColdStartVariant(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class LifecycleResult(Document):
-    """lifecycle.json: what make lifecycle measured around serving (the cold start), its thresholds and headline."""
+    """lifecycle.json: what make lifecycle measured around serving (cold start, version swap, density), its
+    thresholds and headline."""
     model: str
     created: str
     report_dir: str
@@ -352,6 +353,8 @@ class LifecycleResult(Document):
     warmup_records: Optional[int] = None
     warmup: Mapping[str, Any] = field(default_factory=dict)
     cold_start: tuple[ColdStartVariant, ...] = ()
+    swap: Optional[Mapping[str, Any]] = optional_field()     # the version swap under load, when it ran
+    density: Optional[Mapping[str, Any]] = optional_field()  # copies of the model in one server, when it ran
     thresholds: tuple[Mapping[str, Any], ...] = ()
     thresholds_passed: Optional[bool] = None
     headline: str

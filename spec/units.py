@@ -1,4 +1,4 @@
-"""The spec's units, as plain parsers (no pydantic): durations, SLOs and fractions. The schema's validators and
+"""The spec's units, as plain parsers (no pydantic): durations, SLOs, fractions and memory sizes. The schema's validators and
 the command-line overrides both read their values through these."""
 from __future__ import annotations
 
@@ -6,18 +6,22 @@ import re
 from typing import Any
 
 
+def _scaled(value: Any, units: dict, what: str, example: str) -> float:
+    """A number, or a string of a number and one of `units` (name -> scale; None: no unit), scaled."""
+    if isinstance(value, bool):
+        raise ValueError(f"a {what} is a number or a string like {example}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    names = "|".join(sorted((re.escape(u) for u in units if u), key=len, reverse=True))
+    match = re.fullmatch(rf"\s*(\d+(?:\.\d+)?)\s*({names})?\s*", str(value))
+    if not match:
+        raise ValueError(f"'{value}' is not a {what}; use e.g. {example}")
+    return float(match.group(1)) * units[match.group(2)]
+
+
 def parse_duration(value: Any) -> float:
     """'30s', '2m', '1h', '500ms' or a number of seconds, as seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '30s', '2m'")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(value))
-        if not match:
-            raise ValueError(f"'{value}' is not a duration; use e.g. 30s, 2m, 500ms")
-        scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
-        seconds = float(match.group(1)) * scale
+    seconds = _scaled(value, {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}, "duration", "30s, 2m, 500ms")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -59,3 +63,13 @@ def parse_fraction(value: Any) -> float:
     except ValueError:
         raise ValueError(f"'{value}' is not a percentage; write e.g. 5% or 0.05") from None
     return number
+
+
+def parse_mebibytes(value: Any) -> float:
+    """'512MiB', '2GiB', '1.5GB' (read as GiB) or a number of MiB, as MiB (float)."""
+    units = {None: 1.0, **{u: 1 / 1024 for u in ("K", "KB", "KiB")}, **{u: 1.0 for u in ("M", "MB", "MiB")},
+             **{u: 1024.0 for u in ("G", "GB", "GiB")}}
+    mib = _scaled(value, units, "memory size", "512MiB or 2GiB")
+    if not mib > 0:
+        raise ValueError("a memory size must be above zero")
+    return mib

@@ -46,7 +46,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("history", "loadtests.__main__:main", ("history",), "python -m loadtests history", "make history",
             "a model's recorded bench, capacity and tune results over time"),
     Command("lifecycle", "loadtests.__main__:main", ("lifecycle",), "python -m loadtests lifecycle", "make lifecycle",
-            "the cold start of a fresh server, with and without the export's warmup records"),
+            "cold start (with and without warmup), a version swap under load, memory per copy"),
     Command("worker", "loadtests.__main__:main", ("worker",), "python -m loadtests worker", "make worker",
             "a load-generator worker for a bench run on another machine"),
     Command("demo", "demo.__main__:main", (), "python -m demo", "make demo",

@@ -25,10 +25,14 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from deploy.base import DeployError, Deployment
+from deploy.deployment import deployment_for
 from loadtests.drive import wire
 from loadtests.drive.servermetrics import metrics_url, parse
 from loadtests.measure.correctness import MismatchError
+from loadtests.measure.session import provenance
 from server.dataplane import WARMUP_FILE
+from spec.errors import UsageError
+from spec.results import ColdStartVariant
 
 POLL_S = 0.01
 SETTLE_RUN = 10  # a first request is slow while the median of it and the next SETTLE_RUN - 1 is slow
@@ -52,11 +56,23 @@ def warmup_records(version_dir: Path) -> Optional[int]:
     return count
 
 
+def copy_version(version_dir: Path, target: Path, ignore=None) -> None:
+    """copytree, or a UsageError naming both folders and what went wrong (a full disk, a broken link in the
+    export, a folder it cannot write)."""
+    try:
+        shutil.copytree(version_dir, target, ignore=ignore)
+    except (OSError, shutil.Error) as exc:
+        detail = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args and exc.args[0] else exc
+        raise UsageError(f"lifecycle: cannot copy the export {version_dir} to {target}: {detail}; make lifecycle "
+                         "works on copies of the export (in the run's folder under benchmark.output_dir), so it "
+                         "needs a complete export and room to copy it") from None
+
+
 def without_warmup(version_dir: Path, into: Path) -> Path:
     """A copy of the version (as <into>/<model>/<version>, the export's layout) without its warmup records; returns
     the new export base path (`into`)."""
     target = into / version_dir.parent.name / version_dir.name
-    shutil.copytree(version_dir, target, ignore=lambda folder, names: (
+    copy_version(version_dir, target, ignore=lambda folder, names: (
         [WARMUP_FILE.name] if Path(folder).resolve() == (version_dir / WARMUP_FILE.parent).resolve() else []))
     return into
 
@@ -262,3 +278,67 @@ def medians(starts: Sequence[dict]) -> dict:
         values = [s[key] for s in starts if isinstance(s.get(key), (int, float))]
         out[key] = float(statistics.median(values)) if values else None
     return out
+
+
+AS_EXPORTED, WITHOUT_WARMUP = "as exported", "without warmup records"
+
+
+def run_cold_starts(spec, backend: str, version_dir: Path, payloads, payload: str, run_dir: Path,
+                    log: Callable[[str], None]) -> tuple[list, Optional[int], dict]:
+    """lifecycle.repeats cold starts of the export as it is and, when it has warmup records, of a copy without them
+    (interleaved); returns the variants (spec.results.ColdStartVariant), the export's warmup records and the first
+    start's provenance."""
+    settings = spec.lifecycle
+    records = warmup_records(version_dir)
+    variants = [(AS_EXPORTED, spec, records is not None)]
+    copy_dir = run_dir / ".without-warmup"
+    if records:
+        export = spec.export.model_copy(update={"base_path": without_warmup(version_dir, copy_dir)})
+        variants.append((WITHOUT_WARMUP, spec.model_copy(update={"export": export}), False))
+    log(f"cold start: {settings.repeats} start(s) of {' and '.join(name for name, _, _ in variants)} on the "
+        f"{backend} backend; {settings.first_requests} first requests one at a time over gRPC ({payload})")
+    starts: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    described: dict = {}
+    try:
+        for repeat in range(1, settings.repeats + 1):
+            for name, variant_spec, _ in variants:
+                quiet = log if repeat == 1 and name == AS_EXPORTED else (lambda _line: None)
+                deployment = deployment_for(variant_spec, backend, quiet)
+                one = one_start(deployment, payloads, payload, settings, log, spec.serving.monitoring.path)
+                described = described or provenance(spec, version_dir, deployment, reused=False)
+                starts[name].append(one)
+                log(f"  start {repeat} {name}: ports open {one['ports_open_s']:.2f} s, AVAILABLE "
+                    f"{one['available_s']:.2f} s, first answer {one['first_answer_s']:.2f} s; first request "
+                    f"{one['first_request_ms']:.1f} ms, steady p50 {one['steady_p50_ms']:.2f} ms, "
+                    f"{one['slow_requests']} slow; warmup runs {one['warmup_runs']}"
+                    + (f"; memory {one['memory_peak_mb']:.0f} MiB" if one["memory_peak_mb"] is not None else ""))
+    finally:
+        shutil.rmtree(copy_dir, ignore_errors=True)
+    typed = [ColdStartVariant(name=name, base_path=str(v.resolve(v.export.base_path)), warmup_file=has_file,
+                              starts=tuple(starts[name]), median=medians(starts[name]))
+             for name, v, has_file in variants]
+    return typed, records, described
+
+
+def warmup_verdict(records: Optional[int], variants: Sequence) -> dict:
+    """Whether the warmup ran, from the server's own metrics, in words: `used` (True, False, or None when the
+    export has no warmup file), `short` and `text`."""
+    exported = next(v for v in variants if v.name == AS_EXPORTED)
+    runs = [s.get("warmup_runs", 0) for s in exported.starts]
+    read = [s.get("warmup_records_read") for s in exported.starts]
+    if not records:
+        return {"used": None, "records": 0, "short": "not measured (the export has no warmup records)",
+                "text": "the export has no warmup records (assets.extra/tf_serving_warmup_requests), so only the "
+                        "export as it is was started; export.warmup: true writes them at export time"}
+    if not all(runs):
+        return {"used": False, "records": records, "short": "NOT USED", "text": (
+            f"NOT USED: the export has {records} warmup records, but the server's model_warmup_latency counted "
+            f"{sum(runs)} warmup runs in {len(runs)} starts: the server ignored the file (is --enable_model_warmup "
+            "false, or is the file not in the served version's assets.extra?)")}
+    stray = [v.name for v in variants if v.name != AS_EXPORTED and any(s.get("warmup_runs") for s in v.starts)]
+    text = (f"used: the server replayed the export's {records} warmup record{'s' if records != 1 else ''} at "
+            "every start (model_warmup_latency: one warmup per start"
+            + (f"; its log: {read[0]} records read" if read[0] is not None else "") + ")")
+    if stray:
+        text += f"; but the copy without them warmed up too ({', '.join(stray)}): the server read another file"
+    return {"used": True, "records": records, "records_read": read[0], "short": "used", "text": text}

@@ -1,6 +1,7 @@
-"""make lifecycle BACKEND=docker with a real engine: cold starts of a container built on the offline
-tensorflow/serving stand-in, with and without the export's warmup records, the container's memory read from the
-engine, and nothing left running."""
+"""make lifecycle BACKEND=docker with a real engine, every part on containers built on the offline
+tensorflow/serving stand-in: cold starts with and without the export's warmup records (the container's memory read
+from the engine), a version swap delivered into a folder mounted over the image's model, density with two copies in
+one container, and nothing left running."""
 from __future__ import annotations
 
 import json
@@ -15,12 +16,14 @@ from tests.docker.test_docker import _ours, _spec
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-def test_a_container_cold_starts_with_and_without_warmup(tmp_path, digits_export, engine, tf_serving_standin):
+def test_every_lifecycle_part_on_containers(tmp_path, digits_export, engine, tf_serving_standin):
     _, version_dir = digits_export
     spec_path = _spec(tmp_path, digits_export, "cpu", **{"lifecycle.first_requests": 20,
                                                          "lifecycle.steady_requests": 40,
-                                                         "lifecycle.start_timeout": "120s"})
-    done = run_cli("-m", "loadtests", "lifecycle", "--spec", str(spec_path), "--repeats", "1")
+                                                         "lifecycle.start_timeout": "120s",
+                                                         "lifecycle.swap.baseline": "2s", "lifecycle.swap.after": "1s",
+                                                         "lifecycle.density.duration": "2s"})
+    done = run_cli("-m", "loadtests", "lifecycle", "--spec", str(spec_path), "--repeats", "1", "--max-models", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     latest = tmp_path / "reports" / "digits_cnn" / "lifecycle" / "latest"
     result = LifecycleResult.from_dict(json.loads((latest / "lifecycle.json").read_text()), "lifecycle.json")
@@ -34,4 +37,12 @@ def test_a_container_cold_starts_with_and_without_warmup(tmp_path, digits_export
     records = coldstart.warmup_records(version_dir)
     assert exported.starts[0]["warmup_runs"] == 1 and exported.starts[0]["warmup_records_read"] == records
     assert bare.starts[0]["warmup_runs"] == 0 and result.warmup["used"] is True
+    # the swap: the container saw the new version appear in the mounted folder, and switched without a failure
+    swapped = result.swap["models"]["digits_cnn"]
+    assert swapped["versions"] == [1, 2] and swapped["failures"] == 0 and swapped["old_after_switch"] == 0, swapped
+    assert result.swap["markers"]["copy"] < result.swap["markers"]["available"]
+    # density: two copies in one container, its memory from the engine at each step
+    steps = result.density["steps"]
+    assert [s["models"] for s in steps] == [1, 2] and all(s["failures"] == 0 for s in steps), steps
+    assert all(s["memory_available_mb"] > 50 for s in steps), steps
     assert _ours(engine) == [], "every container the cold starts ran is gone"

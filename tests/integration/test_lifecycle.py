@@ -1,9 +1,11 @@
 """make lifecycle for real on the embedded server: cold starts of the digits export with its warmup records and of a
 copy without them (the server's own metrics prove which warmed up), a warmup file the server was told to ignore,
-the thresholds' exit code, the page drawn in headless Chromium and the history row."""
+the thresholds' exit code, the page drawn in headless Chromium and the history row; a version swap under open-loop
+load with a co-served neighbour; density up to three copies, and a memory limit that stops it."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -23,7 +25,7 @@ def _spec(tmp_path, digits_export, **more):
         "export.base_path": str(version_dir.parents[1]), "serving.rest_port": free_port(),
         "serving.grpc_port": free_port(), "benchmark.output_dir": str(tmp_path / "reports"),
         "benchmark.images.count": 2, "lifecycle.first_requests": 20, "lifecycle.steady_requests": 40,
-        "lifecycle.start_timeout": "90s", **more})
+        "lifecycle.start_timeout": "90s", "lifecycle.parts": ["cold_start"], **more})
 
 
 def _result(tmp_path) -> tuple[dict, LifecycleResult]:
@@ -79,7 +81,7 @@ def test_a_warmup_file_the_server_ignores_is_reported_not_used(tmp_path, digits_
     _, result = _result(tmp_path)
     assert result.cold_start[0].starts[0]["warmup_runs"] == 0
     assert result.warmup["used"] is False and result.warmup["text"].startswith("NOT USED")
-    assert "warmup: NOT USED" in done.stdout and result.headline.endswith("Warmup: NOT USED")
+    assert "warmup: NOT USED" in done.stdout and result.headline.endswith("Warmup: NOT USED.")
 
 
 def test_a_model_already_served_is_refused_before_anything_starts(tmp_path, digits_export):
@@ -97,3 +99,60 @@ def test_a_model_already_served_is_refused_before_anything_starts(tmp_path, digi
         assert not (tmp_path / "reports").exists()
     finally:
         server.stop()
+
+
+def _neighbour(tmp_path, version_dir):
+    """A second image model served beside digits_cnn: the same export under another name."""
+    shutil.copytree(version_dir.parent, tmp_path / "others" / "digits_b")
+    return write_spec(tmp_path / "others", "specs/digits_cnn.yaml", **{
+        "name": "digits_b", "export.base_path": str(tmp_path / "others")})
+
+
+def test_a_version_swap_under_load_watches_every_model_and_a_memory_limit_stops_density(tmp_path, digits_export):
+    _, version_dir = digits_export
+    spec_path = _spec(tmp_path, digits_export, **{"serving.also_serve": [str(_neighbour(tmp_path, version_dir))],
+                                                  "lifecycle.swap.baseline": "2s", "lifecycle.swap.after": "1s"})
+    done = run_cli("-m", "loadtests", "lifecycle", "--spec", str(spec_path), "--parts", "swap,density",
+                   "--rate", "25", "--max-models", "3", "--memory-limit", "100MiB")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data, result = _result(tmp_path)
+    assert result.to_dict() == data and result.cold_start == () and result.parts == ("swap", "density")
+    swap = result.swap
+    markers = swap["markers"]
+    # the new version was copied aside, renamed in, found by the file-system poll and loaded; the old one then ended
+    assert 0 < markers["copy"] <= markers["renamed"] < markers["available"] <= markers["old_end"], markers
+    assert markers["available"] < markers["removed"] < markers["end"]
+    digits, neighbour = swap["models"]["digits_cnn"], swap["models"]["digits_b"]
+    assert digits["failures"] == 0 and neighbour["failures"] == 0, (digits["failure_reasons"],
+                                                                    neighbour["failure_reasons"])
+    assert digits["versions"] == [1, 2] and digits["old_after_switch"] == 0, digits
+    assert neighbour["versions"] == [1] and len(neighbour["buckets"]) == len(digits["buckets"]) > 10
+    assert digits["requests"] > 80 and neighbour["requests"] > 80  # 25 req/s each for 4 s and more
+    # the time to the new version's first answer holds what the server says loading and warming it took
+    server = swap["new_version_server"]
+    assert server["load_ms"] > 0 and server["warmup_ms"] > 0, server
+    assert digits["copy_to_new_answer_s"] * 1000 >= server["load_ms"] + server["warmup_ms"]
+    assert markers["copy"] < digits["first_new_done_s"] and digits["first_new_due_s"] < digits["first_new_done_s"]
+    # density: one server of one copy already holds more than 100 MiB, so none fits and no second copy is tried
+    density = result.density
+    assert [s["models"] for s in density["steps"]] == [1] and density["fits"] == 0
+    assert density["limited_by"].startswith("memory: 1 copies held") and "over the memory limit" in done.stdout
+    page = render(tmp_path / "reports" / "digits_cnn" / "lifecycle" / "latest" / "lifecycle.html")
+    assert page["errors"] == [] and page["charts"]["chart-swap"]["path"] >= 4, page  # p50 and p99 of two models
+    assert page["charts"]["chart-swap-share"]["circle"] > 10 and "chart-coldstart" not in page["charts"]
+    assert "swap: version 2 answered" in result.headline and "density: 0 of 1 copy tried fit" in result.headline
+
+
+def test_density_memory_grows_with_the_copies_served(tmp_path, digits_export):
+    spec_path = _spec(tmp_path, digits_export, **{"lifecycle.density.duration": "2s",
+                                                  "benchmark.slo": "p99:5s"})
+    done = run_cli("-m", "loadtests", "lifecycle", "--spec", str(spec_path), "--parts", "density",
+                   "--max-models", "3")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _, result = _result(tmp_path)
+    steps = result.density["steps"]
+    assert [s["models"] for s in steps] == [1, 2, 3] and result.density["fits"] == 3
+    assert all(s["failures"] == 0 and s["slo_met"] is True and s["requests"] > 20 for s in steps), steps
+    # every copy is a model of its own in the server: its graph and variables are held once more
+    assert steps[2]["memory_available_mb"] > steps[0]["memory_available_mb"], steps
+    assert result.density["per_copy_available_mb"] > 0 and result.density["saved_model_mb"] > 0

@@ -3,14 +3,16 @@ stop being slow, what the server's metrics and log say about the warmup, the ver
 typed result, its page and the command's one-line mistakes."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import struct
 import zlib
 
 import pytest
 
 from loadtests.commands import lifecycle as command
-from loadtests.measure import coldstart
+from loadtests.measure import coldstart, density, openload, swap
 from loadtests.report import lifecyclepage
 from server.dataplane import WARMUP_FILE
 from spec import lifecycle as rules
@@ -80,22 +82,22 @@ def test_the_servers_metrics_and_log_say_whether_the_warmup_ran():
 
 def _variant(name, runs, read=None, **median):
     starts = tuple({"warmup_runs": r, "warmup_records_read": read} for r in runs)
-    return ColdStartVariant(name=name, base_path="/m", warmup_file=name == command.AS_EXPORTED, starts=starts,
+    return ColdStartVariant(name=name, base_path="/m", warmup_file=name == coldstart.AS_EXPORTED, starts=starts,
                             median={"available_s": 4.0, "first_answer_s": 4.1, "first_request_ms": 3.0,
                                     "steady_p50_ms": 2.0, "slow_requests": 0, "memory_peak_mb": 600.0, **median})
 
 
 def test_the_warmup_verdict_says_plainly_whether_it_was_used():
-    used = command.warmup_verdict(8, [_variant(command.AS_EXPORTED, [1, 1], 8),
-                                      _variant(command.WITHOUT_WARMUP, [0, 0])])
+    used = coldstart.warmup_verdict(8, [_variant(coldstart.AS_EXPORTED, [1, 1], 8),
+                                      _variant(coldstart.WITHOUT_WARMUP, [0, 0])])
     assert used["used"] is True and "8 warmup records" in used["text"] and "8 records read" in used["text"]
-    ignored = command.warmup_verdict(8, [_variant(command.AS_EXPORTED, [0, 0]), _variant(command.WITHOUT_WARMUP, [0])])
+    ignored = coldstart.warmup_verdict(8, [_variant(coldstart.AS_EXPORTED, [0, 0]), _variant(coldstart.WITHOUT_WARMUP, [0])])
     assert ignored["used"] is False and ignored["text"].startswith("NOT USED") and "ignored the file" in ignored["text"]
-    partly = command.warmup_verdict(8, [_variant(command.AS_EXPORTED, [1, 0])])
+    partly = coldstart.warmup_verdict(8, [_variant(coldstart.AS_EXPORTED, [1, 0])])
     assert partly["used"] is False, "a start that did not warm up is a warmup not used"
-    none = command.warmup_verdict(None, [_variant(command.AS_EXPORTED, [0])])
+    none = coldstart.warmup_verdict(None, [_variant(coldstart.AS_EXPORTED, [0])])
     assert none["used"] is None and "has no warmup records" in none["text"]
-    stray = command.warmup_verdict(8, [_variant(command.AS_EXPORTED, [1], 8), _variant(command.WITHOUT_WARMUP, [1])])
+    stray = coldstart.warmup_verdict(8, [_variant(coldstart.AS_EXPORTED, [1], 8), _variant(coldstart.WITHOUT_WARMUP, [1])])
     assert "warmed up too" in stray["text"]
 
 
@@ -113,17 +115,19 @@ def test_lifecycle_thresholds_parse_and_judge_the_figures():
 
 
 def _result(**more) -> LifecycleResult:
-    variants = (_variant(command.AS_EXPORTED, [1], 8), _variant(command.WITHOUT_WARMUP, [0], first_request_ms=90.0))
+    variants = (_variant(coldstart.AS_EXPORTED, [1], 8),
+                _variant(coldstart.WITHOUT_WARMUP, [0], first_request_ms=90.0))
     variants = tuple(ColdStartVariant(**{**{f: getattr(v, f) for f in ("name", "base_path", "warmup_file", "median")},
                                          "starts": tuple({**s, "ports_open_s": 1.0, "available_s": 2.0,
                                                           "first_answer_s": 2.5, "first_requests_ms": [9.0, 2.0, 2.0]}
                                                          for s in v.starts)}) for v in variants)
-    return LifecycleResult(model="m", created="2026-12-06T00:00:00+00:00", report_dir="/r", backend="embedded",
-                           parts=("cold_start",), settings={"repeats": 1, "first_requests": 3, "payload": "image_b64"},
-                           provenance={"server": "ours"}, warmup_records=8,
-                           warmup=command.warmup_verdict(8, list(variants)), cold_start=variants,
-                           headline=command.headline({"warmup": command.warmup_verdict(8, list(variants))},
-                                                     list(variants), "embedded", 1), **more)
+    result = LifecycleResult(model="m", created="2026-12-06T00:00:00+00:00", report_dir="/r", backend="embedded",
+                             parts=("cold_start",), settings={"repeats": 1, "first_requests": 3,
+                                                               "payload": "image_b64"},
+                             provenance={"server": "ours"}, warmup_records=8,
+                             warmup=coldstart.warmup_verdict(8, list(variants)), cold_start=variants, headline="",
+                             **more)
+    return dataclasses.replace(result, headline=lifecyclepage.headline(result))
 
 
 def test_the_result_reads_back_whole_and_its_page_draws_every_start(tmp_path):
@@ -131,9 +135,9 @@ def test_the_result_reads_back_whole_and_its_page_draws_every_start(tmp_path):
                      thresholds_passed=False)
     data = json.loads(result.to_json())
     assert data["schema_version"] and LifecycleResult.from_dict(data, "lifecycle.json").to_dict() == data
-    assert "first request 90.0 ms" in result.headline and result.headline.endswith("Warmup: used")
+    assert "first request 90.0 ms" in result.headline and result.headline.endswith("Warmup: used.")
     charts = lifecyclepage.chart_data(result)["coldstart"]
-    assert [g["label"] for g in charts["groups"]] == [command.AS_EXPORTED, command.WITHOUT_WARMUP]
+    assert [g["label"] for g in charts["groups"]] == [coldstart.AS_EXPORTED, coldstart.WITHOUT_WARMUP]
     phases = charts["groups"][0]["bars"][0]["parts"]
     assert [round(p["value"], 3) for p in phases] == [1.0, 1.0, 0.5], "each phase from the end of the one before"
     assert [len(s["points"]) for s in charts["first"]] == [3, 3] and charts["first"][1]["dash"]
@@ -145,10 +149,105 @@ def test_the_result_reads_back_whole_and_its_page_draws_every_start(tmp_path):
 
 def test_the_commands_mistakes_are_one_line(capsys):
     spec = str(REPO / "specs" / "digits_cnn.yaml")
-    for argv, expected in ((["--spec", spec, "--parts", "swap"], "--parts 'swap': swap is not a part"),
+    for argv, expected in ((["--spec", spec, "--parts", "swap,warm"], "--parts 'swap,warm': warm is not a part"),
                            (["--spec", spec, "--repeats", "0"], "--repeats='0'"),
                            (["--spec", spec, "--first-requests", "many"], "--first-requests='many'"),
+                           (["--spec", spec, "--rate", "fast"], "--rate='fast': Value error, 'fast' is not a rate"),
+                           (["--spec", spec, "--rate", "9000"], "9000 req/s x 1 model(s) is 9000 req/s: more than"),
+                           (["--spec", spec, "--memory-limit", "lots"], "--memory-limit='lots'"),
+                           (["--spec", spec, "--max-models", "0"], "--max-models='0'"),
+                           (["--spec", spec, "--parts", "swap", "--rate", "50%", "--output-dir", "/nonexistent/x"],
+                            "no make capacity result for gRPC image_b64 of digits_cnn"),
                            (["--spec", str(REPO / "specs" / "nope.yaml")], "nope.yaml")):
         assert command.main_lifecycle(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and expected in err[0], err
+
+
+def _answer(model, due, version, ok=True, latency=0.002, sent=None):
+    return openload.Answer(model, due, due if sent is None else sent, due + latency, ok, version)
+
+
+def _swap(answers, copy_at=1.0):
+    return {"answers": answers, "markers": {"copy": copy_at, "end": max(a.due for a in answers)},
+            "old_version": 1, "new_version": 2, "late": 0, "sent": len(answers)}
+
+
+def test_a_swap_is_judged_per_model_spike_switchover_and_failures():
+    # the swapped model: 2 ms, then 20 ms for 0.5 s after the copy, then 2 ms; version 2 answers from t = 1.6;
+    # the neighbour stays at 2 ms on its one version
+    answers = []
+    for k in range(300):
+        t = k * 0.01
+        slow = 1.0 <= t < 1.5
+        answers.append(_answer("m", t, 1 if t < 1.6 else 2, latency=0.020 if slow else 0.002))
+        answers.append(_answer("n", t + 0.005, 1))
+    judged = swap.verdict(_swap(answers), ["m", "n"], "m", 0.25)
+    m, n = judged["m"], judged["n"]
+    assert m["baseline_p99_ms"] == pytest.approx(2.0) and m["peak_p99_ms"] == pytest.approx(20.0)
+    assert m["spike_buckets"] == 2 and m["spike_ms"] == pytest.approx(500.0)
+    assert m["versions"] == [1, 2] and m["old_after_switch"] == 0 and m["switches"] == 1
+    assert m["copy_to_new_answer_s"] == pytest.approx(0.602) and m["failures"] == 0
+    assert n["spike_buckets"] == 0 and n["spike_ms"] == 0 and n["versions"] == [1] and "switches" not in n
+    # a request sent after the new version answered, answered by the old one: counted, never hidden
+    stale = answers + [_answer("m", 1.7, 1, sent=1.7)]
+    assert swap.verdict(_swap(stale), ["m"], "m", 0.25)["m"]["old_after_switch"] == 1
+    failed = answers + [openload.Answer("m", 1.2, 1.2, 1.3, False, None, error="UNAVAILABLE: x")]
+    judged = swap.verdict(_swap(failed), ["m"], "m", 0.25)["m"]
+    assert judged["failures"] == 1 and judged["failure_reasons"] == ["UNAVAILABLE: x"]
+    never = swap.switchover([_answer("m", 0.1, 1)], 1, 2, 0.0)
+    assert never["copy_to_new_answer_s"] is None and never["switches"] == 0
+
+
+def test_buckets_hold_each_versions_answers_and_late_starts():
+    answers = [_answer("m", 0.1, 1), _answer("m", 0.2, 2), openload.Answer("m", 0.3, 0.31, 0.32, True, 2, True),
+               _answer("m", 0.6, 2), openload.Answer("m", 0.7, 0.7, 0.8, False, None)]
+    series = openload.buckets(answers, "m", 0.5, 1.0)
+    assert [b["requests"] for b in series] == [3, 2] and series[0]["versions"] == {"1": 1, "2": 2}
+    assert series[0]["late"] == 1 and series[1]["failures"] == 1 and series[1]["versions"] == {"2": 1}
+    assert series[0]["p99_ms"] == pytest.approx(19.64), "latency counts from the due time (20 ms, not 10)"
+
+
+def _step(models, memory, slo_met=True, failures=0):
+    return {"models": models, "memory_available_mb": memory - 5, "memory_peak_mb": memory, "failures": failures,
+            "slo_met": slo_met}
+
+
+def test_density_says_how_many_copies_fit_and_why_no_more():
+    steps = [_step(1, 600.0), _step(2, 650.0), _step(3, 700.0), _step(4, 750.0)]
+    free = density.answer(steps, None, 12.0, 99.0)
+    assert free["fits"] == 4 and free["limited_by"] is None
+    assert free["per_copy_peak_mb"] == pytest.approx(50.0) and free["saved_model_mb"] == 12.0
+    capped = density.answer(steps, 680.0, 12.0, 99.0)
+    assert capped["fits"] == 2 and capped["limited_by"].startswith("memory: 3 copies held 700 MiB")
+    slow = density.answer([_step(1, 600.0), _step(2, 650.0, slo_met=False), _step(3, 700.0)], None, 1.0, 99.0)
+    assert slow["fits"] == 1 and slow["limited_by"] == "the SLO: 2 copies missed it"
+    assert density.answer([_step(1, 600.0, failures=3)], None, 1.0, 99.0)["fits"] == 0
+    assert density.per_copy_mb([_step(1, 600.0)], "memory_peak_mb") is None
+
+
+def test_density_serves_each_copy_under_its_own_name(tmp_path):
+    from spec.loader import load_spec
+
+    version = tmp_path / "models" / "m" / "3"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"g")
+    spec = load_spec(REPO / "specs" / "digits_cnn.yaml")
+    three = density.copies_spec(spec, version, 3, tmp_path / "staged")
+    assert [s.name for s in three.served] == ["digits_cnn", "digits_cnn_copy2", "digits_cnn_copy3"]
+    for served in three.served:
+        assert (served.model_dir / "3" / "saved_model.pb").read_bytes() == b"g"
+    assert math.isclose(density.disk_mb(version), 1 / (1024 * 1024))
+
+
+def test_lifecycle_thresholds_on_a_part_that_did_not_run_are_not_evaluated():
+    verdicts = rules.evaluate(rules.parse({"swap_failures": "< 1", "available_s": "< 9"}), {"available_s": 3.0},
+                              ("cold_start",))
+    assert [v["passed"] for v in verdicts] == [None, True]
+    assert verdicts[0]["note"] == "not evaluated: the swap part did not run"
+    figures = command.figures({"swap": {"models": {"m": {"failures": 1, "spike_ms": 250.0, "peak_p99_ms": 9.0,
+                                                         "copy_to_new_answer_s": 0.8},
+                                                   "n": {"failures": 0, "spike_ms": 500.0, "peak_p99_ms": None}}},
+                               "density": {"fits": 3, "per_copy_peak_mb": 7.5}})
+    assert figures == {"copy_to_answer_s": 0.8, "swap_failures": 1, "swap_spike_ms": 500.0, "swap_peak_p99_ms": 9.0,
+                       "density_models": 3, "memory_per_copy_mb": 7.5}

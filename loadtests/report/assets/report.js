@@ -262,6 +262,22 @@ function drawAll() {
     forestChart(chart("chart-changes"), {rows: D.changes.rows, effect: D.changes.effect,
       title: "B against A: each figure's change and its interval"});
   }
+  if (chart("chart-swap")) {
+    const w = D.swap;
+    lineChart(chart("chart-swap"), {xlabel: "seconds since the load began (due time)", ylabel: "latency (ms)", logY: true,
+      xname: "t (s)", yname: "ms", title: "latency around the swap, per model", vlines: w.markers, series: w.series});
+    lineChart(chart("chart-swap-share"), {xlabel: "seconds since the load began (due time)", ylabel: "share", yZero: true,
+      xname: "t (s)", yname: "share", title: "answered by the new version", vlines: w.markers,
+      series: [{name: "new version", color: "#08519c", points: w.share}]});
+  }
+  if (chart("chart-density-memory")) {
+    const d = D.density;
+    lineChart(chart("chart-density-memory"), {xlabel: "copies of the model served", ylabel: "MiB", yZero: true,
+      xname: "copies", yname: "MiB", title: "memory against copies served", hlines: d.limit, series: d.memory});
+    lineChart(chart("chart-density-latency"), {xlabel: "copies of the model served", ylabel: "latency (ms)",
+      xname: "copies", yname: "ms", title: "latency at a fixed rate spread over the copies", hlines: d.slo,
+      series: d.latency});
+  }
   if (chart("chart-coldstart")) {
     const c = D.coldstart;
     barChart(chart("chart-coldstart"), {ylabel: "seconds from start", unit: "s", title: "each cold start, by phase",

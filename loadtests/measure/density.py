@@ -1,0 +1,132 @@
+"""Memory and density: 1, 2, ... k copies of the spec's model served by one server (separate model names through
+its model config), each step a fresh server: its memory once every copy is AVAILABLE and at the peak of a steady
+open-loop rate spread over the copies, and the SLO percentile at that rate. How many copies fit under a memory
+limit while the SLO holds, and what one more copy costs against the SavedModel's size on disk."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from deploy.deployment import deployment_for
+from loadtests.measure.coldstart import MemoryPeak, copy_version
+from loadtests.measure.openload import OpenLoad, Target
+
+MIB = 1024.0 * 1024.0
+
+
+def disk_mb(directory: Path) -> float:
+    """The size of every file under `directory`, in MiB."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file()) / MIB
+
+
+def copy_name(model: str, k: int) -> str:
+    """The k-th copy's model name (the first is the model itself)."""
+    return model if k == 1 else f"{model}_copy{k}"
+
+
+def copies_spec(spec, version_dir: Path, k: int, staging: Path):
+    """The spec serving k copies: <staging>/<name>/<version> and <staging>/<name>_copy<i>/<version>, each a model
+    of one server's model config (the first k-1 already staged by earlier steps are reused)."""
+    for i in range(1, k + 1):
+        target = staging / copy_name(spec.name, i) / version_dir.name
+        if not target.exists():
+            copy_version(version_dir, target)
+    export = spec.export.model_copy(update={"base_path": staging})
+    main = spec.model_copy(update={"export": export})
+    main._companions = tuple(main.model_copy(update={"name": copy_name(spec.name, i)}) for i in range(2, k + 1))
+    return main
+
+
+def run_density(spec, backend: str, version_dir: Path, payloads, payload: str, run_dir: Path,
+                log: Callable[[str], None]) -> dict:
+    """Every step of lifecycle.density, until max_models or the memory limit; the steps and the answer."""
+    settings = spec.lifecycle.density
+    slo = spec.benchmark.slo
+    percentile = slo.percentile if slo else 99.0
+    staging = run_dir / ".density"
+    steps: list[dict] = []
+    log(f"density: 1 to {settings.max_models} copies of {spec.name} in one server, {settings.rate:g} req/s spread "
+        f"over them for {settings.duration:g} s each"
+        + (f", up to {settings.memory_limit:.0f} MiB" if settings.memory_limit else ""))
+    try:
+        for k in range(1, settings.max_models + 1):
+            step_spec = copies_spec(spec, version_dir, k, staging)
+            names = [copy_name(spec.name, i) for i in range(1, k + 1)]
+            targets = [Target(name, tuple(payloads.grpc_request(payload, i, name) for i in range(len(payloads))),
+                              payloads) for name in names]
+            started = time.perf_counter()
+            with deployment_for(step_spec, backend, lambda _line: None) as deployment:
+                ready_s = time.perf_counter() - started
+                available = deployment.memory_bytes()
+                with MemoryPeak(deployment) as peak:
+                    load = OpenLoad(deployment.endpoints.grpc_target, targets, settings.rate / k).start()
+                    time.sleep(settings.duration)
+                    answers = load.stop()
+            step = {"models": k, "ready_s": ready_s,
+                    "memory_available_mb": None if available is None else available / MIB,
+                    "memory_peak_mb": None if peak.peak is None else peak.peak / MIB,
+                    "requests": len(answers), "failures": sum(not a.ok for a in answers),
+                    "late": load.late, "p50_ms": _q(answers, 50), "p99_ms": _q(answers, 99),
+                    "slo_percentile_ms": _q(answers, percentile), "slo_ms": slo.latency_ms if slo else None}
+            step["slo_met"] = None if slo is None or step["slo_percentile_ms"] is None else \
+                bool(step["slo_percentile_ms"] <= slo.latency_ms)
+            steps.append(step)
+            log(f"  {k} cop{'y' if k == 1 else 'ies'}: ready in {ready_s:.1f} s, memory "
+                f"{_text(step['memory_available_mb'])} MiB at AVAILABLE, {_text(step['memory_peak_mb'])} MiB under "
+                f"load; p{percentile:g} {_text(step['slo_percentile_ms'], 1)} ms, {step['failures']} failures")
+            if settings.memory_limit and (step["memory_peak_mb"] or 0) > settings.memory_limit:
+                log(f"  over the memory limit ({settings.memory_limit:.0f} MiB): no more copies")
+                break
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return answer(steps, settings.memory_limit, disk_mb(version_dir), percentile)
+
+
+def _q(answers, q: float) -> Optional[float]:
+    values = [(a.done - a.due) * 1000.0 for a in answers if a.ok]
+    return float(np.percentile(values, q)) if values else None
+
+
+def _text(value: Optional[float], digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def per_copy_mb(steps: list[dict], key: str) -> Optional[float]:
+    """What one more copy costs (MiB): the slope of `key` against the number of copies (least squares)."""
+    points = [(s["models"], s[key]) for s in steps if s.get(key) is not None]
+    if len(points) < 2:
+        return None
+    x, y = np.array(points, dtype=float).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def answer(steps: list[dict], memory_limit: Optional[float], disk: float, percentile: float) -> dict:
+    """How many copies fit: the most copies whose memory stayed under the limit, whose SLO held and that had no
+    failed request (every step up to it too); what one more copy costs; the SavedModel on disk."""
+    fits = 0
+    for step in steps:
+        ok = step["failures"] == 0 and step["slo_met"] is not False and not (
+            memory_limit and (step["memory_peak_mb"] is None or step["memory_peak_mb"] > memory_limit))
+        if not ok:
+            break
+        fits = step["models"]
+    return {"steps": steps, "fits": fits, "memory_limit_mb": memory_limit, "percentile": percentile,
+            "per_copy_available_mb": per_copy_mb(steps, "memory_available_mb"),
+            "per_copy_peak_mb": per_copy_mb(steps, "memory_peak_mb"), "saved_model_mb": disk,
+            "limited_by": next((why for step in steps for why in _why(step, memory_limit)), None)}
+
+
+def _why(step: dict, memory_limit: Optional[float]) -> list[str]:
+    reasons = []
+    if memory_limit and step["memory_peak_mb"] is not None and step["memory_peak_mb"] > memory_limit:
+        reasons.append(f"memory: {step['models']} copies held {step['memory_peak_mb']:.0f} MiB, over the "
+                       f"{memory_limit:.0f} MiB limit")
+    if step["slo_met"] is False:
+        reasons.append(f"the SLO: {step['models']} copies missed it")
+    if step["failures"]:
+        reasons.append(f"failures: {step['failures']} requests failed with {step['models']} copies")
+    return reasons
