@@ -11,6 +11,7 @@ import pytest
 
 from loadtests.analyze import resultsdb
 from loadtests.measure import coldstart
+from server.dataplane import WARMUP_FILE
 from spec.results import LifecycleResult
 from tests.browser import render
 from tests.conftest import run_cli, write_spec
@@ -108,9 +109,22 @@ def _neighbour(tmp_path, version_dir):
         "name": "digits_b", "export.base_path": str(tmp_path / "others")})
 
 
+def _slow_to_load(tmp_path, version_dir):
+    """A copy of the digits export whose warmup file holds its records over and over, up to 960 (TFRecords are
+    self-framed, so the file repeated is a valid file): every version of it takes about half a second to warm up."""
+    copy = tmp_path / "slow" / "digits_cnn" / version_dir.name
+    shutil.copytree(version_dir, copy)
+    times = 960 // coldstart.warmup_records(version_dir)  # under TF Serving's limit of 1000 records
+    (copy / WARMUP_FILE).write_bytes((version_dir / WARMUP_FILE).read_bytes() * times)
+    assert coldstart.warmup_records(copy) > 900
+    return copy
+
+
 def test_a_version_swap_under_load_watches_every_model_and_a_memory_limit_stops_density(tmp_path, digits_export):
     _, version_dir = digits_export
+    slow = _slow_to_load(tmp_path, version_dir)
     spec_path = _spec(tmp_path, digits_export, **{"serving.also_serve": [str(_neighbour(tmp_path, version_dir))],
+                                                  "export.base_path": str(slow.parents[1]),
                                                   "lifecycle.swap.baseline": "2s", "lifecycle.swap.after": "1s"})
     done = run_cli("-m", "loadtests", "lifecycle", "--spec", str(spec_path), "--parts", "swap,density",
                    "--rate", "25", "--max-models", "3", "--memory-limit", "100MiB")
@@ -128,10 +142,12 @@ def test_a_version_swap_under_load_watches_every_model_and_a_memory_limit_stops_
     assert digits["versions"] == [1, 2] and digits["old_after_switch"] == 0, digits
     assert neighbour["versions"] == [1] and len(neighbour["buckets"]) == len(digits["buckets"]) > 10
     assert digits["requests"] > 80 and neighbour["requests"] > 80  # 25 req/s each for 4 s and more
-    # the time to the new version's first answer holds what the server says loading and warming it took
+    # the new version was slow to load (its warmup replays 960 records): the time from the copy to its first
+    # answer holds what the server says loading and warming it took, a measurable gap
     server = swap["new_version_server"]
-    assert server["load_ms"] > 0 and server["warmup_ms"] > 0, server
+    assert server["load_ms"] > 0 and server["warmup_ms"] > 300, server
     assert digits["copy_to_new_answer_s"] * 1000 >= server["load_ms"] + server["warmup_ms"]
+    assert markers["available"] - markers["renamed"] >= server["warmup_ms"] / 1000 * 0.9
     assert markers["copy"] < digits["first_new_done_s"] and digits["first_new_due_s"] < digits["first_new_done_s"]
     # density: one server of one copy already holds more than 100 MiB, so none fits and no second copy is tried
     density = result.density
