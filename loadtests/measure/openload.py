@@ -79,6 +79,16 @@ class OpenLoad:
         return time.perf_counter() - self.started_at
 
     def start(self) -> "OpenLoad":
+        """Connect and send each target one request first (not recorded: a first call's connection and the
+        client's own first-call costs are not the server's latency), then start the schedule."""
+        import grpc
+
+        grpc.channel_ready_future(self.channel).result(timeout=self.timeout_s)
+        for target in self.targets:
+            try:
+                self.predict(target.requests[0], timeout=self.timeout_s)
+            except grpc.RpcError:
+                pass  # a model that cannot answer yet fails in the schedule, where it is counted
         self.started_at = time.perf_counter()
         self._thread.start()
         return self
