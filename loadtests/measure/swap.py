@@ -91,10 +91,12 @@ def _wait(until: Callable[[], bool], timeout_s: float, step_s: float = 0.01) -> 
     return until()
 
 
-def run_swap(grpc_target: str, rest_url: str, monitoring_path: str, model: str, model_dir: Path, old: int,
+def run_swap(grpc_target: str, rest_url: str, monitoring_path: str, model: str, model_dir: Path, old_name: str,
              targets: Sequence[Target], rate: float, settings, log: Callable[[str], None]) -> dict:
-    """Load every target at `rate`, deliver version old + 1 of `model` into `model_dir`, remove the old one; the
-    answers, markers and the new version's server figures. `settings`: lifecycle.swap."""
+    """Load every target at `rate`, deliver the next version of `model` into `model_dir` (its served version is
+    the folder `old_name`, e.g. 1 or 00000123), remove the old one; the answers, markers and the new version's
+    server figures. `settings`: lifecycle.swap."""
+    old = int(old_name)
     new = old + 1
     load = OpenLoad(grpc_target, targets, rate).start()
     watcher = StatusWatcher(grpc_target, model, load.now).start()
@@ -103,7 +105,7 @@ def run_swap(grpc_target: str, rest_url: str, monitoring_path: str, model: str, 
         time.sleep(settings.baseline)
         incoming = model_dir / f".incoming-{new}"  # not a version directory: the poll ignores it until the rename
         markers["copy"] = load.now()
-        shutil.copytree(model_dir / str(old), incoming)
+        copy_version(model_dir / old_name, incoming)
         markers["renamed"] = load.now()
         incoming.rename(model_dir / str(new))
         log(f"  swap: version {new} copied in {(markers['renamed'] - markers['copy']) * 1000:.0f} ms and renamed "
@@ -112,7 +114,7 @@ def run_swap(grpc_target: str, rest_url: str, monitoring_path: str, model: str, 
         if answered:
             time.sleep(settings.after)
             markers["removed"] = load.now()
-            shutil.rmtree(model_dir / str(old))
+            shutil.rmtree(model_dir / old_name)
             _wait(lambda: watcher.first(old, "END") is not None, 5.0)
             time.sleep(settings.after)
         else:
@@ -262,7 +264,7 @@ def swap_part(spec, backend: str, version_dir: Path, payloads, payload: str, run
         with deployment:
             endpoints = deployment.endpoints
             measured = run_swap(endpoints.grpc_target, endpoints.rest_url, spec.serving.monitoring.path, spec.name,
-                                model_dir, int(version_dir.name), targets, rate, settings, log)
+                                model_dir, version_dir.name, targets, rate, settings, log)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     models = verdict(measured, [t.model for t in targets], spec.name, settings.bucket)
