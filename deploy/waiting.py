@@ -55,19 +55,27 @@ def rest_status(endpoints: Endpoints, timeout: float = 2.0) -> str:
     return "AVAILABLE" if "AVAILABLE" in states else f"versions {states or 'none'}"
 
 
-def grpc_status(endpoints: Endpoints, timeout: float = 2.0) -> str:
-    """Same as rest_status, through ModelService.GetModelStatus."""
-    import grpc
+def version_states(channel, model: str, timeout: float = 2.0) -> dict[int, str]:
+    """{version: state name (AVAILABLE, LOADING, END, ...)} from ModelService.GetModelStatus over an open gRPC
+    `channel`; grpc.RpcError when the server cannot answer."""
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
     request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = endpoints.model
+    request.model_spec.name = model
+    reply = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=timeout)
+    return {int(v.version): get_model_status_pb2.ModelVersionStatus.State.Name(v.state)
+            for v in reply.model_version_status}
+
+
+def grpc_status(endpoints: Endpoints, timeout: float = 2.0) -> str:
+    """Same as rest_status, through ModelService.GetModelStatus."""
+    import grpc
+
     with grpc.insecure_channel(endpoints.grpc_target) as channel:
         try:
-            reply = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=timeout)
+            states = list(version_states(channel, endpoints.model, timeout).values())
         except grpc.RpcError as error:
             return f"{error.code().name}: {error.details()}"
-    states = [get_model_status_pb2.ModelVersionStatus.State.Name(v.state) for v in reply.model_version_status]
     return "AVAILABLE" if "AVAILABLE" in states else f"versions {states or 'none'}"
 
 

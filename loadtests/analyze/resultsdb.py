@@ -100,15 +100,9 @@ def _number(value) -> Optional[float]:
 def rows_of(kind: str, summary: BenchSummary) -> tuple[dict, list[dict]]:
     """The `results` row and the `figures` rows of one result (a bench or capacity summary, or a tune result)."""
 
-    provenance = summary.provenance
-    result = {SCHEMA_FIELD: SCHEMA_VERSION,
-              "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": kind,
-              "model": summary.model, "report_dir": summary.report_dir or "",
-              "mode": summary.mode, "valid": summary.valid, "failed": summary.failed,
-              "thresholds_passed": summary.thresholds_passed, "note": summary.headline,
-              **{k: provenance.get(k) for k in ("spec", "spec_sha256", "git_commit", "model_signature_sha256",
-                                                "serving_version", "server", "backend", "image", "host")}}
-    result["serving_version"] = None if result["serving_version"] is None else str(result["serving_version"])
+    result = _result_row(kind, summary.model, summary.report_dir, summary.provenance, mode=summary.mode,
+                         valid=summary.valid, failed=summary.failed, thresholds_passed=summary.thresholds_passed,
+                         note=summary.headline)
     figures = []
     if kind == "bench":
         for r in folded([run.to_dict() for run in summary.runs]):
@@ -130,17 +124,21 @@ def record(url: str, kind: str, summary: BenchSummary, run_dir: Path) -> int:
     return _insert(url, result, rows, run_dir)
 
 
-def lifecycle_row(result: LifecycleResult) -> dict:
-    """The `results` row of a make lifecycle result: its headline is the note (it has no per-cell figures)."""
-    provenance = result.provenance
+def _result_row(kind: str, model: str, report_dir: Optional[str], provenance, **fields) -> dict:
+    """A `results` row: what was recorded, when, and what makes it traceable (from the result's provenance)."""
     row = {SCHEMA_FIELD: SCHEMA_VERSION,
-           "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": "lifecycle",
-           "model": result.model, "report_dir": result.report_dir, "mode": None, "valid": True, "failed": False,
-           "thresholds_passed": result.thresholds_passed, "note": result.headline,
+           "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": kind,
+           "model": model, "report_dir": report_dir or "", **fields,
            **{k: provenance.get(k) for k in ("spec", "spec_sha256", "git_commit", "model_signature_sha256",
                                              "serving_version", "server", "backend", "image", "host")}}
     row["serving_version"] = None if row["serving_version"] is None else str(row["serving_version"])
     return row
+
+
+def lifecycle_row(result: LifecycleResult) -> dict:
+    """The `results` row of a make lifecycle result: its headline is the note (it has no per-cell figures)."""
+    return _result_row("lifecycle", result.model, result.report_dir, result.provenance, mode=None, valid=True,
+                       failed=False, thresholds_passed=result.thresholds_passed, note=result.headline)
 
 
 def record_lifecycle(url: str, result: LifecycleResult, run_dir: Path) -> int:

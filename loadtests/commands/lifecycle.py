@@ -20,7 +20,7 @@ from loadtests.measure.openload import check_rate
 from loadtests.measure.payloadsets import load_or_build, payload_plan
 from loadtests.measure.session import (EXIT_OK, EXIT_THRESHOLD, Overrides, apply_overrides, new_run_dir, point_latest,
                                        provenance, with_monitoring)
-from loadtests.measure.swap import capacity_rate, swap_part
+from loadtests.measure.swap import swap_part, swap_rate
 from loadtests.report import lifecyclepage
 from spec import lifecycle as rules
 from spec.errors import UsageError, program, run_command
@@ -56,11 +56,8 @@ def lifecycle(spec: Spec, log: Callable[[str], None] = print, backend: Optional[
     settings = spec.lifecycle
     spec = with_monitoring(spec, log)  # the warmup and load figures are the server's own metrics
     backend = backend or spec.serving.backend
-    if "swap" in settings.parts:  # a rate it cannot offer, or no capacity result to take a share of: say so now
-        if isinstance(settings.swap.rate, str):
-            capacity_rate(spec, settings.swap.rate, spec.benchmark.payloads[0])
-        else:
-            check_rate(settings.swap.rate, len(spec.served), "lifecycle.swap.rate")
+    # a rate it cannot offer, or no capacity result to take a share of: said now, before anything is exported
+    rate = swap_rate(spec, spec.benchmark.payloads[0]) if "swap" in settings.parts else None
     if "density" in settings.parts:
         check_rate(settings.density.rate, 1, "lifecycle.density.rate")
     deployment = deployment_for(spec, backend, log)
@@ -83,7 +80,7 @@ def lifecycle(spec: Spec, log: Callable[[str], None] = print, backend: Optional[
         parts["warmup"] = coldstart.warmup_verdict(records, parts["cold_start"])
         parts["warmup_records"] = records
     if "swap" in settings.parts:
-        parts["swap"] = swap_part(spec, backend, version_dir, payloads, payload, run_dir, log)
+        parts["swap"] = swap_part(spec, backend, version_dir, payloads, payload, rate, run_dir, log)
     if "density" in settings.parts:
         parts["density"] = run_density(spec, backend, version_dir, payloads, payload, run_dir, log)
     if not described:

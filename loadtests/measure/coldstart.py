@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import statistics
 import struct
 import threading
@@ -24,8 +23,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from deploy.base import DeployError, Deployment
+from deploy.base import DeployError, Deployment, port_in_use
 from deploy.deployment import deployment_for
+from deploy.waiting import version_states
 from loadtests.drive import wire
 from loadtests.drive.servermetrics import metrics_url, parse
 from loadtests.measure.correctness import MismatchError
@@ -122,34 +122,30 @@ class MemoryPeak:
         self._take()
 
 
-def _accepts(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
-
-
 def _mib(value: Optional[int]) -> Optional[float]:
     return None if value is None else value / MIB
 
 
-def server_facts(rest_url: str, monitoring_path: str, logs: str) -> dict:
+def server_facts(rest_url: str, monitoring_path: str, logs: str, path_suffix: str = "") -> dict:
     """What the server says about its start, from its metrics page and its log (see read_facts)."""
     import urllib.request
 
     try:
         with urllib.request.urlopen(metrics_url(rest_url, monitoring_path), timeout=10) as response:
-            return read_facts(response.read().decode("utf-8", "replace"), logs)
+            return read_facts(response.read().decode("utf-8", "replace"), logs, path_suffix)
     except OSError as exc:
         return {**read_facts("", logs), "metrics_error": f"{type(exc).__name__}: {exc}"}
 
 
-def read_facts(metrics_text: str, logs: str) -> dict:
+def read_facts(metrics_text: str, logs: str, path_suffix: str = "") -> dict:
     """Warmup runs (model_warmup_latency's count, status OK: one per warmed version) and their total ms, the
     SavedModel's load time (load_latency, ms), and the warmup records the log says were read (None if it says
-    nothing)."""
+    nothing). `path_suffix` (e.g. /model/2): only the metrics of model paths ending so (one version)."""
     facts = {"warmup_runs": 0, "warmup_ms": 0.0, "load_ms": None, "metrics_error": None,
              "warmup_records_read": None}
     for name, labels, value in parse(metrics_text):
+        if not labels.get("model_path", "").rstrip("/").endswith(path_suffix):
+            continue
         if name == WARMUP_METRIC + "_count" and labels.get("status") == "OK":
             facts["warmup_runs"] += int(value)
         elif name == WARMUP_METRIC + "_sum" and labels.get("status") == "OK":
@@ -172,24 +168,16 @@ class Probe:
         self.channel = grpc.insecure_channel(grpc_target, options=[("grpc.max_receive_message_length", 64 << 20),
                                                                    ("grpc.max_send_message_length", 64 << 20)])
         self.predict = wire.predict_method(self.channel)
-        self.status = None
         self.requests = [payloads.grpc_request(payload, i, model) for i in range(len(payloads))]
 
-    def model_status(self, timeout_s: float = 1.0) -> str:
-        """'AVAILABLE', another state, or the gRPC error's code name."""
+    def available(self, timeout_s: float = 1.0) -> bool:
+        """Whether GetModelStatus says a version is AVAILABLE (False while the server cannot say)."""
         import grpc
-        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-        if self.status is None:
-            self.status = model_service_pb2_grpc.ModelServiceStub(self.channel).GetModelStatus
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = self.model
         try:
-            reply = self.status(request, timeout=timeout_s)
-        except grpc.RpcError as error:
-            return error.code().name
-        states = [get_model_status_pb2.ModelVersionStatus.State.Name(v.state) for v in reply.model_version_status]
-        return "AVAILABLE" if "AVAILABLE" in states else ",".join(states) or "NONE"
+            return "AVAILABLE" in version_states(self.channel, self.model, timeout_s).values()
+        except grpc.RpcError:
+            return False
 
     def ask(self, index: int, timeout_s: float = 60.0) -> float:
         """One Predict of image `index`; its latency in ms. MismatchError when the answer is not the in-process
@@ -229,10 +217,11 @@ def one_start(deployment: Deployment, payloads, payload: str, settings, log: Cal
                                   f"{times['available_s'] is not None}); raise lifecycle.start_timeout for a slow "
                                   f"model\n{_tail(deployment)}")
             if times["ports_open_s"] is None:
-                if _accepts(endpoints.host, endpoints.rest_port) and _accepts(endpoints.host, endpoints.grpc_port):
+                if port_in_use(endpoints.host, endpoints.rest_port) and port_in_use(endpoints.host,
+                                                                                  endpoints.grpc_port):
                     times["ports_open_s"] = now
             elif times["available_s"] is None:
-                if probe.model_status() == "AVAILABLE":
+                if probe.available():
                     times["available_s"] = time.perf_counter() - started
             else:
                 try:

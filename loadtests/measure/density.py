@@ -12,10 +12,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from deploy.deployment import deployment_for
-from loadtests.measure.coldstart import MemoryPeak, copy_version
-from loadtests.measure.openload import OpenLoad, Target
-
-MIB = 1024.0 * 1024.0
+from loadtests.measure.coldstart import MIB, MemoryPeak, copy_version
+from loadtests.measure.openload import OpenLoad, Target, latency_ms
 
 
 def disk_mb(directory: Path) -> float:
@@ -70,8 +68,8 @@ def run_density(spec, backend: str, version_dir: Path, payloads, payload: str, r
                     "memory_available_mb": None if available is None else available / MIB,
                     "memory_peak_mb": None if peak.peak is None else peak.peak / MIB,
                     "requests": len(answers), "failures": sum(not a.ok for a in answers),
-                    "late": load.late, "p50_ms": _q(answers, 50), "p99_ms": _q(answers, 99),
-                    "slo_percentile_ms": _q(answers, percentile), "slo_ms": slo.latency_ms if slo else None}
+                    "late": load.late, "p50_ms": latency_ms(answers, None, 50), "p99_ms": latency_ms(answers, None, 99),
+                    "slo_percentile_ms": latency_ms(answers, None, percentile), "slo_ms": slo.latency_ms if slo else None}
             step["slo_met"] = None if slo is None or step["slo_percentile_ms"] is None else \
                 bool(step["slo_percentile_ms"] <= slo.latency_ms)
             steps.append(step)
@@ -84,11 +82,6 @@ def run_density(spec, backend: str, version_dir: Path, payloads, payload: str, r
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return answer(steps, settings.memory_limit, disk_mb(version_dir), percentile)
-
-
-def _q(answers, q: float) -> Optional[float]:
-    values = [(a.done - a.due) * 1000.0 for a in answers if a.ok]
-    return float(np.percentile(values, q)) if values else None
 
 
 def _text(value: Optional[float], digits: int = 0) -> str:

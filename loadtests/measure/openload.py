@@ -161,7 +161,10 @@ def buckets(answers: Sequence[Answer], model: str, width_s: float, end_s: float)
     return out
 
 
-def latency_ms(answers: Sequence[Answer], model: str, low: float, high: float, q: float) -> Optional[float]:
-    """The q-th percentile (ms, from the due time) of `model`'s good answers due in [low, high)."""
-    values = [(a.done - a.due) * 1000.0 for a in answers if a.model == model and a.ok and low <= a.due < high]
+def latency_ms(answers: Sequence[Answer], model: Optional[str], q: float, low: float = 0.0,
+               high: float = math.inf) -> Optional[float]:
+    """The q-th percentile (ms, from the due time) of the good answers due in [low, high), of `model` (None: of
+    every model)."""
+    values = [(a.done - a.due) * 1000.0 for a in answers
+              if (model is None or a.model == model) and a.ok and low <= a.due < high]
     return float(np.percentile(values, q)) if values else None

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from deploy.deployment import deployment_for
+from deploy.waiting import version_states
 from exporter.export import ensure_exported
-from loadtests.drive.servermetrics import metrics_url, parse
-from loadtests.measure.coldstart import copy_version
+from loadtests.measure.coldstart import copy_version, server_facts
 from loadtests.measure.openload import LATE_RATIO_LIMIT, Answer, OpenLoad, Target, buckets, check_rate, latency_ms
 from loadtests.measure.payloadsets import load_or_build, payload_plan
 from spec.errors import HarnessError, UsageError
+from spec.results import CapacityResult
 from spec.units import parse_fraction
 
 STATUS_POLL_S = 0.02
@@ -46,20 +47,15 @@ class StatusWatcher:
 
     def _run(self) -> None:
         import grpc
-        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-        status = model_service_pb2_grpc.ModelServiceStub(self.channel).GetModelStatus
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = self.model
         while not self._stop.wait(STATUS_POLL_S):
             try:
-                reply = status(request, timeout=1.0)
+                states = version_states(self.channel, self.model, timeout=1.0)
             except grpc.RpcError:
                 continue
             now = self.clock()
-            for v in reply.model_version_status:
-                state = get_model_status_pb2.ModelVersionStatus.State.Name(v.state)
-                self.seen.setdefault((int(v.version), state), now)
+            for version, state in states.items():
+                self.seen.setdefault((version, state), now)
 
     def first(self, version: int, state: str) -> Optional[float]:
         return self.seen.get((version, state))
@@ -130,25 +126,10 @@ def run_swap(grpc_target: str, rest_url: str, monitoring_path: str, model: str, 
 
 
 def new_version_facts(rest_url: str, monitoring_path: str, model: str, version: int) -> dict:
-    """The new version's load time and warmup (ms) from the server's metrics (labelled by the version's path)."""
-    import urllib.request
-
-    facts: dict = {"load_ms": None, "warmup_ms": None, "metrics_error": None}
-    try:
-        with urllib.request.urlopen(metrics_url(rest_url, monitoring_path), timeout=10) as response:
-            samples = parse(response.read().decode("utf-8", "replace"))
-    except OSError as exc:
-        facts["metrics_error"] = f"{type(exc).__name__}: {exc}"
-        return facts
-    suffix = f"/{model}/{version}"
-    for name, labels, value in samples:
-        if not labels.get("model_path", "").rstrip("/").endswith(suffix):
-            continue
-        if name == ":tensorflow:cc:saved_model:load_latency":
-            facts["load_ms"] = value / 1000.0
-        elif name == ":tensorflow:serving:model_warmup_latency_sum" and labels.get("status") == "OK":
-            facts["warmup_ms"] = value / 1000.0
-    return facts
+    """The new version's load time and warmup (ms; None when it ran none) from the server's metrics."""
+    facts = server_facts(rest_url, monitoring_path, "", path_suffix=f"/{model}/{version}")
+    return {"load_ms": facts["load_ms"], "warmup_ms": facts["warmup_ms"] if facts["warmup_runs"] else None,
+            "metrics_error": facts["metrics_error"]}
 
 
 def verdict(measured: dict, models: Sequence[str], swapped: str, bucket_s: float) -> dict:
@@ -159,8 +140,8 @@ def verdict(measured: dict, models: Sequence[str], swapped: str, bucket_s: float
     out = {}
     for model in models:
         mine = [a for a in answers if a.model == model]
-        base_p50 = latency_ms(answers, model, 0.0, copy_at, 50)
-        base_p99 = latency_ms(answers, model, 0.0, copy_at, 99)
+        base_p50 = latency_ms(answers, model, 50, high=copy_at)
+        base_p99 = latency_ms(answers, model, 99, high=copy_at)
         series = buckets(answers, model, bucket_s, end)
         limit = None if base_p99 is None else max(SPIKE_FACTOR * base_p99, base_p99 + SPIKE_FLOOR_MS)
         hit = [b for b in series if b["t"] + bucket_s > copy_at and limit is not None
@@ -172,7 +153,7 @@ def verdict(measured: dict, models: Sequence[str], swapped: str, bucket_s: float
                  "baseline_p50_ms": base_p50, "baseline_p99_ms": base_p99, "spike_limit_ms": limit,
                  "peak_p99_ms": max(after) if after else None,
                  "spike_ms": (hit[-1]["t"] + bucket_s - hit[0]["t"]) * 1000.0 if hit else 0.0,
-                 "spike_buckets": len(hit), "during_p99_ms": latency_ms(answers, model, copy_at, end, 99),
+                 "spike_buckets": len(hit), "during_p99_ms": latency_ms(answers, model, 99, copy_at, end),
                  "versions": sorted({a.version for a in mine if a.ok and a.version is not None}), "buckets": series}
         if model == swapped:
             entry.update(switchover(mine, measured["old_version"], measured["new_version"], copy_at))
@@ -210,13 +191,13 @@ def capacity_rate(spec, share: str, payload: str) -> tuple[float, str]:
     found = sorted(base.glob("*/capacity.json"), key=lambda p: p.stat().st_mtime) if base.is_dir() else []
     for path in reversed(found):
         try:
-            cells = json.loads(path.read_text()).get("results", [])
-        except (OSError, ValueError):
+            cells = CapacityResult.from_dict(json.loads(path.read_text()), str(path)).results
+        except (OSError, ValueError, UsageError):  # unreadable, or not a capacity.json this harness wrote
             continue
         for cell in cells:
-            if cell.get("protocol") == "grpc" and cell.get("payload") == payload and cell.get("capacity_rps"):
-                rate = parse_fraction(share) * float(cell["capacity_rps"])
-                return rate, f"{share} of {cell['capacity_rps']:.1f} req/s (gRPC {payload}, {path})"
+            if cell.protocol == "grpc" and cell.payload == payload and cell.capacity_rps:
+                rate = parse_fraction(share) * cell.capacity_rps
+                return rate, f"{share} of {cell.capacity_rps:.1f} req/s (gRPC {payload}, {path})"
     raise UsageError(f"lifecycle.swap.rate {share!r}: no make capacity result for gRPC {payload} of {spec.name} "
                      f"under {base}; run make capacity SPEC={spec.origin} first, or give the rate in requests per "
                      "second (RATE=40)")
@@ -239,15 +220,22 @@ def neighbour_targets(spec, payload_names, log: Callable[[str], None]) -> list[T
     return targets
 
 
-def swap_part(spec, backend: str, version_dir: Path, payloads, payload: str, run_dir: Path,
+def swap_rate(spec, payload: str) -> tuple[float, str]:
+    """lifecycle.swap.rate in requests per second per model, and where it came from; UsageError (one line) when
+    it is a share of a capacity make capacity never found, or more than the generator can offer."""
+    rate = spec.lifecycle.swap.rate
+    if isinstance(rate, str):
+        return capacity_rate(spec, rate, payload)
+    check_rate(rate, len(spec.served), "lifecycle.swap.rate")
+    return float(rate), "lifecycle.swap.rate"
+
+
+def swap_part(spec, backend: str, version_dir: Path, payloads, payload: str, rate: tuple[float, str], run_dir: Path,
               log: Callable[[str], None]) -> dict:
-    """The swap on a staged copy of the export, served (embedded: from the copy; docker: the copy mounted over the
-    image's model directory) with every co-served model; the verdict per model."""
+    """The swap at `rate` (swap_rate's) on a staged copy of the export, served (embedded: from the copy; docker:
+    the copy mounted over the image's model directory) with every co-served model; the verdict per model."""
     settings = spec.lifecycle.swap
-    if isinstance(settings.rate, str):
-        rate, source = capacity_rate(spec, settings.rate, payload)
-    else:
-        rate, source = float(settings.rate), "lifecycle.swap.rate"
+    rate, source = rate
     staging = run_dir / ".swap"
     try:
         model_dir = stage(version_dir, staging)
