@@ -63,10 +63,11 @@ compare: $(READY) ## B against A with 95% intervals and verdicts: make compare A
 	$(TFSB) compare $(A) $(B) $(if $(FAIL_ON),--fail-on $(FAIL_ON)) $(if $(MIN_EFFECT),--min-effect $(MIN_EFFECT)) \
 	  $(if $(OUTPUT),--output $(OUTPUT))
 
-lifecycle: $(READY) ## cold start, version swap under load, density [PARTS=cold_start,swap,density] [REPEATS=3] [RATE=20|50%] [MAX_MODELS=4] [MEMORY_LIMIT=2GiB]
+lifecycle: $(READY) ## cold start, version swap under load, density [PARTS=cold_start,swap,density] [REPEATS=3] [RATE=20|50%] [MAX_MODELS=4] [MEMORY_LIMIT=2GiB] [SWAP_COMPARE='num_load_threads=4;warmup=false']
 	$(TFSB) lifecycle --spec $(SPEC) $(strip $(if $(PARTS),--parts $(PARTS)) $(if $(REPEATS),--repeats $(REPEATS)) \
 	  $(if $(FIRST_REQUESTS),--first-requests $(FIRST_REQUESTS)) $(if $(RATE),--rate $(RATE)) \
 	  $(if $(MAX_MODELS),--max-models $(MAX_MODELS)) $(if $(MEMORY_LIMIT),--memory-limit $(MEMORY_LIMIT)) \
+	  $(if $(SWAP_COMPARE),--swap-compare '$(SWAP_COMPARE)') \
 	  $(if $(BACKEND),--backend $(BACKEND)) $(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR)))
 
 history: $(READY) ## the recorded bench, capacity, tune and lifecycle results of SPEC's model (table and plot) [RESULTS_DB=URL]

@@ -107,6 +107,10 @@ def server_flags(spec: Spec, layout: ServerLayout, embedded: bool,
         flags.append(f"--rest_api_num_threads={serving.rest_api_num_threads}")
     if serving.grpc_max_threads:
         flags.append(f"--grpc_max_threads={serving.grpc_max_threads}")
+    if serving.num_load_threads:
+        flags.append(f"--num_load_threads={serving.num_load_threads}")
+    if serving.file_system_poll_wait_seconds != 1:
+        flags.append(f"--file_system_poll_wait_seconds={serving.file_system_poll_wait_seconds}")
     if embedded:
         flags += [f"--host={serving.host}", f"--max_request_bytes={serving.max_request_bytes}"]
     return flags

@@ -96,7 +96,8 @@ class Server:
             self.configs, options, poll_seconds=flags.file_system_poll_wait_seconds,
             warmup=self._warmup if flags.enable_model_warmup else None,
             max_load_retries=flags.max_num_load_retries, retry_interval_s=flags.load_retry_interval_micros / 1e6,
-            allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models, metrics=self.metrics)
+            allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models, metrics=self.metrics,
+            load_threads=flags.num_load_threads)
         self.dataplane = DataPlane(self.repository, runner, self.metrics)
         self.grpc = self.rest = None
         self._config_poller: Optional[threading.Thread] = None

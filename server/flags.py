@@ -69,7 +69,7 @@ class Flags:
 
 
 # Flags accepted for compatibility whose effect does not apply to the embedded server (said at startup).
-NO_EFFECT = {"enable_per_model_batching_parameters", "num_load_threads", "num_unload_threads",
+NO_EFFECT = {"enable_per_model_batching_parameters", "num_unload_threads",
              "flush_filesystem_caches", "tensorflow_session_config_file", "platform_config_file",
              "per_process_gpu_memory_fraction", "remove_unused_fields_from_bundle_metagraph",
              "num_tflite_pools", "num_tflite_interpreters_per_pool", "enable_signature_method_name_check",

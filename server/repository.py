@@ -5,6 +5,8 @@
   --file_system_poll_wait_seconds (0 = once at start, < 0 = never after start).
 * Availability preserving: a new version is loaded (and warmed up) before an old one is unloaded; a
   version that fails to load is END with its error while the previous version keeps serving.
+* --num_load_threads=N (N > 0): models load in parallel, up to N at once, at start and at each poll (a model's own
+  versions in order, newest first); 0 loads them one after another in the poller, as TF Serving's manager thread does.
 * Requests hold a version through `acquire`; unloading waits for in-flight requests to finish.
 * Status keeps END entries, listed by descending version, like ServableStateMonitor.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +76,10 @@ class Repository:
     def __init__(self, configs: list[ModelConfig], load_options: LoadOptions, poll_seconds: float = 1.0,
                  warmup: Optional[Callable[[str, int, LoadedModel], None]] = None,
                  max_load_retries: int = 5, retry_interval_s: float = 60.0,
-                 allow_labels_for_unavailable: bool = False, metrics: Optional[Metrics] = None):
+                 allow_labels_for_unavailable: bool = False, metrics: Optional[Metrics] = None,
+                 load_threads: int = 0):
         self._options = load_options
+        self._load_threads = load_threads
         self._metrics = metrics if metrics is not None else Metrics()
         self._poll_seconds = poll_seconds
         self._warmup = warmup
@@ -120,8 +125,12 @@ class Repository:
         with self._poll_lock:
             with self._lock:
                 models = list(self._models.values())
-            for model in models:
-                self._reconcile(model)
+            if self._load_threads > 0 and len(models) > 1:
+                with ThreadPoolExecutor(min(self._load_threads, len(models)), "load") as pool:
+                    list(pool.map(self._reconcile, models))  # a model's failure is raised here, as when serial
+            else:
+                for model in models:
+                    self._reconcile(model)
 
     def _reconcile(self, model: ServedModel) -> None:
         on_disk = discover_versions(model.config.base_path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from spec.thresholds import Threshold, expression
 from spec.units import parse_duration, parse_fraction, parse_mebibytes
@@ -73,6 +73,52 @@ def _rate(value: Any) -> Union[float, str]:
 Rate = Annotated[Union[float, str], BeforeValidator(_rate)]
 
 
+class SwapSetting(BaseModel):
+    """One more way to run the swap, compared with the serving section as written: server flags, and whether the
+    new version carries the export's warmup records. A key left out keeps the spec's value."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Optional[str] = Field(None, min_length=1, max_length=60, description="A label for the report (default: "
+                                "the settings, e.g. num_load_threads=4)")
+    num_load_threads: Optional[int] = Field(None, ge=0, le=64, description="--num_load_threads of the server")
+    file_system_poll_wait_seconds: Optional[int] = Field(None, ge=1, le=86400, description="The server's "
+                                                         "version poll period (--file_system_poll_wait_seconds)")
+    warmup: Optional[bool] = Field(None, description="false: the new version arrives without the export's warmup "
+                                   "records (assets.extra/tf_serving_warmup_requests); true: with them")
+
+    @model_validator(mode="after")
+    def _something(self) -> "SwapSetting":
+        if self.changes() == {}:
+            raise ValueError("a setting to compare changes num_load_threads, file_system_poll_wait_seconds or "
+                             "warmup")
+        return self
+
+    def changes(self) -> dict:
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+
+    @property
+    def label(self) -> str:
+        return self.name or ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                      for k, v in self.changes().items())
+
+
+def parse_settings(text: str) -> list[dict]:
+    """`--swap-compare` / SWAP_COMPARE: settings separated by ';', each key=value[,key=value], e.g.
+    'num_load_threads=4;warmup=false;file_system_poll_wait_seconds=5'."""
+    settings = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        setting: dict = {}
+        for pair in (p.strip() for p in part.split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise ValueError(f"{pair!r} is not key=value (e.g. num_load_threads=4)")
+            setting[key.strip()] = value.strip()
+        settings.append(setting)
+    return settings
+
+
 class SwapSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,6 +129,19 @@ class SwapSpec(BaseModel):
                            "directory is removed")
     bucket: Seconds = Field(0.25, description="The width of each point of the latency-against-time series")
     timeout: Seconds = Field(120.0, description="How long the new version may take to answer after the copy")
+    compare: tuple[SwapSetting, ...] = Field((), max_length=8, description="Settings to run the swap with too, "
+                                             "each on a fresh server, compared with the spec's own: e.g. "
+                                             "[{num_load_threads: 4}, {warmup: false}, "
+                                             "{file_system_poll_wait_seconds: 5}]")
+
+    @field_validator("compare")
+    @classmethod
+    def _distinct(cls, value: tuple) -> tuple:
+        labels = [s.label for s in value]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} is compared twice; give each setting once (or a name)")
+        return value
 
 
 class DensitySpec(BaseModel):

@@ -20,7 +20,7 @@ from loadtests.measure.openload import check_rate
 from loadtests.measure.payloadsets import load_or_build, payload_plan
 from loadtests.measure.session import (EXIT_OK, EXIT_THRESHOLD, Overrides, apply_overrides, new_run_dir, point_latest,
                                        provenance, with_monitoring)
-from loadtests.measure.swap import swap_part, swap_rate
+from loadtests.measure.swap import check_settings, swap_part, swap_rate
 from loadtests.report import lifecyclepage
 from spec import lifecycle as rules
 from spec.errors import UsageError, program, run_command
@@ -67,6 +67,8 @@ def lifecycle(spec: Spec, log: Callable[[str], None] = print, backend: Optional[
                          f"lifecycle starts servers of its own; stop it first (make down SPEC={spec.origin}) or "
                          f"choose other ports ({spec.where('serving', 'rest_port')})")
     version_dir = ensure_exported(spec, log)
+    if "swap" in settings.parts:
+        check_settings(spec, version_dir)
     plan, names = payload_plan(spec, version_dir, spec.benchmark.payloads)
     payloads, _ = load_or_build(spec, version_dir, names, log, plan=plan)
     payload = names[0]
@@ -122,6 +124,13 @@ def with_overrides(spec: Spec, args) -> Spec:
              for attribute, key in OVERRIDES if getattr(args, attribute) is not None}
     for (*section, name), (_flag, value) in given.items():
         (values[section[0]] if section else values)[name] = value
+    if args.swap_compare is not None:
+        try:
+            values["swap"]["compare"] = rules.parse_settings(args.swap_compare)
+        except ValueError as exc:
+            raise UsageError(f"--swap-compare {args.swap_compare!r}: {exc}; settings are separated by ';', e.g. "
+                             "'num_load_threads=4;warmup=false;file_system_poll_wait_seconds=5'") from None
+        given[("swap", "compare")] = ("--swap-compare", args.swap_compare)
     if args.parts is not None:
         values["parts"] = [part.strip() for part in args.parts.split(",") if part.strip()]
         unknown = [part for part in values["parts"] if part not in rules.PARTS]
@@ -157,6 +166,9 @@ def main_lifecycle(argv) -> int:
                         "AVAILABLE (default: lifecycle.first_requests, 200)")
     parser.add_argument("--rate", help="swap: requests per second on each served model, or a share of the "
                         "capacity make capacity found, e.g. 50%% (default: lifecycle.swap.rate, 20)")
+    parser.add_argument("--swap-compare", help="swap: settings to run it with too, each on a fresh server, "
+                        "separated by ';': num_load_threads=N, file_system_poll_wait_seconds=N, warmup=true|false, "
+                        "e.g. 'num_load_threads=4;warmup=false' (default: lifecycle.swap.compare, none)")
     parser.add_argument("--max-models", help="density: the most copies of the model served at once (default: "
                         "lifecycle.density.max_models, 4)")
     parser.add_argument("--memory-limit", help="density: stop adding copies above this memory, e.g. 2GiB (default: "

@@ -69,12 +69,16 @@ def copy_version(version_dir: Path, target: Path, ignore=None) -> None:
                          "needs a complete export and room to copy it") from None
 
 
+def no_warmup_file(version_dir: Path) -> Callable[[str, list], list]:
+    """copytree's `ignore` that leaves out the version's warmup records, nothing else."""
+    holder = (version_dir / WARMUP_FILE.parent).resolve()
+    return lambda folder, names: [WARMUP_FILE.name] if Path(folder).resolve() == holder else []
+
+
 def without_warmup(version_dir: Path, into: Path) -> Path:
     """A copy of the version (as <into>/<model>/<version>, the export's layout) without its warmup records; returns
     the new export base path (`into`)."""
-    target = into / version_dir.parent.name / version_dir.name
-    copy_version(version_dir, target, ignore=lambda folder, names: (
-        [WARMUP_FILE.name] if Path(folder).resolve() == (version_dir / WARMUP_FILE.parent).resolve() else []))
+    copy_version(version_dir, into / version_dir.parent.name / version_dir.name, ignore=no_warmup_file(version_dir))
     return into
 
 

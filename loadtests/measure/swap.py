@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 from deploy.deployment import deployment_for
 from deploy.waiting import version_states
 from exporter.export import ensure_exported
-from loadtests.measure.coldstart import copy_version, server_facts
+from loadtests.measure.coldstart import copy_version, no_warmup_file, server_facts, warmup_records
 from loadtests.measure.openload import LATE_RATIO_LIMIT, Answer, OpenLoad, Target, buckets, check_rate, latency_ms
 from loadtests.measure.payloadsets import load_or_build, payload_plan
 from spec.errors import HarnessError, UsageError
@@ -88,10 +88,12 @@ def _wait(until: Callable[[], bool], timeout_s: float, step_s: float = 0.01) -> 
 
 
 def run_swap(grpc_target: str, rest_url: str, monitoring_path: str, model: str, model_dir: Path, old_name: str,
-             targets: Sequence[Target], rate: float, settings, log: Callable[[str], None]) -> dict:
+             targets: Sequence[Target], rate: float, settings, log: Callable[[str], None],
+             new_warmup: Optional[bool] = None) -> dict:
     """Load every target at `rate`, deliver the next version of `model` into `model_dir` (its served version is
     the folder `old_name`, e.g. 1 or 00000123), remove the old one; the answers, markers and the new version's
-    server figures. `settings`: lifecycle.swap."""
+    server figures. `settings`: lifecycle.swap; `new_warmup` False: the new version comes without the warmup
+    records."""
     old = int(old_name)
     new = old + 1
     load = OpenLoad(grpc_target, targets, rate).start()
@@ -101,7 +103,8 @@ def run_swap(grpc_target: str, rest_url: str, monitoring_path: str, model: str, 
         time.sleep(settings.baseline)
         incoming = model_dir / f".incoming-{new}"  # not a version directory: the poll ignores it until the rename
         markers["copy"] = load.now()
-        copy_version(model_dir / old_name, incoming)
+        copy_version(model_dir / old_name, incoming,
+                     ignore=no_warmup_file(model_dir / old_name) if new_warmup is False else None)
         markers["renamed"] = load.now()
         incoming.rename(model_dir / str(new))
         log(f"  swap: version {new} copied in {(markers['renamed'] - markers['copy']) * 1000:.0f} ms and renamed "
@@ -230,8 +233,51 @@ def swap_rate(spec, payload: str) -> tuple[float, str]:
     return float(rate), "lifecycle.swap.rate"
 
 
+AS_SERVED = "as served"
+
+
+def check_settings(spec, version_dir: Path) -> None:
+    """lifecycle.swap.compare against the export and the swap's timeout, before any server starts: UsageError (one
+    line) for a setting that cannot be measured."""
+    swap = spec.lifecycle.swap
+    for setting in swap.compare:
+        if setting.warmup and warmup_records(version_dir) is None:
+            raise UsageError(f"lifecycle.swap.compare: {setting.label!r} delivers the new version with the export's "
+                             f"warmup records, but {version_dir} has none; export with export.warmup: true or drop "
+                             "the setting")
+        poll = setting.file_system_poll_wait_seconds or spec.serving.file_system_poll_wait_seconds
+        if poll >= swap.timeout:
+            raise UsageError(f"lifecycle.swap.compare: {setting.label!r} polls every {poll} s, but the swap waits "
+                             f"only lifecycle.swap.timeout={swap.timeout:g} s for the new version; raise the timeout "
+                             "above the poll period")
+    if spec.serving.file_system_poll_wait_seconds >= swap.timeout:
+        raise UsageError(f"serving.file_system_poll_wait_seconds={spec.serving.file_system_poll_wait_seconds} is not "
+                         f"below lifecycle.swap.timeout={swap.timeout:g} s: the swap could end before the server "
+                         "looks for the new version; raise the timeout")
+
+
 def swap_part(spec, backend: str, version_dir: Path, payloads, payload: str, rate: tuple[float, str], run_dir: Path,
               log: Callable[[str], None]) -> dict:
+    """The swap with the spec's serving section, then with each setting of lifecycle.swap.compare (each on a fresh
+    server); the first's figures, the others under "compared" with the serving flags they changed."""
+    result = one_swap(spec, backend, version_dir, payloads, payload, rate, run_dir, log)
+    result.update(setting=AS_SERVED, changes={})
+    compared = []
+    for setting in spec.lifecycle.swap.compare:
+        changes = setting.changes()
+        log(f"swap, compared: {setting.label}")
+        serving = {k: v for k, v in changes.items() if k != "warmup"}
+        variant = spec.model_copy(update={"serving": spec.serving.model_copy(update=serving)})
+        variant._companions = spec.served[1:]
+        compared.append({**one_swap(variant, backend, version_dir, payloads, payload, rate, run_dir, log,
+                                    new_warmup=changes.get("warmup")),
+                         "setting": setting.label, "changes": changes})
+    result["compared"] = compared
+    return result
+
+
+def one_swap(spec, backend: str, version_dir: Path, payloads, payload: str, rate: tuple[float, str], run_dir: Path,
+             log: Callable[[str], None], new_warmup: Optional[bool] = None) -> dict:
     """The swap at `rate` (swap_rate's) on a staged copy of the export, served (embedded: from the copy; docker:
     the copy mounted over the image's model directory) with every co-served model; the verdict per model."""
     settings = spec.lifecycle.swap
@@ -252,7 +298,7 @@ def swap_part(spec, backend: str, version_dir: Path, payloads, payload: str, rat
         with deployment:
             endpoints = deployment.endpoints
             measured = run_swap(endpoints.grpc_target, endpoints.rest_url, spec.serving.monitoring.path, spec.name,
-                                model_dir, version_dir.name, targets, rate, settings, log)
+                                model_dir, version_dir.name, targets, rate, settings, log, new_warmup)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     models = verdict(measured, [t.model for t in targets], spec.name, settings.bucket)

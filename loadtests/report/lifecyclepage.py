@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from loadtests.drive.files import save_atomically
+from loadtests.measure.swap import AS_SERVED
 from loadtests.report import chart_slot, shell
 from spec.results import LifecycleResult, standard
 
@@ -71,7 +72,38 @@ def _swap_charts(swap: dict) -> dict:
     swapped = swap["models"][next(iter(swap["models"]))]
     share = [[b["t"] + bucket / 2, b["versions"].get(str(swap["new_version"]), 0) / max(1, sum(b["versions"].values()))]
              for b in swapped["buckets"] if b["versions"]]
-    return {"series": series, "markers": markers, "share": share}
+    compared = []
+    if swap.get("compared"):
+        for i, run in enumerate(_settings(swap)):
+            mine, copy_at = run["models"][next(iter(run["models"]))], run["markers"]["copy"]
+            compared.append({"name": run.get("setting", AS_SERVED), "color": COLORS[i % len(COLORS)], "r": 2.5,
+                             "points": [[b["t"] + bucket / 2 - copy_at, b["p99_ms"], f"{b['requests']} requests, "
+                                         f"{b['failures']} failed"] for b in mine["buckets"] if b["p99_ms"] is not None]})
+    return {"series": series, "markers": markers, "share": share, "compared": compared}
+
+
+def _settings(swap: dict) -> list[dict]:
+    """The swap with the spec's own settings, then each compared setting's."""
+    return [swap, *swap.get("compared", ())]
+
+
+COMPARE_HEAD = ["setting", "copy to new answer (s)", "new version load (ms)", "its warmup (ms)", "peak p99 (ms)",
+                "spike (ms)", "failures", "neighbours' peak p99 (ms)"]
+
+
+def _compare_rows(swap: dict) -> list[list[str]]:
+    rows = []
+    for run in _settings(swap):
+        swapped, *others = run["models"].values()
+        server = run["new_version_server"]
+        warmup = "none" if server.get("warmup_ms") is None and not server.get("metrics_error") else \
+            _value(server.get("warmup_ms"), 0)
+        peaks = [m["peak_p99_ms"] for m in others if m["peak_p99_ms"] is not None]
+        rows.append([run.get("setting", AS_SERVED), _value(swapped.get("copy_to_new_answer_s"), 2),
+                     _value(server.get("load_ms"), 0), warmup, _value(swapped["peak_p99_ms"], 1),
+                     f"{swapped['spike_ms']:.0f}", str(sum(m["failures"] for m in run["models"].values())),
+                     _value(max(peaks), 1) if peaks else "-"])
+    return rows
 
 
 def _density_charts(density: dict) -> dict:
@@ -141,7 +173,13 @@ def swap_sentence(swap: dict) -> str:
     text += f"; {failures} failure{'s' if failures != 1 else ''}" + ("" if not failures else " (0 expected)")
     if swapped.get("old_after_switch"):
         text += f"; {swapped['old_after_switch']} requests sent after the switch were answered by the old version"
-    return text + (f"; {swap['late_problem']}" if swap.get("late_problem") else "")
+    text += f"; {swap['late_problem']}" if swap.get("late_problem") else ""
+    for run in swap.get("compared", ()):
+        mine = run["models"][next(iter(run["models"]))]
+        lost = sum(m["failures"] for m in run["models"].values())
+        text += (f"; with {run['setting']}: answered {_value(mine.get('copy_to_new_answer_s'), 2)} s after the copy, "
+                 f"peak p99 {_value(mine['peak_p99_ms'], 1)} ms, {lost} failure{'s' if lost != 1 else ''}")
+    return text
 
 
 def density_sentence(density: dict) -> str:
@@ -203,6 +241,11 @@ def html_page(result: LifecycleResult) -> str:
                  + chart_slot("chart-swap", "p99 (points) and p50 (dashed) of each model per bucket; grey lines: "
                               "copy, rename, new version AVAILABLE, old version END, old folder removed")
                  + chart_slot("chart-swap-share", "the share of each bucket's answers that came from the new version"))
+        if swap.get("compared"):
+            body += ("<h3>The swap with other settings, each on a fresh server</h3>"
+                     + _table(COMPARE_HEAD, _compare_rows(swap))
+                     + chart_slot("chart-swap-compare", "p99 of the swapped model per bucket, from the copy on, for "
+                                  "each setting"))
     if result.density:
         density = result.density
         body += (f"<h2>Memory and density</h2><p>{escape(density_sentence(density))}</p>"
@@ -235,6 +278,8 @@ def terminal(result: LifecycleResult) -> str:
                                                  for v in result.cold_start))
         lines.append(f"warmup: {result.warmup.get('text', '')}")
     for title, head, rows in ((("swap", SWAP_HEAD, _swap_rows(result.swap)),) if result.swap else ()) + (
+            (("swap, compared settings", COMPARE_HEAD, _compare_rows(result.swap)),)
+            if result.swap and result.swap.get("compared") else ()) + (
             (("density", DENSITY_HEAD, _density_rows(result.density)),) if result.density else ()):
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
         lines += ["", title, "  ".join(h.rjust(w) for h, w in zip(head, widths))]

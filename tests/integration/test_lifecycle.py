@@ -127,7 +127,8 @@ def test_a_version_swap_under_load_watches_every_model_and_a_memory_limit_stops_
                                                   "export.base_path": str(slow.parents[1]),
                                                   "lifecycle.swap.baseline": "2s", "lifecycle.swap.after": "1s"})
     done = run_cli("-m", "loadtests", "lifecycle", "--spec", str(spec_path), "--parts", "swap,density",
-                   "--rate", "25", "--max-models", "3", "--memory-limit", "100MiB")
+                   "--rate", "25", "--max-models", "3", "--memory-limit", "100MiB",
+                   "--swap-compare", "warmup=false,num_load_threads=2,file_system_poll_wait_seconds=2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data, result = _result(tmp_path)
     assert result.to_dict() == data and result.cold_start == () and result.parts == ("swap", "density")
@@ -149,6 +150,15 @@ def test_a_version_swap_under_load_watches_every_model_and_a_memory_limit_stops_
     assert digits["copy_to_new_answer_s"] * 1000 >= server["load_ms"] + server["warmup_ms"]
     assert markers["available"] - markers["renamed"] >= server["warmup_ms"] / 1000 * 0.9
     assert markers["copy"] < digits["first_new_done_s"] and digits["first_new_due_s"] < digits["first_new_done_s"]
+    # the same swap on a fresh server with other flags, the new version without its warmup records: the server
+    # says it loaded it and ran no warmup, and nothing failed
+    [other] = swap["compared"]
+    assert other["setting"] == "num_load_threads=2, file_system_poll_wait_seconds=2, warmup=false", other["setting"]
+    assert other["changes"] == {"num_load_threads": 2, "file_system_poll_wait_seconds": 2, "warmup": False}
+    assert other["new_version_server"]["load_ms"] > 0 and other["new_version_server"]["warmup_ms"] is None
+    again = other["models"]["digits_cnn"]
+    assert again["versions"] == [1, 2] and again["failures"] == 0 == other["models"]["digits_b"]["failures"], again
+    assert "with num_load_threads=2, file_system_poll_wait_seconds=2, warmup=false: answered" in result.headline
     # density: one server of one copy already holds more than 100 MiB, so none fits and no second copy is tried
     density = result.density
     assert [s["models"] for s in density["steps"]] == [1] and density["fits"] == 0
@@ -156,6 +166,7 @@ def test_a_version_swap_under_load_watches_every_model_and_a_memory_limit_stops_
     page = render(tmp_path / "reports" / "digits_cnn" / "lifecycle" / "latest" / "lifecycle.html")
     assert page["errors"] == [] and page["charts"]["chart-swap"]["path"] >= 4, page  # p50 and p99 of two models
     assert page["charts"]["chart-swap-share"]["circle"] > 10 and "chart-coldstart" not in page["charts"]
+    assert page["charts"]["chart-swap-compare"]["path"] >= 2  # a line for each setting
     assert "swap: version 2 answered" in result.headline and "density: 0 of 1 copy tried fit" in result.headline
 
 

@@ -113,3 +113,32 @@ def test_a_load_that_succeeds_on_a_retry_is_available(testdata, tmp_path):
         assert attempts[0]._session is None and attempts[1]._session is not None
     finally:
         repository.stop()
+
+
+@pytest.mark.parametrize("threads, most", [(0, 1), (2, 2)])
+def test_num_load_threads_loads_that_many_models_at_once(testdata, threads, most):
+    """--num_load_threads=0 loads one model after another; N loads up to N at once (3 models, 2 threads: 2)."""
+    lock, overlapped = threading.Lock(), threading.Event()
+    loading = {"now": 0, "most": 0}
+
+    def warmup(name, version, model):  # runs inside each load
+        with lock:
+            loading["now"] += 1
+            loading["most"] = max(loading["most"], loading["now"])
+            if loading["now"] >= 2:
+                overlapped.set()
+        if threads:
+            overlapped.wait(30)  # a parallel load stays in until a second one overlaps it
+        with lock:
+            loading["now"] -= 1
+
+    names = ("a", "b", "c")
+    base = str(testdata / "saved_model_half_plus_two_cpu")
+    repository = Repository([ModelConfig(name=n, base_path=base) for n in names], LoadOptions(), poll_seconds=0,
+                            warmup=warmup, load_threads=threads)
+    repository.start()
+    try:
+        assert [repository.status(n)[0].state for n in names] == ["AVAILABLE"] * 3
+        assert loading["most"] == most
+    finally:
+        repository.stop()

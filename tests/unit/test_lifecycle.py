@@ -122,11 +122,10 @@ def _result(**more) -> LifecycleResult:
                                                           "first_answer_s": 2.5, "first_requests_ms": [9.0, 2.0, 2.0]}
                                                          for s in v.starts)}) for v in variants)
     result = LifecycleResult(model="m", created="2026-12-06T00:00:00+00:00", report_dir="/r", backend="embedded",
-                             parts=("cold_start",), settings={"repeats": 1, "first_requests": 3,
-                                                               "payload": "image_b64"},
+                             settings={"repeats": 1, "first_requests": 3, "payload": "image_b64"},
                              provenance={"server": "ours"}, warmup_records=8,
                              warmup=coldstart.warmup_verdict(8, list(variants)), cold_start=variants, headline="",
-                             **more)
+                             **{"parts": ("cold_start",), **more})
     return dataclasses.replace(result, headline=lifecyclepage.headline(result))
 
 
@@ -158,6 +157,15 @@ def test_the_commands_mistakes_are_one_line(capsys):
                            (["--spec", spec, "--max-models", "0"], "--max-models='0'"),
                            (["--spec", spec, "--parts", "swap", "--rate", "50%", "--output-dir", "/nonexistent/x"],
                             "no make capacity result for gRPC image_b64 of digits_cnn"),
+                           (["--spec", spec, "--swap-compare", "num_load_threads"],
+                            "--swap-compare 'num_load_threads': 'num_load_threads' is not key=value"),
+                           (["--spec", spec, "--swap-compare", "threads=4"],
+                            "--swap-compare='threads=4': Extra inputs are not permitted"),
+                           (["--spec", spec, "--swap-compare", "warmup=false;warmup=false"],
+                            "warmup=false is compared twice"),
+                           (["--spec", spec, "--swap-compare", "num_load_threads=-1"],
+                            "greater than or equal to 0"),
+                           (["--spec", spec, "--swap-compare", "name=x"], "a setting to compare changes"),
                            (["--spec", str(REPO / "specs" / "nope.yaml")], "nope.yaml")):
         assert command.main_lifecycle(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
@@ -251,3 +259,52 @@ def test_lifecycle_thresholds_on_a_part_that_did_not_run_are_not_evaluated():
                                "density": {"fits": 3, "per_copy_peak_mb": 7.5}})
     assert figures == {"copy_to_answer_s": 0.8, "swap_failures": 1, "swap_spike_ms": 500.0, "swap_peak_p99_ms": 9.0,
                        "density_models": 3, "memory_per_copy_mb": 7.5}
+
+
+def test_swap_settings_to_compare_are_read_labelled_and_checked_before_any_server(tmp_path):
+    from spec.loader import load_spec
+
+    assert rules.parse_settings("num_load_threads=4; warmup=false,file_system_poll_wait_seconds=3;") == [
+        {"num_load_threads": "4"}, {"warmup": "false", "file_system_poll_wait_seconds": "3"}]
+    settings = rules.SwapSpec.model_validate({"compare": rules.parse_settings(
+        "num_load_threads=4;warmup=false,file_system_poll_wait_seconds=3")}).compare
+    assert [s.label for s in settings] == ["num_load_threads=4", "file_system_poll_wait_seconds=3, warmup=false"]
+    assert settings[1].changes() == {"file_system_poll_wait_seconds": 3, "warmup": False}
+    spec = load_spec(REPO / "specs" / "digits_cnn.yaml")
+    bare = tmp_path / "digits_cnn" / "1"
+    bare.mkdir(parents=True)  # an export without warmup records
+    def with_compare(compare, **swap_keys):
+        section = spec.lifecycle.model_copy(update={"swap": rules.SwapSpec.model_validate(
+            {"compare": compare, **swap_keys})})
+        return spec.model_copy(update={"lifecycle": section})
+    swap.check_settings(with_compare([{"warmup": False}, {"num_load_threads": 2}]), bare)  # nothing to refuse
+    with pytest.raises(swap.UsageError, match="'warmup=true' delivers the new version with the export's warmup "
+                       "records, but .* has none"):
+        swap.check_settings(with_compare([{"warmup": True}]), bare)
+    with pytest.raises(swap.UsageError, match="polls every 30 s, but the swap waits only lifecycle.swap.timeout=20 s"):
+        swap.check_settings(with_compare([{"file_system_poll_wait_seconds": 30}], timeout="20s"), bare)
+
+
+def test_the_page_compares_the_swap_across_settings():
+    def run(setting, slow_ms, answered_at):
+        answers = [_answer("m", k * 0.01, 1 if k * 0.01 < answered_at else 2,
+                           latency=slow_ms / 1000 if 1.0 <= k * 0.01 < 1.5 else 0.002) for k in range(300)]
+        answers += [_answer("n", k * 0.01 + 0.005, 1) for k in range(300)]
+        measured = _swap(answers)
+        return {"rate_per_model": 50.0, "rate_source": "lifecycle.swap.rate", "markers": measured["markers"],
+                "old_version": 1, "new_version": 2, "late_problem": None, "bucket_s": 0.25,
+                "new_version_server": {"load_ms": 120.0, "warmup_ms": None if setting else 30.0,
+                                       "metrics_error": None},
+                "models": swap.verdict(measured, ["m", "n"], "m", 0.25), "setting": setting or swap.AS_SERVED}
+    served = {**run(None, 20, 1.6), "compared": [{**run("warmup=false", 80, 2.1), "changes": {"warmup": False}}]}
+    result = _result(swap=served, parts=("cold_start", "swap"))
+    charts = lifecyclepage.chart_data(result)["swap"]["compared"]
+    assert [c["name"] for c in charts] == [swap.AS_SERVED, "warmup=false"]
+    assert charts[0]["points"][0][0] == pytest.approx(-1.0 + 0.125)  # seconds from the copy, at 1.0 s
+    assert max(p[1] for p in charts[1]["points"]) == pytest.approx(80.0)
+    rows = lifecyclepage._compare_rows(served)
+    assert [r[:4] for r in rows] == [[swap.AS_SERVED, "0.60", "120", "30"], ["warmup=false", "1.10", "120", "none"]]
+    assert "with warmup=false: answered 1.10 s after the copy, peak p99 80.0 ms, 0 failures" in result.headline
+    text = lifecyclepage.terminal(result)
+    assert "swap, compared settings" in text and "warmup=false" in text
+    assert "chart-swap-compare" in lifecyclepage.html_page(result)

@@ -276,6 +276,7 @@ def test_every_page_is_one_shell_with_one_stylesheet():
 def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):
     from deploy.serving_config import ServerLayout, server_flags, write_configs
     from server.configs import load_batching_parameters, load_model_config_file, load_monitoring_config
+    from server.flags import parse as parse_flags
 
     spec = load_spec(write_spec(tmp_path, "specs/digits_cnn.yaml", **{
         "serving.batching": {"enabled": True, "max_batch_size": 8, "allowed_batch_sizes": [2, 8],
@@ -293,6 +294,11 @@ def test_serving_configs_parse_with_the_servers_own_loaders(tmp_path):
     assert "--enable_batching=true" in flags and not any(f.startswith("--host") for f in flags)
     assert "--host=127.0.0.1" in server_flags(spec, layout, embedded=True)
     assert len([f for f in flags if f.startswith("--port=")]) == 1
+    assert not any("load_threads" in f or "poll_wait" in f for f in flags)  # the server's defaults, unsaid
+    loading = spec.model_copy(update={"serving": spec.serving.model_copy(
+        update={"num_load_threads": 3, "file_system_poll_wait_seconds": 5})})
+    parsed, _ = parse_flags(server_flags(loading, layout, embedded=True))
+    assert (parsed.num_load_threads, parsed.file_system_poll_wait_seconds) == (3, 5)
 
 
 def test_a_model_config_with_every_served_model(tmp_path, testdata):

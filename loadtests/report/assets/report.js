@@ -269,6 +269,9 @@ function drawAll() {
     lineChart(chart("chart-swap-share"), {xlabel: "seconds since the load began (due time)", ylabel: "share", yZero: true,
       xname: "t (s)", yname: "share", title: "answered by the new version", vlines: w.markers,
       series: [{name: "new version", color: "#08519c", points: w.share}]});
+    if (w.compared.length) lineChart(chart("chart-swap-compare"), {xlabel: "seconds since the copy (due time)",
+      ylabel: "latency (ms)", logY: true, xname: "t (s)", yname: "ms", title: "p99 of the swapped model, per setting",
+      vlines: [{x: 0, label: "copy started", color: "#555"}], series: w.compared});
   }
   if (chart("chart-density-memory")) {
     const d = D.density;
