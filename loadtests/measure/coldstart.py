@@ -43,18 +43,37 @@ RECORDS_READ = re.compile(r"Number of warmup records read: (\d+)")
 MIB = 1024.0 * 1024.0
 
 
-def warmup_records(version_dir: Path) -> Optional[int]:
-    """How many records the version's warmup file holds (TFRecord framing: length, its CRC, data, its CRC), or
-    None when it has none."""
-    path = Path(version_dir) / WARMUP_FILE
-    if not path.is_file():
-        return None
-    count, data, at = 0, path.read_bytes(), 0
+def _records(path: Path) -> list[bytes]:
+    """The records of a TFRecord file (framing: length, its CRC, data, its CRC; the CRCs are not checked)."""
+    records, data, at = [], path.read_bytes(), 0
     while at + 12 <= len(data):
         (length,) = struct.unpack_from("<Q", data, at)
+        records.append(data[at + 12:at + 12 + length])
         at += 12 + length + 4
-        count += 1
-    return count
+    return records
+
+
+def warmup_records(version_dir: Path) -> Optional[int]:
+    """How many records the version's warmup file holds, or None when it has none."""
+    path = Path(version_dir) / WARMUP_FILE
+    return len(_records(path)) if path.is_file() else None
+
+
+def warmup_predict_requests(version_dir: Path, model: str) -> list:
+    """The PredictRequests of the version's warmup records, addressed to `model` (its latest version): what the
+    server replays when it warms the version up. Empty when it has none."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = Path(version_dir) / WARMUP_FILE
+    requests = []
+    for record in _records(path) if path.is_file() else []:
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        if log.WhichOneof("log_type") == "predict_log":
+            request = log.predict_log.request
+            request.model_spec.name = model
+            request.model_spec.ClearField("version_choice")
+            requests.append(request)
+    return requests
 
 
 def copy_version(version_dir: Path, target: Path, ignore=None) -> None:

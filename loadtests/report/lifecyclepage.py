@@ -109,8 +109,10 @@ def _compare_rows(swap: dict) -> list[list[str]]:
 def _density_charts(density: dict) -> dict:
     steps = density["steps"]
     memory = [{"name": name, "color": color, "points": [[s["models"], s[key]] for s in steps]}
-              for key, name, color in (("memory_available_mb", "at AVAILABLE", "#74c476"),
-                                       ("memory_peak_mb", "peak under load", "#238b45"))]
+              for key, name, color in (("memory_available_mb", "loaded (AVAILABLE, no warmup)", "#c7e9c0"),
+                                       ("memory_warm_mb", "warmed up", "#74c476"),
+                                       ("memory_peak_mb", "peak under load", "#238b45"))
+              if any(s.get(key) is not None for s in steps)]
     latency = [{"name": f"p{density['percentile']:g}", "color": "#d62728",
                 "points": [[s["models"], s["slo_percentile_ms"], f"{s['failures']} failed"] for s in steps]}]
     slo = steps[0].get("slo_ms") if steps else None
@@ -189,7 +191,10 @@ def density_sentence(density: dict) -> str:
         text += f" (limited by {density['limited_by']})"
     per = density.get("per_copy_peak_mb")
     if per is not None:
-        text += f"; each copy adds {per:.0f} MiB under load against {density['saved_model_mb']:.1f} MiB on disk"
+        loaded, warm = density.get("per_copy_available_mb"), density.get("per_copy_warm_mb")
+        split = f" ({loaded:.0f} MiB once loaded, {warm:.0f} MiB once warmed up)" if None not in (loaded, warm) else ""
+        text += (f"; each copy adds {per:.0f} MiB under load{split} against {density['saved_model_mb']:.1f} MiB on "
+                 "disk")
     return text
 
 
@@ -208,13 +213,13 @@ def _swap_rows(swap: dict) -> list[list[str]]:
 
 SWAP_HEAD = ["model", "requests", "failures", "late starts", "baseline p99 (ms)", "peak p99 (ms)", "spike (ms)",
              "versions answering", "copy to new answer (s)"]
-DENSITY_HEAD = ["copies", "ready (s)", "memory at AVAILABLE (MiB)", "memory under load (MiB)", "p50 (ms)",
+DENSITY_HEAD = ["copies", "ready (s)", "memory loaded (MiB)", "warmed up (MiB)", "under load (MiB)", "p50 (ms)",
                 "SLO percentile (ms)", "failures", "SLO met"]
 
 
 def _density_rows(density: dict) -> list[list[str]]:
     return [[str(s["models"]), _value(s["ready_s"], 1), _value(s["memory_available_mb"], 0),
-             _value(s["memory_peak_mb"], 0), _value(s["p50_ms"], 2), _value(s["slo_percentile_ms"], 2),
+             _value(s.get("memory_warm_mb"), 0), _value(s["memory_peak_mb"], 0), _value(s["p50_ms"], 2), _value(s["slo_percentile_ms"], 2),
              str(s["failures"]), {True: "yes", False: "no", None: "-"}[s["slo_met"]]] for s in density["steps"]]
 
 

@@ -44,5 +44,6 @@ def test_every_lifecycle_part_on_containers(tmp_path, digits_export, engine, tf_
     # density: two copies in one container, its memory from the engine at each step
     steps = result.density["steps"]
     assert [s["models"] for s in steps] == [1, 2] and all(s["failures"] == 0 for s in steps), steps
-    assert all(s["memory_available_mb"] > 50 for s in steps), steps
+    assert all(s["memory_available_mb"] > 50 and s["memory_warm_mb"] > 50 for s in steps), steps
+    assert [s["warmup_requests"] for s in steps] == [records, 2 * records] and not steps[1]["warmup_failures"]
     assert _ours(engine) == [], "every container the cold starts ran is gone"

@@ -183,3 +183,11 @@ def test_density_memory_grows_with_the_copies_served(tmp_path, digits_export):
     # every copy is a model of its own in the server: its graph and variables are held once more
     assert steps[2]["memory_available_mb"] > steps[0]["memory_available_mb"], steps
     assert result.density["per_copy_available_mb"] > 0 and result.density["saved_model_mb"] > 0
+    # each copy was warmed up by the harness (the server started without its own warmup): the export's records
+    # to every copy, none failed, and the memory read after them
+    records = coldstart.warmup_records(digits_export[1])
+    assert [s["warmup_requests"] for s in steps] == [records, 2 * records, 3 * records] and records > 0
+    assert all(s["warmup_failures"] == [] and s["memory_warm_mb"] > 50 for s in steps), steps
+    assert result.density["per_copy_warm_mb"] is not None and "once warmed up" in result.headline
+    print("density:", [(s["models"], round(s["memory_available_mb"]), round(s["memory_warm_mb"]),
+                        round(s["memory_peak_mb"])) for s in steps])

@@ -216,9 +216,9 @@ def test_buckets_hold_each_versions_answers_and_late_starts():
     assert series[0]["p99_ms"] == pytest.approx(19.64), "latency counts from the due time (20 ms, not 10)"
 
 
-def _step(models, memory, slo_met=True, failures=0):
-    return {"models": models, "memory_available_mb": memory - 5, "memory_peak_mb": memory, "failures": failures,
-            "slo_met": slo_met}
+def _step(models, memory, slo_met=True, failures=0, warmup_failures=()):
+    return {"models": models, "memory_available_mb": memory - 5 * models, "memory_warm_mb": memory - 2,
+            "memory_peak_mb": memory, "failures": failures, "slo_met": slo_met, "warmup_failures": list(warmup_failures)}
 
 
 def test_density_says_how_many_copies_fit_and_why_no_more():
@@ -232,6 +232,28 @@ def test_density_says_how_many_copies_fit_and_why_no_more():
     assert slow["fits"] == 1 and slow["limited_by"] == "the SLO: 2 copies missed it"
     assert density.answer([_step(1, 600.0, failures=3)], None, 1.0, 99.0)["fits"] == 0
     assert density.per_copy_mb([_step(1, 600.0)], "memory_peak_mb") is None
+    # after load, after warmup, under load: a slope each
+    assert (free["per_copy_available_mb"], free["per_copy_warm_mb"]) == (pytest.approx(45.0), pytest.approx(50.0))
+    assert "each copy adds 50 MiB under load (45 MiB once loaded, 50 MiB once warmed up) against 12.0 MiB on disk" \
+        in lifecyclepage.density_sentence(free)
+    cold = density.answer([_step(1, 600.0), _step(2, 650.0, warmup_failures=["m_copy2: INTERNAL: x"])], None, 1.0,
+                          99.0)
+    assert cold["fits"] == 1 and cold["limited_by"] == "failures: warming up 2 copies failed (m_copy2: INTERNAL: x)"
+
+
+def test_the_warmup_records_are_replayed_to_each_copy_by_name(tmp_path):
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="m", signature_name="serving_default"))
+    request.model_spec.version.value = 7
+    request.inputs["x"].string_val.append(b"image")
+    logs = [prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)),
+            prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog())]  # not a Predict: left
+    _tfrecords(tmp_path / "1" / WARMUP_FILE, [log.SerializeToString() for log in logs] * 2)
+    [first, second] = coldstart.warmup_predict_requests(tmp_path / "1", "m_copy3")
+    assert first == second and first.model_spec.name == "m_copy3" and not first.model_spec.HasField("version")
+    assert first.model_spec.signature_name == "serving_default" and first.inputs["x"].string_val == [b"image"]
+    assert coldstart.warmup_records(tmp_path / "1") == 4 and coldstart.warmup_predict_requests(tmp_path, "m") == []
 
 
 def test_density_serves_each_copy_under_its_own_name(tmp_path):
