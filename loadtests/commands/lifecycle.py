@@ -39,7 +39,7 @@ def figures(result_parts: dict) -> dict:
     swap = result_parts.get("swap")
     if swap:
         models = swap["models"].values()
-        out["copy_to_answer_s"] = swap["models"][next(iter(swap["models"]))].get("copy_to_new_answer_s")
+        out["copy_to_answer_s"] = lifecyclepage.swapped_model(swap).get("copy_to_new_answer_s")
         out["swap_failures"] = sum(m["failures"] for m in models)
         out["swap_spike_ms"] = max(m["spike_ms"] for m in models)
         peaks = [m["peak_p99_ms"] for m in models if m["peak_p99_ms"] is not None]
@@ -137,6 +137,10 @@ def with_overrides(spec: Spec, args) -> Spec:
         if unknown or not values["parts"]:
             raise UsageError(f"--parts {args.parts!r}: {', '.join(unknown) or 'nothing'} is not a part make "
                              f"lifecycle measures; the parts: {', '.join(rules.PARTS)}")
+    parts = values["parts"]
+    if args.swap_compare is not None and "swap" not in parts:
+        raise UsageError(f"--swap-compare compares settings of the swap part, which is not among the parts measured "
+                         f"({', '.join(parts)}); add swap to --parts or leave --swap-compare out")
     if not given and args.parts is None:
         return spec
     try:

@@ -241,10 +241,11 @@ def check_settings(spec, version_dir: Path) -> None:
     line) for a setting that cannot be measured."""
     swap = spec.lifecycle.swap
     for setting in swap.compare:
-        if setting.warmup and warmup_records(version_dir) is None:
-            raise UsageError(f"lifecycle.swap.compare: {setting.label!r} delivers the new version with the export's "
-                             f"warmup records, but {version_dir} has none; export with export.warmup: true or drop "
-                             "the setting")
+        if setting.warmup is not None and warmup_records(version_dir) is None:
+            raise UsageError(f"lifecycle.swap.compare: {setting.label!r} delivers the new version "
+                             f"{'with' if setting.warmup else 'without'} the export's warmup records, but "
+                             f"{version_dir} has none, so there is nothing to compare; export with export.warmup: "
+                             "true or leave warmup out of the setting")
         poll = setting.file_system_poll_wait_seconds or spec.serving.file_system_poll_wait_seconds
         if poll >= swap.timeout:
             raise UsageError(f"lifecycle.swap.compare: {setting.label!r} polls every {poll} s, but the swap waits "

@@ -69,17 +69,23 @@ def _swap_charts(swap: dict) -> dict:
                        "points": [[b["t"] + bucket / 2, b["p50_ms"]] for b in points]})
     markers = [{"x": swap["markers"][key], "label": label, "color": "#555"} for key, label in MARKERS
                if swap["markers"].get(key) is not None]
-    swapped = swap["models"][next(iter(swap["models"]))]
+    swapped = swapped_model(swap)
     share = [[b["t"] + bucket / 2, b["versions"].get(str(swap["new_version"]), 0) / max(1, sum(b["versions"].values()))]
              for b in swapped["buckets"] if b["versions"]]
     compared = []
     if swap.get("compared"):
         for i, run in enumerate(_settings(swap)):
-            mine, copy_at = run["models"][next(iter(run["models"]))], run["markers"]["copy"]
+            mine, copy_at = swapped_model(run), run["markers"]["copy"]
+            points = [[b["t"] + bucket / 2 - copy_at, b["p99_ms"], f"{b['requests']} requests, {b['failures']} failed"]
+                      for b in mine["buckets"] if b["p99_ms"] is not None]
             compared.append({"name": run.get("setting", AS_SERVED), "color": COLORS[i % len(COLORS)], "r": 2.5,
-                             "points": [[b["t"] + bucket / 2 - copy_at, b["p99_ms"], f"{b['requests']} requests, "
-                                         f"{b['failures']} failed"] for b in mine["buckets"] if b["p99_ms"] is not None]})
+                             "points": points})
     return {"series": series, "markers": markers, "share": share, "compared": compared}
+
+
+def swapped_model(swap: dict) -> dict:
+    """The swapped model's entry of a swap (its models are listed swapped one first)."""
+    return next(iter(swap["models"].values()))
 
 
 def _settings(swap: dict) -> list[dict]:
@@ -177,7 +183,7 @@ def swap_sentence(swap: dict) -> str:
         text += f"; {swapped['old_after_switch']} requests sent after the switch were answered by the old version"
     text += f"; {swap['late_problem']}" if swap.get("late_problem") else ""
     for run in swap.get("compared", ()):
-        mine = run["models"][next(iter(run["models"]))]
+        mine = swapped_model(run)
         lost = sum(m["failures"] for m in run["models"].values())
         text += (f"; with {run['setting']}: answered {_value(mine.get('copy_to_new_answer_s'), 2)} s after the copy, "
                  f"peak p99 {_value(mine['peak_p99_ms'], 1)} ms, {lost} failure{'s' if lost != 1 else ''}")
@@ -219,8 +225,9 @@ DENSITY_HEAD = ["copies", "ready (s)", "memory loaded (MiB)", "warmed up (MiB)",
 
 def _density_rows(density: dict) -> list[list[str]]:
     return [[str(s["models"]), _value(s["ready_s"], 1), _value(s["memory_available_mb"], 0),
-             _value(s.get("memory_warm_mb"), 0), _value(s["memory_peak_mb"], 0), _value(s["p50_ms"], 2), _value(s["slo_percentile_ms"], 2),
-             str(s["failures"]), {True: "yes", False: "no", None: "-"}[s["slo_met"]]] for s in density["steps"]]
+             _value(s.get("memory_warm_mb"), 0), _value(s["memory_peak_mb"], 0), _value(s["p50_ms"], 2),
+             _value(s["slo_percentile_ms"], 2), str(s["failures"]), {True: "yes", False: "no", None: "-"}[s["slo_met"]]]
+            for s in density["steps"]]
 
 
 def html_page(result: LifecycleResult) -> str:

@@ -166,6 +166,9 @@ def test_the_commands_mistakes_are_one_line(capsys):
                            (["--spec", spec, "--swap-compare", "num_load_threads=-1"],
                             "greater than or equal to 0"),
                            (["--spec", spec, "--swap-compare", "name=x"], "a setting to compare changes"),
+                           (["--spec", spec, "--parts", "density", "--swap-compare", "warmup=false"],
+                            "--swap-compare compares settings of the swap part, which is not among the parts "
+                            "measured (density)"),
                            (["--spec", str(REPO / "specs" / "nope.yaml")], "nope.yaml")):
         assert command.main_lifecycle(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
@@ -218,7 +221,8 @@ def test_buckets_hold_each_versions_answers_and_late_starts():
 
 def _step(models, memory, slo_met=True, failures=0, warmup_failures=()):
     return {"models": models, "memory_available_mb": memory - 5 * models, "memory_warm_mb": memory - 2,
-            "memory_peak_mb": memory, "failures": failures, "slo_met": slo_met, "warmup_failures": list(warmup_failures)}
+            "memory_peak_mb": memory, "failures": failures, "slo_met": slo_met,
+            "warmup_failures": list(warmup_failures)}
 
 
 def test_density_says_how_many_copies_fit_and_why_no_more():
@@ -299,10 +303,13 @@ def test_swap_settings_to_compare_are_read_labelled_and_checked_before_any_serve
         section = spec.lifecycle.model_copy(update={"swap": rules.SwapSpec.model_validate(
             {"compare": compare, **swap_keys})})
         return spec.model_copy(update={"lifecycle": section})
-    swap.check_settings(with_compare([{"warmup": False}, {"num_load_threads": 2}]), bare)  # nothing to refuse
-    with pytest.raises(swap.UsageError, match="'warmup=true' delivers the new version with the export's warmup "
-                       "records, but .* has none"):
-        swap.check_settings(with_compare([{"warmup": True}]), bare)
+    swap.check_settings(with_compare([{"num_load_threads": 2}]), bare)  # nothing to refuse
+    for warmup, said in ((True, "with"), (False, "without")):
+        with pytest.raises(swap.UsageError, match=f"delivers the new version {said} the export's warmup records, "
+                           "but .* has none, so there is nothing to compare"):
+            swap.check_settings(with_compare([{"warmup": warmup}]), bare)
+    _tfrecords(bare / WARMUP_FILE, [b"x"])
+    swap.check_settings(with_compare([{"warmup": True}, {"warmup": False}]), bare)
     with pytest.raises(swap.UsageError, match="polls every 30 s, but the swap waits only lifecycle.swap.timeout=20 s"):
         swap.check_settings(with_compare([{"file_system_poll_wait_seconds": 30}], timeout="20s"), bare)
 
