@@ -114,6 +114,9 @@ def parse_settings(text: str) -> list[dict]:
             key, sep, value = pair.partition("=")
             if not sep or not key.strip() or not value.strip():
                 raise ValueError(f"{pair!r} is not key=value (e.g. num_load_threads=4)")
+            if key.strip() not in SwapSetting.model_fields:
+                raise ValueError(f"{key.strip()!r} is not a setting the swap compares; the settings: "
+                                 f"{', '.join(SwapSetting.model_fields)}")
             setting[key.strip()] = value.strip()
         settings.append(setting)
     return settings

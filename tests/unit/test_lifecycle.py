@@ -160,7 +160,8 @@ def test_the_commands_mistakes_are_one_line(capsys):
                            (["--spec", spec, "--swap-compare", "num_load_threads"],
                             "--swap-compare 'num_load_threads': 'num_load_threads' is not key=value"),
                            (["--spec", spec, "--swap-compare", "threads=4"],
-                            "--swap-compare='threads=4': Extra inputs are not permitted"),
+                            "--swap-compare 'threads=4': 'threads' is not a setting the swap compares; the "
+                            "settings: name, num_load_threads, file_system_poll_wait_seconds, warmup"),
                            (["--spec", spec, "--swap-compare", "warmup=false;warmup=false"],
                             "warmup=false is compared twice"),
                            (["--spec", spec, "--swap-compare", "num_load_threads=-1"],
