@@ -79,7 +79,8 @@ class Repository:
                  allow_labels_for_unavailable: bool = False, metrics: Optional[Metrics] = None,
                  load_threads: int = 0):
         self._options = load_options
-        self._load_threads = load_threads
+        # --num_load_threads: one pool for the server's life (its threads start at the first parallel load)
+        self._loader = ThreadPoolExecutor(load_threads, "load") if load_threads > 0 else None
         self._metrics = metrics if metrics is not None else Metrics()
         self._poll_seconds = poll_seconds
         self._warmup = warmup
@@ -119,15 +120,16 @@ class Repository:
             states = [s for m in self._models.values() for s in m.versions.values() if s.state == AVAILABLE]
         for state in states:
             self._unload(state)
+        if self._loader is not None:
+            self._loader.shutdown(wait=True)
 
     def poll_once(self) -> None:
         """One pass over every model: load new aspired versions, then unload the ones no longer aspired."""
         with self._poll_lock:
             with self._lock:
                 models = list(self._models.values())
-            if self._load_threads > 0 and len(models) > 1:
-                with ThreadPoolExecutor(min(self._load_threads, len(models)), "load") as pool:
-                    list(pool.map(self._reconcile, models))  # a model's failure is raised here, as when serial
+            if self._loader is not None and len(models) > 1:
+                list(self._loader.map(self._reconcile, models))  # a model's failure is raised here, as when serial
             else:
                 for model in models:
                     self._reconcile(model)

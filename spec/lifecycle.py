@@ -73,6 +73,11 @@ def _rate(value: Any) -> Union[float, str]:
 Rate = Annotated[Union[float, str], BeforeValidator(_rate)]
 
 
+# the server flags a swap setting may change, bounded as serving.* bounds them (spec/schema.py uses these too)
+LoadThreads = Annotated[int, Field(ge=0, le=64)]
+PollSeconds = Annotated[int, Field(ge=1, le=86400)]
+
+
 class SwapSetting(BaseModel):
     """One more way to run the swap, compared with the serving section as written: server flags, and whether the
     new version carries the export's warmup records. A key left out keeps the spec's value."""
@@ -80,9 +85,9 @@ class SwapSetting(BaseModel):
 
     name: Optional[str] = Field(None, min_length=1, max_length=60, description="A label for the report (default: "
                                 "the settings, e.g. num_load_threads=4)")
-    num_load_threads: Optional[int] = Field(None, ge=0, le=64, description="--num_load_threads of the server")
-    file_system_poll_wait_seconds: Optional[int] = Field(None, ge=1, le=86400, description="The server's "
-                                                         "version poll period (--file_system_poll_wait_seconds)")
+    num_load_threads: Optional[LoadThreads] = Field(None, description="--num_load_threads of the server")
+    file_system_poll_wait_seconds: Optional[PollSeconds] = Field(None, description="The server's version poll "
+                                                                 "period (--file_system_poll_wait_seconds)")
     warmup: Optional[bool] = Field(None, description="false: the new version arrives without the export's warmup "
                                    "records (assets.extra/tf_serving_warmup_requests); true: with them")
 

@@ -27,7 +27,7 @@ from spec.contract import (
     SIGNATURE_KINDS,
     TENSOR_SIGNATURE,
 )
-from spec.lifecycle import LifecycleSpec
+from spec.lifecycle import LifecycleSpec, LoadThreads, PollSeconds
 from spec.tuning import TuneSpec
 from spec.yamlsource import YamlDocument
 
@@ -243,10 +243,10 @@ class ServingSpec(_Strict):
                                       "the server's default, 4 x CPUs")
     grpc_max_threads: int = Field(0, ge=0, description="gRPC threads (--grpc_max_threads); 0 keeps the server's "
                                   "default, 4 x CPUs")
-    num_load_threads: int = Field(0, ge=0, le=64, description="Threads loading models (--num_load_threads); 0 loads "
-                                  "them one after another, N loads up to N at once")
-    file_system_poll_wait_seconds: int = Field(1, ge=1, le=86400, description="How often the server looks for new "
-                                               "versions under each base path (--file_system_poll_wait_seconds)")
+    num_load_threads: LoadThreads = Field(0, description="Threads loading models (--num_load_threads); 0 loads "
+                                          "them one after another, N loads up to N at once")
+    file_system_poll_wait_seconds: PollSeconds = Field(1, description="How often the server looks for new versions "
+                                                       "under each base path (--file_system_poll_wait_seconds)")
     tuned: Optional[str] = Field(None, description="'latest' (or a tune directory or tune.json): serve the "
                                  "configuration make tune recommended; it replaces batching, the thread counts "
                                  "and, on the docker backend, the image")

@@ -65,15 +65,18 @@ def warmup_predict_requests(version_dir: Path, model: str) -> list:
     from tensorflow_serving.apis import prediction_log_pb2
 
     path = Path(version_dir) / WARMUP_FILE
-    requests = []
-    for record in _records(path) if path.is_file() else []:
-        log = prediction_log_pb2.PredictionLog.FromString(record)
-        if log.WhichOneof("log_type") == "predict_log":
-            request = log.predict_log.request
-            request.model_spec.name = model
-            request.model_spec.ClearField("version_choice")
-            requests.append(request)
-    return requests
+    logs = [prediction_log_pb2.PredictionLog.FromString(record) for record in (_records(path) if path.is_file()
+                                                                                 else [])]
+    return [addressed(log.predict_log.request, model) for log in logs if log.WhichOneof("log_type") == "predict_log"]
+
+
+def addressed(request, model: str):
+    """A copy of a PredictRequest addressed to `model`, its latest version."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.model_spec.name = model
+    copy.model_spec.ClearField("version_choice")
+    return copy
 
 
 def copy_version(version_dir: Path, target: Path, ignore=None) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from deploy.deployment import deployment_for
 from loadtests.drive import wire
-from loadtests.measure.coldstart import MIB, MemoryPeak, copy_version, warmup_predict_requests
+from loadtests.measure.coldstart import MIB, MemoryPeak, addressed, copy_version, warmup_predict_requests
 from loadtests.measure.openload import OpenLoad, Target, latency_ms
 
 
@@ -65,7 +65,8 @@ def run_density(spec, backend: str, version_dir: Path, payloads, payload: str, r
                 log: Callable[[str], None]) -> dict:
     """Every step of lifecycle.density, until max_models or the memory limit; the steps and the answer."""
     settings = spec.lifecycle.density
-    records = bool(warmup_predict_requests(version_dir, spec.name))
+    warmup = warmup_predict_requests(version_dir, spec.name)  # read once, addressed to each copy below
+    records = bool(warmup)
     unwarmed = spec.model_copy(update={"export": spec.export.model_copy(update={"warmup": False})})
     slo = spec.benchmark.slo
     percentile = slo.percentile if slo else 99.0
@@ -82,7 +83,7 @@ def run_density(spec, backend: str, version_dir: Path, payloads, payload: str, r
             names = [copy_name(spec.name, i) for i in range(1, k + 1)]
             targets = [Target(name, tuple(payloads.grpc_request(payload, i, name) for i in range(len(payloads))),
                               payloads) for name in names]
-            warmups = {name: warmup_predict_requests(version_dir, name) or [target.requests[0]]
+            warmups = {name: [addressed(request, name) for request in warmup] or [target.requests[0]]
                        for name, target in zip(names, targets)}
             started = time.perf_counter()
             with deployment_for(step_spec, backend, lambda _line: None) as deployment:

@@ -268,8 +268,7 @@ def swap_part(spec, backend: str, version_dir: Path, payloads, payload: str, rat
         changes = setting.changes()
         log(f"swap, compared: {setting.label}")
         serving = {k: v for k, v in changes.items() if k != "warmup"}
-        variant = spec.model_copy(update={"serving": spec.serving.model_copy(update=serving)})
-        variant._companions = spec.served[1:]
+        variant = spec.model_copy(update={"serving": spec.serving.model_copy(update=serving)})  # companions kept
         compared.append({**one_swap(variant, backend, version_dir, payloads, payload, rate, run_dir, log,
                                     new_warmup=changes.get("warmup")),
                          "setting": setting.label, "changes": changes})
