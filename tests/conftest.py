@@ -67,6 +67,15 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def ctrl_c_default() -> None:
+    """preexec_fn for a command a test interrupts: SIGINT back to its default, so the child's Python turns it into
+    KeyboardInterrupt. A suite started in the background (`nohup make test &`, `cmd &` in a script) inherits SIGINT
+    ignored, and an interrupt test then waited for a command that could not hear it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session")
 def digits_export(tmp_path_factory):
     """specs/digits_cnn.yaml exported once per test session: (spec path, version dir)."""

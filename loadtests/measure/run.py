@@ -182,6 +182,7 @@ def run_step(step: Step, target: Target, out_dir: Path) -> Path:
     with open(log_path, "wb") as log:
         master = subprocess.Popen(locust_command(step, target, out_dir, port), cwd=REPO, stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        interrupted = True  # until the step ends by itself: Ctrl-C (or any error) stops its processes at once
         try:
             for number in range(target.workers):
                 with open(out_dir / "locust" / f"{step.slug}.worker{number + 1}.log", "wb") as worker_log:
@@ -192,9 +193,10 @@ def run_step(step: Step, target: Target, out_dir: Path) -> Path:
                 code = master.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 code = f"killed after {timeout:.0f}s"
+            interrupted = False
         finally:
             for process in [master, *workers]:  # workers quit with their master; none outlives the step
-                _stop(process)
+                _stop(process, grace_s=0.0 if interrupted else 15.0)
     if not samples.exists():
         tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-12:])
         raise StepError(f"Locust step {step.slug} exited ({code}) without measurements; its log is {log_path}:\n{tail}")
@@ -202,6 +204,7 @@ def run_step(step: Step, target: Target, out_dir: Path) -> Path:
 
 
 def _stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """Wait `grace_s` for a process to end by itself (a worker quits with its master), then SIGTERM, then SIGKILL."""
     try:
         process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:

@@ -8,7 +8,7 @@ import urllib.request
 import grpc
 import pytest
 
-from tests.conftest import run_cli, write_spec
+from tests.conftest import ctrl_c_default, run_cli, write_spec
 from tests.serverproc import free_port
 
 pytestmark = pytest.mark.slow
@@ -75,19 +75,26 @@ def test_ctrl_c_during_deploy_leaves_no_server_behind(tmp_path, digits_export):
         "export.base_path": str(version_dir.parents[1]), "serving.grpc_port": free_port(),
         "serving.rest_port": free_port()})
     proc = subprocess.Popen([sys.executable, "-m", "deploy", "up", "--spec", str(spec_path)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = ""
-    while "starting digits_cnn" not in line:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default)
     deployment = EmbeddedDeployment(load_spec(spec_path))
-    deadline = time.monotonic() + 30
-    while deployment.pid() is None and time.monotonic() < deadline:  # the server process exists, not yet ready
-        time.sleep(0.05)
-    server_pid = deployment.pid()
-    assert server_pid
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        line = ""
+        while "starting digits_cnn" not in line:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+        deadline = time.monotonic() + 30
+        while deployment.pid() is None and time.monotonic() < deadline:  # the server process exists, not yet ready
+            time.sleep(0.05)
+        server_pid = deployment.pid()
+        assert server_pid
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed interrupt leaves nothing running for later tests
+            proc.kill()
+            proc.wait()
+        if proc.returncode != 130:
+            deployment.stop()
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert deployment.pid() is None
     status = Path(f"/proc/{server_pid}/status")

@@ -25,7 +25,7 @@ import pytest
 from spec.loader import load_spec
 from spec.results import TuneResult
 from tests.browser import render
-from tests.conftest import REPO, run_cli, write_spec
+from tests.conftest import REPO, ctrl_c_default, run_cli, write_spec
 from tests.serverproc import free_port
 from tests.tunefail import REFUSAL
 
@@ -163,7 +163,8 @@ def test_an_interrupted_tune_resumes_records_a_failed_deployment_and_leaves_noth
     Ctrl-C leaves nothing running, and the resumed search measures only what was not done."""
     spec_path = _digits_spec(tmp_path, digits_export)
     proc = subprocess.Popen([sys.executable, "-m", "tests.tunefail", "--spec", str(spec_path)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_default)
     seen, deadline = "", time.monotonic() + 600
     while "trial 3:" not in seen and time.monotonic() < deadline:  # trials 1 and 2 are checkpointed, 3 begins
         line = proc.stdout.readline()
