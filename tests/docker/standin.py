@@ -13,6 +13,7 @@ the report says which server ran (from the label). Nothing here is used outside 
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -79,12 +80,21 @@ def _server_hash() -> str:
 
 def tf_serving(engine, version: str, log=print) -> str:
     """tfserve-bench/standin-serving:<version>, the stand-in: rebuilt whenever the server's sources change."""
-    from deploy.images import DOCKERFILES, add_server_sources, build
-
     tag = f"{STANDIN}:{version}"
     source = _server_hash()
     if _has(engine, tag, source):
         return tag
+    # test workers share one engine: the first builds, the others wait for it instead of building the same again
+    with open(Path(tempfile.gettempdir()) / "tfsb-standin.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _has(engine, tag, source):
+            _build(engine, tag, source, log)
+    return tag
+
+
+def _build(engine, tag: str, source: str, log) -> None:
+    from deploy.images import DOCKERFILES, add_server_sources, build
+
     python_base(engine, log)
     with tempfile.TemporaryDirectory(prefix="tfsb-standin-") as tmp:
         context = Path(tmp)
@@ -92,7 +102,6 @@ def tf_serving(engine, version: str, log=print) -> str:
         shutil.copy2(DOCKERFILES / "Dockerfile.embedded", context / "Dockerfile")
         build(engine, context, tag, {"PYTHON_BASE": PYTHON}, {SOURCE_LABEL: source, "tfserve-bench.managed": "true"},
               target="server", log=log)
-    return tag
 
 
 def ci() -> bool:

@@ -15,7 +15,7 @@ from tensorflow.core.framework import types_pb2
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from deploy.docker_client import LABEL_MANAGED, LABEL_MODEL
+from deploy.docker_client import LABEL_MANAGED, LABEL_SPEC
 from exporter.builtin_models import digits_uint8
 from exporter.images import encode
 from tests.conftest import run_cli, write_spec
@@ -38,8 +38,13 @@ def _spec(tmp_path, digits_export, image: str, **overrides):
     return write_spec(tmp_path, "specs/digits_cnn.yaml", **values)
 
 
-def _ours(engine, model="digits_cnn"):
-    return engine.containers.list(all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_MODEL}={model}"]})
+def _ours(engine, spec_path):
+    """The containers a test's spec made, by the spec label every container carries: Docker tests on the other test
+    worker run containers of the same model at the same time, and those are not this test's to count."""
+    from spec.loader import load_spec
+
+    origin = load_spec(spec_path).origin
+    return engine.containers.list(all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_SPEC}={origin}"]})
 
 
 def _predict_both(spec_path):
@@ -102,7 +107,7 @@ def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert "Step 1/" in up.stdout and "ready in" in up.stdout  # build progress was streamed
         assert up.stdout.count("try: curl") == 2 and "models: digits_cnn, half_plus_two" in up.stdout
-        [container] = _ours(engine)
+        [container] = _ours(engine, spec_path)
         assert container.attrs["Config"]["User"] == "1000:1000"
         _assert_hardened(container)
         labels = container.image.labels
@@ -143,7 +148,7 @@ def test_cpu_dockerfile_deploys_serves_benchmarks_and_goes_away(tmp_path, digits
     finally:
         down = run_cli("-m", "deploy", "down", "--spec", str(spec_path), "--backend", "docker")
     assert down.returncode == 0 and "stopped" in down.stdout
-    assert _ours(engine) == []
+    assert _ours(engine, spec_path) == []
 
 
 def test_embedded_dockerfile_deploys_and_serves(tmp_path, digits_export, engine, tf_serving_standin):
@@ -153,11 +158,11 @@ def test_embedded_dockerfile_deploys_and_serves(tmp_path, digits_export, engine,
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         _predict_both(spec_path)
-        [container] = _ours(engine)
+        [container] = _ours(engine, spec_path)
         _assert_hardened(container)  # Python (the embedded server) runs on a read-only root too
     finally:
         run_cli("-m", "deploy", "down", "--spec", str(spec_path), "--backend", "docker")
-    assert _ours(engine) == []
+    assert _ours(engine, spec_path) == []
 
 
 def test_a_model_that_cannot_load_fails_with_its_logs_and_leaves_nothing(tmp_path, engine, tf_serving_standin):
@@ -174,7 +179,7 @@ def test_a_model_that_cannot_load_fails_with_its_logs_and_leaves_nothing(tmp_pat
     up = run_cli("-m", "deploy", "up", "--spec", str(spec_path))
     assert up.returncode == 2 and "Traceback" not in up.stderr
     assert "not AVAILABLE after 20s" in up.stderr and "last server log lines" in up.stderr
-    assert _ours(engine) == []
+    assert _ours(engine, spec_path) == []
 
 
 def test_no_engine_is_one_clear_line(tmp_path, digits_export):
@@ -202,4 +207,4 @@ def test_published_ports_without_a_bridge_network_fail_at_once(tmp_path, digits_
     assert "are not published" in up.stderr and "no bridge network" in up.stderr, up.stderr
     assert "serving.network: host" in up.stderr
     assert "not AVAILABLE after" not in up.stderr and elapsed < 600  # it did not wait out the readiness timeout
-    assert _ours(engine) == []
+    assert _ours(engine, spec_path) == []

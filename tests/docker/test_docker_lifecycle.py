@@ -46,4 +46,4 @@ def test_every_lifecycle_part_on_containers(tmp_path, digits_export, engine, tf_
     assert [s["models"] for s in steps] == [1, 2] and all(s["failures"] == 0 for s in steps), steps
     assert all(s["memory_available_mb"] > 50 and s["memory_warm_mb"] > 50 for s in steps), steps
     assert [s["warmup_requests"] for s in steps] == [records, 2 * records] and not steps[1]["warmup_failures"]
-    assert _ours(engine) == [], "every container the cold starts ran is gone"
+    assert _ours(engine, spec_path) == [], "every container the cold starts ran is gone"

@@ -1,18 +1,21 @@
 """make tune on the docker backend, with a real engine: each trial builds and runs its image through the same
 deploy code as make deploy. The image variants searched are cpu (Dockerfile.cpu on the offline TF Serving
 stand-in) and cpu-optimized, whose build needs TF Serving's devel image, which this offline engine does not have:
-a real deployment failure, which tune must record while the search goes on, leaving no container behind."""
+a real deployment failure, which tune must record while the search goes on, leaving no container behind.
+
+Not `measures`: it checks what tune records and leaves (a trial measured or limited, the failed build, no container
+left), never a figure, so it runs in the first tier beside other Docker tests (only its own spec's containers count)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from deploy.docker_client import LABEL_MANAGED, LABEL_MODEL
 from tests.conftest import run_cli, write_spec
+from tests.docker.test_docker import _ours
 from tests.serverproc import free_port
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.measures]
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def test_tune_on_docker_records_an_image_that_cannot_be_built_and_goes_on(tmp_path, digits_export, engine,
@@ -45,5 +48,5 @@ def test_tune_on_docker_records_an_image_that_cannot_be_built_and_goes_on(tmp_pa
                           "summary.json").read_text())
     assert summary["provenance"]["backend"] == "docker"
     assert summary["provenance"]["image"].startswith("tfserve-bench/digits_cnn:cpu-v")
-    left = engine.containers.list(all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_MODEL}=digits_cnn"]})
+    left = _ours(engine, spec_path)
     assert not left, [c.name for c in left]
