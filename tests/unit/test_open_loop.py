@@ -11,7 +11,7 @@ from loadtests.analyze import validity
 from loadtests.drive.openloop import OpenLoop, drive_open_loop
 from loadtests.drive.schedule import Schedule
 from loadtests.measure.run import Step, Target, locust_command, measure
-from loadtests.measure.search import Cell, probe_window, search
+from loadtests.measure.search import Cell, probe_window, scheduled_for, search
 from loadtests.report.capacitypage import terminal_table
 from spec.benchmarkschema import BenchmarkSpec, SloSpec
 from spec.errors import UsageError
@@ -222,6 +222,26 @@ def test_probe_windows_grow_until_the_percentile_is_supported():
     assert probe_window(1.0, 99, rules, 10.0) == 100.0  # capped at 10 x the duration
 
 
+def test_probe_windows_hold_min_requests_even_when_poisson_arrivals_fall_short():
+    # a Poisson schedule whose mean is `scheduled_for(n)` holds n requests 3 deviations below its mean
+    for count in (20, 100, 459, 1000):
+        mean = scheduled_for(count)
+        assert mean >= 1.15 * count and mean - 3 * mean ** 0.5 >= count - 1e-9
+    assert scheduled_for(100) == pytest.approx(134.8, abs=0.1)  # 1.15 x would be 115: a CI probe held 99
+    assert scheduled_for(1000) == pytest.approx(1150)           # large counts: the 15% margin is the wider one
+    # and benchmark.min_requests counts, not only the percentile's tail: p50 needs 20 answers, the rules 100
+    p50 = validity.Rules(min_tail_samples=10, min_requests=100)
+    assert probe_window(10.0, 50, p50, 3.0) == pytest.approx(scheduled_for(100) / 10.0)
+    assert probe_window(20.0, 50, validity.Rules(min_tail_samples=10, min_requests=300), 3.0) == \
+        pytest.approx(scheduled_for(300) / 20.0)
+    assert probe_window(1000.0, 50, validity.Rules(min_requests=300), 3.0) == 3.0
+    # what the schedule actually holds: seeded Poisson gaps at 33.66 req/s over the window probe_window gives
+    rng = np.random.default_rng(0)
+    window = probe_window(33.66, 90, p50, 3.0)
+    short = sum(np.cumsum(rng.exponential(1 / 33.66, 400)).searchsorted(window) < 100 for _ in range(2000))
+    assert short <= 2000 * 0.01, short  # about 1 in 700 expected; 1% allows for sampling
+
+
 def test_capacity_json_stays_standard_json_when_a_probe_had_no_answers(tmp_path):
     """A probe whose window held no answers has NaN percentiles: written as null, not a crash."""
     import json
@@ -253,8 +273,8 @@ def test_capacity_on_the_confidence_bound_counts_only_rates_whose_bound_meets_th
     assert not verdict(entry(90.0, None), slo, 0.01, on_bound=True)["meets_slo"]  # too few samples for a bound
     # and its probes are long enough for a bound as well as for the tail
     bound_rules = validity.Rules(min_tail_samples=1, judge_on_bound=True, confidence=0.99)
-    assert probe_window(10.0, 99, bound_rules, 10.0) == pytest.approx(459 * 1.15 / 10.0)
-    assert probe_window(10.0, 99, validity.Rules(min_tail_samples=1), 10.0) == pytest.approx(100 * 1.15 / 10.0)
+    assert probe_window(10.0, 99, bound_rules, 10.0) == pytest.approx(scheduled_for(459) / 10.0)
+    assert probe_window(10.0, 99, validity.Rules(min_tail_samples=1), 10.0) == pytest.approx(scheduled_for(100) / 10.0)
 
 
 class _Context:
