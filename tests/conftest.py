@@ -1,9 +1,16 @@
-"""Shared fixtures: repository paths, TF Serving's test models, spec copies, one exported digits model."""
+"""Shared fixtures: repository paths, TF Serving's test models, spec copies, one exported digits model, exports
+cached by content."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -14,6 +21,8 @@ SHARED = REPO.parent / "shared"
 TESTDATA = SHARED / "fixtures" / "tfserving_testdata"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# exports cached by content (cached_export), shared by the workers of a run and by the two tiers of `make test`
+EXPORT_CACHE = Path(os.environ.get("TFSB_TEST_EXPORTS") or Path(tempfile.gettempdir()) / "tfsb-test-exports")
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +87,67 @@ def ctrl_c_default() -> None:
 
 @pytest.fixture(scope="session")
 def digits_export(tmp_path_factory):
-    """specs/digits_cnn.yaml exported once per test session: (spec path, version dir)."""
-    from spec.loader import load_spec
-    from exporter.export import export
-
+    """specs/digits_cnn.yaml exported (cached_export): (a spec of this session pointing at it, version dir)."""
+    version_dir = cached_export("specs/digits_cnn.yaml")
     directory = tmp_path_factory.mktemp("digits")
-    spec_path = write_spec(directory, "specs/digits_cnn.yaml", **{"export.base_path": str(directory / "models")})
-    result = export(load_spec(spec_path), log=lambda line: None)
-    return spec_path, result.path
+    return write_spec(directory, "specs/digits_cnn.yaml", **{"export.base_path": str(version_dir.parents[1])}), \
+        version_dir
+
+
+@pytest.fixture(scope="session")
+def default_export() -> Path:
+    """The default spec (specs/mobilenet_v2.yaml, as committed: calibrated random weights, warmup records) exported:
+    its version directory (cached_export)."""
+    return cached_export("specs/mobilenet_v2.yaml")
+
+
+def _export_key(data: dict) -> str:
+    """What an export depends on: the spec as written (but where it is written to), the source of the packages
+    the exporter runs (exporter, spec, server) and the versions of the libraries that build and save the model."""
+    key = hashlib.sha256()
+    data = json.loads(json.dumps(data))
+    data.get("export", {}).pop("base_path", None)
+    key.update(json.dumps(data, sort_keys=True).encode())
+    for package in ("exporter", "spec", "server"):
+        for source in sorted((REPO / package).rglob("*.py")):
+            key.update(str(source.relative_to(REPO)).encode() + b"\0" + source.read_bytes())
+    for library in ("tensorflow", "keras", "numpy", "pillow", "scikit-learn", "scikit-image"):
+        try:
+            key.update(f"{library}={metadata.version(library)};".encode())
+        except metadata.PackageNotFoundError:
+            key.update(f"{library}=none;".encode())
+    return key.hexdigest()[:20]
+
+
+def cached_export(base: str, **overrides) -> Path:
+    """The spec `base` (with dotted-key `overrides`) exported once per machine and content; returns its version
+    directory, to be read, never written (serve it, point export.base_path at its parents[1]).
+
+    The export is the exporter's own, run in-process the first time; later tests, the other xdist workers (they
+    wait on a lock) and the second tier of `make test` reuse it while nothing it depends on (_export_key) changed.
+    The export itself is checked where it is the point (tests/integration/test_exporter.py runs it every time).
+    The spec it was made from is kept beside it (export_spec)."""
+    from exporter.export import export
+    from spec.loader import load_spec
+
+    with tempfile.TemporaryDirectory() as staging:
+        key = _export_key(yaml.safe_load(write_spec(Path(staging), base, **overrides).read_text()))
+    entry = EXPORT_CACHE / key
+    EXPORT_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(EXPORT_CACHE / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one export per key, whichever worker comes first
+        try:
+            if not (entry / "done").is_file():
+                shutil.rmtree(entry, ignore_errors=True)  # an export that was interrupted
+                (entry / "spec").mkdir(parents=True)
+                spec_path = write_spec(entry / "spec", base, **{**overrides, "export.base_path": str(entry / "models")})
+                result = export(load_spec(spec_path), log=lambda line: None)
+                (entry / "done").write_text(str(result.path.relative_to(entry)))  # written last: the entry is whole
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return entry / (entry / "done").read_text()
+
+
+def export_spec(version_dir: Path) -> Path:
+    """The spec file a cached_export was made from (its provenance records that file's sha256)."""
+    return next((version_dir.parents[2] / "spec").glob("*.yaml"))

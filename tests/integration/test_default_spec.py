@@ -1,10 +1,14 @@
 """The path a newcomer takes first: `make bench` on the default spec (specs/mobilenet_v2.yaml), as committed.
 
-Its export (calibrated random weights), the correctness check of every default payload over REST and gRPC, and a
-short measured run, through the same command `make bench` runs. Only the ports (free ones), the folders (under
-tmp_path) and the run lengths are changed; the model, its preprocessing, the payloads and the answer tolerance
-are the committed ones. This failed on main once: REST float tensors rounded to 6 decimals moved the calibrated
-model's scores by 1.1e-4, and the bench stopped with exit 3 before measuring anything.
+Its export (calibrated random weights, warmup records), the correctness check of every default payload over REST
+and gRPC, and a short measured run, through the same command `make bench` runs. Only the ports (free ones), the
+folders and the run lengths are changed; the model, its preprocessing, the payloads and the answer tolerance are
+the committed ones. The export is the one the first tier already made of the committed spec (cached_export: the
+same spec and exporter code give the same export); tests/integration/test_exporter.py runs the exporter's command
+on this spec every time, and tests/integration/test_answer_checks.py a bench that exports its spec first.
+
+This failed on main once: REST float tensors rounded to 6 decimals moved the calibrated model's scores by 1.1e-4,
+and the bench stopped with exit 3 before measuring anything.
 """
 from __future__ import annotations
 
@@ -21,10 +25,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.measures]
 DEFAULT_SPEC = "specs/mobilenet_v2.yaml"
 
 
-def test_the_default_spec_exports_checks_every_payload_and_measures(tmp_path):
+def test_the_default_spec_exports_checks_every_payload_and_measures(tmp_path, default_export):
     committed = yaml.safe_load((REPO / DEFAULT_SPEC).read_text())["benchmark"]
     spec_path = write_spec(tmp_path, DEFAULT_SPEC, **{
-        "export.base_path": str(tmp_path / "models"), "benchmark.output_dir": str(tmp_path / "reports"),
+        "export.base_path": str(default_export.parents[1]), "benchmark.output_dir": str(tmp_path / "reports"),
         "serving.grpc_port": free_port(), "serving.rest_port": free_port()})
     result = run_cli("-m", "loadtests", "bench", "--spec", str(spec_path), "--users", "1", "--duration", "5s",
                      "--warmup", "2s", timeout=900)

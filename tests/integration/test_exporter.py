@@ -13,7 +13,7 @@ from exporter.export import PROVENANCE_FILE, ExportError, export, read_provenanc
 from exporter.images import encode
 from exporter.verify import serialized_examples
 from exporter.warmup import WARMUP_FILE
-from tests.conftest import run_cli, write_spec
+from tests.conftest import export_spec, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,9 @@ def test_digits_export_layout_signatures_warmup_and_provenance(digits_export):
     assert (version_dir / WARMUP_FILE).stat().st_size > 0
     provenance = read_provenance(version_dir)
     assert provenance["model_name"] == "digits_cnn" and provenance["version"] == 1
-    assert provenance["spec_sha256"] == load_spec(spec_path).sha256
+    made_from = export_spec(version_dir)  # the session's spec differs only in export.base_path
+    assert provenance["spec_file"] == str(made_from) and provenance["spec_sha256"] == load_spec(made_from).sha256
+    assert load_spec(spec_path).model == load_spec(made_from).model
     assert provenance["tensorflow_version"].startswith("2.")
     assert provenance["verification"]["max_abs_diff"]["serving_default"] < 1e-4
 
