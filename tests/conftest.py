@@ -143,9 +143,16 @@ def cached_export(base: str, **overrides) -> Path:
                 spec_path = write_spec(entry / "spec", base, **{**overrides, "export.base_path": str(entry / "models")})
                 result = export(load_spec(spec_path), log=lambda line: None)
                 (entry / "done").write_text(str(result.path.relative_to(entry)))  # written last: the entry is whole
+            version_dir = entry / (entry / "done").read_text()
+            extra = sorted(p.name for p in version_dir.parent.iterdir() if p != version_dir)
+            if extra:  # a test wrote into it: later tests would serve what it left
+                shutil.rmtree(entry)
+                raise RuntimeError(f"the shared export {version_dir.parent} held {extra} beside version "
+                                   f"{version_dir.name}: a test wrote into it (copy a version out instead); removed, "
+                                   "the next run exports again")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    return entry / (entry / "done").read_text()
+    return version_dir
 
 
 def export_spec(version_dir: Path) -> Path:

@@ -25,7 +25,7 @@ import pytest
 from spec.loader import load_spec
 from spec.results import TuneResult
 from tests.browser import render
-from tests.conftest import REPO, ctrl_c_default, run_cli, write_spec
+from tests.conftest import REPO, cached_export, ctrl_c_default, run_cli, write_spec
 from tests.serverproc import free_port
 from tests.tunefail import REFUSAL
 
@@ -41,7 +41,9 @@ FIXED = {"tune.intra_op_parallelism": [0], "tune.inter_op_parallelism": [0], "tu
 
 
 def _spec(tmp_path, base: str, **overrides):
-    values = {"export.base_path": str(tmp_path / "models"), "serving.grpc_port": free_port(),
+    """`base` as the tune tests run it: the committed model's export shared by content (cached_export: these tests
+    check the search, not the export), free ports, short windows and a space given by `overrides`."""
+    values = {"export.base_path": str(cached_export(base).parents[1]), "serving.grpc_port": free_port(),
               "serving.rest_port": free_port(), "benchmark.output_dir": str(tmp_path / "reports"),
               "benchmark.protocols": ["grpc"], "benchmark.payloads": ["image_b64"], **SHORT, **FIXED}
     values.update(overrides)
@@ -149,11 +151,14 @@ def test_tune_keeps_batching_off_where_it_does_not_pay_and_says_why(tmp_path):
 
 
 def _digits_spec(tmp_path, digits_export, **more):
+    """The mechanics tests' search: no figure is judged, so a probe does not settle (stability_percent 1000: it
+    measures its window and is judged; settling made probes far within the SLO run 9 s instead of 3)."""
     spec_path, version_dir = digits_export
     return _spec(tmp_path, "specs/digits_cnn.yaml", **{
         "export.base_path": str(version_dir.parents[1]), "benchmark.slo": "p99:100ms",
         "tune.batching": [False, True], "tune.max_batch_size": [4, 8], "tune.batch_timeout_micros": [1000],
-        "tune.num_batch_threads": [1], "tune.budget": "30m", "benchmark.precision": "50%", **more})
+        "tune.num_batch_threads": [1], "tune.budget": "30m", "benchmark.precision": "50%",
+        "benchmark.stability_percent": 1000, **more})
 
 
 def test_an_interrupted_tune_resumes_records_a_failed_deployment_and_leaves_nothing_running(tmp_path,
