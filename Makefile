@@ -18,7 +18,7 @@ export TFSB_RESULTS_DB := $(RESULTS_DB)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export inspect test test-unit test-integration test-docker test-fast screenshots schema docs docs-serve perf perf-harness perf-generator perf-cost reliability serve bench capacity tune lifecycle compare history worker demo deploy down status ui compose k8s clean
+.PHONY: help venv export inspect test test-unit test-integration test-docker test-fast test-costs screenshots schema docs docs-serve perf perf-harness perf-generator perf-cost reliability serve bench capacity tune lifecycle compare history worker demo deploy down status ui compose k8s clean
 
 help: ## list the targets, by audience
 	@awk 'BEGIN {FS = ":.*?## "} /^##@ / {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*?## / {printf "  make %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -136,6 +136,9 @@ test-docker: $(READY) ## the Docker tests: a real engine (dockerd), offline stan
 	TEST_WORKERS=$(TEST_WORKERS) $(PY) -m tests.tiers tests/docker $(PYTEST_ARGS)
 
 test-fast: test-unit ## the unit tests (its name before test-unit)
+
+test-costs: $(READY) ## the whole suite, recording each file's first-tier seconds into tests/costs.json (their start order)
+	TFSB_TEST_COSTS=tests/costs.json TEST_WORKERS=$(TEST_WORKERS) $(PY) -m tests.tiers $(PYTEST_ARGS)
 
 screenshots: $(READY) ## refresh docs/demo.png: the demo page test in headless Chromium, its screenshot kept
 	TFSB_REFRESH_SCREENSHOTS=1 $(PY) -m pytest tests/integration/test_demo.py -k upload_a_photo $(PYTEST_ARGS)

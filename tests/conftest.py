@@ -21,8 +21,52 @@ SHARED = REPO.parent / "shared"
 TESTDATA = SHARED / "fixtures" / "tfserving_testdata"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# seconds each test file took, as measured by `make test-costs`: the first tier hands out the longest files first
+COSTS = REPO / "tests" / "costs.json"
+UNMEASURED_S = {True: 20.0, False: 2.0}  # a file not in COSTS yet: slow-marked or not
 # exports cached by content (cached_export), shared by the workers of a run and by the two tiers of `make test`
 EXPORT_CACHE = Path(os.environ.get("TFSB_TEST_EXPORTS") or Path(tempfile.gettempdir()) / "tfsb-test-exports")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest test files first (tests.tiers.longest_first), each file's tests together and in their order.
+
+    The first tier hands whole files to its workers in this order (`--dist loadfile --no-loadscope-reorder`,
+    tests/tiers.py), so the long files start early and short ones fill the end. pytest-xdist's own order (most tests
+    first) left the long one-test files (reliability, tune, Docker) to the end, and one worker ran them alone."""
+    from tests.tiers import longest_first
+
+    costs = json.loads(COSTS.read_text()) if COSTS.is_file() else {}
+    unmeasured: dict[str, float] = {}
+    for item in items:
+        unmeasured.setdefault(item.nodeid.split("::")[0], UNMEASURED_S[item.get_closest_marker("slow") is not None])
+    rank = {name: number for number, name in enumerate(longest_first(list(unmeasured), costs, unmeasured))}
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # stable: each file's order is kept
+
+
+class _CostRecorder:
+    """Setup, call and teardown seconds per test file, merged into `target` at the end (`make test-costs`). In an
+    xdist run it lives in the controller, which sees every worker's reports."""
+
+    def __init__(self, target: Path):
+        self.target, self.spent = target, {}
+
+    def pytest_runtest_logreport(self, report):
+        path = report.nodeid.split("::")[0]
+        self.spent[path] = self.spent.get(path, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session):
+        costs = json.loads(self.target.read_text()) if self.target.is_file() else {}
+        costs.update({name: round(seconds, 1) for name, seconds in self.spent.items()})
+        self.target.write_text(json.dumps(dict(sorted(costs.items())), indent=1) + "\n")
+
+
+def pytest_configure(config):
+    """TFSB_TEST_COSTS=<file>: record what the tests run in parallel took (the order only matters there, and a file
+    with tests in both tiers is timed by its first-tier share)."""
+    target = os.environ.get("TFSB_TEST_COSTS")
+    if target and not hasattr(config, "workerinput") and (getattr(config.option, "numprocesses", None) or 0) > 0:
+        config.pluginmanager.register(_CostRecorder(REPO / target), "tfsb-test-costs")
 
 
 @pytest.fixture(scope="session")

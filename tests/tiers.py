@@ -1,7 +1,8 @@
 """`make test`: the suite in two tiers, so that waiting overlaps and measuring does not.
 
 1. Tests that wait (servers starting, exports, Docker builds, browsers, fuzzing) run TEST_WORKERS at a time with
-   pytest-xdist, a file per worker (`--dist loadfile`: a module's server or Docker image is set up once).
+   pytest-xdist, a file per worker (`--dist loadfile`: a module's server or Docker image is set up once), the
+   longest files first (their times measured by `make test-costs` into tests/costs.json).
 2. Tests marked `measures` (they judge latency, throughput or a run's validity) run one at a time afterwards, with
    both cores to themselves, as they always have.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Mapping, Sequence
 
 NOTHING_COLLECTED = 5
 INTERRUPTED = 2
@@ -24,9 +26,17 @@ def tiers(args: list[str], workers: int) -> list[tuple[str, list[str]]]:
     """(title, pytest arguments) per tier."""
     if workers <= 1 or any(a in ("-m", "-n") or a.startswith(("-n", "--numprocesses")) for a in args):
         return [("the tests", args)]
+    # whole files, handed out in the collection's order: the longest first (tests/conftest.py, tests/costs.json)
     return [(f"tests that wait, {workers} at a time", ["-n", str(workers), "--dist", "loadfile",
-                                                       "-m", "not measures", *args]),
+                                                       "--no-loadscope-reorder", "-m", "not measures", *args]),
             ("tests that measure, one at a time", ["-m", "measures", *args])]
+
+
+def longest_first(files: Sequence[str], costs: Mapping[str, float], unmeasured: Mapping[str, float]) -> list[str]:
+    """Test files in the order the first tier should start them: by their measured seconds (`costs`, written by
+    `make test-costs`), else by `unmeasured[file]` (a guess from the file's marks), longest first; ties keep their
+    order. Starting the long files first lets the short ones fill the end of both workers' queues."""
+    return sorted(files, key=lambda name: -costs.get(name, unmeasured[name]))
 
 
 def combined(codes: list[int]) -> int:
