@@ -2,6 +2,7 @@
 cached by content."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -12,6 +13,7 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Callable, Optional
 
 import pytest
 import yaml
@@ -129,6 +131,32 @@ def ctrl_c_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def interruptible(*args: str, cleanup: Optional[Callable[[], object]] = None, own_group: bool = False):
+    """`python <args>` from the repository root, for a test to interrupt: SIGINT at its default (ctrl_c_default),
+    text output piped. `own_group`: in a process group of its own, which the test interrupts whole (os.killpg), as
+    a terminal's Ctrl-C reaches the command and its children.
+
+    On the way out, a command still running (the interrupt failed, or the test did before sending it) is killed,
+    its group with it, and `cleanup()` runs unless the command exited 130: a failed interrupt test leaves nothing
+    running for the tests after it."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=own_group, preexec_fn=ctrl_c_default)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            if own_group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.communicate()
+        if proc.returncode != 130 and cleanup is not None:
+            cleanup()
+
+
 @pytest.fixture(scope="session")
 def digits_export(tmp_path_factory):
     """specs/digits_cnn.yaml exported (cached_export): (a spec of this session pointing at it, version dir)."""
@@ -167,13 +195,10 @@ def cached_export(base: str, **overrides) -> Path:
     """The spec `base` (with dotted-key `overrides`) exported once per machine and content; returns its version
     directory, to be read, never written (serve it, point export.base_path at its parents[1]).
 
-    The export is the exporter's own, run in-process the first time; later tests, the other xdist workers (they
-    wait on a lock) and the second tier of `make test` reuse it while nothing it depends on (_export_key) changed.
-    The export itself is checked where it is the point (tests/integration/test_exporter.py runs it every time).
-    The spec it was made from is kept beside it (export_spec)."""
-    from exporter.export import export
-    from spec.loader import load_spec
-
+    The export is the exporter's command (`python -m exporter --spec`), its output kept beside it (export_log); later
+    tests, the other xdist workers (they wait on a lock) and the second tier of `make test` reuse it while nothing
+    it depends on (_export_key) changed: a change to the exporter's code or to the spec runs the command again.
+    The spec it was made from is kept beside it too (export_spec)."""
     with tempfile.TemporaryDirectory() as staging:
         key = _export_key(yaml.safe_load(write_spec(Path(staging), base, **overrides).read_text()))
     entry = EXPORT_CACHE / key
@@ -185,8 +210,13 @@ def cached_export(base: str, **overrides) -> Path:
                 shutil.rmtree(entry, ignore_errors=True)  # an export that was interrupted
                 (entry / "spec").mkdir(parents=True)
                 spec_path = write_spec(entry / "spec", base, **{**overrides, "export.base_path": str(entry / "models")})
-                result = export(load_spec(spec_path), log=lambda line: None)
-                (entry / "done").write_text(str(result.path.relative_to(entry)))  # written last: the entry is whole
+                done = run_cli("-m", "exporter", "--spec", str(spec_path), timeout=900)
+                (entry / "export.log").write_text(done.stdout + done.stderr)
+                if done.returncode != 0:
+                    raise RuntimeError(f"exporting {base} for the tests failed ({done.returncode}):\n"
+                                       f"{done.stdout[-2000:]}{done.stderr[-3000:]}")
+                (version,) = [p for p in (entry / "models").glob("*/*") if p.is_dir()]
+                (entry / "done").write_text(str(version.relative_to(entry)))  # written last: the entry is whole
             version_dir = entry / (entry / "done").read_text()
             extra = sorted(p.name for p in version_dir.parent.iterdir() if p != version_dir)
             if extra:  # a test wrote into it: later tests would serve what it left
@@ -197,6 +227,11 @@ def cached_export(base: str, **overrides) -> Path:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return version_dir
+
+
+def export_log(version_dir: Path) -> str:
+    """What the exporter's command printed when it made a cached_export."""
+    return (version_dir.parents[2] / "export.log").read_text()
 
 
 def export_spec(version_dir: Path) -> Path:

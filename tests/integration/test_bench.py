@@ -17,7 +17,7 @@ from loadtests.drive.payloads import PayloadSet
 from loadtests.measure.payloadsets import load_or_build
 from spec.loader import load_spec
 from spec.results import BenchSummary, CapacityResult
-from tests.conftest import (NOISE, REPO, ctrl_c_default, generator_kept_up, measured_while_the_generator_keeps_up,
+from tests.conftest import (NOISE, REPO, generator_kept_up, interruptible, measured_while_the_generator_keeps_up,
                             run_cli, write_spec)
 from tests.serverproc import ServerProcess, free_port
 
@@ -242,9 +242,8 @@ def test_wrong_answers_fail_with_their_reason(tmp_path, digits_export):
 def test_ctrl_c_stops_the_server_the_bench_started(tmp_path, digits_export):
     spec_path = _bench_spec(tmp_path, digits_export, **{"benchmark.duration": "60s", "benchmark.users": [1]})
     spec = load_spec(spec_path)
-    proc = subprocess.Popen([sys.executable, "-m", "loadtests", "bench", "--spec", str(spec_path)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default)
-    try:
+    with interruptible("-m", "loadtests", "bench", "--spec", str(spec_path),
+                       cleanup=lambda: run_cli("-m", "deploy", "down", "--spec", str(spec_path))) as proc:
         seen = ""
         deadline = time.monotonic() + 120
         while "[1/" not in seen and time.monotonic() < deadline:
@@ -255,11 +254,6 @@ def test_ctrl_c_stops_the_server_the_bench_started(tmp_path, digits_export):
         assert "[1/" in seen, seen + proc.stderr.read()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # a failed interrupt leaves neither the bench nor its server running for later tests
-            proc.kill()
-            proc.wait()
-            run_cli("-m", "deploy", "down", "--spec", str(spec_path))
     assert proc.returncode == 130, err
     assert "stopped" in err and "Traceback" not in err
     assert _port_free(spec.serving.rest_port) and _port_free(spec.serving.grpc_port)

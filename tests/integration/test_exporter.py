@@ -13,7 +13,7 @@ from exporter.export import PROVENANCE_FILE, ExportError, export, read_provenanc
 from exporter.images import encode
 from exporter.verify import serialized_examples
 from exporter.warmup import WARMUP_FILE
-from tests.conftest import export_spec, run_cli, write_spec
+from tests.conftest import export_log, export_spec, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -128,13 +128,16 @@ def test_existing_saved_model_becomes_a_servable_version(testdata, tmp_path):
     assert y.ravel().tolist() == [2.5, 3.0, 4.5]
 
 
-def test_mobilenet_v2_spec_exports_and_passes_verification(tmp_path):
-    spec_path = write_spec(tmp_path, "specs/mobilenet_v2.yaml", **{"export.base_path": str(tmp_path / "models"),
-                                                                      "export.verify.images": 2})
-    result = run_cli("-m", "exporter", "--spec", str(spec_path), timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "verified: serving_default: max |diff|" in result.stdout
-    assert (tmp_path / "models" / "mobilenet_v2" / "1" / "saved_model.pb").is_file()
+def test_mobilenet_v2_spec_exports_and_passes_verification(default_export):
+    """The default spec through the exporter's command: the shared export (cached_export runs the command, once per
+    content of the spec and of the exporter's code, so a change to either runs it again here)."""
+    log = export_log(default_export)
+    assert "verified: serving_default: max |diff|" in log and f"wrote {default_export}" in log, log[-2000:]
+    assert (default_export / "saved_model.pb").is_file() and default_export.parent.name == "mobilenet_v2"
+    verification = read_provenance(default_export)["verification"]
+    assert verification["enabled"] and len(verification["images"]) == 4, verification
+    assert set(verification["max_abs_diff"]) == {"serving_default", "predict_tensor", "classify"}
+    assert all(diff <= verification["tolerance"] for diff in verification["max_abs_diff"].values()), verification
 
 
 def test_offline_imagenet_weights_fail_with_a_clear_message(tmp_path):

@@ -8,7 +8,7 @@ import urllib.request
 import grpc
 import pytest
 
-from tests.conftest import ctrl_c_default, run_cli, write_spec
+from tests.conftest import interruptible, run_cli, write_spec
 from tests.serverproc import free_port
 
 pytestmark = pytest.mark.slow
@@ -61,23 +61,18 @@ def test_deploy_serves_every_listed_model_over_rest_and_grpc(tmp_path, digits_ex
 
 def test_ctrl_c_during_deploy_leaves_no_server_behind(tmp_path, digits_export):
     import signal
-    import subprocess
-    import sys
     import time
     from pathlib import Path
 
     from deploy.embedded import EmbeddedDeployment
     from spec.loader import load_spec
-    from tests.conftest import REPO
 
     _, version_dir = digits_export
     spec_path = write_spec(tmp_path, "specs/digits_cnn.yaml", **{
         "export.base_path": str(version_dir.parents[1]), "serving.grpc_port": free_port(),
         "serving.rest_port": free_port()})
-    proc = subprocess.Popen([sys.executable, "-m", "deploy", "up", "--spec", str(spec_path)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default)
     deployment = EmbeddedDeployment(load_spec(spec_path))
-    try:
+    with interruptible("-m", "deploy", "up", "--spec", str(spec_path), cleanup=deployment.stop) as proc:
         line = ""
         while "starting digits_cnn" not in line:
             line = proc.stdout.readline()
@@ -89,12 +84,6 @@ def test_ctrl_c_during_deploy_leaves_no_server_behind(tmp_path, digits_export):
         assert server_pid
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # a failed interrupt leaves nothing running for later tests
-            proc.kill()
-            proc.wait()
-        if proc.returncode != 130:
-            deployment.stop()
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert deployment.pid() is None
     status = Path(f"/proc/{server_pid}/status")

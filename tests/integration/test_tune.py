@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -25,7 +24,7 @@ import pytest
 from spec.loader import load_spec
 from spec.results import TuneResult
 from tests.browser import render
-from tests.conftest import REPO, cached_export, ctrl_c_default, run_cli, write_spec
+from tests.conftest import cached_export, interruptible, run_cli, write_spec
 from tests.serverproc import free_port
 from tests.tunefail import REFUSAL
 
@@ -167,20 +166,19 @@ def test_an_interrupted_tune_resumes_records_a_failed_deployment_and_leaves_noth
     8) is interrupted in its third trial and resumed: the failed trial is recorded and the search went on past it,
     Ctrl-C leaves nothing running, and the resumed search measures only what was not done."""
     spec_path = _digits_spec(tmp_path, digits_export)
-    proc = subprocess.Popen([sys.executable, "-m", "tests.tunefail", "--spec", str(spec_path)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=ctrl_c_default)
-    seen, deadline = "", time.monotonic() + 600
-    while "trial 3:" not in seen and time.monotonic() < deadline:  # trials 1 and 2 are checkpointed, 3 begins
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen += line
-    assert "trial 3:" in seen, seen[-3000:] + proc.stderr.read()[-3000:]
-    assert "trial 2 failed: " in seen and REFUSAL in seen, seen[-3000:]
-    time.sleep(8)  # into trial 3's deployment or first probe
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
-    _, err = proc.communicate(timeout=120)
+    with interruptible("-m", "tests.tunefail", "--spec", str(spec_path), own_group=True,
+                       cleanup=lambda: run_cli("-m", "deploy", "down", "--spec", str(spec_path))) as proc:
+        seen, deadline = "", time.monotonic() + 600
+        while "trial 3:" not in seen and time.monotonic() < deadline:  # trials 1 and 2 are checkpointed, 3 begins
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+        assert "trial 3:" in seen, seen[-3000:] + proc.stderr.read()[-3000:]
+        assert "trial 2 failed: " in seen and REFUSAL in seen, seen[-3000:]
+        time.sleep(8)  # into trial 3's deployment or first probe
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     _nothing_running(spec_path)
