@@ -103,8 +103,8 @@ def measured_while_the_generator_keeps_up(measure, kept_up):
         print(f"attempt {attempt}: the generator could not keep up (the machine is busy); measuring again")
 
 
-def write_spec(directory: Path, base: str | Path, **overrides) -> Path:
-    """Copy an example spec into `directory` with dotted-key overrides, e.g. {'export.base_path': '/x'}."""
+def spec_data(base: str | Path, **overrides) -> dict:
+    """An example spec's content with dotted-key overrides, e.g. {'export.base_path': '/x'}."""
     data = yaml.safe_load((REPO / base).read_text()) if base else {}
     for dotted, value in overrides.items():
         node = data
@@ -112,8 +112,13 @@ def write_spec(directory: Path, base: str | Path, **overrides) -> Path:
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
+    return data
+
+
+def write_spec(directory: Path, base: str | Path, **overrides) -> Path:
+    """Copy an example spec into `directory` with dotted-key overrides (spec_data)."""
     path = Path(directory) / Path(base).name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(yaml.safe_dump(spec_data(base, **overrides), sort_keys=False))
     return path
 
 
@@ -177,7 +182,7 @@ def _export_key(data: dict) -> str:
     """What an export depends on: the spec as written (but where it is written to), the source of the packages
     the exporter runs (exporter, spec, server) and the versions of the libraries that build and save the model."""
     key = hashlib.sha256()
-    data = json.loads(json.dumps(data))
+    data = json.loads(json.dumps(data))  # a copy, to drop base_path from
     data.get("export", {}).pop("base_path", None)
     key.update(json.dumps(data, sort_keys=True).encode())
     for package in ("exporter", "spec", "server"):
@@ -199,8 +204,7 @@ def cached_export(base: str, **overrides) -> Path:
     tests, the other xdist workers (they wait on a lock) and the second tier of `make test` reuse it while nothing
     it depends on (_export_key) changed: a change to the exporter's code or to the spec runs the command again.
     The spec it was made from is kept beside it too (export_spec)."""
-    with tempfile.TemporaryDirectory() as staging:
-        key = _export_key(yaml.safe_load(write_spec(Path(staging), base, **overrides).read_text()))
+    key = _export_key(spec_data(base, **overrides))
     entry = EXPORT_CACHE / key
     EXPORT_CACHE.mkdir(parents=True, exist_ok=True)
     with open(EXPORT_CACHE / f"{key}.lock", "w") as lock:
