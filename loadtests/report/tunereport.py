@@ -66,11 +66,14 @@ def batching_verdict(trials: Sequence[dict], best: Optional[dict], baseline: Opt
                + (f", in batches of {batch:.1f} on average" if batch else ""))
     mine = tunespace.score(best_on)
     theirs = tunespace.score(reference) if reference else None
-    capacity = (f"{mine:.1f} req/s against {theirs:.1f} ({mine / theirs:.2f}x)" if mine and theirs else
-                f"it was pruned: it missed the SLO at {_pruned_rate(best_on)}" if best_on["status"] == "pruned" else
-                "no capacity to compare")
+    capacity = f"{mine:.1f} req/s against {theirs:.1f} ({mine / theirs:.2f}x)" if mine and theirs else None
+    reached = (f"reached {capacity}" if capacity else
+               f"was pruned: it missed the SLO at {_pruned_rate(best_on)}" + (
+                   f", where {theirs:.1f} req/s met it without batching" if theirs else "")
+               if best_on["status"] == "pruned" else "has no capacity to compare")
     if recommended:
-        why = (f"batching pays: {runtime}, for {_ms(queue)} of waiting in the batching queue; capacity {capacity}")
+        why = (f"batching pays: {runtime}, for {_ms(queue)} of waiting in the batching queue; capacity "
+               f"{capacity or 'not compared'}")
     else:
         verdict = ("queue time without a runtime gain" if not gain or gain < 1.0 + min_gain else
                    "a runtime gain that the queue time and the batch timeout eat up")
@@ -81,7 +84,7 @@ def batching_verdict(trials: Sequence[dict], best: Optional[dict], baseline: Opt
                         + "), so a higher capacity with batching that does not cost less per request is not a gain "
                         "shown (add WORKERS)")
         why = (f"batching is not recommended: the best batching trial (#{best_on['index']}: {best_on['label']}) "
-               f"reached {capacity}; its requests waited {_ms(queue)} in the batching queue, {runtime}: {verdict}")
+               f"{reached}; its requests waited {_ms(queue)} in the batching queue, {runtime}: {verdict}")
     return {"recommended": recommended, "why": why, "best_batching_trial": best_on["index"],
             "queue_ms": queue, "cost_measure": field, "cost_with": with_batching, "cost_without": without,
             "runtime_gain": gain}

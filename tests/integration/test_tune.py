@@ -122,12 +122,15 @@ def test_tune_turns_batching_on_where_it_pays(tmp_path):
 
 @pytest.mark.measures
 def test_tune_keeps_batching_off_where_it_does_not_pay_and_says_why(tmp_path):
-    # p90 as above: at this model's 60-130 req/s a p99 needs windows of 18 s and more (1000 requests), which made
-    # this test 4-6 minutes long; the decision does not depend on the percentile
+    # p90 as above: at this model's 25-40 req/s a p99 needs windows of 25 s and more (1000 requests); the decision
+    # does not depend on the percentile. Two batch threads, as many as the cores: with one, the batching trial
+    # also runs one batch at a time where the baseline shares the cores among every request in flight, a change
+    # of scheduling beside the batching (with one thread, 1 run in 8 here measured 1.40x, 38.5 against 27.5
+    # req/s, at the same 47 core-ms per request; the others 0.7-0.96x or pruned)
     spec_path = _spec(tmp_path, "specs/compute_bound.yaml", **{
         "benchmark.slo": "p90:200ms",
-        "tune.batching": [False, True], "tune.max_batch_size": [8], "tune.batch_timeout_micros": [5000],
-        "tune.num_batch_threads": [1], "tune.budget": "20m"})
+        "tune.batching": [False, True], "tune.max_batch_size": [8], "tune.batch_timeout_micros": [10000],
+        "tune.num_batch_threads": [2], "tune.budget": "20m"})
     done = _tune(spec_path)
     assert done.returncode in (0, 4), done.stdout[-4000:] + done.stderr[-3000:]
     result = _result(spec_path)
@@ -143,8 +146,12 @@ def test_tune_keeps_batching_off_where_it_does_not_pay_and_says_why(tmp_path):
     explained = ("a runtime gain that the queue time and the batch timeout eat up" if verdict["runtime_gain"] >= bar
                  else "queue time without a runtime gain")
     assert explained in verdict["why"], verdict
-    assert result["trials"][1]["capacity_rps"] <= bar * result["trials"][0]["capacity_rps"] \
-        or result["trials"][0]["status"] == "limited", result["headline"]  # batching's capacity gain is no gain
+    batched = result["trials"][1]
+    if batched["status"] == "pruned":  # it missed the SLO below the baseline's capacity: no capacity of its own
+        assert batched["capacity_rps"] is None and "was pruned: it missed the SLO at" in verdict["why"], verdict
+    else:  # batching's capacity gain is no gain
+        assert batched["capacity_rps"] <= bar * result["trials"][0]["capacity_rps"] \
+            or result["trials"][0]["status"] == "limited", result["headline"]
     assert verdict["why"] in done.stdout
     _nothing_running(spec_path)
 

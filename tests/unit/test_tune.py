@@ -169,6 +169,22 @@ def test_the_batching_explanation_reads_the_breakdown():
     assert "queue time without a runtime gain" in verdict["why"]
 
 
+def test_a_pruned_batching_trial_is_explained_in_a_sentence():
+    """A batching trial pruned at its first probes has no capacity: the verdict says where it missed the SLO and
+    what the baseline met (a CI run of the compute-bound model: pruned at 23.7 req/s against 33.8 without)."""
+    space = _space()
+    on = dict(space.baseline, batching=True, max_batch_size=8, batch_timeout_micros=5000, num_batch_threads=1,
+              max_enqueued_batches=64, allowed_batch_sizes="any")
+    pruned = _trial(2, on, None, status="pruned", queue=20.9, batch=1.4, cpu=53.0)
+    pruned["pruned_below_rps"] = {"grpc image_b64": 23.7}
+    trials = [_trial(1, space.baseline, 33.8, cpu=47.5), pruned]
+    verdict = tunereport.batching_verdict(trials, tunereport.best_trial(trials, 0.20), trials[0], 0.20)
+    assert not verdict["recommended"]
+    assert ("(#2: t2) was pruned: it missed the SLO at 23.7 req/s, where 33.8 req/s met it without batching; its "
+            "requests waited 20.9 ms in the batching queue") in verdict["why"], verdict["why"]
+    assert "1.12x more" in verdict["why"] and "queue time without a runtime gain" in verdict["why"]
+
+
 def test_a_gain_over_a_lower_bound_is_not_a_gain_shown():
     """A baseline whose search stopped where the generator could not keep up (a local run: 64.9 req/s passed,
     129.8 late and failed) may really serve anything below 129.8: a batching trial at 79.5 req/s (1.22x, past a
