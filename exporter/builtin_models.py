@@ -108,11 +108,11 @@ def compute_bound(input_spec: InputSpec, channels: int = 128, classes: int = 10,
     wide), global pooling and a softmax classifier.
 
     The convolutions run on one image at a time, the images of a batch one after another (a map over the batch,
-    one iteration at a time): a batch of n costs n times one image by construction, so batching saves nothing at
-    runtime and only adds the wait in the batching queue. (Convolved as one tensor, a batch of 2 cost about a
-    quarter less CPU per image than one image here, as TensorFlow's threads spin less on a larger convolution:
-    then batching pays on some machines, and this model would not be the case it stands for.) Random weights,
-    calibrated like weight_bound's.
+    one iteration at a time): a batch of n does n times one image's arithmetic by construction, so batching saves
+    only the fixed cost of a call and adds the wait in the batching queue. (Convolved as one tensor, a batch of 2
+    cost about a quarter less CPU per image than one image on a 2-core machine, 19.9 against 26.9 core-ms: then
+    batching paid, and this model was not the case it stands for.) Random weights, calibrated like
+    weight_bound's.
     """
     import keras
     import tensorflow as tf

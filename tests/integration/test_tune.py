@@ -125,8 +125,8 @@ def test_tune_keeps_batching_off_where_it_does_not_pay_and_says_why(tmp_path):
     # p90 as above: at this model's 25-40 req/s a p99 needs windows of 25 s and more (1000 requests); the decision
     # does not depend on the percentile. Two batch threads, as many as the cores: with one, the batching trial
     # also runs one batch at a time where the baseline shares the cores among every request in flight, a change
-    # of scheduling beside the batching (with one thread, 1 run in 8 here measured 1.40x, 38.5 against 27.5
-    # req/s, at the same 47 core-ms per request; the others 0.7-0.96x or pruned)
+    # of scheduling beside the batching (with one thread, 1 run in 9 here measured 1.40x, 38.5 against 27.5
+    # req/s, at the same 47 core-ms per request; the others 0.70-0.96x or pruned)
     spec_path = _spec(tmp_path, "specs/compute_bound.yaml", **{
         "benchmark.slo": "p90:200ms",
         "tune.batching": [False, True], "tune.max_batch_size": [8], "tune.batch_timeout_micros": [10000],
