@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -131,8 +132,6 @@ def ctrl_c_default() -> None:
     """preexec_fn for a command a test interrupts: SIGINT back to its default, so the child's Python turns it into
     KeyboardInterrupt. A suite started in the background (`nohup make test &`, `cmd &` in a script) inherits SIGINT
     ignored, and an interrupt test then waited for a command that could not hear it."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -145,8 +144,6 @@ def interruptible(*args: str, cleanup: Optional[Callable[[], object]] = None, ow
     On the way out, a command still running (the interrupt failed, or the test did before sending it) is killed,
     its group with it, and `cleanup()` runs unless the command exited 130: a failed interrupt test leaves nothing
     running for the tests after it."""
-    import signal
-
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=own_group, preexec_fn=ctrl_c_default)
     try:
