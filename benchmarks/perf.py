@@ -7,6 +7,9 @@
 3. Batching: 16 concurrent gRPC clients, throughput with --enable_batching divided by without. Target >= 1.25.
    Both runs get --grpc_max_threads=32: each waiting client holds a gRPC thread, and with the default 4 per
    CPU a batch could never exceed 8 on a 2-CPU machine.
+4. Startup: seconds from `python -m server` to its ready line with the model loaded, the server as it is
+   (TensorFlow imported without Keras, server/tfimport.py) divided by the same server with Keras imported first,
+   as a plain `import tensorflow` does. Interleaved starts, medians. Target <= 0.80.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import http.client
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +32,7 @@ from benchmarks.figures import Figures
 from exporter.export import existing_versions, export
 from exporter.images import bundled_photos, encode, resize
 from server.model import LoadedModel
-from server.process import ServerProcess
+from server.process import READY_LINE, ServerProcess, free_port
 from server.tensors import fastpath
 from spec import contract as c
 from spec.errors import SpecError
@@ -190,6 +194,43 @@ def batching_throughput(version_dir: Path, name: str, jpeg: bytes, seconds: floa
     return {"clients": clients, "rps_off": off, "rps_on": on}
 
 
+KERAS_FIRST = ("import sys, runpy, keras; sys.argv[0] = 'server'; "
+               "runpy.run_module('server', run_name='__main__', alter_sys=True)")
+
+
+def _seconds_to_ready(command: list[str], timeout: float = 120) -> float:
+    """Start a server command, wait for its ready line on stderr, stop it; the seconds it took."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = started + timeout
+        for line in proc.stderr:
+            if READY_LINE in line:
+                return time.perf_counter() - started
+            if time.perf_counter() > deadline:
+                break
+        raise RuntimeError(f"{' '.join(command[:4])}: no ready line (exit {proc.poll()})")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def startup(version_dir: Path, name: str, rounds: int) -> dict:
+    """Median seconds to ready: the server as it is, and with Keras imported before it (interleaved)."""
+    times = {"without_keras": [], "with_keras": []}
+    for _ in range(rounds):
+        flags = [f"--port={free_port()}", f"--rest_api_port={free_port()}", f"--model_name={name}",
+                 f"--model_base_path={version_dir.parent}"]
+        times["without_keras"].append(_seconds_to_ready([sys.executable, "-m", "server", *flags]))
+        flags[:2] = [f"--port={free_port()}", f"--rest_api_port={free_port()}"]
+        times["with_keras"].append(_seconds_to_ready([sys.executable, "-c", KERAS_FIRST, *flags]))
+    return {key: _p50(values) for key, values in times.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,8 +240,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured window of each batching run")
     parser.add_argument("--batch-timeout-us", type=int, default=20000, help="batch_timeout_micros of the batching run")
     parser.add_argument("--batch-threads", type=int, default=1, help="num_batch_threads of the batching run")
-    parser.add_argument("--only", choices=["overhead", "decoding", "batching"], action="append",
-                        help="run only these parts (repeatable); all three by default")
+    parser.add_argument("--only", choices=["overhead", "decoding", "batching", "startup"], action="append",
+                        help="run only these parts (repeatable); all four by default")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
@@ -212,7 +253,7 @@ def main(argv=None) -> int:
     jpeg = encode(resize(photo, 640, 480), "jpeg", 90)
     print(f"model {spec.name} at {version_dir}; one JPEG of {len(jpeg)} bytes; {os.cpu_count()} CPUs")
 
-    parts = set(args.only or ["overhead", "decoding", "batching"])
+    parts = set(args.only or ["overhead", "decoding", "batching", "startup"])
     figures = Figures("perf", "make perf", "The embedded server against TensorFlow in-process")
     figures.note(f"{spec.name}, one 640x480 JPEG of {len(jpeg)} bytes; p50 of {args.rounds} rounds of "
                  f"{args.per_round} calls; batching runs of {args.seconds:g} s.")
@@ -263,6 +304,14 @@ def main(argv=None) -> int:
                     gain >= 1.25,
                     f"{batching['rps_on']:.1f} vs {batching['rps_off']:.1f} req/s; in-process a batch is "
                     f"{ceiling['gain']:.2f}x cheaper per image")
+    if "startup" in parts:
+        start = startup(version_dir, spec.name, args.rounds)
+        ratio = start["without_keras"] / start["with_keras"]
+        print(f"4. startup to ready (median of {args.rounds}): {start['without_keras']:.2f} s; with Keras imported "
+              f"first {start['with_keras']:.2f} s")
+        print(f"   ours / with Keras = {ratio:.2f} (target <= 0.80) {'PASS' if ratio <= 0.80 else 'FAIL'}")
+        figures.add("server start to ready / the same with Keras imported", ratio, "{:.2f}", "<= 0.80",
+                    ratio <= 0.80, f"{start['without_keras']:.2f} s vs {start['with_keras']:.2f} s")
     figures.save(partial=bool(args.only))
     return 0
 

@@ -5,6 +5,7 @@ accepting, lets in-flight requests finish, unloads the models and exits 0.
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Optional, Sequence
 
 from server import flags as flag_module
 from server.app import Server, StartupError
+from server.tfimport import import_tensorflow
 from server.version import version_lines
 
 log = logging.getLogger("server")
@@ -42,6 +44,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"unknown argument: {unknown[0]}\n{flag_module.usage()}", flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _configure_logging()
+    faulthandler.enable()  # a crash in TensorFlow's C++ (a segfault) leaves every thread's Python stack in the log
+    import_tensorflow()  # before anything else imports it: without Keras, which the server never runs
     try:
         server = Server(flags)
         server.start()

@@ -179,3 +179,24 @@ def test_an_image_tensor_of_the_wrong_rank_is_400_not_a_crash(digits_export):
         assert server.http("POST", "/v1/models/digits_cnn:predict", good)[0] == 200  # still serving
     finally:
         assert server.stop() == 0  # never aborted
+
+
+def test_the_server_imports_tensorflow_without_keras_and_keras_still_comes_when_asked():
+    """server/tfimport.py: TensorFlow as if Keras were not installed (and so without scikit-learn), then Keras
+    importable as usual, for an op library such as TF Text that uses tf.keras."""
+    script = (
+        "import sys\n"
+        "from server.tfimport import import_tensorflow\n"
+        "tf = import_tensorflow()\n"
+        "assert 'keras' not in sys.modules and 'sklearn' not in sys.modules, sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('keras', 'sklearn'))[:5]\n"
+        "assert import_tensorflow() is tf\n"
+        "graph = tf.Graph()\n"
+        "with graph.as_default():\n"
+        "    total = tf.constant(2.0) + tf.constant(3.0)\n"
+        "assert tf.compat.v1.Session(graph=graph).run(total) == 5.0\n"
+        "import keras\n"
+        "assert tf.keras.layers.Dense is keras.layers.Dense\n"
+        "print('ok', keras.__version__)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stdout + result.stderr[-2000:]
