@@ -7,6 +7,8 @@ loads SavedModels into graphs and sessions (server.model), as TF Serving's C++ l
 either. So `python -m server` imports TensorFlow through `import_tensorflow()` first, with the `keras` package
 hidden for the length of that import only (as if it were not installed, a case TensorFlow handles). Anything
 that asks for Keras later gets it: an op library such as TF Text imports `tf.keras` when a model needs its ops.
+Only the module path `tensorflow.keras` (`from tensorflow.keras import layers`), which TensorFlow sets up at its
+import when Keras is there, is missing in the server process; `tf.keras` and `import keras` work.
 
 `python -m benchmarks.perf` measures the import both ways and prints the ratio.
 """

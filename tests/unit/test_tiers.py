@@ -1,7 +1,10 @@
 """make test's tiers (tests/tiers.py): which pytest runs, and the exit code they add up to."""
 from __future__ import annotations
 
-from tests.tiers import combined, longest_first, tiers
+import importlib.util
+import pathlib
+
+from tests.tiers import combined, compile_sources, longest_first, tiers
 
 
 def test_waiting_tests_run_in_parallel_and_measuring_ones_alone_after_them():
@@ -58,3 +61,14 @@ def test_the_collection_keeps_each_file_together_longest_first(monkeypatch, tmp_
         "tests/integration/test_b.py::one",                                         # slow, not measured: 20 s
         "tests/unit/test_a.py::one", "tests/unit/test_a.py::two",                   # 3 s, measured
         "tests/unit/test_d.py::one"]                                                # not measured: 2 s
+
+
+def test_the_sources_are_byte_compiled_beside_them_and_a_broken_file_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # as on CI's machines: compiled all the same
+    (tmp_path / "server").mkdir()
+    good = tmp_path / "server" / "fine.py"
+    good.write_text("VALUE = 1\n")
+    assert compile_sources(tmp_path) is True
+    assert pathlib.Path(importlib.util.cache_from_source(str(good))).is_file()
+    (tmp_path / "server" / "broken.py").write_text("def (:\n")
+    assert compile_sources(tmp_path) is False
