@@ -12,7 +12,7 @@ TEST_WORKERS=0 (or a -m/-n of your own among the arguments) runs one plain pytes
 pytest's: the first tier's failure if it failed, else the second's; 5 only if neither tier collected a test.
 
 Before the tiers, the project's own modules are byte-compiled into their __pycache__ folders (git ignores them),
-even where PYTHONDONTWRITEBYTECODE is set: the suite starts about a thousand Python processes (servers, CLIs,
+even where PYTHONDONTWRITEBYTECODE is set: the suite starts hundreds of Python processes (servers, CLIs,
 Locust steps), and without the bytecode each one compiles the modules it imports again, about 0.1 to 0.3 CPU
 seconds a process on this 2-core machine. Python checks each file's source time and size, so a stale file is never
 used.
