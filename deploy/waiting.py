@@ -12,6 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from loadtests.drive import wire
 from spec.errors import HarnessError
 
 
@@ -57,14 +58,12 @@ def rest_status(endpoints: Endpoints, timeout: float = 2.0) -> str:
 
 def version_states(channel, model: str, timeout: float = 2.0) -> dict[int, str]:
     """{version: state name (AVAILABLE, LOADING, END, ...)} from ModelService.GetModelStatus over an open gRPC
-    `channel`; grpc.RpcError when the server cannot answer."""
-    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
-
-    request = get_model_status_pb2.GetModelStatusRequest()
+    `channel`; grpc.RpcError when the server cannot answer. Without TensorFlow's stubs (loadtests.drive.wire): a
+    wait for a server must not pay seconds of TensorFlow import when its model has just become available."""
+    request = wire.GetModelStatusRequest()
     request.model_spec.name = model
-    reply = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=timeout)
-    return {int(v.version): get_model_status_pb2.ModelVersionStatus.State.Name(v.state)
-            for v in reply.model_version_status}
+    reply = wire.model_status_method(channel)(request, timeout=timeout)
+    return {int(v.version): wire.VERSION_STATES.get(v.state, f"state {v.state}") for v in reply.model_version_status}
 
 
 def grpc_status(endpoints: Endpoints, timeout: float = 2.0) -> str:

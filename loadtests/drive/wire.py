@@ -1,4 +1,5 @@
-"""TF Serving's Predict messages without TensorFlow: a load generator must not pay TensorFlow's import.
+"""TF Serving's Predict and GetModelStatus messages without TensorFlow: a load generator (and a wait for a model
+to be ready) must not pay TensorFlow's import.
 
 `tensorflow_serving.apis.predict_pb2` imports TensorFlow (about 3 s and 600 MB per process on a 2-core machine),
 and a Locust process only needs to write PredictRequests and read PredictResponses. This module declares the
@@ -6,7 +7,8 @@ fields it uses of PredictRequest, PredictResponse, ModelSpec, TensorProto and Te
 names and field numbers (a unit test holds them to the real descriptors), in a private descriptor pool, and
 builds the message classes with protobuf's own C implementation. The bytes are TF Serving's wire format; fields
 left out (PredictRequest's streamed options, a TensorProto's resource handles and variants) are kept as unknown
-fields when read and never written.
+fields when read and never written. GetModelStatus (ModelService) is declared whole: a readiness check
+(deploy.waiting) asks it.
 
 `dtype` is declared as int32 rather than the DataType enum: both are varints on the wire, and the readers here
 compare numbers (server.tensors.dtypes).
@@ -16,6 +18,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+MODEL_STATUS_METHOD = "/tensorflow.serving.ModelService/GetModelStatus"
+# ModelVersionStatus.State, by number (tensorflow_serving/apis/get_model_status.proto)
+VERSION_STATES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
+MESSAGES = ("tensorflow.TensorProto", "tensorflow.TensorShapeProto", "tensorflow.serving.ModelSpec",
+            "tensorflow.serving.PredictRequest", "tensorflow.serving.PredictResponse",
+            "tensorflow.serving.GetModelStatusRequest", "tensorflow.serving.GetModelStatusResponse",
+            "tensorflow.serving.ModelVersionStatus", "tensorflow.serving.StatusProto")
 
 
 @lru_cache(maxsize=1)
@@ -81,10 +90,19 @@ def _classes() -> dict:
     response = serving.message_type.add(name="PredictResponse")
     tensor_map(response, "outputs", 1)
     add(response, "model_spec", 2, F.TYPE_MESSAGE, type_name=".tensorflow.serving.ModelSpec")
+    status = serving.message_type.add(name="StatusProto")
+    add(status, "error_code", 1, F.TYPE_INT32)  # tensorflow.error.Code, a varint as dtype above
+    add(status, "error_message", 2, F.TYPE_STRING)
+    version = serving.message_type.add(name="ModelVersionStatus")
+    add(version, "version", 1, F.TYPE_INT64)
+    add(version, "state", 2, F.TYPE_INT32)  # its State enum: VERSION_STATES
+    add(version, "status", 3, F.TYPE_MESSAGE, type_name=".tensorflow.serving.StatusProto")
+    status_request = serving.message_type.add(name="GetModelStatusRequest")
+    add(status_request, "model_spec", 1, F.TYPE_MESSAGE, type_name=".tensorflow.serving.ModelSpec")
+    status_response = serving.message_type.add(name="GetModelStatusResponse")
+    add(status_response, "model_version_status", 1, F.TYPE_MESSAGE, True, ".tensorflow.serving.ModelVersionStatus")
     pool.Add(serving)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
-            for name in ("tensorflow.TensorProto", "tensorflow.TensorShapeProto", "tensorflow.serving.ModelSpec",
-                         "tensorflow.serving.PredictRequest", "tensorflow.serving.PredictResponse")}
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(name)) for name in MESSAGES}
 
 
 def TensorProto(**fields):
@@ -102,6 +120,17 @@ def PredictResponse(**fields):
 def parse_response(message: bytes):
     """A serialized PredictResponse (google.protobuf.message.DecodeError if it is not one)."""
     return _classes()["tensorflow.serving.PredictResponse"].FromString(message)
+
+
+def GetModelStatusRequest(**fields):
+    return _classes()["tensorflow.serving.GetModelStatusRequest"](**fields)
+
+
+def model_status_method(channel):
+    """`channel`'s ModelService.GetModelStatus as a grpcio callable taking and returning this module's messages."""
+    return channel.unary_unary(
+        MODEL_STATUS_METHOD, request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=_classes()["tensorflow.serving.GetModelStatusResponse"].FromString)
 
 
 def descriptors() -> dict:

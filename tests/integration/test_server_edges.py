@@ -200,3 +200,26 @@ def test_the_server_imports_tensorflow_without_keras_and_keras_still_comes_when_
         "print('ok', keras.__version__)\n")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.startswith("ok"), result.stdout + result.stderr[-2000:]
+
+
+def test_a_readiness_wait_asks_both_protocols_without_importing_tensorflow(half):
+    """deploy.waiting's gRPC GetModelStatus goes through loadtests.drive.wire, so `make deploy` and `make status`
+    do not pay TensorFlow's import the moment a model becomes available."""
+    server = ServerProcess("--model_name=half", f"--model_base_path={half}")
+    try:
+        script = ("import sys, grpc\n"
+                  "from deploy.waiting import Endpoints, grpc_status, version_states, wait_ready\n"
+                  f"endpoints = Endpoints('127.0.0.1', {server.rest_port}, {server.grpc_port}, 'half')\n"
+                  "wait_ready(endpoints, 60)\n"
+                  "with grpc.insecure_channel(endpoints.grpc_target) as channel:\n"
+                  "    print(version_states(channel, 'half'))\n"
+                  "print(grpc_status(Endpoints('127.0.0.1', endpoints.rest_port, endpoints.grpc_port, 'nope')))\n"
+                  "print('tensorflow' in sys.modules)\n")
+        result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr[-2000:]
+    states, missing, tensorflow = result.stdout.strip().splitlines()
+    assert states == "{123: 'AVAILABLE'}" and tensorflow == "False", result.stdout
+    assert missing.startswith("NOT_FOUND: "), missing

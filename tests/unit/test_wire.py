@@ -16,12 +16,16 @@ from tests.conftest import REPO
 
 def _real():
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
-    from tensorflow_serving.apis import model_pb2, predict_pb2
+    from tensorflow_serving.apis import get_model_status_pb2, model_pb2, predict_pb2, status_pb2
     return {"tensorflow.TensorProto": tensor_pb2.TensorProto,
             "tensorflow.TensorShapeProto": tensor_shape_pb2.TensorShapeProto,
             "tensorflow.serving.ModelSpec": model_pb2.ModelSpec,
             "tensorflow.serving.PredictRequest": predict_pb2.PredictRequest,
-            "tensorflow.serving.PredictResponse": predict_pb2.PredictResponse}
+            "tensorflow.serving.PredictResponse": predict_pb2.PredictResponse,
+            "tensorflow.serving.GetModelStatusRequest": get_model_status_pb2.GetModelStatusRequest,
+            "tensorflow.serving.GetModelStatusResponse": get_model_status_pb2.GetModelStatusResponse,
+            "tensorflow.serving.ModelVersionStatus": get_model_status_pb2.ModelVersionStatus,
+            "tensorflow.serving.StatusProto": status_pb2.StatusProto}
 
 
 def _fields(descriptor, seen: frozenset = frozenset()) -> dict:
@@ -42,9 +46,7 @@ def _fields(descriptor, seen: frozenset = frozenset()) -> dict:
     return found
 
 
-@pytest.mark.parametrize("name", ["tensorflow.TensorProto", "tensorflow.TensorShapeProto",
-                                  "tensorflow.serving.ModelSpec", "tensorflow.serving.PredictRequest",
-                                  "tensorflow.serving.PredictResponse"])
+@pytest.mark.parametrize("name", wire.MESSAGES)
 def test_every_declared_field_has_tf_servings_number_and_type(name):
     ours, theirs = _fields(wire.descriptors()[name]), _fields(_real()[name].DESCRIPTOR)
     assert ours, name
@@ -141,3 +143,19 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_model_status_states_are_tf_servings_and_a_real_reply_reads_back():
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    State = get_model_status_pb2.ModelVersionStatus.State
+    assert wire.VERSION_STATES == {number: name for name, number in State.items()}
+    real = get_model_status_pb2.GetModelStatusResponse()
+    real.model_version_status.add(version=2, state=State.Value("AVAILABLE"))
+    real.model_version_status.add(version=1, state=State.Value("END")).status.error_message = "unloaded"
+    ours = wire._classes()["tensorflow.serving.GetModelStatusResponse"].FromString(real.SerializeToString())
+    assert [(v.version, wire.VERSION_STATES[v.state], v.status.error_message) for v in ours.model_version_status] \
+        == [(2, "AVAILABLE", ""), (1, "END", "unloaded")]
+    request = wire.GetModelStatusRequest()
+    request.model_spec.name = "digits"
+    assert get_model_status_pb2.GetModelStatusRequest.FromString(request.SerializeToString()).model_spec.name == "digits"
