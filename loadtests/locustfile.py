@@ -47,7 +47,6 @@ from loadtests.analyze.validity import Rules  # noqa: E402
 from loadtests.drive.openloop import OpenLoop  # noqa: E402
 from loadtests.drive.users import GrpcUser, LoadContext, RestUser, render_rest_request  # noqa: E402
 from spec.errors import SpecError  # noqa: E402
-from spec.loader import load_spec  # noqa: E402
 
 __all__ = ["RestUser", "GrpcUser"]
 DEFAULT_SPEC = "specs/mobilenet_v2.yaml"
@@ -99,6 +98,14 @@ def _arguments(parser) -> None:
                         help="open loop: seconds the requests due in the window may still answer after it")
 
 
+def _spec(options):
+    # deferred: the spec schema (pydantic, about 0.2 s per process) serves only a test started from the web UI; a
+    # bench's Locust processes get the payload file and the endpoints on their command line
+    from spec.loader import load_spec
+
+    return load_spec(Path(options.spec))
+
+
 def _load_payloads(options) -> PayloadSet:
     if options.payload_file:
         return PayloadSet.load(Path(options.payload_file))
@@ -107,7 +114,7 @@ def _load_payloads(options) -> PayloadSet:
     from exporter.export import latest_version_dir
     from loadtests.measure.payloadsets import load_or_build
 
-    spec = load_spec(Path(options.spec))
+    spec = _spec(options)
     version_dir = latest_version_dir(spec)
     if version_dir is None:
         raise SystemExit(f"no exported version of {spec.name} under {spec.model_dir}: run make export SPEC={options.spec}")
@@ -119,7 +126,7 @@ def _endpoints(options) -> tuple[str, str]:
     if options.rest_url and options.grpc_target:
         return options.rest_url.rstrip("/"), options.grpc_target
     try:
-        serving = load_spec(Path(options.spec)).serving
+        serving = _spec(options).serving
     except SpecError as exc:
         raise SystemExit(f"--spec: {exc}") from None
     return ((options.rest_url or f"http://127.0.0.1:{serving.rest_port}").rstrip("/"),

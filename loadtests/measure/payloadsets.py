@@ -13,8 +13,8 @@ import numpy as np
 from exporter.describe import read_meta_graphs
 from exporter.images import encode, load_photos, resize
 from exporter.preprocess import decode_batch
-from loadtests.drive import foreign
-from loadtests.drive.foreign import IMAGE_PAYLOADS, plan_for
+from loadtests.drive.foreign import IMAGE_PAYLOADS
+from loadtests.measure import foreignplan
 from loadtests.drive.payloads import FORMAT, PAYLOADS, SIGNATURE_FOR, PayloadError, PayloadSet
 from server.model import LoadedModel, signatures_of
 from server.tensors.dtypes import DType, dtype_name
@@ -127,7 +127,7 @@ def payload_plan(spec, version_dir: Path, payload_names: Sequence[str]):
         except PayloadError:
             if not as_is:
                 raise
-    plan = plan_for(spec, version_dir)
+    plan = foreignplan.plan_for(spec, version_dir)
     fits = IMAGE_PAYLOADS[plan.image_kind]
     if tuple(payload_names) == DEFAULT_PAYLOADS:
         return plan, [p for p in payload_names if p in fits] or [fits[0]]
@@ -146,7 +146,7 @@ def build(spec, version_dir: Path, payload_names: Sequence[str], plan=None):
     if plan is not None:
 
         names, sizes, jpegs = _images(spec)
-        payloads = foreign.build(spec, version_dir, plan, names, sizes, jpegs)
+        payloads = foreignplan.build(spec, version_dir, plan, names, sizes, jpegs)
         payloads.source["saved_model_sha256"] = _model_sha256(version_dir)
         return payloads
     check_signatures(spec, version_dir, payload_names)
