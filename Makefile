@@ -26,7 +26,7 @@ help: ## list the targets, by audience
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	@echo "installing Python dependencies into $(VENV) (first run takes a few minutes)"
-	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@$(PY) -m tfsb.install requirements.lock
 	@$(PY) -c "import setuptools" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check "setuptools>=64"
 	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
