@@ -98,7 +98,9 @@ def install(requirements: str, choice: str, python: str = sys.executable, run: R
     pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     if choice != "pip":
         reason: Optional[str] = None
-        got_uv = run([*pip, UV])
+        # -qq: a site's pip settings that name no uv (a local index, say) would each print a warning here; pip's
+        # errors still show, and a failure falls back to pip with the reason
+        got_uv = run([*pip, "--quiet", UV])
         if got_uv.returncode != 0:
             reason = f"pip could not install {UV} (exit {got_uv.returncode})"
         else:
