@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,6 +30,9 @@ COSTS = REPO / "tests" / "costs.json"
 UNMEASURED_S = {True: 20.0, False: 2.0}  # a file not in COSTS yet: slow-marked or not
 # exports cached by content (cached_export), shared by the workers of a run and by the two tiers of `make test`
 EXPORT_CACHE = Path(os.environ.get("TFSB_TEST_EXPORTS") or Path(tempfile.gettempdir()) / "tfsb-test-exports")
+# an entry no run has used for this long goes when a run starts: each change to the exporter, spec or server code
+# leaves a whole set of exports behind (about 400 MB with MobileNetV2)
+EXPORT_CACHE_MAX_AGE_S = 7 * 24 * 3600
 
 
 def pytest_collection_modifyitems(config, items):
@@ -66,7 +70,10 @@ class _CostRecorder:
 
 def pytest_configure(config):
     """TFSB_TEST_COSTS=<file>: record what the tests run in parallel took (the order only matters there, and a file
-    with tests in both tiers is timed by its first-tier share)."""
+    with tests in both tiers is timed by its first-tier share). The run's main process also prunes the export cache
+    (prune_export_cache)."""
+    if not hasattr(config, "workerinput"):
+        prune_export_cache(EXPORT_CACHE, EXPORT_CACHE_MAX_AGE_S)
     target = os.environ.get("TFSB_TEST_COSTS")
     if target and not hasattr(config, "workerinput") and (getattr(config.option, "numprocesses", None) or 0) > 0:
         config.pluginmanager.register(_CostRecorder(REPO / target), "tfsb-test-costs")
@@ -225,9 +232,43 @@ def cached_export(base: str, **overrides) -> Path:
                 raise RuntimeError(f"the shared export {version_dir.parent} held {extra} beside version "
                                    f"{version_dir.name}: a test wrote into it (copy a version out instead); removed, "
                                    "the next run exports again")
+            (entry / "used").touch()  # its age for prune_export_cache
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return version_dir
+
+
+def prune_export_cache(cache: Path, max_age_s: float, now: Optional[float] = None) -> list[str]:
+    """Remove the cache entries that no run has used for `max_age_s` seconds; returns their keys. An entry's age is
+    that of its `used` file, touched each time cached_export hands it out (or, without one, of the entry itself). An
+    entry whose lock another process holds (an export running, or being handed out) stays. The empty lock files
+    stay too: a process waiting on one must lock the same file as the next one to come."""
+    now = time.time() if now is None else now
+    if not cache.is_dir():
+        return []
+
+    def unused_for(entry: Path) -> float:
+        try:
+            return now - max(p.stat().st_mtime for p in (entry, entry / "used") if p.exists())
+        except (FileNotFoundError, ValueError):  # another run removed it meanwhile
+            return 0.0
+
+    removed = []
+    for entry in sorted(p for p in cache.iterdir() if p.is_dir()):
+        if unused_for(entry) < max_age_s:
+            continue
+        with open(cache / f"{entry.name}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            try:
+                if unused_for(entry) >= max_age_s:  # again, under the lock: a run may have just been handed it
+                    shutil.rmtree(entry, ignore_errors=True)  # a process waiting on it finds none: it exports again
+                    removed.append(entry.name)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    return removed
 
 
 def export_log(version_dir: Path) -> str:
