@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from loadtests.analyze import validity
-from loadtests.analyze.machine import shared_sentences
+from loadtests.analyze.machine import drift_sentence, shared_sentences, speed_change_pct
 from spec.errors import UsageError
 from spec.results import BenchSummary, CompareRow, Run
 from spec.resultschema import version_of
@@ -263,6 +263,9 @@ def compare_rows(a: tuple[Path, BenchSummary], b: tuple[Path, BenchSummary], min
     for key in common:
         runs_a, runs_b = groups_a[key], groups_b[key]
         repeats = len(runs_a) >= 2 and len(runs_b) >= 2
+        machine_change = speed_change_pct(runs_a, runs_b)
+        drift = drift_sentence(machine_change, f"{'REST' if key[0] == 'rest' else 'gRPC'} {runs_b[0].wire}, "
+                                               + (f"{key[2]:g}/s" if sum_b.mode == "open" else f"{key[2]:g} users"))
         blocks = None if repeats else ([_blocks(r, dir_a, "A") for r in runs_a], [_blocks(r, dir_b, "B") for r in runs_b])
         for metric in METRICS:
             noise_pct = None
@@ -302,8 +305,10 @@ def compare_rows(a: tuple[Path, BenchSummary], b: tuple[Path, BenchSummary], min
                 method="repeats" if repeats else ("block bootstrap + run-to-run noise" if run_noise
                                                   else "block bootstrap"),
                 run_noise_pct=None if noise_pct is None else round(noise_pct, 2), repeats=(len(runs_a), len(runs_b)),
-                shared_machine={"a": shared_sentences(runs_a), "b": shared_sentences(runs_b)},
-                valid=all(r.valid for r in runs_a + runs_b)))
+                shared_machine={"a": shared_sentences(runs_a),
+                                "b": shared_sentences(runs_b) + ([drift] if drift else [])},
+                valid=all(r.valid for r in runs_a + runs_b),
+                machine_change_pct=None if machine_change is None else round(machine_change, 1)))
     return rows
 
 

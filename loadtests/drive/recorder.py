@@ -1,5 +1,5 @@
-"""Every request's latency at full resolution, and the CPU the load generator, the server and the rest of the
-machine used.
+"""Every request's latency at full resolution, the CPU the load generator, the server and the rest of the
+machine used, and the machine's speed on a fixed workload.
 
 Locust's own statistics round response times into buckets; the report's percentiles come from
 these samples instead. Free of Locust imports: it only subscribes to the environment's events.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,59 @@ def host_percents(begin: Optional[HostCpu], end: Optional[HostCpu], wall: float)
                  else 100.0 * (end.throttled - begin.throttled) / wall)
     return {"host_cpu_percent": 100.0 * (end.busy - begin.busy) / wall,
             "steal_percent": 100.0 * (end.steal - begin.steal) / wall, "throttled_percent": throttled}
+
+
+# the machine's speed while a run goes on (SpeedProbe): one zlib deflate of 32 KiB of fixed data, about 1 ms here,
+# timed every PROBE_EVERY_S by a thread of the process that waits for the run
+PROBE_BYTES = 1 << 15
+PROBE_EVERY_S = 0.25
+PROBE_MIN_SLICES = 3
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_data() -> bytes:
+    return np.random.default_rng(0).integers(0, 16, PROBE_BYTES, dtype=np.uint8).tobytes()  # fixed, compressible
+
+
+def speed_slice_ms() -> float:
+    """Milliseconds this machine takes for one fixed piece of CPU work (zlib level 6 over PROBE_BYTES of fixed
+    data)."""
+    data = _probe_data()
+    started = time.perf_counter()
+    zlib.compress(data, 6)
+    return (time.perf_counter() - started) * 1000.0
+
+
+class SpeedProbe:
+    """The machine's speed during a run: a thread times the same fixed work (speed_slice_ms) every PROBE_EVERY_S
+    from enter to exit; `median_ms` is the median slice (None with fewer than PROBE_MIN_SLICES).
+
+    The same work on the same machine under the same load takes the same time. A virtual machine whose host gives
+    it a slower share of a core (another tenant on its sibling hyperthread, a lower clock) takes longer with no
+    process of its own any busier, which neither the machine's CPU use nor the hypervisor's steal shows. The
+    slices also share the cores with the run itself, so the figure holds against runs of the same cell (the same
+    load), not against a run of another load."""
+
+    def __init__(self, every_s: float = PROBE_EVERY_S):
+        self.every_s, self.slices = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="speed-probe", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.slices.append(speed_slice_ms())
+
+    def __enter__(self) -> "SpeedProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def median_ms(self) -> Optional[float]:
+        return float(np.median(self.slices)) if len(self.slices) >= PROBE_MIN_SLICES else None
 
 
 def process_cpu_seconds(pid: int) -> Optional[float]:

@@ -25,6 +25,7 @@ from loadtests.analyze.machine import machine_fields
 from loadtests.analyze.validity import GENERATOR_BOUND_PERCENT
 from loadtests.drive import servermetrics
 from loadtests.drive.payloads import cells, wire_name
+from loadtests.drive.recorder import SpeedProbe
 from server.process import free_port
 from spec.errors import HarnessError
 
@@ -363,10 +364,15 @@ def _grouped(entry: dict) -> str:
 
 def run_and_measure(step: Step, target: Target, out_dir: Path, request_bytes: dict, sizes,
                     rules: validity.Rules, server_gone: Callable[[], Optional[str]] = lambda: None) -> dict:
-    """Run one step and judge it; a server that stopped during it makes it invalid."""
-    samples = run_step(step, target, out_dir)
-    return measure(step, samples, request_bytes[(step.protocol, step.payload)], sizes, rules, server_gone(),
-                   model=target.model)
+    """Run one step and judge it; a server that stopped during it makes it invalid. The machine's speed is timed
+    while it runs (SpeedProbe): `machine_probe_ms`, which make compare holds against the same cell's in the other
+    bench."""
+    with SpeedProbe() as probe:
+        samples = run_step(step, target, out_dir)
+    entry = measure(step, samples, request_bytes[(step.protocol, step.payload)], sizes, rules, server_gone(),
+                    model=target.model)
+    entry["machine_probe_ms"] = probe.median_ms
+    return entry
 
 
 def sweep(steps: Sequence[Step], target: Target, out_dir: Path, request_bytes: dict, sizes,

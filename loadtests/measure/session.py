@@ -20,6 +20,7 @@ from exporter.describe import read_meta_graphs
 from exporter.export import ensure_exported
 from loadtests.analyze import resultsdb, validity
 from loadtests.analyze.figures import threshold_rows
+from loadtests.analyze.machine import mark_slower_runs
 from loadtests.drive.payloads import answer_spread, request_bytes
 from loadtests.drive.servermetrics import metrics_url
 from loadtests.measure import correctness, run
@@ -234,6 +235,8 @@ class Session:
         """summary.json's content: settings, provenance, correctness, every run and the thresholds' verdicts."""
 
         settings = self.spec.benchmark
+        if "capacity" not in extra:  # a capacity search's probes are not a bench's runs to hold against each other
+            mark_slower_runs(results)
         failed = bool(self.server_died) or any(r["failure_ratio"] > settings.failure_threshold for r in results)
         invalid = [r for r in results if not r["valid"]]
         summary = {

@@ -1,6 +1,7 @@
 """Thresholds, compare's intervals and verdicts, repeats folded, and the results history (SQLite), on plain data."""
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -168,6 +169,40 @@ def test_compare_writes_json_and_html_and_exits_7_on_a_broken_rule(tmp_path, cap
         [(r["metric"], r["verdict"]) for r in result["rows"]] and drawn["effect"] == 5.0
     assert (report.assets() / "report.css").read_text() in page and "<h1>m: B against A</h1>" in page
     assert compare.compare(a_dir, b_dir, fail_on="p50:+150%", output=tmp_path / "out") == 0
+
+
+def test_a_machine_that_ran_slower_around_b_is_said_beside_the_figures_it_may_have_moved(tmp_path, capsys):
+    """The runs' fixed-workload times (machine_probe_ms): 28% longer during B's runs, as this VM was seen to switch
+    with nothing of its own running. The figures are judged as measured, and compare says the machine changed."""
+    a_dir, a = _side(tmp_path, "a", [np.full(300, 10.0)] * 3)
+    b_dir, b = _side(tmp_path, "b", [np.full(300, 12.8)] * 3)
+    for run, probe in zip(a["runs"], (17.1, 17.0, 17.3)):
+        run["machine_probe_ms"] = probe
+    for run, probe in zip(b["runs"], (21.9, 22.1, 17.2)):  # the median is 21.9: 28% over A's 17.1
+        run["machine_probe_ms"] = probe
+    for directory, summary in ((a_dir, a), (b_dir, b)):
+        (directory / "summary.json").write_text(json.dumps(summary))
+    assert compare.compare(a_dir, b_dir) == 0
+    result = json.loads((b_dir / "compare.json").read_text())
+    p50 = {r["metric"]: r for r in result["rows"]}["p50"]
+    assert p50["verdict"] == "slower" and p50["machine_change_pct"] == pytest.approx(28.1, abs=0.1)
+    said = "the machine ran a fixed CPU workload 28% slower than during A's runs (gRPC image_bytes, 1 users)"
+    assert p50["shared_machine"]["b"] == [said] and f"B: {said}" in result["shared_machine"]
+    assert f"B: {said}" in capsys.readouterr().out.split("! shared machine (a change may be the machine's")[1]
+    assert html.escape(said) in (b_dir / "compare.html").read_text()
+
+    for run, probe in zip(b["runs"], (17.9, 16.5, 17.4)):  # within DRIFT_PERCENT: a steady machine says nothing
+        run["machine_probe_ms"] = probe
+    (b_dir / "summary.json").write_text(json.dumps(b))
+    compare.compare(a_dir, b_dir)
+    result = json.loads((b_dir / "compare.json").read_text())
+    assert result["shared_machine"] == [] and result["rows"][0]["machine_change_pct"] == pytest.approx(1.8, abs=0.1)
+
+    del a["runs"][0]["machine_probe_ms"]  # a summary from before the probe: no figure, nothing said
+    (a_dir / "summary.json").write_text(json.dumps(a))
+    compare.compare(a_dir, b_dir)
+    result = json.loads((b_dir / "compare.json").read_text())
+    assert result["shared_machine"] == [] and "machine_change_pct" not in result["rows"][0]
 
 
 def test_compare_mistakes_are_one_line(tmp_path):

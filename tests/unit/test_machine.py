@@ -2,17 +2,23 @@
 the run fields and sentences made of them, and how the report and compare say a run shared its machine."""
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
+import subprocess
+import sys
 import time
+import zlib
 
 import numpy as np
 import psutil
 
-from loadtests.analyze.machine import machine_fields
+from loadtests.analyze.machine import machine_fields, mark_slower_runs
 from loadtests.commands import compare
+from loadtests.drive import recorder
 from loadtests.drive.recorder import (DISTURBED_PERCENT, HostCpu, cgroup_throttled_seconds, host_cpu, host_percents,
-                                      other_cpu_percent, write_samples)
+                                      other_cpu_percent, SpeedProbe, speed_slice_ms, write_samples)
+from tests.conftest import REPO
 
 
 def _burn(seconds: float) -> None:
@@ -125,3 +131,43 @@ def test_a_server_started_by_hand_is_found_by_its_listening_port():
         sock.listen()
         assert listening_pid(sock.getsockname()[1]) == os.getpid()
     assert listening_pid(free_port()) is None
+
+
+def test_a_repeat_during_which_the_machine_ran_slower_than_during_the_quickest_is_said_to_have_shared_it():
+    cell = {"protocol": "rest", "payload": "image_b64", "level": 1}
+    runs = [{**cell, "machine_probe_ms": 1.01, "shared_machine": []},
+            {**cell, "machine_probe_ms": 1.30, "shared_machine": []},
+            {**cell, "machine_probe_ms": 1.06, "shared_machine": ["other processes used 30% of a core"]},
+            {**cell, "level": 4, "machine_probe_ms": 1.6, "shared_machine": []},  # another load: not compared
+            {**cell, "p50_ms": 1.0}]  # too short to time
+    mark_slower_runs(runs)
+    assert runs[0]["shared_machine"] == [] and runs[3]["shared_machine"] == [] and "shared_machine" not in runs[4]
+    assert runs[1]["shared_machine"] == ["the machine ran a fixed CPU workload 29% slower during this run than "
+                                         "during its quickest repeat"]
+    assert runs[2]["shared_machine"] == ["other processes used 30% of a core"]  # 5% slower: within DRIFT_PERCENT
+    mark_slower_runs(runs)  # a summary written again says it once
+    assert len(runs[1]["shared_machine"]) == 1
+
+
+def test_the_speed_probe_times_slices_while_it_is_open():
+    with SpeedProbe(every_s=0.01) as probe:
+        time.sleep(0.3)
+    count = len(probe.slices)
+    assert count >= 3 and probe.median_ms == float(np.median(probe.slices)) and probe.median_ms > 0
+    time.sleep(0.05)
+    assert len(probe.slices) == count  # the thread stopped with the run
+    with SpeedProbe(every_s=10) as short:
+        pass
+    assert short.median_ms is None  # nothing timed: no figure, not a made-up one
+
+
+def test_the_speed_probe_times_the_same_work_in_every_process():
+    """Two benches are two processes: the probe's data must be the same bytes in each, or their times would not
+    compare."""
+    here = hashlib.sha256(recorder._probe_data()).hexdigest()
+    there = subprocess.run([sys.executable, "-c", "import hashlib; from loadtests.drive import recorder; "
+                            "print(hashlib.sha256(recorder._probe_data()).hexdigest())"],
+                           capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+    assert here == there and len(recorder._probe_data()) == recorder.PROBE_BYTES
+    assert 0.05 < len(zlib.compress(recorder._probe_data(), 6)) / recorder.PROBE_BYTES < 0.9  # deflate has work to do
+    assert 0 < speed_slice_ms() < 60_000
