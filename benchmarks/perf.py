@@ -32,7 +32,7 @@ from benchmarks.figures import Figures
 from exporter.export import existing_versions, export
 from exporter.images import bundled_photos, encode, resize
 from server.model import LoadedModel
-from server.process import READY_LINE, ServerProcess, free_port
+from server.process import READY_LINE, ServerProcess, free_port, stop_child
 from server.tensors import fastpath
 from spec import contract as c
 from spec.errors import SpecError
@@ -211,12 +211,7 @@ def _seconds_to_ready(command: list[str], timeout: float = 120) -> float:
                 break
         raise RuntimeError(f"{' '.join(command[:4])}: no ready line (exit {proc.poll()})")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
 
 
 def startup(version_dir: Path, name: str, rounds: int) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 
 from exporter.images import bundled_photos, encode, resize
 from loadtests.drive.payloads import PAYLOADS, PayloadSet
-from server.process import free_port
+from server.process import free_port, stop_child
 from spec import contract as c
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -249,12 +249,7 @@ class StandIn:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except Exception:
-            self.process.kill()
-            self.process.wait()
+        stop_child(self.process, timeout=10)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,18 @@ PORT_IN_USE_MARKERS = ("Failed to BuildAndStart gRPC server", "Address already i
 READY_LINE = "Exporting HTTP/REST API at:"
 
 
+def stop_child(proc: subprocess.Popen, timeout: float = 60, sig: int = signal.SIGTERM) -> int:
+    """Signal a child process (SIGTERM: a server drains), SIGKILL it after `timeout` seconds; its exit code. A
+    child that already ended is only reaped."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on `host` right now (another process may still take it before it is bound)."""
     import socket
@@ -107,13 +119,7 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Signal the server (SIGTERM drains), SIGKILL after `timeout`; its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_child(self.proc, timeout, sig)
         self._reader.join(5)
         self._log.close()
-        return self.proc.returncode
+        return code

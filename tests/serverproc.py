@@ -37,12 +37,7 @@ def page_process(command: list[str], port: int, log_path: Path, what: str, timeo
                     time.sleep(0.5)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            process.stop_child(proc, timeout=30)
 
 
 class ServerProcess(process.ServerProcess):

@@ -26,7 +26,7 @@ from loadtests.analyze.validity import GENERATOR_BOUND_PERCENT
 from loadtests.drive import servermetrics
 from loadtests.drive.payloads import cells, wire_name
 from loadtests.drive.recorder import SpeedProbe
-from server.process import free_port
+from server.process import free_port, stop_child
 from spec.errors import HarnessError
 
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "locustfile.py"
@@ -209,12 +209,7 @@ def _stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
     try:
         process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process, timeout=5)
 
 
 def measure(step: Step, samples_path: Path, request_bytes: Sequence[int], sizes: Sequence[tuple[int, int]],

@@ -2,6 +2,9 @@
 started, however the block ends."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -10,7 +13,7 @@ from deploy import base
 from deploy.base import Deployment
 from deploy.containers import DockerDeployment
 from deploy.embedded import EmbeddedDeployment
-from server.process import free_port
+from server.process import free_port, stop_child
 from spec.loader import load_spec
 
 
@@ -86,3 +89,17 @@ def test_both_backends_are_deployments_and_an_incomplete_one_is_refused(spec):
             pass
     with pytest.raises(TypeError, match="abstract"):
         Incomplete(spec)
+
+
+def test_stop_child_signals_then_kills_a_child_that_does_not_stop_and_reaps_one_that_ended():
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert stop_child(polite, timeout=30) == -signal.SIGTERM
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; "
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                                 "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout.readline() == "ready\n"  # SIGTERM is ignored from here on
+    assert stop_child(stubborn, timeout=0.5) == -signal.SIGKILL
+    stubborn.stdout.close()
+    ended = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    ended.wait()
+    assert stop_child(ended) == 3
