@@ -150,8 +150,9 @@ docs: $(READY) ## build the documentation site into build/site (strict: a broken
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	@echo "site: build/site/index.html (make docs-serve serves it on http://127.0.0.1:8000)"
 
-docs-serve: $(READY) ## serve the documentation site on http://127.0.0.1:8000, rebuilt as files change
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+docs-serve: $(READY) ## serve the documentation site on http://127.0.0.1:8000, rebuilt as files change (PORT=)
+	@$(PY) -m tfsb.freeport $(or $(PORT),8000) docs-serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:$(or $(PORT),8000)
 
 ##@ Measure the harness itself
 
