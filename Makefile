@@ -146,8 +146,9 @@ screenshots: $(READY) ## refresh docs/demo.png: the demo page test in headless C
 schema: $(READY) ## regenerate specs/spec.schema.json from spec/schema.py
 	$(PY) -m spec.jsonschema specs/spec.schema.json
 
+# no --quiet: it hides warnings from strict mode, and a broken link then builds (mkdocs issue 4126)
 docs: $(READY) ## build the documentation site into build/site (strict: a broken link or a missing page fails)
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 	@echo "site: build/site/index.html (make docs-serve serves it on http://127.0.0.1:8000)"
 
 docs-serve: $(READY) ## serve the documentation site on http://127.0.0.1:8000, rebuilt as files change (PORT=)

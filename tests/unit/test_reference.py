@@ -2,6 +2,11 @@
 from the schema and the parsers themselves; every command's --help works (compare's crashed on a bare '%')."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 
 from spec import reference
@@ -66,3 +71,26 @@ def test_the_readme_is_short_and_every_link_in_it_and_the_changelog_leads_somewh
             if anchor:
                 headings = [slug(h) for h in re.findall(r"^#+ (.+)$", (REPO / path).read_text(), re.M)]
                 assert anchor in headings, f"{name} links to {target}: no such heading ({headings})"
+
+
+def _make_docs_command(site) -> list[str]:
+    """`make docs`'s mkdocs command as the Makefile spells it, run by this Python, building into `site`."""
+    recipe = (REPO / "Makefile").read_text().split("\ndocs:", 1)[1].splitlines()[1]
+    args = recipe.split("/bin/mkdocs", 1)[1].split()
+    return [sys.executable, "-m", "mkdocs", *args, "--site-dir", str(site)]
+
+
+def test_make_docs_fails_on_a_link_to_no_page(tmp_path):
+    """Strict means a broken link fails the build: MkDocs' --quiet once hid the warning from strict mode, and the
+    site built (mkdocs issue 4126)."""
+    shutil.copytree(REPO / "docs", tmp_path / "docs")
+    shutil.copy(REPO / "mkdocs.yml", tmp_path)
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(REPO)}
+    built = subprocess.run(_make_docs_command(tmp_path / "site"), cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    with open(tmp_path / "docs" / "guides" / "demo.md", "a") as page:
+        page.write("\nSee [the missing page](nowhere.md).\n")
+    broken = subprocess.run(_make_docs_command(tmp_path / "site"), cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert broken.returncode != 0 and "nowhere.md" in broken.stdout + broken.stderr, broken.stdout + broken.stderr
