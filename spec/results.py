@@ -207,7 +207,7 @@ class Run(Cell):
     invalid_reasons: tuple[str, ...] = ()
     samples_file: Optional[str] = None
     repeat: Optional[int] = optional_field()  # left out by runs that are not one of several repeats
-    machine_probe_ms: Optional[float] = optional_field()  # the machine's speed around the run (not in older files)
+    machine_probe_ms: Optional[float] = optional_field()  # the machine's speed during the run (not in older files)
 
     def figure(self, metric: str) -> Optional[float]:
         """rps, or a latency percentile by its short name (p50, p99, ...)."""
@@ -308,7 +308,7 @@ class CompareRow(Cell):
     repeats: tuple[int, ...]
     shared_machine: Mapping[str, Any] = field(default_factory=dict)
     valid: bool
-    machine_change_pct: Optional[float] = optional_field()  # B's machine speed probe against A's, around these runs
+    machine_change_pct: Optional[float] = optional_field()  # B's machine speed probe against A's, during these runs
     rule: Optional[str] = optional_field()
 
 
